@@ -1,0 +1,149 @@
+//! The device identity kept in a node's data dir: its signing key (`device.key`, 32 bytes, mode
+//! 0600, never logged) and its human name (`device.name`).
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use crate::ids::AuthorId;
+use crate::limits::DEVICE_NAME_BYTES_MAX;
+use crate::signing::DeviceKey;
+
+/// File holding the 32 secret key bytes.
+pub const KEY_FILE: &str = "device.key";
+/// File holding the device's human name.
+pub const NAME_FILE: &str = "device.name";
+
+/// A problem with the identity files.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// Reading or writing a file failed.
+    #[error("identity file {file}: {source}")]
+    Io {
+        /// Which file.
+        file: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The key file does not hold 32 bytes.
+    #[error("{0} is damaged: it must hold exactly 32 bytes")]
+    BadKeyFile(String),
+    /// The device name is empty, too long or has control characters.
+    #[error("device name must be 1 to {DEVICE_NAME_BYTES_MAX} bytes without control characters")]
+    BadName,
+}
+
+/// This device: its key and its name.
+#[derive(Debug, Clone)]
+pub struct DeviceIdentity {
+    /// The signing key.
+    pub key: DeviceKey,
+    /// The human name ("office", "laptop").
+    pub name: String,
+}
+
+fn io(file: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io { file: file.display().to_string(), source }
+}
+
+/// Checks a device name.
+pub fn validate_name(name: &str) -> Result<(), IdentityError> {
+    if name.is_empty() || name.len() > DEVICE_NAME_BYTES_MAX || name.chars().any(char::is_control) {
+        return Err(IdentityError::BadName);
+    }
+    Ok(())
+}
+
+impl DeviceIdentity {
+    /// The author id (public key).
+    pub fn author(&self) -> AuthorId {
+        self.key.author()
+    }
+
+    /// Loads the identity from `dir`, if there is one.
+    pub fn load(dir: &Path) -> Result<Option<DeviceIdentity>, IdentityError> {
+        let key_path = dir.join(KEY_FILE);
+        if !key_path.exists() {
+            return Ok(None);
+        }
+        let bytes = fs::read(&key_path).map_err(io(&key_path))?;
+        let secret: [u8; 32] =
+            bytes.as_slice().try_into().map_err(|_| IdentityError::BadKeyFile(key_path.display().to_string()))?;
+        let name_path = dir.join(NAME_FILE);
+        let name = match fs::read_to_string(&name_path) {
+            Ok(text) => text.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(&name_path)(e)),
+        };
+        let key = DeviceKey::from_secret(secret);
+        let name = if name.is_empty() { key.author().device_id() } else { name };
+        Ok(Some(DeviceIdentity { key, name }))
+    }
+
+    /// Creates a new identity in `dir` from fresh secret bytes, replacing any existing one (an
+    /// existing key file is kept as `device.key.retired-<device id>`).
+    pub fn create(dir: &Path, name: &str, secret: [u8; 32]) -> Result<DeviceIdentity, IdentityError> {
+        validate_name(name)?;
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let key_path = dir.join(KEY_FILE);
+        if let Some(old) = DeviceIdentity::load(dir)? {
+            let retired = dir.join(format!("{KEY_FILE}.retired-{}", old.author().device_id()));
+            fs::rename(&key_path, &retired).map_err(io(&retired))?;
+        }
+        let key = DeviceKey::from_secret(secret);
+        let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+        {
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&tmp).map_err(io(&tmp))?;
+            file.write_all(&key.secret()).map_err(io(&tmp))?;
+            file.sync_all().map_err(io(&tmp))?;
+        }
+        fs::rename(&tmp, &key_path).map_err(io(&key_path))?;
+        let name_path = dir.join(NAME_FILE);
+        fs::write(&name_path, format!("{name}\n")).map_err(io(&name_path))?;
+        Ok(DeviceIdentity { key, name: name.to_string() })
+    }
+
+    /// Loads the identity, creating one with `name` and `secret()` when there is none.
+    pub fn load_or_create(
+        dir: &Path,
+        name: &str,
+        secret: impl FnOnce() -> [u8; 32],
+    ) -> Result<(DeviceIdentity, bool), IdentityError> {
+        match DeviceIdentity::load(dir)? {
+            Some(identity) => Ok((identity, false)),
+            None => Ok((DeviceIdentity::create(dir, name, secret())?, true)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_private_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, created) = DeviceIdentity::load_or_create(dir.path(), "office", || [5; 32]).unwrap();
+        assert!(created);
+        let (b, created) = DeviceIdentity::load_or_create(dir.path(), "other", || [6; 32]).unwrap();
+        assert!(!created);
+        assert_eq!(a.author(), b.author());
+        assert_eq!(b.name, "office");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        fs::write(dir.path().join(KEY_FILE), b"short").unwrap();
+        assert!(matches!(DeviceIdentity::load(dir.path()), Err(IdentityError::BadKeyFile(_))));
+    }
+}

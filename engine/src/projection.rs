@@ -1,0 +1,290 @@
+//! Case projections: folding events into case states, in the same write batch as the events,
+//! rebuilding them from the log, and the queries on them.
+
+pub mod case_state;
+pub mod history;
+pub mod state_hash;
+pub mod views;
+
+use std::collections::{BTreeMap, HashMap};
+
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use serde::Serialize;
+
+use crate::error::{CommandError, StoreError};
+use crate::event::{BodyEncoding, SignedEvent};
+use crate::ids::{AuthorId, CaseId, SpaceId};
+use crate::operation::{Dot, Operation};
+use crate::store::key_layout::{
+    case_event_key, case_key, meta_watermark, CF_CASES, CF_CASE_EVENTS, CF_EVENTS, CF_META,
+};
+use crate::store::{encode_vector, Store, WriterState};
+use crate::vector_clock::VersionVector;
+use crate::wire;
+use case_state::CaseState;
+use state_hash::StateHasher;
+use views::{CaseView, ConflictView};
+
+/// A change to one case, for watchers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CaseChange {
+    /// The case (hex).
+    pub case_id: String,
+    /// The author (hex).
+    pub author: String,
+    /// The event's seq.
+    pub seq: u64,
+    /// The operation name.
+    pub operation: &'static str,
+}
+
+/// Decodes an event's operation, if it has a readable and valid one. Events whose body is
+/// sealed or invalid stay in the log but change no projection (the same on every node).
+pub fn operation_of(event: &SignedEvent) -> Option<Operation> {
+    if event.header.encoding != BodyEncoding::Plain {
+        return None;
+    }
+    match wire::decode_operation(&event.body) {
+        Ok(op) => Some(op),
+        Err(error) => {
+            tracing::debug!(author = %event.header.author.device_id(), seq = event.header.seq, %error, "event body ignored by projections");
+            None
+        }
+    }
+}
+
+/// An in-memory fold of events into case states: the core of both incremental updates and
+/// rebuilds. `seen` must start as the version vector of what is already folded in.
+pub struct Fold {
+    /// What has been folded in.
+    pub seen: VersionVector,
+    /// Case states touched.
+    pub cases: HashMap<CaseId, CaseState>,
+}
+
+impl Fold {
+    /// A fold starting from `seen`.
+    pub fn new(seen: VersionVector) -> Fold {
+        Fold { seen, cases: HashMap::new() }
+    }
+
+    /// Folds one event; `load` provides a case's stored state the first time it is touched.
+    pub fn apply<E>(
+        &mut self,
+        event: &SignedEvent,
+        load: impl FnOnce(&CaseId) -> Result<Option<CaseState>, E>,
+    ) -> Result<Option<(CaseId, Operation)>, E> {
+        let h = &event.header;
+        let operation = operation_of(event);
+        let result = match operation {
+            None => None,
+            Some(op) => {
+                let case = op.case();
+                let state = match self.cases.entry(case) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(load(&case)?.unwrap_or_else(|| CaseState::new(case)))
+                    }
+                };
+                let seen = &self.seen;
+                state.apply(&op, Dot { author: h.author, seq: h.seq }, h.hlc, &|d: &Dot| {
+                    seen.contains(&d.author, d.seq)
+                });
+                Some((case, op))
+            }
+        };
+        self.seen.raise(h.author, h.seq);
+        Ok(result)
+    }
+}
+
+/// Folds committed-to-be events into `batch`: case states and the history index.
+pub(crate) fn fold_into_batch(
+    store: &Store,
+    batch: &mut WriteBatch,
+    space: &SpaceId,
+    seen: VersionVector,
+    events: &[SignedEvent],
+) -> Result<Vec<CaseChange>, StoreError> {
+    let mut fold = Fold::new(seen);
+    let mut changes = Vec::new();
+    let cf_history = store.cf(CF_CASE_EVENTS);
+    for event in events {
+        let applied = fold.apply(event, |case| load_case(store, space, case))?;
+        if let Some((case, op)) = applied {
+            let h = &event.header;
+            batch.put_cf(cf_history, case_event_key(space, &case, &h.author, h.seq), h.hlc.to_be_bytes());
+            changes.push(CaseChange {
+                case_id: case.to_hex(),
+                author: h.author.to_hex(),
+                seq: h.seq,
+                operation: op.name(),
+            });
+        }
+    }
+    let cf_cases = store.cf(CF_CASES);
+    for (case, state) in &fold.cases {
+        batch.put_cf(cf_cases, case_key(space, case), wire::encode_case_state(state));
+    }
+    Ok(changes)
+}
+
+fn load_case(store: &Store, space: &SpaceId, case: &CaseId) -> Result<Option<CaseState>, StoreError> {
+    match store.db().get_cf(store.cf(CF_CASES), case_key(space, case))? {
+        None => Ok(None),
+        Some(bytes) => wire::decode_case_state(&bytes).map(Some).map_err(|e| StoreError::Corrupt {
+            space: *space,
+            author: AuthorId::default(),
+            seq: 0,
+            reason: format!("case {}: {e}", case.short()),
+        }),
+    }
+}
+
+/// Rebuilds a space's projections from its log; returns the state hash.
+pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -> Result<String, StoreError> {
+    let mut clear = WriteBatch::default();
+    store.delete_prefix(&mut clear, CF_CASES, space.as_bytes());
+    store.delete_prefix(&mut clear, CF_CASE_EVENTS, space.as_bytes());
+    clear.delete_cf(store.cf(CF_META), meta_watermark(space));
+    store.commit(clear)?;
+
+    let mut fold = Fold::new(VersionVector::new());
+    let mut history = WriteBatch::default();
+    let cf_history = store.cf(CF_CASE_EVENTS);
+    let iter = store.db().iterator_cf(store.cf(CF_EVENTS), IteratorMode::From(space.as_bytes(), Direction::Forward));
+    for item in iter {
+        let (key, value) = item?;
+        if !key.starts_with(space.as_bytes()) {
+            break;
+        }
+        let event = SignedEvent::from_stored(&value).map_err(|e| StoreError::Corrupt {
+            space: *space,
+            author: AuthorId::from_slice(key.get(16..48).unwrap_or(&[])).unwrap_or_default(),
+            seq: crate::store::key_layout::be_u64(key.get(48..).unwrap_or(&[])).unwrap_or(0),
+            reason: e.to_string(),
+        })?;
+        let applied = fold.apply(&event, |_| Ok::<_, StoreError>(None))?;
+        if let Some((case, _)) = applied {
+            let h = &event.header;
+            history.put_cf(cf_history, case_event_key(space, &case, &h.author, h.seq), h.hlc.to_be_bytes());
+            if history.len() >= 100_000 {
+                store.commit(std::mem::take(&mut history))?;
+            }
+        }
+    }
+    let mut hasher = StateHasher::new();
+    let ordered: BTreeMap<CaseId, CaseState> = fold.cases.into_iter().collect();
+    let cf_cases = store.cf(CF_CASES);
+    for (case, case_state) in &ordered {
+        hasher.add(case_state);
+        history.put_cf(cf_cases, case_key(space, case), wire::encode_case_state(case_state));
+        if history.len() >= 100_000 {
+            store.commit(std::mem::take(&mut history))?;
+        }
+    }
+    history.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(&state.vector(space)));
+    store.commit(history)?;
+    Ok(hasher.finish())
+}
+
+/// How to filter a case list.
+#[derive(Clone, Debug, Default)]
+pub struct CaseFilter {
+    /// Only cases with this status.
+    pub status: Option<crate::operation::Status>,
+    /// Only cases with a conflict.
+    pub conflicts_only: bool,
+    /// Only cases whose shown value of this field, as text, equals the second element.
+    pub field_equals: Option<(String, String)>,
+}
+
+impl Store {
+    /// The folded state of one case.
+    pub fn case_state(&self, space: &SpaceId, case: &CaseId) -> Result<Option<CaseState>, StoreError> {
+        load_case(self, space, case)
+    }
+
+    /// The view of one case.
+    pub fn case_view(&self, space: &SpaceId, case: &CaseId) -> Result<Option<CaseView>, StoreError> {
+        Ok(self.case_state(space, case)?.as_ref().map(CaseView::of))
+    }
+
+    /// Resolves a full hex case id or a unique prefix of at least 4 hex digits.
+    pub fn resolve_case(&self, space: &SpaceId, text: &str) -> Result<CaseId, crate::Error> {
+        let text = text.trim().to_ascii_lowercase();
+        if let Ok(id) = CaseId::from_hex(&text) {
+            return Ok(id);
+        }
+        if text.len() < 4 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CommandError::UnknownCase(text).into());
+        }
+        let even = &text[..text.len() & !1];
+        let prefix = hex::decode(even).map_err(|_| CommandError::UnknownCase(text.clone()))?;
+        let matches: Vec<CaseId> = self
+            .case_ids_with_prefix(space, &prefix, usize::MAX)?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&text))
+            .take(2)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(CommandError::UnknownCase(text).into()),
+            _ => Err(CommandError::AmbiguousCase(text).into()),
+        }
+    }
+
+    /// Calls `f` for every case state of a space, in case id order.
+    pub fn for_each_case(&self, space: &SpaceId, mut f: impl FnMut(CaseState)) -> Result<(), StoreError> {
+        let iter = self.db().iterator_cf(self.cf(CF_CASES), IteratorMode::From(space.as_bytes(), Direction::Forward));
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(space.as_bytes()) {
+                break;
+            }
+            let state = wire::decode_case_state(&value).map_err(|e| StoreError::Corrupt {
+                space: *space,
+                author: AuthorId::default(),
+                seq: 0,
+                reason: e.to_string(),
+            })?;
+            f(state);
+        }
+        Ok(())
+    }
+
+    /// Case views of a space that pass the filter, in case id order.
+    pub fn list_cases(&self, space: &SpaceId, filter: &CaseFilter) -> Result<Vec<CaseView>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_case(space, |state| {
+            let view = CaseView::of(&state);
+            let status_ok = filter.status.is_none_or(|s| s == view.status);
+            let conflict_ok = !filter.conflicts_only || view.has_conflicts() || view.deleted_with_concurrent_changes;
+            let field_ok = filter
+                .field_equals
+                .as_ref()
+                .is_none_or(|(name, text)| view.field(name).is_some_and(|v| v.display() == *text));
+            if status_ok && conflict_ok && field_ok {
+                out.push(view);
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Every conflict of a space (or of one case).
+    pub fn conflicts(&self, space: &SpaceId, case: Option<&CaseId>) -> Result<Vec<ConflictView>, StoreError> {
+        if let Some(case) = case {
+            return Ok(self.case_state(space, case)?.as_ref().map(views::conflicts_of).unwrap_or_default());
+        }
+        let mut out = Vec::new();
+        self.for_each_case(space, |state| out.extend(views::conflicts_of(&state)))?;
+        Ok(out)
+    }
+
+    /// The state hash of a space's stored projections.
+    pub fn state_hash(&self, space: &SpaceId) -> Result<String, StoreError> {
+        let mut hasher = StateHasher::new();
+        self.for_each_case(space, |state| hasher.add(&state))?;
+        Ok(hasher.finish())
+    }
+}

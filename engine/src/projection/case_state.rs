@@ -1,0 +1,205 @@
+//! The merge: multi-value registers folded order-free, and the case state built from them.
+//!
+//! A register keeps every version no known write supersedes ("current"), plus the dots named as
+//! superseded by a known write but not seen yet ("pending"), so a version that arrives after the
+//! write that superseded it does not come back. The current set is the same for every arrival
+//! order; pending is bookkeeping only and is never part of the state hash.
+
+use std::collections::BTreeMap;
+
+use crate::ids::{CaseId, EntryId};
+use crate::operation::{Dot, FieldValue, FieldWrite, Operation, Status, StatusWrite};
+use crate::vector_clock::VersionVector;
+
+/// One version of a register: who wrote it, when, and the value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version<T> {
+    /// The writing event.
+    pub dot: Dot,
+    /// The writing event's hybrid logical clock.
+    pub hlc: u64,
+    /// The value written.
+    pub value: T,
+}
+
+/// A multi-value register.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Register<T> {
+    /// Versions no known write supersedes, sorted by dot.
+    pub current: Vec<Version<T>>,
+    /// Superseded dots not seen yet, sorted.
+    pub pending: Vec<Dot>,
+}
+
+impl<T> Default for Register<T> {
+    fn default() -> Self {
+        Register { current: Vec::new(), pending: Vec::new() }
+    }
+}
+
+impl<T> Register<T> {
+    /// Applies a write. `seen` says whether an event has already been folded in; it must be false
+    /// for `version.dot` itself.
+    pub fn apply(&mut self, version: Version<T>, supersedes: &[Dot], seen: &dyn Fn(&Dot) -> bool) {
+        let own = version.dot;
+        self.pending.retain(|dot| !seen(dot));
+        match self.pending.binary_search(&own) {
+            Ok(index) => {
+                // A write we already know supersedes this version: it never becomes current.
+                self.pending.remove(index);
+            }
+            Err(_) => match self.current.binary_search_by(|v| v.dot.cmp(&own)) {
+                Ok(_) => {} // Already folded in (idempotent).
+                Err(index) => self.current.insert(index, version),
+            },
+        }
+        for dot in supersedes {
+            if *dot == own {
+                continue;
+            }
+            if let Ok(index) = self.current.binary_search_by(|v| v.dot.cmp(dot)) {
+                self.current.remove(index);
+            } else if !seen(dot) {
+                if let Err(index) = self.pending.binary_search(dot) {
+                    self.pending.insert(index, *dot);
+                }
+            }
+        }
+    }
+
+    /// The dots of the current versions (what a new write supersedes).
+    pub fn current_dots(&self) -> Vec<Dot> {
+        self.current.iter().map(|v| v.dot).collect()
+    }
+
+    /// The version shown by default: the highest (hlc, author, seq).
+    pub fn shown(&self) -> Option<&Version<T>> {
+        self.current.iter().max_by_key(|v| (v.hlc, v.dot.author, v.dot.seq))
+    }
+
+    /// Two or more current versions: a conflict.
+    pub fn in_conflict(&self) -> bool {
+        self.current.len() > 1
+    }
+}
+
+/// A status version's value: the status and what its writer had seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusValue {
+    /// The status written.
+    pub status: Status,
+    /// The writer's version vector (empty for create and add).
+    pub seen: VersionVector,
+}
+
+/// A case or an entry: a status register and named field registers.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Record {
+    /// Status versions.
+    pub status: Register<StatusValue>,
+    /// Field registers by name.
+    pub fields: BTreeMap<String, Register<FieldValue>>,
+}
+
+impl Record {
+    fn apply_fields(&mut self, writes: &[FieldWrite], dot: Dot, hlc: u64, seen: &dyn Fn(&Dot) -> bool) {
+        for write in writes {
+            let register = self.fields.entry(write.name.clone()).or_default();
+            register.apply(Version { dot, hlc, value: write.value.clone() }, &write.supersedes, seen);
+        }
+    }
+
+    fn apply_status(&mut self, status: Status, write: &StatusWrite, dot: Dot, hlc: u64, seen: &dyn Fn(&Dot) -> bool) {
+        let value = StatusValue { status, seen: write.seen.clone() };
+        self.status.apply(Version { dot, hlc, value }, &write.supersedes, seen);
+    }
+
+    /// Every current version's dot, over the status and the fields.
+    pub fn current_dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        self.status
+            .current
+            .iter()
+            .map(|v| v.dot)
+            .chain(self.fields.values().flat_map(|r| r.current.iter().map(|v| v.dot)))
+    }
+
+    /// Highest hlc of any current version.
+    pub fn updated_hlc(&self) -> u64 {
+        let status = self.status.current.iter().map(|v| v.hlc);
+        let fields = self.fields.values().flat_map(|r| r.current.iter().map(|v| v.hlc));
+        status.chain(fields).max().unwrap_or(0)
+    }
+}
+
+/// The folded state of one case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaseState {
+    /// The case.
+    pub id: CaseId,
+    /// Its status and fields.
+    pub record: Record,
+    /// Its entries by id.
+    pub entries: BTreeMap<EntryId, Record>,
+}
+
+impl CaseState {
+    /// An empty state (no event folded in yet).
+    pub fn new(id: CaseId) -> CaseState {
+        CaseState { id, record: Record::default(), entries: BTreeMap::new() }
+    }
+
+    /// Folds one operation written by `dot` at `hlc`. Order-free: any order of the same set of
+    /// operations gives the same current versions.
+    pub fn apply(&mut self, operation: &Operation, dot: Dot, hlc: u64, seen: &dyn Fn(&Dot) -> bool) {
+        let no_supersedes = StatusWrite::default();
+        match operation {
+            Operation::CreateCase { fields, .. } => {
+                self.record.apply_status(Status::Active, &no_supersedes, dot, hlc, seen);
+                self.record.apply_fields(fields, dot, hlc, seen);
+            }
+            Operation::SetFields { fields, .. } => self.record.apply_fields(fields, dot, hlc, seen),
+            Operation::ChangeStatus { change, write, .. } => {
+                self.record.apply_status(change.status(), write, dot, hlc, seen)
+            }
+            Operation::AddEntry { entry, fields, .. } => {
+                let record = self.entries.entry(*entry).or_default();
+                record.apply_status(Status::Present, &no_supersedes, dot, hlc, seen);
+                record.apply_fields(fields, dot, hlc, seen);
+            }
+            Operation::UpdateEntry { entry, fields, .. } => {
+                self.entries.entry(*entry).or_default().apply_fields(fields, dot, hlc, seen)
+            }
+            Operation::RemoveEntry { entry, write, .. } => {
+                self.entries.entry(*entry).or_default().apply_status(Status::Removed, write, dot, hlc, seen)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::AuthorId;
+
+    fn dot(a: u8, seq: u64) -> Dot {
+        Dot { author: AuthorId([a; 32]), seq }
+    }
+
+    #[test]
+    fn late_superseded_version_does_not_come_back() {
+        let v1 = Version { dot: dot(1, 1), hlc: 1, value: "old" };
+        let v2 = Version { dot: dot(2, 1), hlc: 2, value: "new" };
+        // In order.
+        let mut a: Register<&str> = Register::default();
+        a.apply(v1.clone(), &[], &|_| false);
+        a.apply(v2.clone(), &[v1.dot], &|d| *d == v1.dot);
+        // The superseding write first.
+        let mut b: Register<&str> = Register::default();
+        b.apply(v2.clone(), &[v1.dot], &|_| false);
+        assert_eq!(b.pending, vec![v1.dot]);
+        b.apply(v1.clone(), &[], &|d| *d == v2.dot);
+        assert_eq!(a.current, b.current);
+        assert_eq!(b.current, vec![v2]);
+        assert!(b.pending.is_empty());
+    }
+}

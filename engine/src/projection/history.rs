@@ -1,0 +1,82 @@
+//! A case's history: every event that touched it, with who, which device, when and what.
+
+use rocksdb::{Direction, IteratorMode};
+use serde::Serialize;
+
+use crate::error::StoreError;
+use crate::ids::{AuthorId, CaseId, SpaceId};
+use crate::operation::FieldValue;
+use crate::projection::operation_of;
+use crate::store::key_layout::{case_key, CF_CASE_EVENTS};
+use crate::store::Store;
+
+/// One event in a case's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HistoryItem {
+    /// The event id (hex): verifiable against the log.
+    pub event_id: String,
+    /// Hybrid logical clock of the event.
+    pub hlc: u64,
+    /// Author key (hex).
+    pub author: String,
+    /// Short device id.
+    pub device: String,
+    /// Device name, when the device is known.
+    pub device_name: String,
+    /// The author's seq.
+    pub seq: u64,
+    /// Operation name.
+    pub operation: &'static str,
+    /// The entry, for entry operations.
+    pub entry_id: Option<String>,
+    /// Fields written.
+    pub fields: Vec<(String, FieldValue)>,
+}
+
+/// Milliseconds since the Unix epoch of a hybrid logical clock value.
+pub fn hlc_millis(hlc: u64) -> u64 {
+    hlc >> 16
+}
+
+impl Store {
+    /// The history of a case, ordered by (hlc, author, seq).
+    pub fn history(&self, space: &SpaceId, case: &CaseId) -> Result<Vec<HistoryItem>, StoreError> {
+        let prefix = case_key(space, case);
+        let mut dots = Vec::new();
+        let iter = self.db().iterator_cf(self.cf(CF_CASE_EVENTS), IteratorMode::From(&prefix, Direction::Forward));
+        for item in iter {
+            let (key, _) = item?;
+            if !key.starts_with(&prefix) || key.len() != 72 {
+                break;
+            }
+            let author = AuthorId::from_slice(&key[32..64]).unwrap_or_default();
+            let seq = crate::store::key_layout::be_u64(&key[64..]).unwrap_or(0);
+            dots.push((author, seq));
+        }
+        let mut items = Vec::with_capacity(dots.len());
+        for (author, seq) in dots {
+            let Some(event) = self.get_event(space, &author, seq)? else {
+                return Err(StoreError::Corrupt {
+                    space: *space,
+                    author,
+                    seq,
+                    reason: "history names a missing event".into(),
+                });
+            };
+            let Some(op) = operation_of(&event) else { continue };
+            items.push(HistoryItem {
+                event_id: event.id.to_hex(),
+                hlc: event.header.hlc,
+                author: author.to_hex(),
+                device: author.device_id(),
+                device_name: self.member(space, &author)?.unwrap_or_default(),
+                seq,
+                operation: op.name(),
+                entry_id: op.entry().map(|e| e.to_hex()),
+                fields: op.fields().iter().map(|w| (w.name.clone(), w.value.clone())).collect(),
+            });
+        }
+        items.sort_by(|a, b| (a.hlc, &a.author, a.seq).cmp(&(b.hlc, &b.author, b.seq)));
+        Ok(items)
+    }
+}

@@ -1,0 +1,278 @@
+//! Read models derived from a case state: what a user sees, with conflicts spelled out.
+
+use serde::Serialize;
+
+use crate::ids::{AuthorId, CaseId, EntryId};
+use crate::operation::{Dot, FieldValue, Status};
+use crate::projection::case_state::{CaseState, Record, Register, Version};
+use crate::vector_clock::VersionVector;
+
+/// One current version of a field or status, with who wrote it and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VersionView<T> {
+    /// The value.
+    pub value: T,
+    /// The author's key (hex).
+    pub author: String,
+    /// The author's short device id.
+    pub device: String,
+    /// The writing event's seq.
+    pub seq: u64,
+    /// The writing event's hybrid logical clock.
+    pub hlc: u64,
+}
+
+impl<T: Clone> VersionView<T> {
+    fn of(version: &Version<T>) -> Self {
+        VersionView {
+            value: version.value.clone(),
+            author: version.dot.author.to_hex(),
+            device: version.dot.author.device_id(),
+            seq: version.dot.seq,
+            hlc: version.hlc,
+        }
+    }
+}
+
+/// A field as shown: the chosen value, and every current version when they conflict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldView {
+    /// Field name.
+    pub name: String,
+    /// The value shown: the current version with the highest (hlc, author, seq).
+    pub value: FieldValue,
+    /// All current versions when there are two or more; empty otherwise.
+    pub conflict: Vec<VersionView<FieldValue>>,
+}
+
+/// An entry as shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EntryView {
+    /// Entry id (hex).
+    pub entry_id: String,
+    /// present or removed.
+    pub status: Status,
+    /// Removed, but changed concurrently with the removal: kept visible until someone decides.
+    pub removed_with_concurrent_changes: bool,
+    /// Its fields.
+    pub fields: Vec<FieldView>,
+}
+
+/// A case as shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CaseView {
+    /// Case id (hex).
+    pub case_id: String,
+    /// active, archived or deleted.
+    pub status: Status,
+    /// Concurrent status writes with different statuses; empty otherwise.
+    pub status_conflict: Vec<VersionView<Status>>,
+    /// Deleted, but changed concurrently with the delete: kept until someone restores or deletes
+    /// again.
+    pub deleted_with_concurrent_changes: bool,
+    /// Its fields, by name.
+    pub fields: Vec<FieldView>,
+    /// Its entries (present ones, and removed ones with concurrent changes).
+    pub entries: Vec<EntryView>,
+    /// Highest hlc of any current version.
+    pub updated_hlc: u64,
+}
+
+impl CaseView {
+    /// The shown value of a field.
+    pub fn field(&self, name: &str) -> Option<&FieldValue> {
+        self.fields.iter().find(|f| f.name == name).map(|f| &f.value)
+    }
+
+    /// Whether any field, entry field or the status is in conflict.
+    pub fn has_conflicts(&self) -> bool {
+        !self.status_conflict.is_empty()
+            || self.fields.iter().any(|f| !f.conflict.is_empty())
+            || self.entries.iter().any(|e| e.fields.iter().any(|f| !f.conflict.is_empty()))
+    }
+}
+
+/// One conflicting field, for conflict lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConflictView {
+    /// Case id (hex).
+    pub case_id: String,
+    /// Entry id (hex) when the field belongs to an entry.
+    pub entry_id: Option<String>,
+    /// Field name (`status` for a status conflict).
+    pub field: String,
+    /// Every current version, as display text.
+    pub versions: Vec<VersionView<String>>,
+}
+
+fn fields_view(record: &Record) -> Vec<FieldView> {
+    record
+        .fields
+        .iter()
+        .filter_map(|(name, register)| {
+            let shown = register.shown()?;
+            Some(FieldView {
+                name: name.clone(),
+                value: shown.value.clone(),
+                conflict: if register.in_conflict() {
+                    register.current.iter().map(VersionView::of).collect()
+                } else {
+                    Vec::new()
+                },
+            })
+        })
+        .collect()
+}
+
+/// The status of a record: empty means the default; a delete or remove among the current
+/// versions wins (a delete on one device is a delete everywhere); else the shown version.
+fn effective_status(register: &Register<crate::projection::case_state::StatusValue>, default: Status) -> Status {
+    let current = &register.current;
+    if let Some(tomb) = current.iter().find(|v| matches!(v.value.status, Status::Deleted | Status::Removed)) {
+        return tomb.value.status;
+    }
+    register.shown().map(|v| v.value.status).unwrap_or(default)
+}
+
+/// The union of what the current tombstones (delete/remove) had seen, with their own dots.
+fn tombstone_horizon(record: &Record) -> Option<VersionVector> {
+    let mut horizon: Option<VersionVector> = None;
+    for version in &record.status.current {
+        if matches!(version.value.status, Status::Deleted | Status::Removed) {
+            let h = horizon.get_or_insert_with(VersionVector::new);
+            h.merge(&version.value.seen);
+            h.raise(version.dot.author, version.dot.seq);
+        }
+    }
+    horizon
+}
+
+fn unseen_by(horizon: &VersionVector, dot: &Dot) -> bool {
+    !horizon.contains(&dot.author, dot.seq)
+}
+
+fn status_conflict(record: &Record) -> Vec<VersionView<Status>> {
+    let current = &record.status.current;
+    let first = current.first().map(|v| v.value.status);
+    if current.iter().any(|v| Some(v.value.status) != first) {
+        current
+            .iter()
+            .map(|v| VersionView {
+                value: v.value.status,
+                author: v.dot.author.to_hex(),
+                device: v.dot.author.device_id(),
+                seq: v.dot.seq,
+                hlc: v.hlc,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    }
+}
+
+impl CaseView {
+    /// Derives the view of a case state.
+    pub fn of(state: &CaseState) -> CaseView {
+        let status = effective_status(&state.record.status, Status::Active);
+        let case_horizon = if status == Status::Deleted { tombstone_horizon(&state.record) } else { None };
+        let mut concurrent_with_delete = false;
+        let mut entries = Vec::new();
+        for (id, record) in &state.entries {
+            let entry_status = effective_status(&record.status, Status::Present);
+            if let Some(h) = &case_horizon {
+                concurrent_with_delete |= record.current_dots().any(|d| unseen_by(h, &d));
+            }
+            let removed_concurrent = entry_status == Status::Removed
+                && tombstone_horizon(record).is_some_and(|h| {
+                    record.fields.values().flat_map(|r| r.current.iter()).any(|v| unseen_by(&h, &v.dot))
+                });
+            if entry_status == Status::Present || removed_concurrent {
+                entries.push(EntryView {
+                    entry_id: id.to_hex(),
+                    status: entry_status,
+                    removed_with_concurrent_changes: removed_concurrent,
+                    fields: fields_view(record),
+                });
+            }
+        }
+        if let Some(h) = &case_horizon {
+            concurrent_with_delete |= state.record.current_dots().any(|d| unseen_by(h, &d));
+        }
+        CaseView {
+            case_id: state.id.to_hex(),
+            status,
+            status_conflict: status_conflict(&state.record),
+            deleted_with_concurrent_changes: concurrent_with_delete,
+            fields: fields_view(&state.record),
+            entries,
+            updated_hlc: state
+                .record
+                .updated_hlc()
+                .max(state.entries.values().map(Record::updated_hlc).max().unwrap_or(0)),
+        }
+    }
+}
+
+/// Every conflict of a case: fields, entry fields and status.
+pub fn conflicts_of(state: &CaseState) -> Vec<ConflictView> {
+    let mut out = Vec::new();
+    let text_versions = |register: &Register<FieldValue>| -> Vec<VersionView<String>> {
+        register
+            .current
+            .iter()
+            .map(|v| VersionView {
+                value: v.value.display(),
+                author: v.dot.author.to_hex(),
+                device: v.dot.author.device_id(),
+                seq: v.dot.seq,
+                hlc: v.hlc,
+            })
+            .collect()
+    };
+    let case_id = state.id.to_hex();
+    let status = status_conflict(&state.record);
+    if !status.is_empty() {
+        out.push(ConflictView {
+            case_id: case_id.clone(),
+            entry_id: None,
+            field: "status".into(),
+            versions: status
+                .into_iter()
+                .map(|v| VersionView {
+                    value: v.value.as_str().to_string(),
+                    author: v.author,
+                    device: v.device,
+                    seq: v.seq,
+                    hlc: v.hlc,
+                })
+                .collect(),
+        });
+    }
+    let mut push_record = |entry: Option<&EntryId>, record: &Record| {
+        for (name, register) in &record.fields {
+            if register.in_conflict() {
+                out.push(ConflictView {
+                    case_id: case_id.clone(),
+                    entry_id: entry.map(EntryId::to_hex),
+                    field: name.clone(),
+                    versions: text_versions(register),
+                });
+            }
+        }
+    };
+    push_record(None, &state.record);
+    for (id, record) in &state.entries {
+        push_record(Some(id), record);
+    }
+    out
+}
+
+/// Short device id of an author, for tables.
+pub fn device_label(author: &AuthorId) -> String {
+    author.device_id()
+}
+
+/// Case id from a view (hex), for callers that hold views.
+pub fn case_id_of(view: &CaseView) -> Option<CaseId> {
+    CaseId::from_hex(&view.case_id).ok()
+}

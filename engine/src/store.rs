@@ -1,0 +1,506 @@
+//! The append-only RocksDB log: events, heads, the arrival index, metadata and projections, all
+//! changed together in one synced write batch.
+//!
+//! Writes (local appends and ingests) are serialised by one mutex that also owns the cached heads;
+//! reads go straight to RocksDB. After a failed write the store is poisoned and refuses further
+//! writes until it is reopened.
+
+mod append;
+mod ingest;
+pub mod key_layout;
+mod reader;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+
+pub use ingest::{IngestReport, RejectReason, Rejection};
+pub use reader::{Arrival, EventsAfter};
+
+use crate::error::{OpenError, StoreError};
+use crate::event::SignedEvent;
+use crate::ids::{AuthorId, CaseId, EventId, SpaceId};
+use crate::projection;
+use crate::signing::VerifyingKey;
+use crate::vector_clock::VersionVector;
+use key_layout::*;
+
+/// The on-disk format this build writes and reads. See `docs/log-format.md`.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How to open a store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Maintain case projections (false for a relay, which only stores and forwards).
+    pub projections: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { projections: true }
+    }
+}
+
+/// The head of one author's chain in one space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Highest contiguous seq stored.
+    pub seq: u64,
+    /// Link hash of the event at that seq: what the next event's `prev` must be.
+    pub link: EventId,
+}
+
+/// State owned by the single writer.
+#[derive(Default)]
+pub(crate) struct WriterState {
+    pub(crate) heads: HashMap<SpaceId, HashMap<AuthorId, Head>>,
+    pub(crate) next_position: u64,
+    pub(crate) max_hlc: u64,
+    pub(crate) fences: HashMap<(SpaceId, AuthorId), u64>,
+    pub(crate) keys: HashMap<AuthorId, VerifyingKey>,
+}
+
+impl WriterState {
+    pub(crate) fn head(&self, space: &SpaceId, author: &AuthorId) -> Option<Head> {
+        self.heads.get(space).and_then(|h| h.get(author)).copied()
+    }
+
+    pub(crate) fn vector(&self, space: &SpaceId) -> VersionVector {
+        self.heads.get(space).map(|h| h.iter().map(|(author, head)| (*author, head.seq)).collect()).unwrap_or_default()
+    }
+}
+
+/// What one commit changed, for subscribers.
+#[derive(Clone, Debug, Default)]
+pub struct CommitSummary {
+    /// Events stored.
+    pub events: u64,
+    /// Arrival position after the last stored event (the next position to be used).
+    pub next_position: u64,
+    /// Cases whose projection changed, with the operation name.
+    pub changes: Vec<projection::CaseChange>,
+}
+
+/// The log store.
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    options: StoreOptions,
+    writer: Mutex<WriterState>,
+    poisoned: AtomicBool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `path`, checks its format version and that heads
+    /// match the stored events, and brings projections up to date if they lag (never on a clean
+    /// open).
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store, OpenError> {
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_max_background_jobs(2);
+        db_options.set_write_buffer_size(32 * 1024 * 1024);
+        db_options.set_keep_log_file_num(4);
+        let descriptors = ALL_CFS.iter().map(|name| {
+            let mut cf_options = Options::default();
+            cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, cf_options)
+        });
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors)?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            options,
+            writer: Mutex::new(WriterState::default()),
+            poisoned: AtomicBool::new(false),
+        };
+        store.check_format()?;
+        let state = store.load_writer_state()?;
+        *store.lock_writer() = state;
+        store.check_heads()?;
+        if options.projections {
+            store.catch_up_projections().map_err(|e| OpenError::Damaged(e.to_string()))?;
+        }
+        Ok(store)
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether this store maintains case projections.
+    pub fn has_projections(&self) -> bool {
+        self.options.projections
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        // Every name in ALL_CFS is created at open; a missing one is a programming error.
+        #[allow(clippy::expect_used)]
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, WriterState> {
+        // A panic while holding the lock cannot leave RocksDB half-written (writes are one
+        // batch), so a poisoned mutex's state is still the last committed one.
+        self.writer.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn check_format(&self) -> Result<(), OpenError> {
+        let meta = self.cf(CF_META);
+        match self.db.get_cf(meta, META_FORMAT_VERSION)? {
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+                let mut write = WriteOptions::default();
+                write.set_sync(true);
+                self.db.write_opt(batch, &write)?;
+                Ok(())
+            }
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| OpenError::Damaged("format version record is not 4 bytes".into()))?;
+                if found > FORMAT_VERSION {
+                    return Err(OpenError::FormatTooNew { found, supported: FORMAT_VERSION });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn load_writer_state(&self) -> Result<WriterState, OpenError> {
+        let mut state = WriterState::default();
+        for item in self.db.iterator_cf(self.cf(CF_HEADS), rocksdb::IteratorMode::Start) {
+            let (key, value) = item?;
+            let parsed = (key.len() == 48 && value.len() == 40)
+                .then(|| {
+                    Some((
+                        SpaceId::from_slice(&key[..16]).ok()?,
+                        AuthorId::from_slice(&key[16..]).ok()?,
+                        be_u64(&value[..8])?,
+                        EventId::from_slice(&value[8..]).ok()?,
+                    ))
+                })
+                .flatten();
+            let (space, author, seq, id) =
+                parsed.ok_or_else(|| OpenError::Damaged("a head record is malformed".into()))?;
+            state.heads.entry(space).or_default().insert(author, Head { seq, link: id });
+        }
+        let meta = self.cf(CF_META);
+        let read_u64 = |key: &[u8]| -> Result<u64, OpenError> {
+            match self.db.get_cf(meta, key)? {
+                None => Ok(0),
+                Some(v) => be_u64(&v).ok_or_else(|| OpenError::Damaged("a meta counter is not 8 bytes".into())),
+            }
+        };
+        state.next_position = read_u64(META_NEXT_POSITION)?.max(1);
+        state.max_hlc = read_u64(META_MAX_HLC)?;
+        for item in self.db.prefix_iterator_cf(meta, b"fence/") {
+            let (key, value) = item?;
+            if !key.starts_with(b"fence/") {
+                break;
+            }
+            let rest = &key[6..];
+            if let (Some(seq), Ok(space), Ok(author)) = (
+                be_u64(&value),
+                SpaceId::from_slice(rest.get(..16).unwrap_or(&[])),
+                AuthorId::from_slice(rest.get(16..).unwrap_or(&[])),
+            ) {
+                state.fences.insert((space, author), seq);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Heads must name the last stored event of each chain, and that event must hash to the
+    /// head's id (a crash can never leave them apart: they are written in one batch).
+    fn check_heads(&self) -> Result<(), OpenError> {
+        let state = self.lock_writer();
+        let events = self.cf(CF_EVENTS);
+        for (space, heads) in &state.heads {
+            for (author, head) in heads {
+                let stored = self.db.get_cf(events, event_key(space, author, head.seq))?;
+                let matches = stored
+                    .as_deref()
+                    .and_then(|v| SignedEvent::from_stored(v).ok())
+                    .is_some_and(|e| e.link == head.link);
+                if !matches {
+                    return Err(OpenError::Damaged(format!(
+                        "head of {} in space {} names seq {} but that event is missing or differs",
+                        author.device_id(),
+                        space.short(),
+                        head.seq
+                    )));
+                }
+                if self.db.get_cf(events, event_key(space, author, head.seq + 1))?.is_some() {
+                    return Err(OpenError::Damaged(format!(
+                        "events of {} in space {} exist beyond its head seq {}",
+                        author.device_id(),
+                        space.short(),
+                        head.seq
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn catch_up_projections(&self) -> Result<(), StoreError> {
+        let spaces: Vec<(SpaceId, VersionVector)> = {
+            let state = self.lock_writer();
+            state.heads.keys().map(|space| (*space, state.vector(space))).collect()
+        };
+        for (space, vector) in spaces {
+            if self.projection_watermark(&space)? != vector {
+                tracing::info!(space = %space.short(), "projections lag the log: rebuilding");
+                self.rebuild_projections(&space)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The version vector the stored projections of a space include.
+    pub fn projection_watermark(&self, space: &SpaceId) -> Result<VersionVector, StoreError> {
+        match self.db.get_cf(self.cf(CF_META), meta_watermark(space))? {
+            None => Ok(VersionVector::new()),
+            Some(bytes) => decode_vector(&bytes).ok_or_else(|| StoreError::Corrupt {
+                space: *space,
+                author: AuthorId::default(),
+                seq: 0,
+                reason: "projection watermark does not decode".into(),
+            }),
+        }
+    }
+
+    /// Writes a batch durably (WAL synced). A failure poisons the store.
+    pub(crate) fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned);
+        }
+        let mut write = WriteOptions::default();
+        write.set_sync(true);
+        self.db.write_opt(batch, &write).map_err(|e| {
+            self.poisoned.store(true, Ordering::Release);
+            tracing::error!(error = %e, "write failed: the store refuses writes until reopened");
+            StoreError::Rocks(e)
+        })
+    }
+
+    /// Stages accepted events (already verified, contiguous per author), their arrival records,
+    /// heads, projections and metadata into one batch, commits it durably, then updates the
+    /// writer state.
+    pub(crate) fn stage_and_commit(
+        &self,
+        state: &mut WriterState,
+        space: &SpaceId,
+        events: &[SignedEvent],
+    ) -> Result<CommitSummary, StoreError> {
+        if events.is_empty() {
+            return Ok(CommitSummary { next_position: state.next_position, ..CommitSummary::default() });
+        }
+        let mut batch = WriteBatch::default();
+        let (cf_events, cf_arrival) = (self.cf(CF_EVENTS), self.cf(CF_ARRIVAL));
+        let mut position = state.next_position;
+        let mut new_heads: HashMap<AuthorId, Head> = HashMap::new();
+        let mut max_hlc = state.max_hlc;
+        for event in events {
+            let h = &event.header;
+            // Assert in pairs: verified before staging, and checked again here against the head.
+            let expected = new_heads.get(&h.author).copied().or_else(|| state.head(space, &h.author));
+            let expected_seq = expected.map_or(1, |head| head.seq + 1);
+            let expected_prev = expected.map_or(EventId::ZERO, |head| head.link);
+            assert!(h.seq == expected_seq && h.prev == expected_prev, "staged event must continue its chain");
+            let key = event_key(space, &h.author, h.seq);
+            batch.put_cf(cf_events, key, event.to_stored());
+            batch.put_cf(cf_arrival, position.to_be_bytes(), key);
+            position += 1;
+            new_heads.insert(h.author, Head { seq: h.seq, link: event.link });
+            max_hlc = max_hlc.max(h.hlc);
+        }
+        let cf_heads = self.cf(CF_HEADS);
+        for (author, head) in &new_heads {
+            let mut value = Vec::with_capacity(40);
+            value.extend_from_slice(&head.seq.to_be_bytes());
+            value.extend_from_slice(head.link.as_bytes());
+            batch.put_cf(cf_heads, author_key(space, author), value);
+        }
+        let mut vector_after = state.vector(space);
+        for (author, head) in &new_heads {
+            vector_after.set(*author, head.seq);
+        }
+        let changes = if self.options.projections {
+            let changes = projection::fold_into_batch(self, &mut batch, space, state.vector(space), events)?;
+            batch.put_cf(self.cf(CF_META), meta_watermark(space), encode_vector(&vector_after));
+            changes
+        } else {
+            Vec::new()
+        };
+        let meta = self.cf(CF_META);
+        batch.put_cf(meta, META_NEXT_POSITION, position.to_be_bytes());
+        batch.put_cf(meta, META_MAX_HLC, max_hlc.to_be_bytes());
+        self.commit(batch)?;
+        state.heads.entry(*space).or_default().extend(new_heads);
+        state.next_position = position;
+        state.max_hlc = max_hlc;
+        Ok(CommitSummary { events: events.len() as u64, next_position: position, changes })
+    }
+
+    /// The version vector of a space: what this node holds.
+    pub fn vector(&self, space: &SpaceId) -> VersionVector {
+        self.lock_writer().vector(space)
+    }
+
+    /// The head of one author's chain.
+    pub fn head(&self, space: &SpaceId, author: &AuthorId) -> Option<Head> {
+        self.lock_writer().head(space, author)
+    }
+
+    /// Spaces with at least one event.
+    pub fn spaces(&self) -> Vec<SpaceId> {
+        let mut spaces: Vec<SpaceId> = self.lock_writer().heads.keys().copied().collect();
+        spaces.sort();
+        spaces
+    }
+
+    /// The next arrival position (one past the last stored event).
+    pub fn next_position(&self) -> u64 {
+        self.lock_writer().next_position
+    }
+
+    /// Highest hlc seen in any stored event.
+    pub fn max_hlc(&self) -> u64 {
+        self.lock_writer().max_hlc
+    }
+
+    /// One stored event.
+    pub fn get_event(&self, space: &SpaceId, author: &AuthorId, seq: u64) -> Result<Option<SignedEvent>, StoreError> {
+        match self.db.get_cf(self.cf(CF_EVENTS), event_key(space, author, seq))? {
+            None => Ok(None),
+            Some(value) => SignedEvent::from_stored(&value).map(Some).map_err(|e| StoreError::Corrupt {
+                space: *space,
+                author: *author,
+                seq,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Records that a peer holds `author`'s chain up to `seq`. While the local head is lower,
+    /// local appends by that author are refused (the self-fork guard). Returns whether the fence
+    /// is now above the local head.
+    pub fn note_remote_head(&self, space: &SpaceId, author: &AuthorId, seq: u64) -> Result<bool, StoreError> {
+        let mut state = self.lock_writer();
+        let local = state.head(space, author).map_or(0, |h| h.seq);
+        let known = state.fences.get(&(*space, *author)).copied().unwrap_or(0);
+        if seq > known && seq > local {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(self.cf(CF_META), meta_fence(space, author), seq.to_be_bytes());
+            self.commit(batch)?;
+            state.fences.insert((*space, *author), seq);
+        }
+        Ok(state.fences.get(&(*space, *author)).copied().unwrap_or(0) > local)
+    }
+
+    /// The fence of an author: the highest seq seen at a peer (0 when none).
+    pub fn fence(&self, space: &SpaceId, author: &AuthorId) -> u64 {
+        self.lock_writer().fences.get(&(*space, *author)).copied().unwrap_or(0)
+    }
+
+    /// Adds (or renames) a known device of a space: peers authenticate as one of these.
+    pub fn add_member(&self, space: &SpaceId, author: &AuthorId, name: &str) -> Result<(), StoreError> {
+        let _writer = self.lock_writer();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_MEMBERS), author_key(space, author), name.as_bytes());
+        self.commit(batch)
+    }
+
+    /// The name of a known device, if it is one.
+    pub fn member(&self, space: &SpaceId, author: &AuthorId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_MEMBERS), author_key(space, author))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Every known device of a space.
+    pub fn members(&self, space: &SpaceId) -> Result<Vec<(AuthorId, String)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(CF_MEMBERS), space.as_bytes()) {
+            let (key, value) = item?;
+            if !key.starts_with(space.as_bytes()) {
+                break;
+            }
+            if let Ok(author) = AuthorId::from_slice(&key[16..]) {
+                out.push((author, String::from_utf8_lossy(&value).into_owned()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops and rebuilds the case projections of a space from the log. Returns the state hash.
+    pub fn rebuild_projections(&self, space: &SpaceId) -> Result<String, StoreError> {
+        let mut state = self.lock_writer();
+        projection::rebuild(self, &mut state, space)
+    }
+
+    /// Deletes every record of a column family whose key starts with `prefix` (in `batch`).
+    pub(crate) fn delete_prefix(&self, batch: &mut WriteBatch, cf: &str, prefix: &[u8]) {
+        batch.delete_range_cf(self.cf(cf), prefix, prefix_end(prefix).as_slice());
+    }
+
+    /// Cases whose id starts with the given bytes.
+    pub(crate) fn case_ids_with_prefix(
+        &self,
+        space: &SpaceId,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<CaseId>, StoreError> {
+        let start = [space.as_bytes().as_slice(), prefix].concat();
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(CF_CASES), &start) {
+            let (key, _) = item?;
+            if !key.starts_with(&start) || out.len() >= limit {
+                break;
+            }
+            if let Ok(id) = CaseId::from_slice(&key[16..]) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Encodes a version vector for metadata: (author(32) seq(8))*.
+pub(crate) fn encode_vector(vector: &VersionVector) -> Vec<u8> {
+    let mut out = Vec::with_capacity(vector.len() * 40);
+    for (author, seq) in vector.iter() {
+        out.extend_from_slice(author.as_bytes());
+        out.extend_from_slice(&seq.to_be_bytes());
+    }
+    out
+}
+
+/// Decodes [`encode_vector`]'s bytes.
+pub(crate) fn decode_vector(bytes: &[u8]) -> Option<VersionVector> {
+    if bytes.len() % 40 != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(40)
+        .map(|chunk| Some((AuthorId::from_slice(&chunk[..32]).ok()?, be_u64(&chunk[32..])?)))
+        .collect()
+}

@@ -1,0 +1,119 @@
+//! Column families and key encodings. All integers are big-endian so keys sort numerically.
+//! `docs/log-format.md` draws the same layout byte by byte.
+
+use crate::ids::{AuthorId, CaseId, SpaceId};
+
+/// Events: space(16) author(32) seq(8) -> signature(64) event bytes.
+pub const CF_EVENTS: &str = "events";
+/// Local arrival index: position(8) -> space(16) author(32) seq(8).
+pub const CF_ARRIVAL: &str = "arrival";
+/// Heads: space(16) author(32) -> seq(8) id(32).
+pub const CF_HEADS: &str = "heads";
+/// Metadata: named keys (format version, next position, hlc, watermarks, fences).
+pub const CF_META: &str = "meta";
+/// Fork evidence: space(16) author(32) seq(8) id(32) -> signature(64) event bytes.
+pub const CF_FORKS: &str = "forks";
+/// Case projection: space(16) case(16) -> encoded `store.CaseState`.
+pub const CF_CASES: &str = "cases";
+/// Case history index: space(16) case(16) author(32) seq(8) -> hlc(8).
+pub const CF_CASE_EVENTS: &str = "case_events";
+/// Known devices of a space: space(16) author(32) -> device name (UTF-8).
+pub const CF_MEMBERS: &str = "members";
+
+/// Every column family, in creation order.
+pub const ALL_CFS: [&str; 8] =
+    [CF_EVENTS, CF_ARRIVAL, CF_HEADS, CF_META, CF_FORKS, CF_CASES, CF_CASE_EVENTS, CF_MEMBERS];
+
+/// Meta key of the on-disk format version (u32).
+pub const META_FORMAT_VERSION: &[u8] = b"format_version";
+/// Meta key of the next arrival position (u64).
+pub const META_NEXT_POSITION: &[u8] = b"next_position";
+/// Meta key of the highest hlc seen (u64).
+pub const META_MAX_HLC: &[u8] = b"max_hlc";
+
+/// Meta key of a space's projection watermark (encoded version vector).
+pub fn meta_watermark(space: &SpaceId) -> Vec<u8> {
+    [b"watermark/".as_slice(), space.as_bytes()].concat()
+}
+
+/// Meta key of a fence: the highest seq of an author seen at a peer.
+pub fn meta_fence(space: &SpaceId, author: &AuthorId) -> Vec<u8> {
+    [b"fence/".as_slice(), space.as_bytes(), author.as_bytes()].concat()
+}
+
+/// Key of an event (also the value of an arrival record).
+pub fn event_key(space: &SpaceId, author: &AuthorId, seq: u64) -> [u8; 56] {
+    let mut key = [0u8; 56];
+    key[..16].copy_from_slice(space.as_bytes());
+    key[16..48].copy_from_slice(author.as_bytes());
+    key[48..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Splits an event key.
+pub fn parse_event_key(key: &[u8]) -> Option<(SpaceId, AuthorId, u64)> {
+    if key.len() != 56 {
+        return None;
+    }
+    let space = SpaceId::from_slice(&key[..16]).ok()?;
+    let author = AuthorId::from_slice(&key[16..48]).ok()?;
+    let seq = u64::from_be_bytes(key[48..].try_into().ok()?);
+    Some((space, author, seq))
+}
+
+/// Key of a head (and of a member).
+pub fn author_key(space: &SpaceId, author: &AuthorId) -> [u8; 48] {
+    let mut key = [0u8; 48];
+    key[..16].copy_from_slice(space.as_bytes());
+    key[16..].copy_from_slice(author.as_bytes());
+    key
+}
+
+/// Key of a case.
+pub fn case_key(space: &SpaceId, case: &CaseId) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(space.as_bytes());
+    key[16..].copy_from_slice(case.as_bytes());
+    key
+}
+
+/// Key of a case history record.
+pub fn case_event_key(space: &SpaceId, case: &CaseId, author: &AuthorId, seq: u64) -> [u8; 72] {
+    let mut key = [0u8; 72];
+    key[..32].copy_from_slice(&case_key(space, case));
+    key[32..64].copy_from_slice(author.as_bytes());
+    key[64..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Reads a big-endian u64 from exactly 8 bytes.
+pub fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// The smallest key greater than every key starting with `prefix` (for upper bounds).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_keys_round_trip_and_sort_by_seq() {
+        let space = SpaceId([1; 16]);
+        let author = AuthorId([2; 32]);
+        let key = event_key(&space, &author, 258);
+        assert_eq!(parse_event_key(&key), Some((space, author, 258)));
+        assert!(event_key(&space, &author, 255) < event_key(&space, &author, 256));
+        assert_eq!(prefix_end(&[1, 0xff]), vec![2]);
+    }
+}

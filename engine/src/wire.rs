@@ -1,0 +1,357 @@
+//! The only place that converts between domain types and protobuf messages (event bodies,
+//! stored projection state, version vectors).
+
+use bytes::Bytes;
+use casesync_proto::v1 as pb;
+use casesync_proto::v1::store as st;
+use prost::Message;
+
+use crate::error::OperationError;
+use crate::ids::{AuthorId, CaseId, EntryId};
+use crate::operation::{Dot, FieldValue, FieldWrite, Operation, Status, StatusChange, StatusWrite};
+use crate::projection::case_state::{CaseState, Record, Register, StatusValue, Version};
+use crate::vector_clock::VersionVector;
+
+fn bytes(slice: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(slice)
+}
+
+/// Domain dot to message.
+pub fn dot_to_pb(dot: &Dot) -> pb::Dot {
+    pb::Dot { author: bytes(dot.author.as_bytes()), seq: dot.seq }
+}
+
+/// Message to domain dot.
+pub fn dot_from_pb(dot: &pb::Dot) -> Result<Dot, OperationError> {
+    let author =
+        AuthorId::from_slice(&dot.author).map_err(|_| OperationError::Malformed("dot author must be 32 bytes"))?;
+    if dot.seq == 0 {
+        return Err(OperationError::Malformed("dot seq must be at least 1"));
+    }
+    Ok(Dot { author, seq: dot.seq })
+}
+
+fn dots_from_pb(dots: &[pb::Dot]) -> Result<Vec<Dot>, OperationError> {
+    let mut out = dots.iter().map(dot_from_pb).collect::<Result<Vec<_>, _>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Version vector to message.
+pub fn vector_to_pb(vector: &VersionVector) -> pb::VersionVector {
+    pb::VersionVector {
+        heads: vector.iter().map(|(author, seq)| pb::Dot { author: bytes(author.as_bytes()), seq: *seq }).collect(),
+    }
+}
+
+/// Message to version vector.
+pub fn vector_from_pb(vector: &pb::VersionVector) -> Result<VersionVector, OperationError> {
+    let mut out = VersionVector::new();
+    for head in &vector.heads {
+        let author = AuthorId::from_slice(&head.author)
+            .map_err(|_| OperationError::Malformed("vector author must be 32 bytes"))?;
+        out.raise(author, head.seq);
+    }
+    Ok(out)
+}
+
+/// Field value to message.
+pub fn value_to_pb(value: &FieldValue) -> pb::Value {
+    use pb::value::Kind;
+    let kind = match value {
+        FieldValue::Text(t) => Kind::Text(t.clone()),
+        FieldValue::Integer(i) => Kind::Integer(*i),
+        FieldValue::Decimal(d) => Kind::Decimal(d.clone()),
+        FieldValue::Bool(b) => Kind::Boolean(*b),
+        FieldValue::Date(d) => Kind::Date(d.clone()),
+        FieldValue::Bytes(b) => Kind::Blob(bytes(b)),
+    };
+    pb::Value { kind: Some(kind) }
+}
+
+/// Message to field value (validated).
+pub fn value_from_pb(value: Option<&pb::Value>) -> Result<FieldValue, OperationError> {
+    use pb::value::Kind;
+    let kind = value.and_then(|v| v.kind.as_ref()).ok_or(OperationError::Malformed("field without a value"))?;
+    let value = match kind {
+        Kind::Text(t) => FieldValue::Text(t.clone()),
+        Kind::Integer(i) => FieldValue::Integer(*i),
+        Kind::Decimal(d) => FieldValue::Decimal(d.clone()),
+        Kind::Boolean(b) => FieldValue::Bool(*b),
+        Kind::Date(d) => FieldValue::Date(d.clone()),
+        Kind::Blob(b) => FieldValue::Bytes(b.to_vec()),
+    };
+    value.validate()?;
+    Ok(value)
+}
+
+fn writes_to_pb(writes: &[FieldWrite]) -> Vec<pb::FieldWrite> {
+    writes
+        .iter()
+        .map(|w| pb::FieldWrite {
+            name: w.name.clone(),
+            value: Some(value_to_pb(&w.value)),
+            supersedes: w.supersedes.iter().map(dot_to_pb).collect(),
+        })
+        .collect()
+}
+
+fn writes_from_pb(writes: &[pb::FieldWrite]) -> Result<Vec<FieldWrite>, OperationError> {
+    writes
+        .iter()
+        .map(|w| {
+            Ok(FieldWrite {
+                name: w.name.clone(),
+                value: value_from_pb(w.value.as_ref())?,
+                supersedes: dots_from_pb(&w.supersedes)?,
+            })
+        })
+        .collect()
+}
+
+fn status_write_to_pb(write: &StatusWrite) -> pb::StatusWrite {
+    pb::StatusWrite {
+        supersedes: write.supersedes.iter().map(dot_to_pb).collect(),
+        seen: vector_to_pb(&write.seen).heads,
+    }
+}
+
+fn status_write_from_pb(write: Option<&pb::StatusWrite>) -> Result<StatusWrite, OperationError> {
+    let write = write.ok_or(OperationError::Malformed("status change without a status write"))?;
+    Ok(StatusWrite {
+        supersedes: dots_from_pb(&write.supersedes)?,
+        seen: vector_from_pb(&pb::VersionVector { heads: write.seen.clone() })?,
+    })
+}
+
+fn case_id(bytes: &[u8]) -> Result<CaseId, OperationError> {
+    CaseId::from_slice(bytes).map_err(|_| OperationError::Malformed("case id must be 16 bytes"))
+}
+
+fn entry_id(bytes: &[u8]) -> Result<EntryId, OperationError> {
+    EntryId::from_slice(bytes).map_err(|_| OperationError::Malformed("entry id must be 16 bytes"))
+}
+
+/// Encodes an operation as `Body` bytes.
+pub fn encode_operation(operation: &Operation) -> Vec<u8> {
+    use pb::body::Op;
+    let op = match operation {
+        Operation::CreateCase { case, fields } => {
+            Op::CreateCase(pb::CreateCase { case_id: bytes(case.as_bytes()), fields: writes_to_pb(fields) })
+        }
+        Operation::SetFields { case, fields } => {
+            Op::SetFields(pb::SetFields { case_id: bytes(case.as_bytes()), fields: writes_to_pb(fields) })
+        }
+        Operation::ChangeStatus { case, change, write } => {
+            let case_id = bytes(case.as_bytes());
+            let status = Some(status_write_to_pb(write));
+            match change {
+                StatusChange::Delete => Op::DeleteCase(pb::DeleteCase { case_id, status }),
+                StatusChange::Archive => Op::ArchiveCase(pb::ArchiveCase { case_id, status }),
+                StatusChange::Unarchive => Op::UnarchiveCase(pb::UnarchiveCase { case_id, status }),
+                StatusChange::Restore => Op::RestoreCase(pb::RestoreCase { case_id, status }),
+            }
+        }
+        Operation::AddEntry { case, entry, fields } => Op::AddEntry(pb::AddEntry {
+            case_id: bytes(case.as_bytes()),
+            entry_id: bytes(entry.as_bytes()),
+            fields: writes_to_pb(fields),
+        }),
+        Operation::UpdateEntry { case, entry, fields } => Op::UpdateEntry(pb::UpdateEntry {
+            case_id: bytes(case.as_bytes()),
+            entry_id: bytes(entry.as_bytes()),
+            fields: writes_to_pb(fields),
+        }),
+        Operation::RemoveEntry { case, entry, write } => Op::RemoveEntry(pb::RemoveEntry {
+            case_id: bytes(case.as_bytes()),
+            entry_id: bytes(entry.as_bytes()),
+            status: Some(status_write_to_pb(write)),
+        }),
+    };
+    pb::Body { op: Some(op) }.encode_to_vec()
+}
+
+/// Decodes and validates `Body` bytes.
+pub fn decode_operation(body: &[u8]) -> Result<Operation, OperationError> {
+    use pb::body::Op;
+    let message = pb::Body::decode(body).map_err(|_| OperationError::Malformed("body does not decode"))?;
+    let operation = match message.op.ok_or(OperationError::Malformed("body names no operation"))? {
+        Op::CreateCase(m) => Operation::CreateCase { case: case_id(&m.case_id)?, fields: writes_from_pb(&m.fields)? },
+        Op::SetFields(m) => Operation::SetFields { case: case_id(&m.case_id)?, fields: writes_from_pb(&m.fields)? },
+        Op::DeleteCase(m) => status_op(&m.case_id, StatusChange::Delete, m.status.as_ref())?,
+        Op::ArchiveCase(m) => status_op(&m.case_id, StatusChange::Archive, m.status.as_ref())?,
+        Op::UnarchiveCase(m) => status_op(&m.case_id, StatusChange::Unarchive, m.status.as_ref())?,
+        Op::RestoreCase(m) => status_op(&m.case_id, StatusChange::Restore, m.status.as_ref())?,
+        Op::AddEntry(m) => Operation::AddEntry {
+            case: case_id(&m.case_id)?,
+            entry: entry_id(&m.entry_id)?,
+            fields: writes_from_pb(&m.fields)?,
+        },
+        Op::UpdateEntry(m) => Operation::UpdateEntry {
+            case: case_id(&m.case_id)?,
+            entry: entry_id(&m.entry_id)?,
+            fields: writes_from_pb(&m.fields)?,
+        },
+        Op::RemoveEntry(m) => Operation::RemoveEntry {
+            case: case_id(&m.case_id)?,
+            entry: entry_id(&m.entry_id)?,
+            write: status_write_from_pb(m.status.as_ref())?,
+        },
+    };
+    operation.validate()?;
+    Ok(operation)
+}
+
+fn status_op(case: &[u8], change: StatusChange, write: Option<&pb::StatusWrite>) -> Result<Operation, OperationError> {
+    Ok(Operation::ChangeStatus { case: case_id(case)?, change, write: status_write_from_pb(write)? })
+}
+
+fn status_to_pb(status: Status) -> st::Status {
+    match status {
+        Status::Active => st::Status::Active,
+        Status::Archived => st::Status::Archived,
+        Status::Deleted => st::Status::Deleted,
+        Status::Present => st::Status::Present,
+        Status::Removed => st::Status::Removed,
+    }
+}
+
+fn status_from_pb(status: i32) -> Result<Status, OperationError> {
+    match st::Status::try_from(status) {
+        Ok(st::Status::Active) => Ok(Status::Active),
+        Ok(st::Status::Archived) => Ok(Status::Archived),
+        Ok(st::Status::Deleted) => Ok(Status::Deleted),
+        Ok(st::Status::Present) => Ok(Status::Present),
+        Ok(st::Status::Removed) => Ok(Status::Removed),
+        _ => Err(OperationError::Malformed("unknown stored status")),
+    }
+}
+
+fn record_to_pb(id: &[u8], record: &Record) -> st::Record {
+    st::Record {
+        id: bytes(id),
+        status: Some(st::StatusRegister {
+            current: record
+                .status
+                .current
+                .iter()
+                .map(|v| st::StatusVersion {
+                    dot: Some(dot_to_pb(&v.dot)),
+                    hlc: v.hlc,
+                    status: status_to_pb(v.value.status) as i32,
+                    seen: vector_to_pb(&v.value.seen).heads,
+                })
+                .collect(),
+            pending: record.status.pending.iter().map(dot_to_pb).collect(),
+        }),
+        fields: record
+            .fields
+            .iter()
+            .map(|(name, register)| st::Register {
+                name: name.clone(),
+                current: register
+                    .current
+                    .iter()
+                    .map(|v| st::Version {
+                        dot: Some(dot_to_pb(&v.dot)),
+                        hlc: v.hlc,
+                        value: Some(value_to_pb(&v.value)),
+                    })
+                    .collect(),
+                pending: register.pending.iter().map(dot_to_pb).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn required_dot(dot: Option<&pb::Dot>) -> Result<Dot, OperationError> {
+    dot_from_pb(dot.ok_or(OperationError::Malformed("stored version without a dot"))?)
+}
+
+fn record_from_pb(record: &st::Record) -> Result<Record, OperationError> {
+    let mut out = Record::default();
+    if let Some(status) = &record.status {
+        for v in &status.current {
+            out.status.current.push(Version {
+                dot: required_dot(v.dot.as_ref())?,
+                hlc: v.hlc,
+                value: StatusValue {
+                    status: status_from_pb(v.status)?,
+                    seen: vector_from_pb(&pb::VersionVector { heads: v.seen.clone() })?,
+                },
+            });
+        }
+        out.status.pending = status.pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?;
+    }
+    for register in &record.fields {
+        let mut field = Register::default();
+        for v in &register.current {
+            field.current.push(Version {
+                dot: required_dot(v.dot.as_ref())?,
+                hlc: v.hlc,
+                value: value_from_pb(v.value.as_ref())?,
+            });
+        }
+        field.pending = register.pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?;
+        out.fields.insert(register.name.clone(), field);
+    }
+    Ok(out)
+}
+
+/// Encodes a case state for the `cases` column family.
+pub fn encode_case_state(state: &CaseState) -> Vec<u8> {
+    st::CaseState {
+        record: Some(record_to_pb(state.id.as_bytes(), &state.record)),
+        entries: state.entries.iter().map(|(id, record)| record_to_pb(id.as_bytes(), record)).collect(),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a stored case state.
+pub fn decode_case_state(value: &[u8]) -> Result<CaseState, OperationError> {
+    let message = st::CaseState::decode(value).map_err(|_| OperationError::Malformed("stored case does not decode"))?;
+    let record = message.record.as_ref().ok_or(OperationError::Malformed("stored case without a record"))?;
+    let mut state = CaseState::new(case_id(&record.id)?);
+    state.record = record_from_pb(record)?;
+    for entry in &message.entries {
+        state.entries.insert(entry_id(&entry.id)?, record_from_pb(entry)?);
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_round_trip() {
+        let author = AuthorId([3; 32]);
+        let dot = Dot { author, seq: 4 };
+        let ops = vec![
+            Operation::CreateCase {
+                case: CaseId([1; 16]),
+                fields: vec![FieldWrite {
+                    name: "name".into(),
+                    value: FieldValue::Text("Ann".into()),
+                    supersedes: vec![],
+                }],
+            },
+            Operation::ChangeStatus {
+                case: CaseId([1; 16]),
+                change: StatusChange::Delete,
+                write: StatusWrite { supersedes: vec![dot], seen: [(author, 4)].into_iter().collect() },
+            },
+            Operation::RemoveEntry {
+                case: CaseId([1; 16]),
+                entry: EntryId([2; 16]),
+                write: StatusWrite { supersedes: vec![dot], seen: VersionVector::new() },
+            },
+        ];
+        for op in ops {
+            assert_eq!(decode_operation(&encode_operation(&op)).unwrap(), op);
+        }
+        assert!(decode_operation(b"\xff\xff").is_err());
+        assert!(matches!(decode_operation(&[]), Err(OperationError::Malformed("body names no operation"))));
+    }
+}

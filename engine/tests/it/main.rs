@@ -1,0 +1,6 @@
+//! Engine integration tests: one binary, one module per subject.
+
+mod crash;
+mod ingest;
+mod merge;
+mod support;

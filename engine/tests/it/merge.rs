@@ -1,0 +1,340 @@
+//! Merge rules, spelled out as scenarios, and the convergence property over random devices,
+//! operations, partitions and delivery orders.
+
+use std::collections::BTreeMap;
+
+use casesync_engine::commands::Command;
+use casesync_engine::event::SignedEvent;
+use casesync_engine::ids::{CaseId, EntryId};
+use casesync_engine::operation::{Dot, FieldValue, Status, StatusChange};
+use casesync_engine::projection::state_hash::StateHasher;
+use casesync_engine::projection::views::CaseView;
+use casesync_engine::projection::{operation_of, Fold};
+use casesync_engine::signing::DeviceKey;
+use casesync_engine::store::Store;
+use casesync_engine::vector_clock::VersionVector;
+use proptest::prelude::*;
+
+use crate::support::*;
+
+struct Device {
+    _dir: tempfile::TempDir,
+    store: Store,
+    key: DeviceKey,
+}
+
+impl Device {
+    fn new(n: u8) -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        Device { _dir: dir, store, key: device(n) }
+    }
+
+    fn run(&self, now: u64, command: Command) -> CaseView {
+        self.store.execute(&SPACE, &self.key, now, command).unwrap().1
+    }
+
+    fn view(&self, case: CaseId) -> CaseView {
+        self.store.case_view(&SPACE, &case).unwrap().unwrap()
+    }
+
+    /// One-way sync: `self` receives what it lacks from `other`.
+    fn pull_from(&self, other: &Device) {
+        let missing: Vec<_> =
+            other.store.events_after(&SPACE, &self.store.vector(&SPACE)).map(|r| r.unwrap().2).collect();
+        let report = self.store.ingest(&SPACE, missing).unwrap();
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    }
+}
+
+fn sync(a: &Device, b: &Device) {
+    a.pull_from(b);
+    b.pull_from(a);
+}
+
+fn text(s: &str) -> FieldValue {
+    FieldValue::Text(s.into())
+}
+
+fn set(case: CaseId, name: &str, value: &str) -> Command {
+    Command::SetFields { case, fields: vec![(name.into(), text(value))] }
+}
+
+const CASE: CaseId = CaseId([1; 16]);
+
+fn office_and_home() -> (Device, Device) {
+    let (office, home) = (Device::new(1), Device::new(2));
+    office.run(1, Command::CreateCase { id: CASE, fields: vec![("name".into(), text("Ann"))] });
+    sync(&office, &home);
+    (office, home)
+}
+
+#[test]
+fn different_fields_offline_both_kept() {
+    let (office, home) = office_and_home();
+    office.run(10, set(CASE, "phone", "111"));
+    home.run(11, set(CASE, "address", "Elm St"));
+    sync(&office, &home);
+    for d in [&office, &home] {
+        let view = d.view(CASE);
+        assert_eq!(view.field("phone"), Some(&text("111")));
+        assert_eq!(view.field("address"), Some(&text("Elm St")));
+        assert!(!view.has_conflicts());
+    }
+    assert_eq!(office.store.state_hash(&SPACE).unwrap(), home.store.state_hash(&SPACE).unwrap());
+}
+
+#[test]
+fn same_field_concurrently_is_a_conflict_with_both_values_then_resolved() {
+    let (office, home) = office_and_home();
+    office.run(10, set(CASE, "phone", "111"));
+    home.run(20, set(CASE, "phone", "222"));
+    sync(&office, &home);
+    let view = office.view(CASE);
+    let phone = view.fields.iter().find(|f| f.name == "phone").unwrap();
+    let values: Vec<_> = phone.conflict.iter().map(|v| v.value.clone()).collect();
+    assert_eq!(values.len(), 2);
+    assert!(values.contains(&text("111")) && values.contains(&text("222")));
+    // The shown value is the one with the highest hlc, on both devices.
+    assert_eq!(phone.value, text("222"));
+    assert_eq!(home.view(CASE), view);
+    let conflicts = office.store.conflicts(&SPACE, None).unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].field, "phone");
+    // A later write that saw both resolves it everywhere.
+    office.run(30, set(CASE, "phone", "333"));
+    sync(&office, &home);
+    assert!(!home.view(CASE).has_conflicts());
+    assert_eq!(home.view(CASE).field("phone"), Some(&text("333")));
+    assert!(home.store.conflicts(&SPACE, None).unwrap().is_empty());
+}
+
+#[test]
+fn delete_with_concurrent_change_is_flagged_and_restore_brings_every_field_back() {
+    let (office, home) = office_and_home();
+    office.run(10, Command::ChangeStatus { case: CASE, change: StatusChange::Delete });
+    home.run(11, set(CASE, "phone", "555"));
+    sync(&office, &home);
+    for d in [&office, &home] {
+        let view = d.view(CASE);
+        assert_eq!(view.status, Status::Deleted);
+        assert!(view.deleted_with_concurrent_changes);
+        assert_eq!(view.field("phone"), Some(&text("555")));
+    }
+    home.run(20, Command::ChangeStatus { case: CASE, change: StatusChange::Restore });
+    sync(&office, &home);
+    let view = office.view(CASE);
+    assert_eq!(view.status, Status::Active);
+    assert!(!view.deleted_with_concurrent_changes);
+    assert_eq!(view.field("name"), Some(&text("Ann")));
+    assert_eq!(view.field("phone"), Some(&text("555")));
+}
+
+#[test]
+fn delete_seen_everywhere_is_a_plain_delete_and_archive_round_trips() {
+    let (office, home) = office_and_home();
+    home.run(5, Command::ChangeStatus { case: CASE, change: StatusChange::Archive });
+    sync(&office, &home);
+    assert_eq!(office.view(CASE).status, Status::Archived);
+    office.run(6, Command::ChangeStatus { case: CASE, change: StatusChange::Unarchive });
+    office.run(7, Command::ChangeStatus { case: CASE, change: StatusChange::Delete });
+    sync(&office, &home);
+    let view = home.view(CASE);
+    assert_eq!(view.status, Status::Deleted);
+    assert!(!view.deleted_with_concurrent_changes);
+    assert!(view.status_conflict.is_empty());
+    let err =
+        home.store.execute(&SPACE, &home.key, 8, Command::ChangeStatus { case: CASE, change: StatusChange::Archive });
+    assert!(err.is_err());
+}
+
+#[test]
+fn entries_change_independently() {
+    let (office, home) = office_and_home();
+    let (e1, e2) = (EntryId([1; 16]), EntryId([2; 16]));
+    office.run(10, Command::AddEntry { case: CASE, entry: e1, fields: vec![("note".into(), text("first session"))] });
+    home.run(11, Command::AddEntry { case: CASE, entry: e2, fields: vec![("note".into(), text("call"))] });
+    sync(&office, &home);
+    office.run(
+        12,
+        Command::UpdateEntry { case: CASE, entry: e1, fields: vec![("note".into(), text("first session, long"))] },
+    );
+    home.run(13, Command::RemoveEntry { case: CASE, entry: e2 });
+    sync(&office, &home);
+    let view = home.view(CASE);
+    assert_eq!(view.entries.len(), 1);
+    assert_eq!(view.entries[0].fields[0].value, text("first session, long"));
+    assert!(!view.has_conflicts());
+    // Remove concurrent with an update: kept visible and flagged.
+    office.run(20, Command::UpdateEntry { case: CASE, entry: e1, fields: vec![("note".into(), text("edited"))] });
+    home.run(21, Command::RemoveEntry { case: CASE, entry: e1 });
+    sync(&office, &home);
+    let view = office.view(CASE);
+    assert_eq!(view.entries.len(), 1);
+    assert!(view.entries[0].removed_with_concurrent_changes);
+}
+
+#[test]
+fn a_write_arriving_before_what_it_supersedes_stays_superseded() {
+    // office writes v1; home sees it and overwrites; laptop receives home's write first.
+    let (office, home) = office_and_home();
+    let laptop = Device::new(3);
+    office.run(10, set(CASE, "phone", "old"));
+    home.pull_from(&office);
+    home.run(11, set(CASE, "phone", "new"));
+    // laptop gets office's create (needed to know the case) but not office's "old" write...
+    // deliver home's events first, then office's.
+    let from_home: Vec<_> = home.store.events_after(&SPACE, &VersionVector::new()).map(|r| r.unwrap().2).collect();
+    let home_author = home.key.author();
+    let home_only: Vec<_> = from_home
+        .into_iter()
+        .filter(|m| SignedEvent::from_wire(m.clone()).unwrap().header.author == home_author)
+        .collect();
+    laptop.store.ingest(&SPACE, home_only).unwrap();
+    laptop.pull_from(&office);
+    let view = laptop.view(CASE);
+    assert_eq!(view.field("phone"), Some(&text("new")));
+    assert!(!view.has_conflicts());
+    assert_eq!(laptop.store.state_hash(&SPACE).unwrap(), home.store.state_hash(&SPACE).unwrap());
+}
+
+#[test]
+fn rebuild_gives_the_same_state_hash() {
+    let (office, home) = office_and_home();
+    office.run(10, set(CASE, "phone", "1"));
+    home.run(10, set(CASE, "phone", "2"));
+    sync(&office, &home);
+    let before = office.store.state_hash(&SPACE).unwrap();
+    assert_eq!(office.store.rebuild_projections(&SPACE).unwrap(), before);
+    assert_eq!(office.store.state_hash(&SPACE).unwrap(), before);
+}
+
+// ---- Convergence property ----
+
+#[derive(Clone, Debug)]
+enum Step {
+    Op { device: usize, kind: u8, case: u8, field: u8, value: u8 },
+    Sync { a: usize, b: usize },
+}
+
+fn step(devices: usize) -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..devices, 0u8..10, 0u8..3, 0u8..3, any::<u8>())
+            .prop_map(|(device, kind, case, field, value)| Step::Op { device, kind, case, field, value }),
+        1 => (0..devices, 0..devices).prop_map(|(a, b)| Step::Sync { a, b }),
+    ]
+}
+
+fn scenario() -> impl Strategy<Value = (usize, Vec<Step>, u64)> {
+    (2usize..=5).prop_flat_map(|n| (Just(n), proptest::collection::vec(step(n), 10..40), any::<u64>()))
+}
+
+fn command_for(device: &Device, kind: u8, case: u8, field: u8, value: u8) -> Option<Command> {
+    let case_id = CaseId([case + 1; 16]);
+    let exists = device.store.case_view(&SPACE, &case_id).unwrap();
+    let entry = EntryId([field + 1; 16]);
+    let name = format!("f{field}");
+    let val = text(&format!("v{value}"));
+    let Some(view) = exists else {
+        return Some(Command::CreateCase { id: case_id, fields: vec![(name, val)] });
+    };
+    let has_entry = device.store.case_state(&SPACE, &case_id).unwrap().unwrap().entries.contains_key(&entry);
+    Some(match kind {
+        0..=3 => Command::SetFields { case: case_id, fields: vec![(name, val)] },
+        4 if view.status == Status::Active => Command::ChangeStatus { case: case_id, change: StatusChange::Archive },
+        4 if view.status == Status::Archived => {
+            Command::ChangeStatus { case: case_id, change: StatusChange::Unarchive }
+        }
+        5 if view.status != Status::Deleted => Command::ChangeStatus { case: case_id, change: StatusChange::Delete },
+        5 => Command::ChangeStatus { case: case_id, change: StatusChange::Restore },
+        6 | 7 if !has_entry => Command::AddEntry { case: case_id, entry, fields: vec![("note".into(), val)] },
+        6 | 7 => Command::UpdateEntry { case: case_id, entry, fields: vec![("note".into(), val)] },
+        8 if has_entry => Command::RemoveEntry { case: case_id, entry },
+        _ => return None,
+    })
+}
+
+/// The state hash of folding `events` in the given order, from scratch and in memory.
+fn fold_hash(events: &[SignedEvent]) -> String {
+    let mut fold = Fold::new(VersionVector::new());
+    for e in events {
+        fold.apply(e, |_| Ok::<_, ()>(None)).unwrap();
+    }
+    let ordered: BTreeMap<_, _> = fold.cases.into_iter().collect();
+    let mut hasher = StateHasher::new();
+    for state in ordered.values() {
+        hasher.add(state);
+    }
+    hasher.finish()
+}
+
+/// A random interleaving of per-author chains (the orders sync can deliver).
+fn shuffle_respecting_authors(events: &[SignedEvent], mut seed: u64) -> Vec<SignedEvent> {
+    let mut chains: BTreeMap<_, Vec<SignedEvent>> = BTreeMap::new();
+    for e in events {
+        chains.entry(e.header.author).or_default().push(e.clone());
+    }
+    let mut chains: Vec<_> = chains.into_values().map(|c| c.into_iter().rev().collect::<Vec<_>>()).collect();
+    let mut out = Vec::new();
+    while chains.iter().any(|c| !c.is_empty()) {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let live: Vec<usize> = (0..chains.len()).filter(|i| !chains[*i].is_empty()).collect();
+        let pick = live[(seed >> 33) as usize % live.len()];
+        if let Some(e) = chains[pick].pop() {
+            out.push(e);
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn devices_converge_and_no_write_is_lost((n, steps, seed) in scenario()) {
+        let devices: Vec<Device> = (0..n).map(|i| Device::new(i as u8 + 1)).collect();
+        for (t, s) in steps.iter().enumerate() {
+            match *s {
+                Step::Op { device, kind, case, field, value } => {
+                    if let Some(command) = command_for(&devices[device], kind, case, field, value) {
+                        devices[device].store.execute(&SPACE, &devices[device].key, 100 + t as u64, command).unwrap();
+                    }
+                }
+                Step::Sync { a, b } if a != b => sync(&devices[a], &devices[b]),
+                Step::Sync { .. } => {}
+            }
+        }
+        // Heal: everyone syncs with everyone.
+        for a in 0..n { for b in 0..n { if a != b { devices[a].pull_from(&devices[b]); } } }
+        let hash = devices[0].store.state_hash(&SPACE).unwrap();
+        for d in &devices {
+            prop_assert_eq!(d.store.state_hash(&SPACE).unwrap(), hash.clone());
+        }
+        let events: Vec<SignedEvent> = devices[0].store.events_after(&SPACE, &VersionVector::new())
+            .map(|r| SignedEvent::from_wire(r.unwrap().2).unwrap()).collect();
+        for k in 0..4u64 {
+            let order = shuffle_respecting_authors(&events, seed.wrapping_add(k));
+            prop_assert_eq!(fold_hash(&order), hash.clone(), "delivery order {} (seed {}) differs", k, seed);
+        }
+        prop_assert_eq!(devices[0].store.rebuild_projections(&SPACE).unwrap(), hash.clone());
+        // No acknowledged write is missing: each field write is current, or a known write
+        // names it as superseded.
+        let mut superseded: Vec<(Dot, String, Option<EntryId>)> = Vec::new();
+        let mut written: Vec<(Dot, String, Option<EntryId>, CaseId)> = Vec::new();
+        for e in &events {
+            let Some(op) = operation_of(e) else { continue };
+            let dot = Dot { author: e.header.author, seq: e.header.seq };
+            for w in op.fields() {
+                written.push((dot, w.name.clone(), op.entry(), op.case()));
+                for s in &w.supersedes { superseded.push((*s, w.name.clone(), op.entry())); }
+            }
+        }
+        for (dot, name, entry, case) in written {
+            let state = devices[0].store.case_state(&SPACE, &case).unwrap().unwrap();
+            let record = match entry { None => &state.record, Some(e) => &state.entries[&e] };
+            let current = record.fields.get(&name).is_some_and(|r| r.current.iter().any(|v| v.dot == dot));
+            let replaced = superseded.contains(&(dot, name.clone(), entry));
+            prop_assert!(current || replaced, "write {:?} to {} lost", dot, name);
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! The `casesync` command line: argument definitions and what each command does.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use casesync_engine::ids::SpaceId;
+use casesync_engine::operation::FieldValue;
+use casesync_engine::wire::value_to_pb;
+use casesync_proto::v1 as pb;
+use casesync_proto::v1::cases_client::CasesClient;
+use clap::{Args, Parser, Subcommand};
+use tonic::transport::Channel;
+
+use crate::config::{default_data_dir, parse_duration, FileConfig, DAEMON_FILE};
+use crate::node::{DaemonFile, Node, NodeConfig};
+use crate::output::{self, case_row, case_text, json};
+use crate::sync_client::sync_once;
+use crate::{data_dir, demo};
+
+/// casesync: offline-first case sync for small practices.
+#[derive(Parser, Debug)]
+#[command(name = "casesync", version, about)]
+pub struct Cli {
+    /// The node's data dir (default: $XDG_DATA_HOME/casesync or ~/.local/share/casesync).
+    #[arg(long, global = true, env = "CASESYNC_DATA")]
+    pub data: Option<PathBuf>,
+    /// Print results as JSON (one document per line) for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Commands {
+    /// Create a node's data dir: device key, config, and a new space (or join one with --space).
+    Init(InitArgs),
+    /// Run the daemon: serve peers and local applications, sync with peers live.
+    Serve(ServeArgs),
+    /// This node and its peers: connected, syncing, offline; last sync; events waiting.
+    Status,
+    /// Sync now with one peer (or every configured peer), both directions, then exit.
+    Sync {
+        /// Peer URL, like http://192.0.2.1:7000 (default: every peer in casesync.toml).
+        #[arg(long)]
+        peer: Option<String>,
+    },
+    /// Devices allowed to sync with this node.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Cases: add, change, delete, archive, restore, show, list, history, conflicts.
+    #[command(subcommand)]
+    Case(CaseCommand),
+    /// Entries of a case (session notes, appointments, documents' metadata).
+    #[command(subcommand)]
+    Entry(EntryCommand),
+    /// Run a relay and three devices on this machine, edit offline on two, and show they converge.
+    Demo {
+        /// Keep the demo's data dirs here instead of a temporary directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+/// `casesync init`.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// This device's name, shown in history and audit ("office", "laptop").
+    #[arg(long, default_value = "casesync-device")]
+    pub name: String,
+    /// Join an existing space (hex id from the first device's `init`).
+    #[arg(long)]
+    pub space: Option<String>,
+    /// Make this node a relay: it stores and forwards events, holds no case views.
+    #[arg(long)]
+    pub relay: bool,
+    /// Address to serve peers on, saved in casesync.toml.
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+/// `casesync serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to serve peers on (default from casesync.toml, else 127.0.0.1:7000).
+    #[arg(long, env = "CASESYNC_LISTEN")]
+    pub listen: Option<String>,
+    /// Loopback address of the local case API (default: a free port, written to daemon.json).
+    #[arg(long, env = "CASESYNC_API", default_value = "127.0.0.1:0")]
+    pub api: String,
+    /// Peer to sync with (repeatable; added to those in casesync.toml).
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
+    /// Also check each peer's heads on this schedule (like 30s, 5m).
+    #[arg(long, env = "CASESYNC_PULL_EVERY")]
+    pub pull_every: Option<String>,
+    /// Store and forward only.
+    #[arg(long)]
+    pub relay: bool,
+}
+
+/// `casesync device ...`.
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// This device's id and key (give the key to the other devices).
+    Show,
+    /// Allow a device to sync with this node.
+    Add {
+        /// The device's key (hex), from its `casesync device show`.
+        key: String,
+        /// A name for it.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Devices allowed to sync with this node.
+    List,
+}
+
+/// `casesync case ...`.
+#[derive(Subcommand, Debug)]
+pub enum CaseCommand {
+    /// Create a case: `case add name=Ann phone=555 born=date:1980-02-01`.
+    Add {
+        /// FIELD=VALUE pairs; VALUE may be typed: int:, dec:, bool:, date:, hex:, text:.
+        fields: Vec<String>,
+    },
+    /// Set fields of a case.
+    Set {
+        /// Case id or a unique prefix (4+ hex digits).
+        case: String,
+        /// FIELD=VALUE pairs.
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
+    /// Delete a case (restore brings it back).
+    Delete {
+        /// Case id or prefix.
+        case: String,
+    },
+    /// Archive a case.
+    Archive {
+        /// Case id or prefix.
+        case: String,
+    },
+    /// Unarchive a case.
+    Unarchive {
+        /// Case id or prefix.
+        case: String,
+    },
+    /// Restore a deleted case with every field.
+    Restore {
+        /// Case id or prefix.
+        case: String,
+    },
+    /// Show a case, with conflicts.
+    Show {
+        /// Case id or prefix.
+        case: String,
+    },
+    /// List cases.
+    List {
+        /// Only active, archived or deleted cases.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only cases with conflicts.
+        #[arg(long)]
+        conflicts: bool,
+        /// Only cases whose field equals a value: FIELD=VALUE.
+        #[arg(long = "where")]
+        filter: Option<String>,
+    },
+    /// Every change of a case: when, which device, what.
+    History {
+        /// Case id or prefix.
+        case: String,
+    },
+    /// Conflicts (of one case, or all).
+    Conflicts {
+        /// Case id or prefix.
+        case: Option<String>,
+    },
+}
+
+/// `casesync entry ...`.
+#[derive(Subcommand, Debug)]
+pub enum EntryCommand {
+    /// Add an entry to a case.
+    Add {
+        /// Case id or prefix.
+        case: String,
+        /// FIELD=VALUE pairs.
+        fields: Vec<String>,
+    },
+    /// Update an entry's fields.
+    Update {
+        /// Case id or prefix.
+        case: String,
+        /// Entry id (hex).
+        entry: String,
+        /// FIELD=VALUE pairs.
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
+    /// Remove an entry.
+    Remove {
+        /// Case id or prefix.
+        case: String,
+        /// Entry id (hex).
+        entry: String,
+    },
+}
+
+/// Parses `FIELD=VALUE` arguments.
+pub fn parse_fields(args: &[String]) -> anyhow::Result<Vec<pb::NamedValue>> {
+    args.iter()
+        .map(|arg| {
+            let (name, value) = arg.split_once('=').with_context(|| format!("{arg:?} is not FIELD=VALUE"))?;
+            let value = FieldValue::parse_typed(value).with_context(|| format!("field {name:?}"))?;
+            Ok(pb::NamedValue { name: name.to_string(), value: Some(value_to_pb(&value)) })
+        })
+        .collect()
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data = cli.data.clone().unwrap_or_else(default_data_dir);
+    match cli.command {
+        Commands::Init(args) => init(&data, args, cli.json),
+        Commands::Serve(args) => serve(&data, args).await,
+        Commands::Demo { keep } => demo::run(keep, cli.json).await,
+        Commands::Sync { peer } => sync(&data, peer, cli.json).await,
+        command => {
+            let session = Session::open(&data).await?;
+            let result = session_command(&session, command, cli.json).await;
+            session.close().await;
+            result
+        }
+    }
+}
+
+fn init(data: &Path, args: InitArgs, as_json: bool) -> anyhow::Result<()> {
+    let space =
+        args.space.as_deref().map(SpaceId::from_hex).transpose().context("--space must be a 32-digit hex space id")?;
+    let report = data_dir::init(data, &args.name, space, args.relay, args.listen)?;
+    if as_json {
+        return json(&report);
+    }
+    println!("{} casesync node in {}", if report.created { "created a" } else { "kept the" }, report.data);
+    println!("device      {} ({})", report.device, report.device_name);
+    println!("device key  {}", report.device_key);
+    println!("space       {}", report.space);
+    if report.relay {
+        println!("mode        relay (stores and forwards, holds no case views)");
+    }
+    println!(
+        "next: on the other devices, `casesync init --space {}` and `casesync device add <key>` both ways",
+        report.space
+    );
+    Ok(())
+}
+
+async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    let file = FileConfig::load(data)?;
+    let mut peers = file.peers.clone();
+    peers.extend(args.peers);
+    peers.dedup();
+    let pull_every = args.pull_every.or(file.pull_every.clone()).map(|d| parse_duration(&d)).transpose()?;
+    let config = NodeConfig {
+        data: data.to_path_buf(),
+        listen: args.listen.or(file.listen.clone()).unwrap_or_else(|| "127.0.0.1:7000".into()),
+        api: args.api,
+        peers,
+        pull_every,
+        relay: args.relay,
+        announce: true,
+    };
+    let node = Node::start(config).await?;
+    eprintln!(
+        "casesync {} serving peers on {} (local API {}); Ctrl-C stops",
+        node.shared().identity.author().device_id(),
+        node.sync_url(),
+        node.api_addr()
+    );
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    eprintln!("stopping");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// A CLI session: a client to the running daemon, or to a node started in-process on the data
+/// dir when no daemon runs.
+pub struct Session {
+    /// The case API client.
+    pub client: CasesClient<Channel>,
+    local: Option<Node>,
+}
+
+impl Session {
+    /// Connects to the daemon of `data`, or opens the data dir in-process.
+    pub async fn open(data: &Path) -> anyhow::Result<Session> {
+        if let Ok(text) = std::fs::read_to_string(data.join(DAEMON_FILE)) {
+            let daemon: DaemonFile = serde_json::from_str(&text).context("daemon.json is malformed")?;
+            if let Ok(channel) = crate::sync_client::connect(&format!("http://{}", daemon.api)).await {
+                return Ok(Session { client: CasesClient::new(channel), local: None });
+            }
+        }
+        let node = Node::start(NodeConfig::new(data)).await?;
+        let channel = crate::sync_client::connect(&format!("http://{}", node.api_addr())).await?;
+        Ok(Session { client: CasesClient::new(channel), local: Some(node) })
+    }
+
+    /// Stops the in-process node, if any.
+    pub async fn close(self) {
+        if let Some(node) = self.local {
+            node.shutdown().await;
+        }
+    }
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}
+
+async fn session_command(session: &Session, command: Commands, as_json: bool) -> anyhow::Result<()> {
+    let mut client = session.client.clone();
+    let show = |view: pb::CaseView| -> anyhow::Result<()> {
+        if as_json {
+            json(&view)
+        } else {
+            print!("{}", case_text(&view));
+            Ok(())
+        }
+    };
+    let case_ref = |case: String| pb::CaseRef { case_id: case };
+    match command {
+        Commands::Status => {
+            let status = client.status(pb::StatusRequest {}).await.map_err(status_error)?.into_inner();
+            if as_json {
+                return json(&status);
+            }
+            println!("device  {} ({}){}", status.device, status.device_name, if status.relay { "  relay" } else { "" });
+            println!("space   {}", status.space);
+            println!("events  {}", status.events);
+            if !status.relay {
+                println!("state   {}", status.state_hash);
+            }
+            if status.peers.is_empty() {
+                println!("peers   not configured (add --peer to `casesync serve`, or peers in casesync.toml)");
+            }
+            for p in &status.peers {
+                let last = if p.last_sync_ms == 0 { "never".to_string() } else { output::utc(p.last_sync_ms) };
+                println!(
+                    "peer    {}  {}  last sync {}  waiting to send {}  {}",
+                    p.url, p.state, last, p.events_to_send, p.last_error
+                );
+            }
+            Ok(())
+        }
+        Commands::Device(cmd) => {
+            let list = match cmd {
+                DeviceCommand::Show => {
+                    let status = client.status(pb::StatusRequest {}).await.map_err(status_error)?.into_inner();
+                    let list = client.list_devices(pb::ListDevicesRequest {}).await.map_err(status_error)?.into_inner();
+                    let me = list.devices.into_iter().find(|d| d.this_device);
+                    if as_json {
+                        return json(&me);
+                    }
+                    if let Some(me) = me {
+                        println!(
+                            "device      {} ({})\ndevice key  {}\nspace       {}",
+                            me.device, me.name, me.device_key, status.space
+                        );
+                    }
+                    return Ok(());
+                }
+                DeviceCommand::Add { key, name } => client
+                    .add_device(pb::AddDeviceRequest { device_key: key, name })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner(),
+                DeviceCommand::List => {
+                    client.list_devices(pb::ListDevicesRequest {}).await.map_err(status_error)?.into_inner()
+                }
+            };
+            if as_json {
+                return json(&list);
+            }
+            for d in &list.devices {
+                println!(
+                    "{}  {:<20} {}{}",
+                    d.device,
+                    d.name,
+                    d.device_key,
+                    if d.this_device { "  (this device)" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        Commands::Case(cmd) => match cmd {
+            CaseCommand::Add { fields } => show(
+                client
+                    .create_case(pb::CreateCaseRequest { fields: parse_fields(&fields)? })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner(),
+            ),
+            CaseCommand::Set { case, fields } => show(
+                client
+                    .set_fields(pb::SetFieldsRequest { case_id: case, fields: parse_fields(&fields)? })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner(),
+            ),
+            CaseCommand::Delete { case } => {
+                show(client.delete_case(case_ref(case)).await.map_err(status_error)?.into_inner())
+            }
+            CaseCommand::Archive { case } => {
+                show(client.archive_case(case_ref(case)).await.map_err(status_error)?.into_inner())
+            }
+            CaseCommand::Unarchive { case } => {
+                show(client.unarchive_case(case_ref(case)).await.map_err(status_error)?.into_inner())
+            }
+            CaseCommand::Restore { case } => {
+                show(client.restore_case(case_ref(case)).await.map_err(status_error)?.into_inner())
+            }
+            CaseCommand::Show { case } => {
+                show(client.get_case(case_ref(case)).await.map_err(status_error)?.into_inner())
+            }
+            CaseCommand::List { status, conflicts, filter } => {
+                let (field, equals) = match filter {
+                    Some(f) => f
+                        .split_once('=')
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                        .context("--where takes FIELD=VALUE")?,
+                    None => (String::new(), String::new()),
+                };
+                let request = pb::ListCasesRequest {
+                    status: status.unwrap_or_default(),
+                    conflicts_only: conflicts,
+                    field,
+                    equals,
+                };
+                let list = client.list_cases(request).await.map_err(status_error)?.into_inner();
+                if as_json {
+                    return json(&list);
+                }
+                for view in &list.cases {
+                    println!("{}", case_row(view));
+                }
+                Ok(())
+            }
+            CaseCommand::History { case } => {
+                let history = client.history(case_ref(case)).await.map_err(status_error)?.into_inner();
+                if as_json {
+                    return json(&history);
+                }
+                for item in &history.items {
+                    let fields: Vec<String> = item
+                        .fields
+                        .iter()
+                        .map(|f| format!("{}={}", f.name, crate::views_pb::value_text(f.value.as_ref())))
+                        .collect();
+                    println!(
+                        "{}  {} ({})  #{}  {:<13} {}  event {}",
+                        output::hlc_time(item.hlc),
+                        item.device,
+                        if item.device_name.is_empty() { "?" } else { &item.device_name },
+                        item.seq,
+                        item.operation,
+                        fields.join(" "),
+                        &item.event_id[..16]
+                    );
+                }
+                Ok(())
+            }
+            CaseCommand::Conflicts { case } => {
+                let list = client
+                    .conflicts(pb::ConflictsRequest { case_id: case.unwrap_or_default() })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                if as_json {
+                    return json(&list);
+                }
+                if list.conflicts.is_empty() {
+                    println!("no conflicts");
+                }
+                for c in &list.conflicts {
+                    let place =
+                        if c.entry_id.is_empty() { String::new() } else { format!(" entry {}", &c.entry_id[..8]) };
+                    println!("case {}{place} field {}:", &c.case_id[..8], c.field);
+                    for v in &c.versions {
+                        println!(
+                            "    {:?} by {} at {}",
+                            crate::views_pb::value_text(v.value.as_ref()),
+                            v.device,
+                            output::hlc_time(v.hlc)
+                        );
+                    }
+                }
+                Ok(())
+            }
+        },
+        Commands::Entry(cmd) => {
+            let view = match cmd {
+                EntryCommand::Add { case, fields } => {
+                    client
+                        .add_entry(pb::EntryRequest {
+                            case_id: case,
+                            entry_id: String::new(),
+                            fields: parse_fields(&fields)?,
+                        })
+                        .await
+                }
+                EntryCommand::Update { case, entry, fields } => {
+                    client
+                        .update_entry(pb::EntryRequest {
+                            case_id: case,
+                            entry_id: entry,
+                            fields: parse_fields(&fields)?,
+                        })
+                        .await
+                }
+                EntryCommand::Remove { case, entry } => {
+                    client.remove_entry(pb::EntryRequest { case_id: case, entry_id: entry, fields: Vec::new() }).await
+                }
+            };
+            show(view.map_err(status_error)?.into_inner())
+        }
+        Commands::Init(_) | Commands::Serve(_) | Commands::Demo { .. } | Commands::Sync { .. } => {
+            bail!("internal: command dispatched to the wrong handler")
+        }
+    }
+}
+
+async fn sync(data: &Path, peer: Option<String>, as_json: bool) -> anyhow::Result<()> {
+    // Through the daemon when one runs; else in-process with a progress bar.
+    if let Ok(text) = std::fs::read_to_string(data.join(DAEMON_FILE)) {
+        if let Ok(daemon) = serde_json::from_str::<DaemonFile>(&text) {
+            if let Ok(channel) = crate::sync_client::connect(&format!("http://{}", daemon.api)).await {
+                let reply = CasesClient::new(channel)
+                    .sync_now(pb::SyncNowRequest { peer: peer.unwrap_or_default() })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                return report_sync(&reply, as_json);
+            }
+        }
+    }
+    let file = FileConfig::load(data)?;
+    let peers = match peer {
+        Some(p) => vec![p],
+        None if file.peers.is_empty() => bail!("no peer: pass --peer URL or add peers to casesync.toml"),
+        None => file.peers.clone(),
+    };
+    let node = Node::start(NodeConfig::new(data)).await?;
+    let mut results = Vec::new();
+    for url in peers {
+        node.shared().add_peer(&url);
+        let bar = output::progress_bar(0, &format!("sync {url}"));
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(3600),
+            sync_once(node.shared().clone(), &url, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            }),
+        )
+        .await;
+        bar.finish_and_clear();
+        results.push(match outcome {
+            Ok(Ok(counts)) => {
+                pb::PeerSyncResult { peer: url, received: counts.received, sent: counts.sent, error: String::new() }
+            }
+            Ok(Err(e)) => pb::PeerSyncResult { peer: url, error: format!("{e:#}"), ..Default::default() },
+            Err(_) => pb::PeerSyncResult { peer: url, error: "timed out after an hour".into(), ..Default::default() },
+        });
+    }
+    node.shutdown().await;
+    report_sync(&pb::SyncNowReply { results }, as_json)
+}
+
+fn report_sync(reply: &pb::SyncNowReply, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        json(reply)?;
+    } else {
+        for r in &reply.results {
+            if r.error.is_empty() {
+                println!("{}: received {}, sent {}", r.peer, r.received, r.sent);
+            } else {
+                println!("{}: failed: {}", r.peer, r.error);
+            }
+        }
+    }
+    if reply.results.iter().any(|r| !r.error.is_empty()) {
+        bail!("sync failed with {} peer(s)", reply.results.iter().filter(|r| !r.error.is_empty()).count());
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! A node's data dir: creating it (`casesync init`), opening it, and detecting a copied one.
+//!
+//! Layout: `casesync.toml` (config), `device.key` + `device.name` (identity), `instance` (where
+//! this identity lives), `db/` (RocksDB), `daemon.json` (while a daemon runs).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use casesync_engine::identity::DeviceIdentity;
+use casesync_engine::ids::SpaceId;
+use casesync_engine::store::{Store, StoreOptions};
+use rand::RngCore;
+use serde::Serialize;
+
+use crate::config::FileConfig;
+
+/// File recording which machine and path the identity belongs to.
+pub const INSTANCE_FILE: &str = "instance";
+
+/// The RocksDB directory inside a data dir.
+pub fn db_path(data: &Path) -> PathBuf {
+    data.join("db")
+}
+
+fn fresh_secret() -> [u8; 32] {
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    secret
+}
+
+/// Where this data dir lives: machine id, host name and canonical path, hashed.
+fn fingerprint(data: &Path) -> String {
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let path = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(machine.trim().as_bytes());
+    hasher.update(b"\0");
+    hasher.update(host.trim().as_bytes());
+    hasher.update(b"\0");
+    hasher.update(path.to_string_lossy().as_bytes());
+    hasher.finalize().to_hex().to_string()
+}
+
+/// What `init` made.
+#[derive(Clone, Debug, Serialize)]
+pub struct InitReport {
+    /// The data dir.
+    pub data: String,
+    /// Short device id.
+    pub device: String,
+    /// Device key (hex): give it to the other devices (`casesync device add`).
+    pub device_key: String,
+    /// Device name.
+    pub device_name: String,
+    /// The space (hex): give it to devices that join.
+    pub space: String,
+    /// Relay mode.
+    pub relay: bool,
+    /// Whether the data dir was new.
+    pub created: bool,
+}
+
+/// Creates (or completes) a data dir. Without `space`, a new space is created.
+pub fn init(
+    data: &Path,
+    name: &str,
+    space: Option<SpaceId>,
+    relay: bool,
+    listen: Option<String>,
+) -> anyhow::Result<InitReport> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let existing = FileConfig::load(data).ok();
+    let space = match (&existing, space) {
+        (Some(config), Some(wanted)) if SpaceId::from_hex(&config.space).ok() != Some(wanted) => {
+            bail!("{} already serves space {}, not {}", data.display(), config.space, wanted)
+        }
+        (Some(config), _) => SpaceId::from_hex(&config.space).context("casesync.toml has a malformed space")?,
+        (None, Some(space)) => space,
+        (None, None) => {
+            let mut id = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut id);
+            SpaceId(id)
+        }
+    };
+    let created = existing.is_none();
+    if created {
+        FileConfig { space: space.to_hex(), listen, relay, ..FileConfig::default() }.save(data)?;
+    }
+    let (identity, _) = DeviceIdentity::load_or_create(data, name, fresh_secret)?;
+    std::fs::write(data.join(INSTANCE_FILE), fingerprint(data)).context("writing the instance file")?;
+    let store = Store::open(&db_path(data), StoreOptions { projections: !relay })?;
+    store.add_member(&space, &identity.author(), &identity.name)?;
+    Ok(InitReport {
+        data: data.display().to_string(),
+        device: identity.author().device_id(),
+        device_key: identity.author().to_hex(),
+        device_name: identity.name.clone(),
+        space: space.to_hex(),
+        relay,
+        created,
+    })
+}
+
+/// An open data dir.
+pub struct OpenDataDir {
+    /// The config file.
+    pub config: FileConfig,
+    /// The space.
+    pub space: SpaceId,
+    /// This device.
+    pub identity: DeviceIdentity,
+    /// The store.
+    pub store: Arc<Store>,
+}
+
+/// Opens a data dir (blocking). A data dir copied to another machine or path continues as a new
+/// device with a new key, so the copy can never fork the original's chain.
+pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
+    let config = FileConfig::load(data)?;
+    let space = SpaceId::from_hex(&config.space).context("casesync.toml has a malformed space")?;
+    let mut identity = DeviceIdentity::load(data)?.with_context(|| {
+        format!("{} has no device key (run `casesync init --data {}`)", data.display(), data.display())
+    })?;
+    let here = fingerprint(data);
+    let recorded = std::fs::read_to_string(data.join(INSTANCE_FILE)).unwrap_or_default();
+    let copied = !recorded.trim().is_empty() && recorded.trim() != here;
+    if copied {
+        let old = identity.author().device_id();
+        identity = DeviceIdentity::create(data, &identity.name, fresh_secret())?;
+        tracing::warn!(
+            old = %old,
+            new = %identity.author().device_id(),
+            "this data dir was copied or moved: continuing as a new device with a new key (add it on the other devices)"
+        );
+    }
+    std::fs::write(data.join(INSTANCE_FILE), &here).context("writing the instance file")?;
+    let relay = relay_flag || config.relay;
+    let store = Store::open(&db_path(data), StoreOptions { projections: !relay }).map_err(|e| {
+        let locked = e.to_string().contains("lock");
+        anyhow::Error::new(e).context(if locked {
+            "the data dir is in use by another casesync process"
+        } else {
+            "cannot open the log store"
+        })
+    })?;
+    if store.member(&space, &identity.author())?.is_none() {
+        store.add_member(&space, &identity.author(), &identity.name)?;
+    }
+    Ok(OpenDataDir { config, space, identity, store: Arc::new(store) })
+}

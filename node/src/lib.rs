@@ -1,0 +1,22 @@
+//! The casesync node: the daemon's servers and peer tasks, the CLI's commands and the demo, as a
+//! library so tests and benches run real nodes in-process.
+//!
+//! `node` is the only crate that speaks gRPC. It converts between wire messages and engine calls,
+//! runs blocking storage work on tokio's blocking pool, and owns time, sockets and randomness.
+
+pub mod auth;
+pub mod case_service;
+pub mod cli;
+pub mod config;
+pub mod data_dir;
+pub mod demo;
+pub mod grpc_status;
+pub mod node;
+pub mod output;
+pub mod peer_actor;
+pub mod shared;
+pub mod sync_client;
+pub mod sync_server;
+pub mod views_pb;
+
+pub use node::{Node, NodeConfig};

@@ -1,0 +1,111 @@
+//! Printing results: human tables on a terminal, `--json` for scripts.
+
+use std::io::IsTerminal;
+
+use casesync_proto::v1 as pb;
+use serde::Serialize;
+
+use crate::views_pb::value_text;
+
+/// Prints a value as one line of JSON.
+pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` UTC of milliseconds since the epoch.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+/// Time of a hybrid logical clock value.
+pub fn hlc_time(hlc: u64) -> String {
+    utc(hlc >> 16)
+}
+
+fn version_line(v: &pb::VersionView) -> String {
+    let value = if v.status.is_empty() { format!("{:?}", value_text(v.value.as_ref())) } else { v.status.clone() };
+    format!("{value} by {} at {}", v.device, hlc_time(v.hlc))
+}
+
+/// A case, as text lines.
+pub fn case_text(view: &pb::CaseView) -> String {
+    let mut out = format!("case {}  {}", view.case_id, view.status);
+    if view.deleted_with_concurrent_changes {
+        out.push_str("  (deleted with concurrent changes: restore or delete again)");
+    }
+    out.push_str(&format!("  updated {}\n", hlc_time(view.updated_hlc)));
+    for v in &view.status_conflict {
+        out.push_str(&format!("  ! status conflict: {}\n", version_line(v)));
+    }
+    let fields = |out: &mut String, indent: &str, fields: &[pb::FieldView]| {
+        for f in fields {
+            out.push_str(&format!("{indent}{:<16} {}\n", f.name, value_text(f.value.as_ref())));
+            if !f.conflict.is_empty() {
+                out.push_str(&format!("{indent}  ! conflict, {} values:\n", f.conflict.len()));
+                for v in &f.conflict {
+                    out.push_str(&format!("{indent}    {}\n", version_line(v)));
+                }
+            }
+        }
+    };
+    fields(&mut out, "  ", &view.fields);
+    for entry in &view.entries {
+        let flag = if entry.removed_with_concurrent_changes { "  (removed with concurrent changes)" } else { "" };
+        out.push_str(&format!("  entry {}{flag}\n", entry.entry_id));
+        fields(&mut out, "    ", &entry.fields);
+    }
+    out
+}
+
+/// A one-line summary of a case, for lists.
+pub fn case_row(view: &pb::CaseView) -> String {
+    let summary: Vec<String> =
+        view.fields.iter().take(4).map(|f| format!("{}={}", f.name, value_text(f.value.as_ref()))).collect();
+    let conflict = view.fields.iter().any(|f| !f.conflict.is_empty()) || !view.status_conflict.is_empty();
+    format!(
+        "{}  {:<8} {}{}{}",
+        &view.case_id[..8.min(view.case_id.len())],
+        view.status,
+        summary.join("  "),
+        if conflict { "  [conflict]" } else { "" },
+        if view.deleted_with_concurrent_changes { "  [deleted with concurrent changes]" } else { "" },
+    )
+}
+
+/// A progress bar on a terminal; hidden otherwise.
+pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(utc(1_795_435_200_000), "2026-11-23 12:00:00");
+    }
+}

@@ -1,0 +1,143 @@
+//! State shared by a node's servers and peer tasks: the store, the identity, change
+//! notifications, what each peer device is known to hold, and per-peer status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use casesync_engine::identity::DeviceIdentity;
+use casesync_engine::ids::{AuthorId, SpaceId};
+use casesync_engine::store::Store;
+use casesync_engine::vector_clock::VersionVector;
+use tokio::sync::{watch, Notify};
+
+/// Wall clock in ms since the epoch (the node owns time; the engine takes it as an argument).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A peer's connection state, like the seeds' status icon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// Connecting or waiting to retry.
+    Offline,
+    /// Exchanging missing ranges.
+    Syncing,
+    /// Caught up, live subscription open.
+    Connected,
+}
+
+impl PeerState {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Offline => "offline",
+            PeerState::Syncing => "syncing",
+            PeerState::Connected => "connected",
+        }
+    }
+}
+
+/// What the node knows of one configured peer.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// Connection state.
+    pub state: PeerState,
+    /// The peer's device key, once it said hello.
+    pub device: Option<AuthorId>,
+    /// Last time both directions were caught up (ms since epoch; 0 = never).
+    pub last_sync_ms: u64,
+    /// Last error, if the last attempt failed.
+    pub last_error: String,
+    /// Wakes the peer task for an immediate sync.
+    pub wake: Arc<Notify>,
+}
+
+/// Everything a node's tasks share.
+pub struct Shared {
+    /// The log store.
+    pub store: Arc<Store>,
+    /// This device.
+    pub identity: DeviceIdentity,
+    /// The space served.
+    pub space: SpaceId,
+    /// Store-and-forward only.
+    pub relay: bool,
+    /// Next arrival position after each commit: wakes live streams and watchers.
+    pub changes: watch::Sender<u64>,
+    /// Turns true when the node stops: ends live streams so servers can drain.
+    pub stopping: watch::Sender<bool>,
+    known: Mutex<HashMap<AuthorId, VersionVector>>,
+    peers: Mutex<BTreeMap<String, PeerInfo>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Shared state for a node.
+    pub fn new(store: Arc<Store>, identity: DeviceIdentity, space: SpaceId, relay: bool) -> Arc<Shared> {
+        let (changes, _) = watch::channel(store.next_position());
+        let (stopping, _) = watch::channel(false);
+        Arc::new(Shared {
+            store,
+            identity,
+            space,
+            relay,
+            changes,
+            stopping,
+            known: Mutex::new(HashMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Announces a commit.
+    pub fn notify(&self, next_position: u64) {
+        self.changes.send_if_modified(|current| {
+            let newer = next_position > *current;
+            if newer {
+                *current = next_position;
+            }
+            newer
+        });
+    }
+
+    /// What a peer device is known to hold (raised by what it sent us and what we sent it).
+    pub fn known(&self, device: &AuthorId) -> VersionVector {
+        lock(&self.known).get(device).cloned().unwrap_or_default()
+    }
+
+    /// Raises what a peer device is known to hold.
+    pub fn raise_known(&self, device: &AuthorId, vector: &VersionVector) {
+        lock(&self.known).entry(*device).or_default().merge(vector);
+    }
+
+    /// Registers a configured peer.
+    pub fn add_peer(&self, url: &str) -> Arc<Notify> {
+        let wake = Arc::new(Notify::new());
+        lock(&self.peers).insert(
+            url.to_string(),
+            PeerInfo {
+                state: PeerState::Offline,
+                device: None,
+                last_sync_ms: 0,
+                last_error: String::new(),
+                wake: wake.clone(),
+            },
+        );
+        wake
+    }
+
+    /// Updates a peer's status.
+    pub fn update_peer(&self, url: &str, f: impl FnOnce(&mut PeerInfo)) {
+        if let Some(info) = lock(&self.peers).get_mut(url) {
+            f(info);
+        }
+    }
+
+    /// Every configured peer's status.
+    pub fn peers(&self) -> Vec<(String, PeerInfo)> {
+        lock(&self.peers).iter().map(|(url, info)| (url.clone(), info.clone())).collect()
+    }
+}

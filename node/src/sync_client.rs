@@ -1,0 +1,214 @@
+//! Outbound sync: connect to a peer, authenticate every call, and exchange missing ranges —
+//! once (`sync_once`) or live (`live_session`: a following pull and a following push on one
+//! HTTP/2 connection with keep-alive).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use casesync_engine::ids::AuthorId;
+use casesync_engine::vector_clock::VersionVector;
+use casesync_engine::wire;
+use casesync_proto::v1 as pb;
+use casesync_proto::v1::sync_client::SyncClient;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Request;
+
+use crate::auth;
+use crate::shared::{now_ms, PeerState, Shared};
+use crate::sync_server::{stream_events, GRPC_MESSAGE_BYTES_MAX};
+
+/// Connects to a peer URL with keep-alive, so a connection through a healed partition is noticed
+/// in seconds rather than minutes.
+pub async fn connect(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("{url:?} is not a valid peer URL (like http://127.0.0.1:7000)"))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    endpoint.connect().await.with_context(|| format!("cannot reach peer {url}"))
+}
+
+/// What one sync exchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    /// Events received and stored.
+    pub received: u64,
+    /// Events sent and accepted by the peer.
+    pub sent: u64,
+}
+
+/// An authenticated connection to one peer.
+pub struct PeerClient {
+    shared: Arc<Shared>,
+    client: SyncClient<Channel>,
+    /// The peer's device key.
+    pub server: AuthorId,
+}
+
+impl PeerClient {
+    /// Connects and learns the peer's device key.
+    pub async fn open(shared: Arc<Shared>, url: &str) -> anyhow::Result<PeerClient> {
+        let channel = connect(url).await?;
+        let mut client = SyncClient::new(channel)
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let hello =
+            client.hello(pb::HelloRequest {}).await.with_context(|| format!("peer {url} did not answer hello"))?;
+        let server = AuthorId::from_slice(&hello.get_ref().device)
+            .map_err(|_| anyhow!("peer {url} sent a malformed device key"))?;
+        Ok(PeerClient { shared, client, server })
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        auth::sign(request.metadata_mut(), &self.shared.identity.key, &self.shared.space, &self.server, now_ms());
+        request
+    }
+
+    fn space_bytes(&self) -> bytes::Bytes {
+        bytes::Bytes::copy_from_slice(self.shared.space.as_bytes())
+    }
+
+    /// The peer's version vector; notes when it holds this device's events beyond the local head
+    /// (local writes then wait until they are fetched).
+    pub async fn heads(&mut self) -> anyhow::Result<VersionVector> {
+        let request = self.request(pb::HeadsRequest { space: self.space_bytes() });
+        let reply = self.client.heads(request).await.context("heads refused")?.into_inner();
+        let vector =
+            wire::vector_from_pb(&reply.heads.unwrap_or_default()).context("peer sent a malformed version vector")?;
+        let me = self.shared.identity.author();
+        if vector.get(&me) > self.shared.store.vector(&self.shared.space).get(&me) {
+            let (store, space, seq) = (self.shared.store.clone(), self.shared.space, vector.get(&me));
+            tracing::warn!(
+                seq,
+                "a peer holds this device's events beyond the local head: fetching them before any local write"
+            );
+            tokio::task::spawn_blocking(move || store.note_remote_head(&space, &me, seq)).await??;
+        }
+        self.shared.raise_known(&self.server, &vector);
+        Ok(vector)
+    }
+
+    /// Ingests one received batch; fails on any refusal (after the honest part landed).
+    async fn ingest(&self, batch: pb::EventBatch) -> anyhow::Result<u64> {
+        let (store, space) = (self.shared.store.clone(), self.shared.space);
+        let report = tokio::task::spawn_blocking(move || store.ingest(&space, batch.events)).await??;
+        self.shared.raise_known(&self.server, &report.sender_holds);
+        if report.accepted > 0 {
+            self.shared.notify(report.commit.next_position);
+        }
+        if let Some(first) = report.rejected.first() {
+            bail!("peer {} sent an event we refuse: {}", self.server.device_id(), first.reason);
+        }
+        Ok(report.accepted)
+    }
+
+    /// Pulls what we lack once; `progress` is told the running count of received events.
+    pub async fn pull_once(&mut self, mut progress: impl FnMut(u64)) -> anyhow::Result<u64> {
+        let have = self.shared.store.vector(&self.shared.space);
+        let request = self.request(pb::PullRequest {
+            space: self.space_bytes(),
+            have: Some(wire::vector_to_pb(&have)),
+            follow: false,
+        });
+        let mut stream = self.client.pull(request).await.context("pull refused")?.into_inner();
+        let mut received = 0;
+        while let Some(batch) = stream.message().await.context("pull stream failed")? {
+            received += self.ingest(batch).await?;
+            progress(received);
+        }
+        Ok(received)
+    }
+
+    /// Pushes what the peer lacks once.
+    pub async fn push_once(&mut self, peer_has: VersionVector) -> anyhow::Result<u64> {
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(stream_events(self.shared.clone(), self.server, peer_has, false, tx));
+        let outgoing = ReceiverStream::new(rx).filter_map(|r| r.ok());
+        let reply = self.client.push(self.request(outgoing)).await.context("push refused")?.into_inner();
+        Ok(reply.accepted)
+    }
+}
+
+/// One sync in both directions: push what the peer lacks, pull what we lack.
+pub async fn sync_once(shared: Arc<Shared>, url: &str, progress: impl FnMut(u64, u64)) -> anyhow::Result<SyncCounts> {
+    let mut progress = progress;
+    let mut peer = PeerClient::open(shared.clone(), url).await?;
+    let peer_has = peer.heads().await?;
+    let local = shared.store.vector(&shared.space);
+    let expected: u64 = peer_has.missing_in(&local).iter().map(|r| r.len()).sum();
+    let sent = peer.push_once(peer_has).await?;
+    let received = peer.pull_once(|n| progress(n, expected)).await?;
+    shared.update_peer(url, |info| {
+        info.last_sync_ms = now_ms();
+        info.device = Some(peer.server);
+    });
+    Ok(SyncCounts { received, sent })
+}
+
+/// A live session: catch up both ways, then follow both ways until the connection fails or
+/// `shutdown` fires. With `pull_every`, also checks the peer's heads on that schedule.
+pub async fn live_session(
+    shared: Arc<Shared>,
+    url: &str,
+    pull_every: Option<Duration>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut peer = PeerClient::open(shared.clone(), url).await?;
+    shared.update_peer(url, |info| {
+        info.state = PeerState::Syncing;
+        info.device = Some(peer.server);
+        info.last_error.clear();
+    });
+    let peer_has = peer.heads().await?;
+    let (tx, rx) = mpsc::channel(4);
+    let producer = tokio::spawn(stream_events(shared.clone(), peer.server, peer_has, true, tx));
+    let outgoing = ReceiverStream::new(rx).filter_map(|r| r.ok().filter(|b| !b.events.is_empty()));
+    let mut push_client = peer.client.clone();
+    let push_request = peer.request(outgoing);
+    let mut push = Box::pin(async move { push_client.push(push_request).await });
+
+    let have = shared.store.vector(&shared.space);
+    let request = peer.request(pb::PullRequest {
+        space: peer.space_bytes(),
+        have: Some(wire::vector_to_pb(&have)),
+        follow: true,
+    });
+    let mut stream = peer.client.pull(request).await.context("pull refused")?.into_inner();
+    let period = pull_every.unwrap_or(Duration::from_secs(3600)).max(Duration::from_millis(100));
+    let mut schedule = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let result = loop {
+        tokio::select! {
+            message = stream.message() => match message {
+                Ok(Some(batch)) if batch.events.is_empty() => {
+                    shared.update_peer(url, |info| { info.state = PeerState::Connected; info.last_sync_ms = now_ms(); });
+                }
+                Ok(Some(batch)) => {
+                    if let Err(e) = peer.ingest(batch).await { break Err(e); }
+                    shared.update_peer(url, |info| info.last_sync_ms = now_ms());
+                }
+                Ok(None) => break Err(anyhow!("peer ended the live stream")),
+                Err(status) => break Err(anyhow!("live stream failed: {}", status.message())),
+            },
+            pushed = &mut push => break match pushed {
+                Ok(_) => Err(anyhow!("peer closed the push stream")),
+                Err(status) => Err(anyhow!("peer refused a push: {}", status.message())),
+            },
+            _ = schedule.tick(), if pull_every.is_some() => {
+                let heads = peer.heads().await?;
+                if !heads.missing_in(&shared.store.vector(&shared.space)).is_empty() {
+                    peer.pull_once(|_| {}).await?;
+                }
+            }
+            _ = shutdown.changed() => break Ok(()),
+        }
+    };
+    producer.abort();
+    result
+}

@@ -1,0 +1,229 @@
+//! The sync service: a thin adapter from gRPC to the engine. Peers authenticate, then pull
+//! what they lack (optionally following live) and push what we lack, in bounded batches.
+
+use std::sync::Arc;
+
+use casesync_engine::ids::{AuthorId, SpaceId};
+use casesync_engine::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
+use casesync_engine::store::Store;
+use casesync_engine::vector_clock::VersionVector;
+use casesync_engine::wire;
+use casesync_proto::v1 as pb;
+use casesync_proto::v1::sync_server::Sync;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth;
+use crate::grpc_status;
+use crate::shared::{now_ms, Shared};
+
+/// Largest gRPC message accepted or sent (a batch is bounded well below).
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Batches buffered per outgoing stream.
+const STREAM_BUFFER_BATCHES: usize = 4;
+
+/// The sync service of one node.
+pub struct SyncServer {
+    shared: Arc<Shared>,
+}
+
+impl SyncServer {
+    /// A service over the node's shared state.
+    pub fn new(shared: Arc<Shared>) -> SyncServer {
+        SyncServer { shared }
+    }
+
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<AuthorId, Status> {
+        let (space, device) = auth::verify(request.metadata(), &self.shared.identity.author(), now_ms())?;
+        if space != self.shared.space {
+            return Err(Status::permission_denied("this node does not serve that space"));
+        }
+        let known = device == self.shared.identity.author()
+            || self.shared.store.member(&space, &device).map_err(|e| grpc_status::store(&e))?.is_some();
+        if !known {
+            return Err(Status::permission_denied(format!(
+                "device {} is not a known device of this space (add it with `casesync device add`)",
+                device.device_id()
+            )));
+        }
+        Ok(device)
+    }
+
+    fn check_space(&self, space: &[u8]) -> Result<(), Status> {
+        if SpaceId::from_slice(space).ok() != Some(self.shared.space) {
+            return Err(Status::invalid_argument("request names another space than its authentication"));
+        }
+        Ok(())
+    }
+
+    /// The self-fork guard: a peer holds this device's own events beyond the local head.
+    async fn guard_own_chain(&self, peer_has: &VersionVector) -> Result<(), Status> {
+        let me = self.shared.identity.author();
+        if peer_has.get(&me) > self.shared.store.vector(&self.shared.space).get(&me) {
+            let store = self.shared.store.clone();
+            let space = self.shared.space;
+            let seq = peer_has.get(&me);
+            tokio::task::spawn_blocking(move || store.note_remote_head(&space, &me, seq))
+                .await
+                .map_err(grpc_status::join)?
+                .map_err(|e| grpc_status::store(&e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the next bounded batch of events beyond `from` (blocking: call on the blocking pool).
+pub fn read_batch(
+    store: &Store,
+    space: &SpaceId,
+    from: &VersionVector,
+) -> Result<(Vec<pb::SignedEvent>, VersionVector), Status> {
+    let mut events = Vec::new();
+    let mut bytes = 0usize;
+    let mut upto = VersionVector::new();
+    for item in store.events_after(space, from) {
+        let (author, seq, message) = item.map_err(|e| grpc_status::store(&e))?;
+        let size = message.event.len() + message.signature.len();
+        if !events.is_empty() && bytes + size > BATCH_BYTES_MAX {
+            break;
+        }
+        bytes += size;
+        upto.raise(author, seq);
+        events.push(message);
+        if events.len() >= BATCH_EVENTS_MAX {
+            break;
+        }
+    }
+    Ok((events, upto))
+}
+
+/// Streams every event `device` lacks beyond `have`, then (with `follow`) an empty batch as the
+/// caught-up marker and new events as they are stored, until the receiver goes away.
+pub async fn stream_events(
+    shared: Arc<Shared>,
+    device: AuthorId,
+    have: VersionVector,
+    follow: bool,
+    tx: mpsc::Sender<Result<pb::EventBatch, Status>>,
+) {
+    let mut changes = shared.changes.subscribe();
+    let mut stopping = shared.stopping.subscribe();
+    let mut sent = have;
+    let mut marked = false;
+    loop {
+        loop {
+            let mut from = sent.clone();
+            from.merge(&shared.known(&device));
+            let (store, space) = (shared.store.clone(), shared.space);
+            let read = tokio::task::spawn_blocking(move || read_batch(&store, &space, &from)).await;
+            let (events, upto) = match read {
+                Ok(Ok(batch)) => batch,
+                Ok(Err(status)) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(grpc_status::join(e))).await;
+                    return;
+                }
+            };
+            if events.is_empty() {
+                break;
+            }
+            sent.merge(&upto);
+            shared.raise_known(&device, &upto);
+            if tx.send(Ok(pb::EventBatch { events })).await.is_err() {
+                return;
+            }
+        }
+        if !follow {
+            return;
+        }
+        if !marked {
+            marked = true;
+            if tx.send(Ok(pb::EventBatch { events: Vec::new() })).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Sync for SyncServer {
+    async fn hello(&self, _request: Request<pb::HelloRequest>) -> Result<Response<pb::HelloReply>, Status> {
+        Ok(Response::new(pb::HelloReply {
+            device: bytes::Bytes::copy_from_slice(self.shared.identity.author().as_bytes()),
+            device_name: String::new(),
+            spaces: Vec::new(),
+        }))
+    }
+
+    async fn heads(&self, request: Request<pb::HeadsRequest>) -> Result<Response<pb::HeadsReply>, Status> {
+        self.authenticate(&request)?;
+        self.check_space(&request.get_ref().space)?;
+        let vector = self.shared.store.vector(&self.shared.space);
+        Ok(Response::new(pb::HeadsReply {
+            heads: Some(wire::vector_to_pb(&vector)),
+            device: bytes::Bytes::copy_from_slice(self.shared.identity.author().as_bytes()),
+        }))
+    }
+
+    type PullStream = ReceiverStream<Result<pb::EventBatch, Status>>;
+
+    async fn pull(&self, request: Request<pb::PullRequest>) -> Result<Response<Self::PullStream>, Status> {
+        let device = self.authenticate(&request)?;
+        let message = request.into_inner();
+        self.check_space(&message.space)?;
+        let have = wire::vector_from_pb(&message.have.unwrap_or_default())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.guard_own_chain(&have).await?;
+        self.shared.raise_known(&device, &have);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER_BATCHES);
+        tokio::spawn(stream_events(self.shared.clone(), device, have, message.follow, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn push(&self, request: Request<Streaming<pb::EventBatch>>) -> Result<Response<pb::PushReply>, Status> {
+        let device = self.authenticate(&request)?;
+        let mut stream = request.into_inner();
+        let mut reply = pb::PushReply::default();
+        let mut stopping = self.shared.stopping.subscribe();
+        loop {
+            let batch = tokio::select! {
+                message = stream.message() => match message? {
+                    Some(batch) => batch,
+                    None => break,
+                },
+                _ = stopping.wait_for(|s| *s) => return Err(Status::unavailable("node is stopping")),
+            };
+            if batch.events.len() > BATCH_EVENTS_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "batch of {} events exceeds the limit of {BATCH_EVENTS_MAX}",
+                    batch.events.len()
+                )));
+            }
+            let (store, space) = (self.shared.store.clone(), self.shared.space);
+            let report = tokio::task::spawn_blocking(move || store.ingest(&space, batch.events))
+                .await
+                .map_err(grpc_status::join)?
+                .map_err(|e| grpc_status::store(&e))?;
+            reply.accepted += report.accepted;
+            reply.duplicates += report.duplicates;
+            self.shared.raise_known(&device, &report.sender_holds);
+            if report.accepted > 0 {
+                self.shared.notify(report.commit.next_position);
+            }
+            if let Some(first) = report.rejected.first() {
+                tracing::warn!(peer = %device.device_id(), refused = report.rejected.len(), "push refused: {}", first.reason);
+                return Err(grpc_status::rejection(first));
+            }
+        }
+        Ok(Response::new(reply))
+    }
+}
