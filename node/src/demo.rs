@@ -79,18 +79,18 @@ struct DemoReport {
     state_hash: String,
 }
 
-fn setup(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let names = ["relay", "office", "home", "laptop"];
-    let dirs: Vec<PathBuf> = names.iter().map(|n| root.join(n)).collect();
+/// Creates data dirs under `root`, one per `(name, relay)`, all in one new space, each knowing
+/// every other device (only known devices may sync). Blocking.
+pub fn create_devices(root: &Path, devices: &[(&str, bool)]) -> anyhow::Result<Vec<PathBuf>> {
+    let dirs: Vec<PathBuf> = devices.iter().map(|(n, _)| root.join(n)).collect();
     let mut space_bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut space_bytes);
     let space = SpaceId(space_bytes);
     let mut keys = Vec::new();
-    for (dir, name) in dirs.iter().zip(names) {
-        let report = data_dir::init(dir, name, Some(space), name == "relay", None)?;
-        keys.push((report.device_key, name));
+    for (dir, (name, relay)) in dirs.iter().zip(devices) {
+        let report = data_dir::init(dir, name, Some(space), *relay, None)?;
+        keys.push((report.device_key, *name));
     }
-    // Every device knows every other: only known devices may sync.
     for dir in &dirs {
         let opened = data_dir::open(dir, false)?;
         for (key, name) in &keys {
@@ -112,7 +112,7 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
     };
     let dirs = tokio::task::spawn_blocking({
         let root = root.clone();
-        move || setup(&root)
+        move || create_devices(&root, &[("relay", true), ("office", false), ("home", false), ("laptop", false)])
     })
     .await??;
     let [relay_dir, office_dir, home_dir, laptop_dir] = [&dirs[0], &dirs[1], &dirs[2], &dirs[3]];

@@ -1,0 +1,6 @@
+//! Node integration tests: real nodes, real RocksDB dirs, real gRPC on 127.0.0.1 port 0.
+
+mod cli;
+mod refusals;
+mod support;
+mod topologies;

@@ -1,0 +1,120 @@
+//! Unknown peers, and malformed, oversized and forged messages: refused with a clear status,
+//! nothing stored, and the node keeps serving.
+
+use bytes::Bytes;
+use casesync_engine::event::{BodyEncoding, EventHeader, SignedEvent};
+use casesync_engine::ids::EventId;
+use casesync_engine::limits::BATCH_EVENTS_MAX;
+use casesync_engine::signing::DeviceKey;
+use casesync_node::auth;
+use casesync_node::shared::now_ms;
+use casesync_node::Node;
+use casesync_proto::v1 as pb;
+use casesync_proto::v1::sync_client::SyncClient;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+use crate::support::*;
+
+async fn client(node: &Node) -> SyncClient<Channel> {
+    SyncClient::new(casesync_node::sync_client::connect(&node.sync_url()).await.unwrap())
+        .max_encoding_message_size(64 * 1024 * 1024)
+}
+
+fn signed<T>(message: T, key: &DeviceKey, node: &Node) -> Request<T> {
+    let mut request = Request::new(message);
+    auth::sign(request.metadata_mut(), key, &node.shared().space, &node.shared().identity.author(), now_ms());
+    request
+}
+
+fn events_by(key: &DeviceKey, node: &Node, count: u64, body_bytes: usize) -> Vec<SignedEvent> {
+    let mut prev = EventId::ZERO;
+    (1..=count)
+        .map(|seq| {
+            let header = EventHeader {
+                space: node.shared().space,
+                author: key.author(),
+                seq,
+                prev,
+                hlc: seq << 16,
+                encoding: BodyEncoding::Sealed,
+            };
+            let e = SignedEvent::build(key, &header, Bytes::from(vec![7u8; body_bytes])).unwrap();
+            prev = e.link;
+            e
+        })
+        .collect()
+}
+
+async fn push(node: &Node, key: &DeviceKey, events: Vec<pb::SignedEvent>) -> Result<pb::PushReply, tonic::Status> {
+    let batch = pb::EventBatch { events };
+    let stream = tokio_stream::iter(vec![batch]);
+    client(node).await.push(signed(stream, key, node)).await.map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_unauthenticated_peers_are_refused() {
+    let c = cluster(&["office"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    let space = Bytes::copy_from_slice(office.shared().space.as_bytes());
+    // No authentication at all.
+    let status = client(&office).await.heads(pb::HeadsRequest { space: space.clone() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    // A valid signature by a device the space does not know.
+    let stranger = DeviceKey::from_secret([99; 32]);
+    let status = client(&office).await.heads(signed(pb::HeadsRequest { space: space.clone() }, &stranger, &office)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("not a known device"));
+    let pull = pb::PullRequest { space, have: None, follow: false };
+    let status = client(&office).await.pull(signed(pull, &stranger, &office)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    office.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_malformed_and_oversized_pushes_store_nothing() {
+    let c = cluster(&["office", "home"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    // Home's key is known to the office; use it to push crafted events.
+    let home = casesync_engine::identity::DeviceIdentity::load(&c.dirs[1]).unwrap().unwrap().key;
+    let honest = events_by(&home, &office, 3, 100);
+
+    // Forged: a valid chain whose last signature is wrong.
+    let mut forged: Vec<pb::SignedEvent> = honest.iter().map(SignedEvent::to_wire).collect();
+    let mut sig = forged[2].signature.to_vec();
+    sig[5] ^= 1;
+    forged[2].signature = Bytes::from(sig);
+    let status = push(&office, &home, forged[2..].to_vec()).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"); // seq 3 without 1..2: a gap
+
+    // Malformed bytes.
+    let junk = pb::SignedEvent { event: Bytes::from_static(b"\x0a\x99garbage"), signature: Bytes::from(vec![0u8; 64]) };
+    let status = push(&office, &home, vec![junk]).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // Bad signature on an event that would otherwise continue the chain.
+    let mut bad_first = honest[0].to_wire();
+    let mut sig = bad_first.signature.to_vec();
+    sig[0] ^= 0x80;
+    bad_first.signature = Bytes::from(sig);
+    let status = push(&office, &home, vec![bad_first]).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // Too many events in one batch.
+    let many = events_by(&home, &office, BATCH_EVENTS_MAX as u64 + 1, 10);
+    let status = push(&office, &home, many.iter().map(SignedEvent::to_wire).collect()).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // A message over the size limit.
+    let huge = events_by(&home, &office, 6, 900_000);
+    let status = push(&office, &home, huge.iter().map(SignedEvent::to_wire).collect()).await.unwrap_err();
+    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted | Code::Internal), "{status:?}");
+
+    assert_eq!(events(&office), 0, "nothing was stored");
+
+    // The node keeps serving: the honest events land.
+    let reply = push(&office, &home, honest.iter().map(SignedEvent::to_wire).collect()).await.unwrap();
+    assert_eq!(reply.accepted, 3);
+    assert_eq!(events(&office), 3);
+    office.shutdown().await;
+}

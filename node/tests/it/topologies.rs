@@ -1,0 +1,257 @@
+//! Star, chain, partition and heal, live push, a cut connection, and the self-fork guard.
+
+use casesync_engine::commands::Command;
+use casesync_engine::error::AppendError;
+use casesync_engine::operation::StatusChange;
+use casesync_node::demo::edit;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_through_a_relay_converges() {
+    let c = cluster(&["relay", "office", "home", "laptop"]).await;
+    let relay = start(&c.dirs[0], vec![]).await;
+    let office = start(&c.dirs[1], vec![relay.sync_url()]).await;
+    let home = start(&c.dirs[2], vec![relay.sync_url()]).await;
+    let laptop = start(&c.dirs[3], vec![relay.sync_url()]).await;
+    create(&office, case(1), "Anna").await;
+    create(&home, case(2), "Jan").await;
+    create(&laptop, case(3), "Maria").await;
+    converge(&[&office, &home, &laptop, &relay]).await;
+    let hash = state_hash(&office);
+    assert_eq!(state_hash(&home), hash);
+    assert_eq!(state_hash(&laptop), hash);
+    assert_eq!(events(&relay), 3);
+    for n in [office, home, laptop, relay] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_office_relay_laptop_converges_and_live_push_arrives() {
+    let c = cluster(&["relay", "office", "laptop"]).await;
+    let relay = start(&c.dirs[0], vec![]).await;
+    let office = start(&c.dirs[1], vec![relay.sync_url()]).await;
+    let laptop = start(&c.dirs[2], vec![relay.sync_url()]).await;
+    create(&office, case(1), "Anna").await;
+    converge(&[&office, &relay, &laptop]).await;
+    // Live push: an edit on the office shows up in the laptop's projection, waited on a signal.
+    let mut changes = laptop.shared().changes.subscribe();
+    set(&office, case(1), "phone", "555").await;
+    let space = laptop.shared().space;
+    let seen = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let view = laptop.shared().store.case_view(&space, &case(1)).unwrap().unwrap();
+            if view.field("phone") == Some(&text("555")) {
+                return;
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "live push did not arrive within the deadline");
+    assert_eq!(state_hash(&office), state_hash(&laptop));
+    for n in [office, laptop, relay] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_and_heal_with_concurrent_edits() {
+    let c = cluster(&["office", "home"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    let home = start(&c.dirs[1], vec![office.sync_url()]).await;
+    create(&office, case(1), "Anna").await;
+    create(&office, case(2), "Jan").await;
+    converge(&[&office, &home]).await;
+    // Partition: home stops; both sides edit.
+    home.shutdown().await;
+    let home_offline = {
+        let dir = c.dirs[1].clone();
+        tokio::task::spawn_blocking(move || casesync_node::data_dir::open(&dir, false)).await.unwrap().unwrap()
+    };
+    let now = casesync_node::shared::now_ms();
+    let run = |command| home_offline.store.execute(&home_offline.space, &home_offline.identity.key, now, command);
+    run(Command::SetFields { case: case(1), fields: vec![("phone".into(), text("home"))] }).unwrap();
+    run(Command::SetFields { case: case(1), fields: vec![("address".into(), text("Elm St"))] }).unwrap();
+    run(Command::ChangeStatus { case: case(2), change: StatusChange::Delete }).unwrap();
+    drop(run);
+    drop(home_offline);
+    set(&office, case(1), "phone", "office").await;
+    set(&office, case(2), "court", "AG").await;
+    // Heal.
+    let home = start(&c.dirs[1], vec![office.sync_url()]).await;
+    converge(&[&office, &home]).await;
+    assert_eq!(state_hash(&office), state_hash(&home));
+    let space = office.shared().space;
+    let anna = office.shared().store.case_view(&space, &case(1)).unwrap().unwrap();
+    let phone = anna.fields.iter().find(|f| f.name == "phone").unwrap();
+    assert_eq!(phone.conflict.len(), 2, "both phone values are kept");
+    assert_eq!(anna.field("address"), Some(&text("Elm St")));
+    let jan = office.shared().store.case_view(&space, &case(2)).unwrap().unwrap();
+    assert!(jan.deleted_with_concurrent_changes);
+    for n in [office, home] {
+        n.shutdown().await;
+    }
+}
+
+/// A TCP proxy that cuts every connection once `cut_after` bytes went from server to client,
+/// for the first `cuts` connections; later connections pass through.
+async fn cutting_proxy(target: std::net::SocketAddr, cut_after: usize, cuts: usize) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut served = 0;
+        for _ in 0..1000 {
+            let Ok((mut client, _)) = listener.accept().await else { return };
+            let Ok(mut server) = TcpStream::connect(target).await else { return };
+            let limit = if served < cuts { cut_after } else { usize::MAX };
+            served += 1;
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = cr.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut sent = 0usize;
+                    loop {
+                        let n = sr.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        let n = n.min(limit.saturating_sub(sent));
+                        if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        sent += n;
+                    }
+                };
+                tokio::select! { _ = up => {}, _ = down => {} }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_mid_stream_resumes_without_loss_or_duplicates() {
+    let c = cluster(&["office", "laptop"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    // 3000 events of ~300 bytes: about a megabyte to stream.
+    let shared = office.shared().clone();
+    tokio::task::spawn_blocking(move || {
+        for batch in 0..3u8 {
+            let commands: Vec<_> = (0..1000u32).collect();
+            for i in commands {
+                let id = casesync_engine::ids::CaseId([batch, (i >> 8) as u8, i as u8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+                let command = Command::CreateCase { id, fields: vec![("note".into(), text(&"x".repeat(200)))] };
+                shared.store.execute(&shared.space, &shared.identity.key, 1, command).unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let proxy = cutting_proxy(office.sync_addr(), 150_000, 3).await;
+    let laptop = start(&c.dirs[1], vec![format!("http://{proxy}")]).await;
+    converge(&[&office, &laptop]).await;
+    assert_eq!(events(&laptop), 3000);
+    assert_eq!(state_hash(&office), state_hash(&laptop));
+    // Nothing is stored twice: the arrival index has exactly one record per event.
+    let arrivals = laptop.shared().store.arrivals_from(0, 10_000).unwrap();
+    assert_eq!(arrivals.len(), 3000);
+    for n in [office, laptop] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restored_from_an_old_copy_fetches_its_own_tail_before_writing() {
+    let c = cluster(&["office", "home"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    create(&office, case(1), "Anna").await;
+    office.shutdown().await;
+    // An old backup of the office, taken after 1 event (same machine, same path when restored).
+    let backup = tempfile::tempdir().unwrap();
+    copy_dir(&c.dirs[0], backup.path());
+    let office = start(&c.dirs[0], vec![]).await;
+    let home = start(&c.dirs[1], vec![office.sync_url()]).await;
+    set(&office, case(1), "phone", "1").await;
+    set(&office, case(1), "phone", "2").await;
+    converge(&[&office, &home]).await;
+    office.shutdown().await;
+    std::fs::remove_dir_all(&c.dirs[0]).unwrap();
+    copy_dir(backup.path(), &c.dirs[0]);
+    // Restored: the office's own chain is at seq 1 locally, seq 3 at home.
+    let office = start(&c.dirs[0], vec![home.sync_url()]).await;
+    converge(&[&office, &home]).await;
+    let me = office.shared().identity.author();
+    assert_eq!(office.shared().store.vector(&office.shared().space).get(&me), 3);
+    // The next write continues the chain at seq 4: no fork, home accepts it.
+    set(&office, case(1), "phone", "3").await;
+    converge(&[&office, &home]).await;
+    assert_eq!(home.shared().store.vector(&home.shared().space).get(&me), 4);
+    assert!(home.shared().store.forks(&home.shared().space).unwrap().is_empty());
+    for n in [office, home] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_writes_wait_while_a_peer_holds_a_newer_own_tail() {
+    let c = cluster(&["office"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    create(&office, case(1), "Anna").await;
+    let shared = office.shared().clone();
+    let me = shared.identity.author();
+    assert!(shared.store.note_remote_head(&shared.space, &me, 5).unwrap());
+    let refused = shared.store.execute(
+        &shared.space,
+        &shared.identity.key,
+        1,
+        Command::SetFields { case: case(1), fields: vec![("phone".into(), text("x"))] },
+    );
+    assert!(matches!(refused, Err(casesync_engine::Error::Append(AppendError::Fenced { local: 1, remote: 5 }))));
+    let via_node = edit(&shared, Command::SetFields { case: case(1), fields: vec![("phone".into(), text("x"))] }).await;
+    assert!(via_node.unwrap_err().to_string().contains("sync with a peer"));
+    office.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_data_dir_continues_as_a_new_device() {
+    let c = cluster(&["office"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    let original = office.shared().identity.author();
+    office.shutdown().await;
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&c.dirs[0], copy.path());
+    let copied = start(&copy.path().to_path_buf(), vec![]).await;
+    assert_ne!(copied.shared().identity.author(), original);
+    copied.shutdown().await;
+    // The original stays who it was.
+    let office = start(&c.dirs[0], vec![]).await;
+    assert_eq!(office.shared().identity.author(), original);
+    office.shutdown().await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
