@@ -108,6 +108,12 @@ impl Shared {
         lock(&self.known).get(device).cloned().unwrap_or_default()
     }
 
+    /// Replaces what a peer device is known to hold with what it says it holds (at the start of a
+    /// session: what we sent on an earlier, cut connection may never have arrived).
+    pub fn reset_known(&self, device: &AuthorId, vector: &VersionVector) {
+        lock(&self.known).insert(*device, vector.clone());
+    }
+
     /// Raises what a peer device is known to hold.
     pub fn raise_known(&self, device: &AuthorId, vector: &VersionVector) {
         lock(&self.known).entry(*device).or_default().merge(vector);

@@ -91,7 +91,7 @@ impl PeerClient {
             );
             tokio::task::spawn_blocking(move || store.note_remote_head(&space, &me, seq)).await??;
         }
-        self.shared.raise_known(&self.server, &vector);
+        self.shared.reset_known(&self.server, &vector);
         Ok(vector)
     }
 

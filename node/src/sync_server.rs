@@ -183,7 +183,7 @@ impl Sync for SyncServer {
         let have = wire::vector_from_pb(&message.have.unwrap_or_default())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.guard_own_chain(&have).await?;
-        self.shared.raise_known(&device, &have);
+        self.shared.reset_known(&device, &have);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER_BATCHES);
         tokio::spawn(stream_events(self.shared.clone(), device, have, message.follow, tx));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -77,7 +77,6 @@ async fn partition_and_heal_with_concurrent_edits() {
     run(Command::SetFields { case: case(1), fields: vec![("phone".into(), text("home"))] }).unwrap();
     run(Command::SetFields { case: case(1), fields: vec![("address".into(), text("Elm St"))] }).unwrap();
     run(Command::ChangeStatus { case: case(2), change: StatusChange::Delete }).unwrap();
-    drop(run);
     drop(home_offline);
     set(&office, case(1), "phone", "office").await;
     set(&office, case(2), "court", "AG").await;
