@@ -28,7 +28,8 @@ fn case_commands_work_on_the_data_dir_and_speak_json() {
     let list = json(&casesync(&data, &["case", "list", "--status", "archived", "--json"]));
     assert_eq!(list["cases"].as_array().unwrap().len(), 1);
     let history = json(&casesync(&data, &["case", "history", prefix, "--json"]));
-    let ops: Vec<&str> = history["items"].as_array().unwrap().iter().map(|i| i["operation"].as_str().unwrap()).collect();
+    let ops: Vec<&str> =
+        history["items"].as_array().unwrap().iter().map(|i| i["operation"].as_str().unwrap()).collect();
     assert_eq!(ops, vec!["create", "set", "entry-add", "archive"]);
     let status = json(&casesync(&data, &["status", "--json"]));
     assert_eq!(status["events"], 4);

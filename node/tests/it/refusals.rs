@@ -62,7 +62,11 @@ async fn unknown_and_unauthenticated_peers_are_refused() {
     assert_eq!(status.code(), Code::Unauthenticated);
     // A valid signature by a device the space does not know.
     let stranger = DeviceKey::from_secret([99; 32]);
-    let status = client(&office).await.heads(signed(pb::HeadsRequest { space: space.clone() }, &stranger, &office)).await.unwrap_err();
+    let status = client(&office)
+        .await
+        .heads(signed(pb::HeadsRequest { space: space.clone() }, &stranger, &office))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("not a known device"));
     let pull = pb::PullRequest { space, have: None, follow: false };

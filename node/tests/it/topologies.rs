@@ -152,7 +152,24 @@ async fn a_connection_cut_mid_stream_resumes_without_loss_or_duplicates() {
         for batch in 0..3u8 {
             let commands: Vec<_> = (0..1000u32).collect();
             for i in commands {
-                let id = casesync_engine::ids::CaseId([batch, (i >> 8) as u8, i as u8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+                let id = casesync_engine::ids::CaseId([
+                    batch,
+                    (i >> 8) as u8,
+                    i as u8,
+                    1,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    7,
+                ]);
                 let command = Command::CreateCase { id, fields: vec![("note".into(), text(&"x".repeat(200)))] };
                 shared.store.execute(&shared.space, &shared.identity.key, 1, command).unwrap();
             }
