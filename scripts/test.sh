@@ -6,4 +6,3 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo test --workspace --all-targets
-cargo test --workspace --doc
