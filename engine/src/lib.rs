@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod backup_format;
 pub mod commands;
 pub mod error;
 pub mod event;
@@ -43,6 +44,7 @@ pub mod projection;
 pub mod signing;
 pub mod store;
 pub mod vector_clock;
+pub mod verify;
 pub mod wire;
 
 pub use error::Error;

@@ -1,1 +1,191 @@
-fn main() {}
+//! `sync-bench`: runs casesync nodes as separate processes on 127.0.0.1 and measures full sync,
+//! sync through a relay, live incremental sync, many small syncs, rebuild/export/import, and the
+//! raw limits of this machine. Build the node first: `cargo build --release -p casesync-node`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use casesync_benches::casesync_bin::Binaries;
+use casesync_benches::harness::Harness;
+use casesync_benches::machine::{git_revision, Machine};
+use casesync_benches::report::{Bound, RunReport, ScenarioReport};
+use casesync_benches::scenario::catch_up::{self, CatchUpOptions};
+use casesync_benches::scenario::incremental::{self, IncrementalOptions};
+use casesync_benches::scenario::limits::{self, LimitsOptions};
+use casesync_benches::scenario::replay::{self, ReplayOptions};
+use casesync_benches::scenario::small_syncs::{self, SmallSyncOptions};
+use clap::Parser;
+
+/// Measure casesync sync performance with real `casesync` processes.
+#[derive(Parser, Debug)]
+#[command(name = "sync-bench")]
+struct Args {
+    /// Scenarios to run, comma-separated: limits, full, relay, incremental, small-syncs, replay, all.
+    #[arg(long, default_value = "all", value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Events on node A (full, relay, replay).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Authors of those events.
+    #[arg(long, default_value_t = 8)]
+    authors: usize,
+    /// Incremental: creates per second on A.
+    #[arg(long, default_value_t = 1000)]
+    incr_rate: u64,
+    /// Incremental: seconds of load.
+    #[arg(long, default_value_t = 10)]
+    incr_seconds: u64,
+    /// Small syncs: rounds.
+    #[arg(long, default_value_t = 1000)]
+    small_rounds: u64,
+    /// Small syncs: events appended on A per round.
+    #[arg(long, default_value_t = 10)]
+    small_per_round: u64,
+    /// Limits: fewer iterations.
+    #[arg(long)]
+    quick_limits: bool,
+    /// The casesync binary (default: next to this executable).
+    #[arg(long)]
+    casesync: Option<PathBuf>,
+    /// The replay-tool binary (default: next to this executable, when built).
+    #[arg(long)]
+    replay_tool: Option<PathBuf>,
+    /// Where data dirs go (default: a temporary directory, removed at the end).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn wanted(args: &Args, name: &str) -> bool {
+    args.scenarios.iter().any(|s| s == name || s == "all")
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bins = Binaries::locate(args.casesync.clone(), args.replay_tool.clone())?;
+    let temp = tempfile::Builder::new().prefix("sync-bench-").tempdir().context("creating a work dir")?;
+    let work = args.work_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    let mut h = Harness::new(bins, work);
+    let mut scenarios = Vec::new();
+    let progress = |name: &str| {
+        if !args.json {
+            eprintln!("sync-bench: running {name} ...");
+        }
+    };
+
+    if wanted(&args, "limits") {
+        progress("limits");
+        let params = format!("quick={}", args.quick_limits);
+        scenarios.push(
+            limits::run(&runtime, LimitsOptions { quick: args.quick_limits })
+                .unwrap_or_else(|e| ScenarioReport::failed("limits", params, &e)),
+        );
+    }
+    for relay in [false, true] {
+        let name = if relay { "relay" } else { "full" };
+        if wanted(&args, name) {
+            progress(name);
+            let options = CatchUpOptions { events: args.events, authors: args.authors, relay };
+            let params = format!("events={} authors={}", args.events, args.authors);
+            scenarios.push(
+                catch_up::run(&mut h, &runtime, options).unwrap_or_else(|e| ScenarioReport::failed(name, params, &e)),
+            );
+        }
+    }
+    if wanted(&args, "incremental") {
+        progress("incremental");
+        let options = IncrementalOptions { rate: args.incr_rate, seconds: args.incr_seconds };
+        let params = format!("rate={}/s seconds={}", args.incr_rate, args.incr_seconds);
+        scenarios.push(
+            incremental::run(&mut h, &runtime, options)
+                .unwrap_or_else(|e| ScenarioReport::failed("incremental", params, &e)),
+        );
+    }
+    if wanted(&args, "small-syncs") {
+        progress("small-syncs");
+        let options = SmallSyncOptions { rounds: args.small_rounds, per_round: args.small_per_round };
+        let params = format!("rounds={} per_round={}", args.small_rounds, args.small_per_round);
+        scenarios.push(
+            small_syncs::run(&mut h, &runtime, options)
+                .unwrap_or_else(|e| ScenarioReport::failed("small-syncs", params, &e)),
+        );
+    }
+    if wanted(&args, "replay") {
+        progress("replay");
+        let options = ReplayOptions { events: args.events, authors: args.authors };
+        let params = format!("events={} authors={}", args.events, args.authors);
+        scenarios.push(replay::run(&mut h, options).unwrap_or_else(|e| ScenarioReport::failed("replay", params, &e)));
+    }
+    attach_bounds(&mut scenarios);
+
+    let report = RunReport {
+        revision: git_revision(),
+        machine: Machine::describe(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        scenarios,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    drop(h);
+    drop(temp);
+    if report.scenarios.iter().any(|s| !s.ok && !s.skipped) {
+        anyhow::bail!("at least one scenario failed");
+    }
+    Ok(())
+}
+
+/// Compares each scenario with the raw limit that bounds it (when `limits` ran).
+fn attach_bounds(scenarios: &mut [ScenarioReport]) {
+    let Some(limits) = scenarios.iter().find(|s| s.name == "limits" && s.ok).cloned() else { return };
+    let get = |name: &str| limits.get(name).unwrap_or(0.0);
+    let throughput = |limit: &str, value: f64, measured: f64| Bound {
+        limit: limit.to_string(),
+        limit_value: value,
+        measured,
+        fraction: if value > 0.0 { measured / value } else { 0.0 },
+    };
+    for s in scenarios.iter_mut() {
+        s.bound = match s.name.as_str() {
+            "full" | "relay" => s.get("events_per_s").map(|measured| {
+                let (ingest, stream) = (get("engine_ingest_events_per_s"), get("tonic_stream_events_per_s"));
+                if ingest <= stream {
+                    throughput("engine ingest in process (one writer, ev/s)", ingest, measured)
+                } else {
+                    throughput("tonic stream on 127.0.0.1 (ev/s)", stream, measured)
+                }
+            }),
+            "incremental" => s.get("latency_p99_ms").map(|measured| {
+                // Two durable commits (A's append, B's ingest) and two hops.
+                let floor = 2.0 * get("rocksdb_sync_write_1_event_us") / 1e3 + 2.0 * get("grpc_unary_rtt_us") / 1e3;
+                Bound {
+                    limit: "2 synced 1-event writes + 2 gRPC round trips (ms)".into(),
+                    limit_value: floor,
+                    measured,
+                    fraction: if measured > 0.0 { floor / measured } else { 0.0 },
+                }
+            }),
+            "small-syncs" => s.get("sync_mean_ms").map(|measured| {
+                // One synced ingest on B and four round trips (hello, heads, push, pull).
+                let floor = get("rocksdb_sync_write_1_event_us") / 1e3 + 4.0 * get("grpc_unary_rtt_us") / 1e3;
+                Bound {
+                    limit: "1 synced write + 4 gRPC round trips (ms)".into(),
+                    limit_value: floor,
+                    measured,
+                    fraction: if measured > 0.0 { floor / measured } else { 0.0 },
+                }
+            }),
+            "replay" => s.get("engine_rebuild_events_per_s").map(|measured| {
+                let ceiling = 1e9 / (get("engine_decode_event_ns") + get("fold_ns_per_event")).max(1.0);
+                throughput("decode + fold per event, in memory (ev/s)", ceiling, measured)
+            }),
+            _ => None,
+        };
+    }
+}

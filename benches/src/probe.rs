@@ -1,0 +1,122 @@
+//! The harness's own view into running nodes: a bench device key that each node knows, used to
+//! read a node's heads cheaply over the sync API (Status would hash every case on each poll), and
+//! clients to the local case API.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use casesync_engine::ids::{AuthorId, SpaceId};
+use casesync_engine::signing::DeviceKey;
+use casesync_engine::vector_clock::VersionVector;
+use casesync_engine::wire;
+use casesync_proto::v1 as pb;
+use casesync_proto::v1::cases_client::CasesClient;
+use casesync_proto::v1::sync_client::SyncClient;
+use tonic::transport::Channel;
+
+/// Largest message the harness accepts.
+const MESSAGE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// The harness's device identity.
+#[derive(Clone, Debug)]
+pub struct ProbeKey {
+    /// Its key.
+    pub key: DeviceKey,
+    /// The space under test.
+    pub space: SpaceId,
+}
+
+impl ProbeKey {
+    /// A fixed bench key for `space`.
+    pub fn new(space: SpaceId) -> ProbeKey {
+        ProbeKey { key: DeviceKey::from_secret(*blake3::hash(b"casesync-bench-probe").as_bytes()), space }
+    }
+
+    /// The key in hex, for `casesync device add`.
+    pub fn hex(&self) -> String {
+        self.key.author().to_hex()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Connects to a URL, retrying (bounded) while the server comes up.
+pub async fn connect(url: &str) -> anyhow::Result<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match casesync_node::sync_client::connect(url).await {
+            Ok(channel) => return Ok(channel),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// A client of a node's local case API.
+pub async fn cases_client(api_url: &str) -> anyhow::Result<CasesClient<Channel>> {
+    Ok(CasesClient::new(connect(api_url).await?)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX))
+}
+
+/// An authenticated sync-API client, used to read heads.
+pub struct HeadsProbe {
+    client: SyncClient<Channel>,
+    server: AuthorId,
+    key: ProbeKey,
+}
+
+impl HeadsProbe {
+    /// Connects and learns the node's device key.
+    pub async fn open(sync_url: &str, key: ProbeKey) -> anyhow::Result<HeadsProbe> {
+        let mut client = SyncClient::new(connect(sync_url).await?)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let hello = client.hello(pb::HelloRequest {}).await.context("hello")?.into_inner();
+        let server = AuthorId::from_slice(&hello.device).map_err(|_| anyhow!("malformed device key in hello"))?;
+        Ok(HeadsProbe { client, server, key })
+    }
+
+    /// The node's version vector.
+    pub async fn heads(&mut self) -> anyhow::Result<VersionVector> {
+        let mut request =
+            tonic::Request::new(pb::HeadsRequest { space: bytes::Bytes::copy_from_slice(self.key.space.as_bytes()) });
+        casesync_node::auth::sign(request.metadata_mut(), &self.key.key, &self.key.space, &self.server, now_ms());
+        let reply = self.client.heads(request).await.map_err(|s| anyhow!("heads: {}", s.message()))?.into_inner();
+        wire::vector_from_pb(&reply.heads.unwrap_or_default()).map_err(|e| anyhow!("heads: {e}"))
+    }
+
+    /// Polls heads every `every` until the node holds `events` events; fails after `timeout`.
+    /// Returns the time at which the count was first seen.
+    pub async fn wait_for_events(
+        &mut self,
+        events: u64,
+        every: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        let mut last = 0;
+        loop {
+            last = self.heads().await.map(|v| v.total()).unwrap_or(last);
+            if last >= events {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                bail!("node holds {last} of {events} events after {timeout:?}");
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+/// `events` and `state_hash` of a node, from its case API.
+pub async fn status(api_url: &str) -> anyhow::Result<pb::NodeStatus> {
+    let mut client = cases_client(api_url).await?;
+    let reply = tokio::time::timeout(Duration::from_secs(300), client.status(pb::StatusRequest {}))
+        .await
+        .context("status timed out")?
+        .map_err(|s| anyhow!("status: {}", s.message()))?;
+    Ok(reply.into_inner())
+}

@@ -1,0 +1,122 @@
+//! Catch-up: node A holds N events, node B none; B syncs them all, directly from A (`full`) or
+//! through a relay (`relay`). Timed from starting the last process until B holds N events.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use tokio::runtime::Runtime;
+
+use crate::harness::Harness;
+use crate::probe::{self, HeadsProbe};
+use crate::report::{ProcessReport, ScenarioReport};
+use crate::workload::WorkloadSpec;
+
+/// Parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct CatchUpOptions {
+    /// Events on A.
+    pub events: u64,
+    /// Authors of those events.
+    pub authors: usize,
+    /// Through a relay.
+    pub relay: bool,
+}
+
+/// Runs the scenario.
+pub fn run(h: &mut Harness, runtime: &Runtime, o: CatchUpOptions) -> anyhow::Result<ScenarioReport> {
+    let name = if o.relay { "relay" } else { "full" };
+    let params = format!("events={} authors={}", o.events, o.authors);
+    let spec = WorkloadSpec::new(o.events, o.authors);
+    let (template, preload) = h.template(spec)?;
+    let mut report = ScenarioReport::new(name, params);
+    report.metric("preload_engine_ingest_events_per_s", preload.events as f64 / preload.elapsed.as_secs_f64(), "ev/s");
+
+    let a = h.node(name, "a", false, Some(&template))?;
+    let b = h.node(name, "b", false, None)?;
+    let timeout = Duration::from_secs(120 + o.events / 5_000);
+    let every = Duration::from_millis(50);
+
+    let (elapsed, usages, hashes) = if o.relay {
+        let r = h.node(name, "relay", true, None)?;
+        h.introduce(&r, &a)?;
+        h.introduce(&r, &b)?;
+        let relay = h.bins.serve(&r.dir, "relay", &[], true)?;
+        let node_b = h.bins.serve(&b.dir, "node-b", &[relay.sync_url()], false)?;
+        let mut heads = runtime.block_on(HeadsProbe::open(&node_b.sync_url(), h.probe.clone()))?;
+        let (relay_before, b_before) = (relay.guard.usage()?, node_b.guard.usage()?);
+        let started = Instant::now();
+        let node_a = h.bins.serve(&a.dir, "node-a", &[relay.sync_url()], false)?;
+        let done = runtime.block_on(heads.wait_for_events(o.events, every, timeout))?;
+        let elapsed = done - started;
+        let usages = vec![
+            ("node-a", node_a.guard.usage()?),
+            ("relay", relay.guard.usage()?.since(relay_before)),
+            ("node-b", node_b.guard.usage()?.since(b_before)),
+        ];
+        let hashes = runtime.block_on(async {
+            anyhow::Ok((probe::status(&node_a.api_url()).await?, probe::status(&node_b.api_url()).await?))
+        })?;
+        let relay_events = runtime.block_on(async {
+            let mut probe = HeadsProbe::open(&relay.sync_url(), h.probe.clone()).await?;
+            anyhow::Ok(probe.heads().await?.total())
+        })?;
+        if relay_events != o.events {
+            bail!("the relay holds {relay_events} of {} events", o.events);
+        }
+        for daemon in [node_a, node_b, relay] {
+            daemon.guard.stop(Duration::from_secs(10))?;
+        }
+        (elapsed, usages, hashes)
+    } else {
+        h.introduce(&a, &b)?;
+        let node_a = h.bins.serve(&a.dir, "node-a", &[], false)?;
+        let a_before = node_a.guard.usage()?;
+        let started = Instant::now();
+        let node_b = h.bins.serve(&b.dir, "node-b", &[node_a.sync_url()], false)?;
+        let mut heads = runtime.block_on(HeadsProbe::open(&node_b.sync_url(), h.probe.clone()))?;
+        let done = runtime.block_on(heads.wait_for_events(o.events, every, timeout))?;
+        let elapsed = done - started;
+        let usages = vec![("node-a", node_a.guard.usage()?.since(a_before)), ("node-b", node_b.guard.usage()?)];
+        let hashes = runtime.block_on(async {
+            anyhow::Ok((probe::status(&node_a.api_url()).await?, probe::status(&node_b.api_url()).await?))
+        })?;
+        for daemon in [node_a, node_b] {
+            daemon.guard.stop(Duration::from_secs(10))?;
+        }
+        (elapsed, usages, hashes)
+    };
+
+    let (status_a, status_b) = hashes;
+    let secs = elapsed.as_secs_f64();
+    report.metric("seconds", secs, "s");
+    report.metric("events_per_s", o.events as f64 / secs, "ev/s");
+    report.metric("mb_per_s", preload.bytes as f64 / secs / 1e6, "MB/s");
+    report.metric("event_bytes_avg", preload.bytes as f64 / preload.events.max(1) as f64, "B");
+    for (name, usage) in &usages {
+        report.processes.push(ProcessReport::new(name, *usage));
+    }
+    let peak = usages.iter().map(|(_, u)| u.peak_rss_bytes).max().unwrap_or(0);
+    report.metric("peak_rss_max_mib", peak as f64 / (1024.0 * 1024.0), "MiB");
+    let cpu_b: f64 = usages.iter().filter(|(n, _)| *n == "node-b").map(|(_, u)| u.cpu_seconds).sum();
+    report.metric("node_b_cpu_us_per_event", cpu_b * 1e6 / o.events.max(1) as f64, "us");
+    check_agree(&mut report, o.events, &status_a, &status_b)?;
+    Ok(report)
+}
+
+/// Both nodes hold `events` events and the same state hash.
+pub fn check_agree(
+    report: &mut ScenarioReport,
+    events: u64,
+    a: &casesync_proto::v1::NodeStatus,
+    b: &casesync_proto::v1::NodeStatus,
+) -> anyhow::Result<()> {
+    if a.events != events || b.events != events {
+        bail!("event counts differ: expected {events}, A has {}, B has {}", a.events, b.events);
+    }
+    if a.state_hash != b.state_hash || a.state_hash.is_empty() {
+        bail!("state hashes differ: A {} B {}", a.state_hash, b.state_hash);
+    }
+    report.note = format!("{} events on both, state hash {}", events, a.state_hash.get(..16).unwrap_or(""));
+    report.ok = true;
+    Ok(())
+}

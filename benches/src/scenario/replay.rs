@@ -1,0 +1,113 @@
+//! Rebuild, export and import of N events. The rebuild is measured in process through the engine
+//! (`Store::rebuild_projections`) and, with export and import, through the `replay-tool` binary
+//! when it is built next to `casesync`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use casesync_engine::store::{Store, StoreOptions};
+
+use crate::casesync_bin::copy_flat_dir;
+use crate::harness::Harness;
+use crate::process::ChildGuard;
+use crate::report::{ProcessReport, ScenarioReport};
+use crate::workload::WorkloadSpec;
+
+/// Parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayOptions {
+    /// Events in the log.
+    pub events: u64,
+    /// Authors.
+    pub authors: usize,
+}
+
+/// Runs the scenario.
+pub fn run(h: &mut Harness, o: ReplayOptions) -> anyhow::Result<ScenarioReport> {
+    let mut report = ScenarioReport::new("replay", format!("events={} authors={}", o.events, o.authors));
+    let (template, preload) = h.template(WorkloadSpec::new(o.events, o.authors))?;
+    let mb = preload.bytes as f64 / 1e6;
+
+    // In process: the engine's rebuild over a copy of the log.
+    let copy = h.work.join("replay").join("engine-db");
+    let _ = std::fs::remove_dir_all(&copy);
+    copy_flat_dir(&template, &copy)?;
+    let (expected, secs) = {
+        let store = Store::open(&copy, StoreOptions::default()).context("opening the copy")?;
+        let before = store.state_hash(&h.space)?;
+        let started = Instant::now();
+        let rebuilt = store.rebuild_projections(&h.space)?;
+        let secs = started.elapsed().as_secs_f64();
+        if rebuilt != before {
+            bail!("rebuild changed the state hash: {before} -> {rebuilt}");
+        }
+        (before, secs)
+    };
+    report.metric("engine_rebuild_seconds", secs, "s");
+    report.metric("engine_rebuild_events_per_s", o.events as f64 / secs, "ev/s");
+    report.metric("engine_rebuild_mb_per_s", mb / secs, "MB/s");
+
+    let Some(tool) = h.bins.replay_tool.clone() else {
+        report.ok = true;
+        report.note = "replay-tool is not built next to casesync: only the in-process rebuild was measured".into();
+        return Ok(report);
+    };
+    let a = h.node("replay", "a", false, Some(&template))?;
+    let c = h.node("replay", "c", false, None)?;
+    let backup = h.work.join("replay").join("backup.bin");
+    let _ = std::fs::remove_file(&backup);
+    let timeout = Duration::from_secs(120 + o.events / 2_000);
+    let steps: [(&str, Vec<String>); 3] = [
+        ("rebuild", vec!["rebuild".into(), "--data".into(), a.dir.display().to_string()]),
+        (
+            "export",
+            vec![
+                "export".into(),
+                "--data".into(),
+                a.dir.display().to_string(),
+                "--out".into(),
+                backup.display().to_string(),
+            ],
+        ),
+        ("import", vec!["import".into(), "--data".into(), c.dir.display().to_string(), backup.display().to_string()]),
+    ];
+    for (step, args) in steps {
+        let mut command = Command::new(&tool);
+        command.args(&args);
+        let log = h.work.join("replay").join(format!("{step}.log"));
+        let guard = ChildGuard::spawn(&format!("replay-tool {step}"), command, &log)?;
+        let (success, usage, elapsed) = guard.wait_sampling(timeout)?;
+        if !success {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            bail!("replay-tool {step} failed: {}", text.trim());
+        }
+        let secs = elapsed.as_secs_f64();
+        report.metric(&format!("tool_{step}_seconds"), secs, "s");
+        report.metric(&format!("tool_{step}_events_per_s"), o.events as f64 / secs, "ev/s");
+        report.metric(&format!("tool_{step}_mb_per_s"), mb / secs, "MB/s");
+        report.processes.push(ProcessReport::new(&format!("replay-tool {step}"), usage));
+    }
+    if let Ok(meta) = std::fs::metadata(&backup) {
+        report.metric("backup_mb", meta.len() as f64 / 1e6, "MB");
+    }
+    for (dir, what) in [(&a.dir, "rebuilt"), (&c.dir, "imported")] {
+        let (events, hash) = open_and_hash(&dir.join("db"), h)?;
+        if events != o.events || hash != expected {
+            bail!("the {what} log holds {events} events, state hash {hash}; expected {} and {expected}", o.events);
+        }
+    }
+    report.ok = true;
+    report.note = format!(
+        "rebuilt and imported logs match: {} events, state hash {}",
+        o.events,
+        expected.get(..16).unwrap_or("")
+    );
+    Ok(report)
+}
+
+fn open_and_hash(db: &Path, h: &Harness) -> anyhow::Result<(u64, String)> {
+    let store = Store::open(db, StoreOptions::default()).with_context(|| format!("opening {}", db.display()))?;
+    Ok((store.vector(&h.space).total(), store.state_hash(&h.space)?))
+}

@@ -1,0 +1,86 @@
+//! Runs every `sync-bench` scenario at a small size against the real `casesync` binary and checks
+//! correctness only: every scenario reports ok (event counts and state hashes agree). No timing
+//! assertions.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Runs a command to completion, killing it after `timeout`.
+fn run_bounded(command: &mut Command, timeout: Duration) -> std::process::Output {
+    let child =
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => output.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("{command:?} did not finish within {timeout:?}");
+        }
+    }
+}
+
+/// target/debug/casesync next to the sync-bench binary; built (bounded) when missing.
+fn casesync_binary(bench: &Path) -> PathBuf {
+    let dir = bench.parent().expect("sync-bench lives in a directory");
+    let casesync = dir.join("casesync");
+    if !casesync.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = run_bounded(
+            Command::new(cargo).args(["build", "-p", "casesync-node", "--bin", "casesync"]),
+            Duration::from_secs(1800),
+        );
+        assert!(output.status.success(), "building casesync failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert!(casesync.is_file(), "no casesync binary at {}", casesync.display());
+    casesync
+}
+
+#[test]
+fn every_scenario_agrees_at_small_size() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_sync-bench"));
+    let casesync = casesync_binary(&bench);
+    let started = Instant::now();
+    let output = run_bounded(
+        Command::new(&bench).args([
+            "--json",
+            "--scenarios",
+            "all",
+            "--events",
+            "2000",
+            "--authors",
+            "4",
+            "--incr-rate",
+            "200",
+            "--incr-seconds",
+            "1",
+            "--small-rounds",
+            "20",
+            "--quick-limits",
+            "--casesync",
+            casesync.to_str().expect("utf-8 path"),
+        ]),
+        Duration::from_secs(300),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("sync-bench printed no JSON report ({e}); stderr:\n{stderr}\nstdout:\n{stdout}"));
+    let scenarios = report["scenarios"].as_array().expect("scenarios array");
+    let names: Vec<&str> = scenarios.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["limits", "full", "relay", "incremental", "small-syncs", "replay"]);
+    for scenario in scenarios {
+        assert_eq!(scenario["ok"], serde_json::Value::Bool(true), "scenario failed: {scenario:#}");
+    }
+    assert!(output.status.success(), "sync-bench exited with {}; stderr:\n{stderr}", output.status);
+    let events = scenarios[1]["metrics"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "events_per_s"))
+        .and_then(|m| m["value"].as_f64());
+    assert!(events.is_some_and(|v| v > 0.0), "full sync reports events_per_s: {:#}", scenarios[1]);
+    eprintln!("sync-bench small run took {:?}", started.elapsed());
+}

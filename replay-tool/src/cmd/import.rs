@@ -1,0 +1,195 @@
+//! `replay-tool import`: checks a whole backup file first (trailer hash and count, every hash
+//! link anchored at the stored heads, each chain's last signature, events already held equal to
+//! the stored ones), and only then ingests it in batches. A truncated or tampered file stores
+//! nothing. Two streaming passes over the file; memory holds one batch.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use casesync_engine::backup_format::{BackupHeader, BackupReader, BackupRecord, BackupSummary};
+use casesync_engine::event::SignedEvent;
+use casesync_engine::ids::SpaceId;
+use casesync_engine::store::{Store, StoreOptions};
+use casesync_engine::verify::{ChainVerifier, SignatureCheck};
+use casesync_proto::v1 as pb;
+use serde_json::json;
+
+use crate::data_dir;
+use crate::outcome::{rate, Damage, Outcome};
+use crate::progress;
+use crate::vector_arg::vector_json;
+
+/// Events per ingest call.
+pub const IMPORT_BATCH_EVENTS: usize = 1000;
+
+fn open_backup(file: &Path) -> anyhow::Result<BackupReader<BufReader<File>>> {
+    let input = File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    BackupReader::new(BufReader::with_capacity(1 << 20, input))
+        .map_err(|e| Damage(format!("{} is not a usable backup: {e}", file.display())).into())
+}
+
+fn refused(file: &Path, why: impl std::fmt::Display) -> anyhow::Error {
+    Damage(format!("{} refused, nothing stored: {why}", file.display())).into()
+}
+
+/// Pass 1: everything an ingest would check, without storing anything.
+fn check_file(file: &Path, store: Option<&Store>, space: SpaceId) -> anyhow::Result<(BackupHeader, BackupSummary, u64)> {
+    let mut reader = open_backup(file)?;
+    let header = reader.header().clone();
+    if header.space != space {
+        bail!("{} holds space {}, but this data dir serves space {}", file.display(), header.space, space);
+    }
+    let anchors = store
+        .map(|s| s.vector(&space).iter().filter_map(|(a, _)| Some((*a, s.head(&space, a)?))).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut verifier = ChainVerifier::with_anchors(space, SignatureCheck::Range, anchors);
+    let mut duplicates = 0u64;
+    let bar = progress::bar(0, "check");
+    let summary = loop {
+        let record = reader.next_record().map_err(|e| refused(file, e))?;
+        let (offset, stored) = match record {
+            BackupRecord::Event { offset, stored } => (offset, stored),
+            BackupRecord::End(summary) => break summary,
+        };
+        bar.inc(1);
+        let event = SignedEvent::from_stored(&stored)
+            .map_err(|e| refused(file, format!("the event record at byte {offset} does not decode: {e}")))?;
+        let h = &event.header;
+        let stored_head = store.and_then(|s| s.head(&space, &h.author)).map_or(0, |head| head.seq);
+        if h.seq <= stored_head {
+            // Already held: it must be the very same event, else the file forks the chain.
+            let held = store.map(|s| s.get_event(&space, &h.author, h.seq)).transpose()?.flatten();
+            if held.is_none_or(|held| held.id != event.id) {
+                return Err(refused(
+                    file,
+                    format!("author {} seq {} differs from the stored event (a fork)", h.author.device_id(), h.seq),
+                ));
+            }
+            duplicates += 1;
+            continue;
+        }
+        if let Err(fault) = verifier.push(&event) {
+            let hint = if !header.base.is_empty() && h.seq > 1 && verifier.seq(&h.author) < h.seq - 1 {
+                " (this is an incremental backup: import the backup it continues first)"
+            } else {
+                ""
+            };
+            return Err(refused(file, format!("{fault}{hint}")));
+        }
+    };
+    bar.finish_and_clear();
+    let chains = verifier.finish();
+    if let Some(fault) = chains.faults.first() {
+        return Err(refused(file, fault));
+    }
+    Ok((header, summary, duplicates))
+}
+
+/// Runs the command.
+pub fn run(data: &Path, file: &Path) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let config = data_dir::read_config(data)?;
+    let has_store = data_dir::db_path(data).join("CURRENT").exists();
+    let projections = !config.is_some_and(|c| c.relay);
+    let existing = if has_store { Some(data_dir::open_store(data, projections)??) } else { None };
+    // The space: the data dir's, else the backup's.
+    let space = match (&config, &existing) {
+        (Some(config), _) => config.space,
+        (None, Some(store)) if !store.spaces().is_empty() => data_dir::space_of(None, store)?,
+        _ => open_backup(file)?.header().space,
+    };
+    let (header, checked, duplicates) = check_file(file, existing.as_ref(), space)?;
+
+    // Pass 2: store. Nothing above wrote anything.
+    let store = match existing {
+        Some(store) => store,
+        None => {
+            let db = data_dir::db_path(data);
+            std::fs::create_dir_all(&db).with_context(|| format!("creating {}", db.display()))?;
+            if config.is_none() {
+                data_dir::write_minimal_config(data, &space)?;
+            }
+            Store::open(&db, StoreOptions { projections }).context("creating the store")?
+        }
+    };
+    let mut reader = open_backup(file)?;
+    let mut batch: Vec<pb::SignedEvent> = Vec::with_capacity(IMPORT_BATCH_EVENTS);
+    let (mut accepted, mut skipped) = (0u64, 0u64);
+    let bar = progress::bar(checked.events, "import");
+    let mut ingest = |batch: Vec<pb::SignedEvent>| -> anyhow::Result<()> {
+        let count = batch.len() as u64;
+        let report = store.ingest(&space, batch)?;
+        if let Some(rejection) = report.rejected.first() {
+            bail!(
+                "the store refused author {} seq {}: {} (did {} change during the import?)",
+                rejection.author.map(|a| a.device_id()).unwrap_or_default(),
+                rejection.seq,
+                rejection.reason,
+                file.display()
+            );
+        }
+        accepted += report.accepted;
+        skipped += report.duplicates;
+        bar.inc(count);
+        Ok(())
+    };
+    let summary = loop {
+        match reader.next_record() {
+            Ok(BackupRecord::Event { stored, .. }) => {
+                let (signature, event) = stored.split_at(64);
+                batch.push(pb::SignedEvent {
+                    event: bytes::Bytes::copy_from_slice(event),
+                    signature: bytes::Bytes::copy_from_slice(signature),
+                });
+                if batch.len() >= IMPORT_BATCH_EVENTS {
+                    ingest(std::mem::take(&mut batch))?;
+                }
+            }
+            Ok(BackupRecord::End(summary)) => break summary,
+            Err(e) => bail!("{} changed during the import: {e} (what was stored verified)", file.display()),
+        }
+    };
+    if !batch.is_empty() {
+        ingest(batch)?;
+    }
+    bar.finish_and_clear();
+    if summary.blake3 != checked.blake3 {
+        bail!("{} changed during the import (what was stored verified)", file.display());
+    }
+    let mut members_added = 0;
+    for (author, name) in &header.members {
+        if store.member(&space, author)?.is_none() {
+            store.add_member(&space, author, name)?;
+            members_added += 1;
+        }
+    }
+    let state_hash = if projections { Some(store.state_hash(&space)?) } else { None };
+    let seconds = started.elapsed().as_secs_f64();
+    let json = json!({
+        "data": data.display().to_string(),
+        "file": file.display().to_string(),
+        "space": space.to_hex(),
+        "events": summary.events,
+        "accepted": accepted,
+        "already_held": skipped.max(duplicates),
+        "members_added": members_added,
+        "blake3": summary.blake3,
+        "vector": vector_json(&store.vector(&space)),
+        "state_hash": state_hash,
+        "seconds": seconds,
+        "events_per_s": rate(summary.events, seconds),
+    });
+    let text = format!(
+        "imported {} of the {} events in {} into space {} ({} already held)\nstate hash {}",
+        accepted,
+        summary.events,
+        file.display(),
+        space.to_hex(),
+        skipped.max(duplicates),
+        state_hash.as_deref().unwrap_or("(relay: no projections)")
+    );
+    Ok(Outcome::new(true, json, text))
+}

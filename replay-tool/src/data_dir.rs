@@ -1,0 +1,122 @@
+//! A node's data dir as this tool sees it: `casesync.toml` (for the space and relay flag),
+//! `device.key`/`device.name`/`instance` (copied by salvage) and `db/` (the RocksDB store).
+//! The layout is the node's (`node/src/data_dir.rs`); this tool never creates a device key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use casesync_engine::error::OpenError;
+use casesync_engine::ids::SpaceId;
+use casesync_engine::store::{Store, StoreOptions};
+use serde::Deserialize;
+
+/// The node's configuration file.
+pub const CONFIG_FILE: &str = "casesync.toml";
+/// Files describing the device, copied by salvage when readable.
+pub const DEVICE_FILES: [&str; 2] = ["device.key", "device.name"];
+/// The file recording which machine and path the identity belongs to.
+pub const INSTANCE_FILE: &str = "instance";
+
+/// The RocksDB directory of a data dir.
+pub fn db_path(data: &Path) -> PathBuf {
+    data.join("db")
+}
+
+/// What this tool needs from `casesync.toml` (other keys are the node's business).
+#[derive(Clone, Debug, Deserialize)]
+struct ConfigFile {
+    space: String,
+    #[serde(default)]
+    relay: bool,
+}
+
+/// The parts of the node's configuration this tool uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The space the node serves.
+    pub space: SpaceId,
+    /// Relay mode: no projections.
+    pub relay: bool,
+}
+
+/// Reads `casesync.toml`, if there is one.
+pub fn read_config(data: &Path) -> anyhow::Result<Option<Config>> {
+    let path = data.join(CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let file: ConfigFile = toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
+    let space = SpaceId::from_hex(&file.space).with_context(|| format!("{} has a malformed space", path.display()))?;
+    Ok(Some(Config { space, relay: file.relay }))
+}
+
+/// Writes the smallest `casesync.toml` the node accepts, so `casesync init --data DIR` can later
+/// add a device key to a data dir this tool created.
+pub fn write_minimal_config(data: &Path, space: &SpaceId) -> anyhow::Result<()> {
+    let path = data.join(CONFIG_FILE);
+    std::fs::write(&path, format!("space = \"{}\"\nrelay = false\n", space.to_hex()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Why a store did not open, sorted for the exit code.
+#[derive(Debug)]
+pub enum OpenFailure {
+    /// Another process (a running casesync) holds the store.
+    InUse(OpenError),
+    /// The store is damaged or unreadable.
+    Damaged(OpenError),
+    /// Anything else.
+    Other(OpenError),
+}
+
+impl std::fmt::Display for OpenFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenFailure::InUse(e) => write!(f, "the store is in use by another process (stop casesync first): {e}"),
+            OpenFailure::Damaged(e) => write!(f, "the store is damaged: {e}"),
+            OpenFailure::Other(e) => write!(f, "cannot open the store: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OpenFailure {}
+
+/// Opens the store of an existing data dir. `projections: false` never touches the projections
+/// (no catch-up rebuild on open), which is what every read-only command wants.
+pub fn open_store(data: &Path, projections: bool) -> anyhow::Result<Result<Store, OpenFailure>> {
+    let db = db_path(data);
+    if !db.join("CURRENT").exists() {
+        bail!("no casesync store in {} (expected {})", data.display(), db.display());
+    }
+    Ok(Store::open(&db, StoreOptions { projections }).map_err(classify))
+}
+
+fn classify(error: OpenError) -> OpenFailure {
+    let text = error.to_string();
+    match &error {
+        OpenError::Damaged(_) => OpenFailure::Damaged(error),
+        OpenError::Rocks(_) if text.contains("lock") => OpenFailure::InUse(error),
+        OpenError::Rocks(_)
+            if ["Corruption", "corrupt", "No such file", "checksum", "mismatch", "truncated", "IO error"]
+                .iter()
+                .any(|needle| text.contains(needle)) =>
+        {
+            OpenFailure::Damaged(error)
+        }
+        _ => OpenFailure::Other(error),
+    }
+}
+
+/// The space a command works on: the config's, else the store's only one.
+pub fn space_of(config: Option<&Config>, store: &Store) -> anyhow::Result<SpaceId> {
+    if let Some(config) = config {
+        return Ok(config.space);
+    }
+    match store.spaces().as_slice() {
+        [one] => Ok(*one),
+        [] => bail!("the store holds no events and there is no {CONFIG_FILE} naming a space"),
+        many => bail!("the store holds {} spaces and there is no {CONFIG_FILE} naming one", many.len()),
+    }
+}

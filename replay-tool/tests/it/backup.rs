@@ -1,0 +1,186 @@
+//! Export, import, incremental chains, the migration path, and refused backups.
+
+use casesync_engine::projection::CaseFilter;
+use casesync_engine::store::{Store, StoreOptions};
+
+use crate::support::*;
+
+#[test]
+fn verify_and_rebuild_on_a_good_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = busy_node(&tmp.path().join("office"), 20, 3);
+    let hash = node.hash();
+    let dir = node.close();
+    for full in [false, true] {
+        let mut args = vec!["verify", "--data", s(&dir)];
+        if full {
+            args.push("--full");
+        }
+        let (code, report) = replay_json(&args);
+        assert_eq!(code, 0, "{report:#}");
+        assert_eq!(report["ok"], true);
+        let space = &report["spaces"][0];
+        assert_eq!(space["events"], 20 + 60 + 3);
+        assert_eq!(space["faults"].as_array().unwrap().len(), 0);
+        assert_eq!(space["projections"]["equal"], true);
+        assert_eq!(space["projections"]["replayed_hash"], hash.as_str());
+    }
+    let (code, text, _) = replay(&["verify", "--data", s(&dir)]);
+    assert_eq!(code, 0);
+    assert!(text.contains("OK"), "{text}");
+    let (code, report) = replay_json(&["rebuild", "--data", s(&dir)]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["state_hash"], hash.as_str());
+    assert_eq!(report["events"], 83);
+}
+
+#[test]
+fn migration_export_import_gives_the_same_state_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Two devices editing, synced: the old computer holds both chains.
+    let office = Node::create(&tmp.path().join("office"), 1, "office");
+    let laptop = Node::create(&tmp.path().join("laptop"), 2, "laptop");
+    office.store.add_member(&SPACE, &device(2).author(), "laptop").unwrap();
+    for n in 0..10 {
+        office.create_case(T0_MS + u64::from(n) * 1000, n, "a");
+    }
+    laptop.pull(&office);
+    office.set(T0_MS + 20_000, 3, "phone", "office");
+    laptop.set(T0_MS + 20_500, 3, "phone", "laptop"); // concurrent: a conflict
+    office.pull(&laptop);
+    let hash = office.hash();
+    let views = office.views();
+    let old = office.close();
+    let backup = tmp.path().join("old.csbackup");
+    let (code, report) = replay_json(&["export", "--data", s(&old), "--out", s(&backup)]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["events"], 12);
+    assert!(!tmp.path().join("old.csbackup.partial").exists());
+
+    // The new computer: an empty dir.
+    let new = tmp.path().join("new");
+    let (code, report) = replay_json(&["import", "--data", s(&new), s(&backup)]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["accepted"], 12);
+    assert_eq!(report["state_hash"], hash.as_str());
+    let config = std::fs::read_to_string(new.join("casesync.toml")).unwrap();
+    assert!(config.contains(&SPACE.to_hex()), "{config}");
+    let (code, report) = replay_json(&["verify", "--data", s(&new)]);
+    assert_eq!(code, 0, "{report:#}");
+    {
+        let store = Store::open(&new.join("db"), StoreOptions::default()).unwrap();
+        assert_eq!(store.state_hash(&SPACE).unwrap(), hash);
+        assert_eq!(serde_json::to_value(store.list_cases(&SPACE, &CaseFilter::default()).unwrap()).unwrap(), views);
+        assert_eq!(store.member(&SPACE, &device(2).author()).unwrap().as_deref(), Some("laptop"));
+    }
+    // Importing again is harmless.
+    let (code, report) = replay_json(&["import", "--data", s(&new), s(&backup)]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["accepted"], 0);
+    assert_eq!(report["already_held"], 12);
+    assert_eq!(report["state_hash"], hash.as_str());
+}
+
+#[test]
+fn incremental_exports_chain_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = busy_node(&tmp.path().join("office"), 5, 1);
+    let dir = node.dir.clone();
+    drop(node);
+    let full = tmp.path().join("full.csbackup");
+    let (code, first) = replay_json(&["export", "--data", s(&dir), "--out", s(&full)]);
+    assert_eq!(code, 0, "{first:#}");
+    // More work on the old computer.
+    let node = Node { store: Store::open(&dir.join("db"), StoreOptions::default()).unwrap(), dir: dir.clone(), key: device(1) };
+    for n in 0..5 {
+        node.set(T0_MS + 100_000 + u64::from(n), n, "phone", "new");
+    }
+    node.create_case(T0_MS + 200_000, 77, "late");
+    let hash = node.hash();
+    drop(node);
+    let delta = tmp.path().join("delta.csbackup");
+    // The vector printed by the first export, as JSON.
+    let since = first.to_string();
+    let (code, second) = replay_json(&["export", "--data", s(&dir), "--out", s(&delta), "--since", &since]);
+    assert_eq!(code, 0, "{second:#}");
+    assert_eq!(second["events"], 6);
+    // ... and in the text form.
+    let text_since: String = first["vector"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(a, s)| format!("{a}:{s}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let delta2 = tmp.path().join("delta2.csbackup");
+    let (code, again) = replay_json(&["export", "--data", s(&dir), "--out", s(&delta2), "--since", &text_since]);
+    assert_eq!(code, 0);
+    assert_eq!(again["blake3"], second["blake3"]);
+
+    // The delta alone cannot be anchored: refused, nothing stored.
+    let lone = tmp.path().join("lone");
+    let (code, report) = replay_json(&["import", "--data", s(&lone), s(&delta)]);
+    assert_eq!(code, 3, "{report:#}");
+    assert!(report["error"].as_str().unwrap().contains("import the backup it continues first"), "{report:#}");
+    assert!(!lone.join("db").exists());
+
+    let fresh = tmp.path().join("fresh");
+    let (code, _) = replay_json(&["import", "--data", s(&fresh), s(&full)]);
+    assert_eq!(code, 0);
+    let (code, report) = replay_json(&["import", "--data", s(&fresh), s(&delta)]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["accepted"], 6);
+    assert_eq!(report["state_hash"], hash.as_str());
+}
+
+#[test]
+fn tampered_or_truncated_backups_store_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = busy_node(&tmp.path().join("office"), 8, 2);
+    let dir = node.close();
+    let backup = tmp.path().join("b.csbackup");
+    let (code, _) = replay_json(&["export", "--data", s(&dir), "--out", s(&backup)]);
+    assert_eq!(code, 0);
+    let bytes = std::fs::read(&backup).unwrap();
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated", bytes[..bytes.len() * 2 / 3].to_vec(), "truncated"),
+        ("no trailer", bytes[..bytes.len() - 41].to_vec(), "truncated"),
+        ("flipped", {
+            let mut b = bytes.clone();
+            let middle = b.len() / 2;
+            b[middle] ^= 0x04;
+            b
+        }, "checksum"),
+        ("not a backup", b"hello".to_vec(), "not a usable backup"),
+        ("re-hashed after tampering", {
+            // An attacker who rewrites the trailer: the hash matches, the chain does not.
+            let mut b = bytes.clone();
+            let middle = b.len() / 2;
+            b[middle] ^= 0x04;
+            let body = b.len() - 32;
+            let hash = blake3::hash(&b[..body]);
+            b[body..].copy_from_slice(hash.as_bytes());
+            b
+        }, "refused"),
+    ];
+    for (what, content, expect) in cases {
+        let file = tmp.path().join(format!("{what}.csbackup"));
+        std::fs::write(&file, &content).unwrap();
+        let target = tmp.path().join(format!("target-{}", what.replace(' ', "-")));
+        let (code, report) = replay_json(&["import", "--data", s(&target), s(&file)]);
+        assert_eq!(code, 3, "{what}: {report:#}");
+        let error = report["error"].as_str().unwrap();
+        assert!(error.contains(expect), "{what}: {error}");
+        assert!(!target.join("db").exists(), "{what}: something was stored");
+        // Into an existing store: its vector does not move.
+        let existing = tmp.path().join(format!("existing-{}", what.replace(' ', "-")));
+        let holder = Node::create(&existing, 3, "other");
+        let before = holder.vector();
+        drop(holder);
+        let (code, _) = replay_json(&["import", "--data", s(&existing), s(&file)]);
+        assert_eq!(code, 3, "{what}");
+        let store = Store::open(&existing.join("db"), StoreOptions::default()).unwrap();
+        assert_eq!(store.vector(&SPACE), before, "{what}");
+    }
+}

@@ -1,0 +1,125 @@
+//! Looking back: point-in-time views against views recorded while the log was built, and the
+//! audit trail with its filters.
+
+use casesync_engine::commands::Command;
+use casesync_engine::operation::{FieldValue, StatusChange};
+use serde_json::Value;
+
+use crate::support::*;
+
+fn vector_arg(vector: &casesync_engine::vector_clock::VersionVector) -> String {
+    vector.iter().map(|(a, s)| format!("{}:{s}", a.to_hex())).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn point_in_time_views_equal_what_the_nodes_showed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let office = Node::create(&tmp.path().join("office"), 1, "office");
+    let laptop = Node::create(&tmp.path().join("laptop"), 2, "laptop");
+    // (time, views, hash) recorded on the office after each step; (vector, views) on the laptop.
+    let mut office_seen: Vec<(u64, Value, String)> = Vec::new();
+    let mut laptop_seen: Vec<(String, Value, String)> = Vec::new();
+    let mut t = T0_MS;
+    for step in 0..12u32 {
+        t += 60_000;
+        match step % 4 {
+            0 => office.create_case(t, step, &format!("client {step}")),
+            1 => office.set(t, step - 1, "phone", "030"),
+            2 => {
+                laptop.pull(&office);
+                laptop.set(t, step - 2, "phone", "040"); // concurrent with the next office edit
+                office.set(t + 1, step - 2, "phone", "050");
+            }
+            _ => {
+                office.run(t, Command::ChangeStatus { case: case(step - 3), change: StatusChange::Archive });
+                office.pull(&laptop);
+                t += 1;
+            }
+        }
+        if step % 4 != 2 {
+            // Not while the laptop holds an edit the office has not pulled yet: a time cut
+            // includes it, the office did not.
+            office_seen.push((t + 1, office.views(), office.hash()));
+        }
+        laptop_seen.push((vector_arg(&laptop.vector()), laptop.views(), laptop.hash()));
+    }
+    office.run(t + 60_000, Command::SetFields { case: case(0), fields: vec![("n".into(), FieldValue::Integer(-1))] });
+    let dir = office.close();
+    drop(laptop);
+
+    for (time, views, hash) in &office_seen {
+        let (code, report) = replay_json(&["at", "--data", s(&dir), "--time", &time.to_string()]);
+        assert_eq!(code, 0, "{report:#}");
+        assert_eq!(&report["cases"], views, "at {time}");
+        assert_eq!(report["state_hash"], hash.as_str());
+    }
+    for (vector, views, hash) in &laptop_seen {
+        let (code, report) = replay_json(&["at", "--data", s(&dir), "--vector", vector]);
+        assert_eq!(code, 0, "{report:#}");
+        assert_eq!(&report["cases"], views, "at {vector}");
+        assert_eq!(report["state_hash"], hash.as_str());
+    }
+    // Conflicts show in the past too, and the live projections were not touched.
+    let (_, report) = replay_json(&["at", "--data", s(&dir), "--time", "2026-11-23T12:11:00Z"]);
+    assert!(report["cases"].as_array().unwrap().iter().any(|c| c["fields"].as_array().unwrap().iter().any(|f| !f["conflict"].as_array().unwrap().is_empty())), "{report:#}");
+    let (code, report) = replay_json(&["verify", "--data", s(&dir)]);
+    assert_eq!(code, 0, "{report:#}");
+    let (code, _, stderr) = replay(&["at", "--data", s(&dir), "--time", "yesterday"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not a time"), "{stderr}");
+}
+
+#[test]
+fn audit_lists_who_what_when_with_filters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let office = Node::create(&tmp.path().join("office"), 1, "office");
+    let laptop = Node::create(&tmp.path().join("laptop"), 2, "laptop");
+    office.store.add_member(&SPACE, &device(2).author(), "laptop").unwrap();
+    let day = 86_400_000;
+    office.create_case(T0_MS, 1, "Anna");
+    office.create_case(T0_MS + 1000, 2, "Bo");
+    laptop.pull(&office);
+    laptop.set(T0_MS + day, 1, "phone", "030"); // the next day
+    laptop.set(T0_MS + day + 1000, 2, "phone", "040");
+    office.pull(&laptop);
+    office.set(T0_MS + 2 * day, 1, "born", "1980");
+    let dir = office.close();
+    drop(laptop);
+
+    let (code, all) = replay_json(&["audit", "--data", s(&dir)]);
+    assert_eq!(code, 0, "{all:#}");
+    let events = all["events"].as_array().unwrap();
+    assert_eq!(events.len(), 5);
+    let hlcs: Vec<u64> = events.iter().map(|e| e["hlc"].as_u64().unwrap()).collect();
+    assert!(hlcs.windows(2).all(|w| w[0] < w[1]), "{hlcs:?}");
+    assert_eq!(events[0]["time"], "2026-11-23T12:00:00.000Z");
+    assert_eq!(events[0]["operation"], "create");
+    assert_eq!(events[0]["device_name"], "office");
+    assert_eq!(events[2]["device_name"], "laptop");
+    assert_eq!(events[2]["fields"], serde_json::json!(["phone"]));
+    assert_eq!(events[0]["event_id"].as_str().unwrap().len(), 64);
+
+    let count = |args: &[&str]| -> usize {
+        let mut all = vec!["audit", "--data", s(&dir)];
+        all.extend_from_slice(args);
+        let (code, report) = replay_json(&all);
+        assert_eq!(code, 0, "{args:?}: {report:#}");
+        report["count"].as_u64().unwrap() as usize
+    };
+    assert_eq!(count(&["--device", "laptop"]), 2);
+    assert_eq!(count(&["--device", &device(2).author().device_id()]), 2);
+    assert_eq!(count(&["--case", &case(1).to_hex()[..8]]), 3);
+    assert_eq!(count(&["--since", "2026-11-24"]), 3);
+    assert_eq!(count(&["--until", "2026-11-24"]), 4);
+    assert_eq!(count(&["--since", "2026-11-24", "--until", "2026-11-24T23:00:00Z", "--device", "laptop"]), 2);
+    assert_eq!(count(&["--since", &(T0_MS + 2 * day).to_string()]), 1);
+
+    let (code, text, _) = replay(&["audit", "--data", s(&dir), "--case", &case(2).to_hex()]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[1].contains("(laptop)") && lines[1].contains(" set case") && lines[1].contains("event "), "{text}");
+    let (code, _, stderr) = replay(&["audit", "--data", s(&dir), "--device", "nobody"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no device"), "{stderr}");
+}

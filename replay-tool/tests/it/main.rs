@@ -1,0 +1,6 @@
+//! replay-tool's integration tests: the real binary on real data dirs built with the engine API.
+
+mod backup;
+mod damage;
+mod history;
+mod support;
