@@ -31,6 +31,9 @@ use key_layout::*;
 /// The on-disk format this build writes and reads. See `docs/log-format.md`.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Budget for all memtables of a store together, in bytes.
+pub const MEMTABLES_BYTES_MAX: usize = 64 << 20;
+
 /// How to open a store.
 #[derive(Clone, Copy, Debug)]
 pub struct StoreOptions {
@@ -108,11 +111,16 @@ impl Store {
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.set_max_background_jobs(2);
-        db_options.set_write_buffer_size(32 * 1024 * 1024);
         db_options.set_keep_log_file_num(4);
+        // Memory: all memtables together stay under this budget (RocksDB flushes the largest when
+        // it is reached), so a node stays well under 256 MiB even during a million-event sync.
+        db_options.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
         let descriptors = ALL_CFS.iter().map(|name| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            let big = matches!(*name, CF_EVENTS | CF_CASES | CF_CASE_EVENTS | CF_ARRIVAL);
+            cf_options.set_write_buffer_size(if big { 16 << 20 } else { 2 << 20 });
+            cf_options.set_max_write_buffer_number(2);
             ColumnFamilyDescriptor::new(*name, cf_options)
         });
         let db = DB::open_cf_descriptors(&db_options, path, descriptors)?;

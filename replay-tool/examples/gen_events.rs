@@ -49,7 +49,11 @@ fn main() -> anyhow::Result<()> {
                 Operation::CreateCase {
                     case: case_id(n),
                     fields: vec![
-                        FieldWrite { name: "name".into(), value: FieldValue::Text(format!("client {n}")), supersedes: vec![] },
+                        FieldWrite {
+                            name: "name".into(),
+                            value: FieldValue::Text(format!("client {n}")),
+                            supersedes: vec![],
+                        },
                         FieldWrite { name: "note".into(), value: FieldValue::Text(note), supersedes: vec![] },
                     ],
                 }
@@ -58,7 +62,11 @@ fn main() -> anyhow::Result<()> {
                 let previous = Dot { author, seq: this_seq - cases };
                 Operation::SetFields {
                     case: case_id(n),
-                    fields: vec![FieldWrite { name: "note".into(), value: FieldValue::Text(note), supersedes: vec![previous] }],
+                    fields: vec![FieldWrite {
+                        name: "note".into(),
+                        value: FieldValue::Text(note),
+                        supersedes: vec![previous],
+                    }],
                 }
             };
             bodies.push((BodyEncoding::Plain, Bytes::from(wire::encode_operation(&operation))));

@@ -10,7 +10,7 @@ use casesync_engine::event::SignedEvent;
 use casesync_engine::ids::{AuthorId, EventId, SpaceId};
 use casesync_engine::limits::SIGNATURE_BYTES;
 use casesync_engine::store::key_layout::{
-    author_key, be_u64, parse_event_key, prefix_end, ALL_CFS, CF_EVENTS, CF_HEADS, CF_MEMBERS,
+    author_key, be_u64, event_key, parse_event_key, prefix_end, ALL_CFS, CF_EVENTS, CF_HEADS, CF_MEMBERS,
 };
 use casesync_engine::store::{Head, Store};
 use casesync_engine::vector_clock::VersionVector;
@@ -80,12 +80,14 @@ fn raw_options() -> Options {
     options
 }
 
+/// The column families to open: those the manifest lists (a repaired copy may lack empty ones),
+/// else every one the store creates.
 fn existing_cfs(path: &Path) -> Vec<String> {
+    if let Ok(listed) = DB::list_cf(&raw_options(), path) {
+        return listed;
+    }
     let mut names: BTreeSet<String> = ALL_CFS.iter().map(|s| s.to_string()).collect();
     names.insert("default".into());
-    if let Ok(listed) = DB::list_cf(&raw_options(), path) {
-        names.extend(listed);
-    }
     names.into_iter().collect()
 }
 
@@ -102,7 +104,16 @@ pub fn open_raw(path: &Path, work: Option<&Path>) -> anyhow::Result<Source> {
         return Err(first_error).context("RocksDB cannot open the store even read-only");
     };
     tracing::warn!(error = %first_error, "read-only open failed: repairing a copy");
+    open_repaired(path, work)
+}
+
+/// Copies the files of a store into `work`, runs RocksDB's repair on the copy (which drops what
+/// it cannot read and rebuilds the manifest from the files that remain) and opens the copy.
+pub fn open_repaired(path: &Path, work: &Path) -> anyhow::Result<Source> {
     let copy = work.join("repair-copy");
+    if copy.exists() {
+        std::fs::remove_dir_all(&copy).with_context(|| format!("clearing {}", copy.display()))?;
+    }
     copy_dir(path, &copy)?;
     let mut options = raw_options();
     options.create_if_missing(false);
@@ -194,9 +205,10 @@ impl Source {
                 let Some(cf) = db.cf_handle(CF_MEMBERS) else { return out };
                 for item in db.iterator_cf(cf, IteratorMode::Start) {
                     let Ok((key, value)) = item else { break };
-                    if let (Ok(space), Ok(author)) =
-                        (SpaceId::from_slice(key.get(..16).unwrap_or(&[])), AuthorId::from_slice(key.get(16..).unwrap_or(&[])))
-                    {
+                    if let (Ok(space), Ok(author)) = (
+                        SpaceId::from_slice(key.get(..16).unwrap_or(&[])),
+                        AuthorId::from_slice(key.get(16..).unwrap_or(&[])),
+                    ) {
                         out.push((space, author, String::from_utf8_lossy(&value).into_owned()));
                     }
                 }
@@ -255,18 +267,22 @@ fn scan_raw(
         visit(Scanned::UnreadableRegion { reason: "no events column family".into() })?;
         return Ok(());
     };
-    // Chain prefixes the heads name: where to resume after an unreadable region.
-    let known: BTreeSet<Vec<u8>> = heads.keys().map(|(s, a)| author_key(s, a).to_vec()).collect();
+    // 1. Discover the chains and how far each reaches: the heads, plus every key an iterator
+    //    can still reach. After a read error, resume past the chain it happened in (or at the
+    //    next known chain).
+    let mut chains: BTreeMap<(SpaceId, AuthorId), u64> = heads.iter().map(|(k, h)| (*k, h.seq)).collect();
+    let mut discovery_errors = Vec::new();
     let mut start: Vec<u8> = Vec::new();
     loop {
-        let mut last: Option<(SpaceId, AuthorId, u64)> = None;
+        let mut last: Option<(SpaceId, AuthorId)> = None;
         let mut failure = None;
         for item in db.iterator_cf(cf, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
             match item {
-                Ok((key, value)) => {
+                Ok((key, _)) => {
                     let Some((space, author, seq)) = parse_event_key(&key) else { continue };
-                    last = Some((space, author, seq));
-                    visit(Scanned::Event { space, author, seq, stored: value.to_vec() })?;
+                    let end = chains.entry((space, author)).or_insert(seq);
+                    *end = (*end).max(seq);
+                    last = Some((space, author));
                 }
                 Err(e) => {
                     failure = Some(e.to_string());
@@ -274,31 +290,53 @@ fn scan_raw(
                 }
             }
         }
-        let Some(reason) = failure else { return Ok(()) };
+        let Some(reason) = failure else { break };
+        discovery_errors.push(reason);
         let next = match last {
-            Some((space, author, seq)) => {
-                // The chain is complete when the head says so: the damage starts after it.
-                if heads.get(&(space, author)).is_some_and(|head| head.seq <= seq) {
-                    visit(Scanned::UnreadableRegion { reason })?;
-                } else {
-                    visit(Scanned::Unreadable { space, author, seq: seq + 1, reason })?;
-                }
-                prefix_end(&author_key(&space, &author))
-            }
+            Some((space, author)) => prefix_end(&author_key(&space, &author)),
             None => {
-                visit(Scanned::UnreadableRegion { reason })?;
-                match known.range::<Vec<u8>, _>((std::ops::Bound::Excluded(&start), std::ops::Bound::Unbounded)).next()
-                {
-                    Some(prefix) => prefix.clone(),
-                    None => return Ok(()),
+                let after = chains.keys().map(|(s, a)| author_key(s, a).to_vec()).find(|prefix| *prefix > start);
+                match after {
+                    Some(prefix) => prefix,
+                    None => break,
                 }
             }
         };
         if next <= start {
-            return Ok(());
+            break;
         }
         start = next;
     }
+    // 2. Walk every chain by point reads, which only touch the files whose key range covers
+    //    each key: a broken file hides only its own keys.
+    let mut any_chain_failed = false;
+    for ((space, author), end) in &chains {
+        for seq in 1.. {
+            match db.get_cf(cf, event_key(space, author, seq)) {
+                Ok(Some(stored)) => visit(Scanned::Event { space: *space, author: *author, seq, stored })?,
+                Ok(None) => {
+                    if seq <= *end {
+                        any_chain_failed = true;
+                        let reason = "missing".to_string();
+                        visit(Scanned::Unreadable { space: *space, author: *author, seq, reason })?;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    any_chain_failed = true;
+                    visit(Scanned::Unreadable { space: *space, author: *author, seq, reason: e.to_string() })?;
+                    break;
+                }
+            }
+        }
+    }
+    // Read errors no chain accounts for: damage whose chain cannot be named.
+    if !any_chain_failed {
+        for reason in discovery_errors {
+            visit(Scanned::UnreadableRegion { reason })?;
+        }
+    }
+    Ok(())
 }
 
 /// Decodes a scanned record into an event whose header matches its key.

@@ -15,8 +15,7 @@ pub fn parse_vector(text: &str) -> anyhow::Result<VersionVector> {
     }
     let mut vector = VersionVector::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (author, seq) =
-            pair.split_once(':').with_context(|| format!("{pair:?} is not <author hex>:<seq>"))?;
+        let (author, seq) = pair.split_once(':').with_context(|| format!("{pair:?} is not <author hex>:<seq>"))?;
         let author = AuthorId::from_hex(author).with_context(|| format!("{pair:?}: bad author"))?;
         let seq: u64 = seq.trim().parse().with_context(|| format!("{pair:?}: bad seq"))?;
         vector.raise(author, seq);

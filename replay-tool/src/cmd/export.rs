@@ -44,17 +44,14 @@ pub fn run(data: &Path, out: &Path, since: VersionVector) -> anyhow::Result<Outc
 
     let partial = PathBuf::from(format!("{}.partial", out.display()));
     let file = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    let header = BackupHeader {
-        version: BACKUP_FORMAT_VERSION,
-        space,
-        base: since.clone(),
-        members: store.members(&space)?,
-    };
+    let header =
+        BackupHeader { version: BACKUP_FORMAT_VERSION, space, base: since.clone(), members: store.members(&space)? };
     let result = (|| -> anyhow::Result<_> {
         let mut writer = BackupWriter::new(BufWriter::with_capacity(1 << 20, file), &header)?;
         let bar = progress::bar(held.missing_in(&since).iter().map(|r| r.len()).sum(), "export");
         for item in store.events_after(&space, &since) {
-            let (_, _, message) = item.map_err(|e| Damage(format!("the log is damaged ({e}); run `replay-tool verify`")))?;
+            let (_, _, message) =
+                item.map_err(|e| Damage(format!("the log is damaged ({e}); run `replay-tool verify`")))?;
             writer.event(&message.signature, &message.event)?;
             let event = SignedEvent::from_wire(message)
                 .map_err(|e| Damage(format!("a stored event does not decode ({e}); run `replay-tool verify`")))?;

@@ -36,7 +36,11 @@ fn refused(file: &Path, why: impl std::fmt::Display) -> anyhow::Error {
 }
 
 /// Pass 1: everything an ingest would check, without storing anything.
-fn check_file(file: &Path, store: Option<&Store>, space: SpaceId) -> anyhow::Result<(BackupHeader, BackupSummary, u64)> {
+fn check_file(
+    file: &Path,
+    store: Option<&Store>,
+    space: SpaceId,
+) -> anyhow::Result<(BackupHeader, BackupSummary, u64)> {
     let mut reader = open_backup(file)?;
     let header = reader.header().clone();
     if header.space != space {

@@ -89,6 +89,16 @@ impl Salvager<'_> {
         Ok(())
     }
 
+    /// Starts another pass over another copy of the same data: chains start again at seq 1
+    /// (already stored events are skipped by ingest); what was seen is kept.
+    fn reset(&mut self) {
+        for chain in self.chains.values_mut() {
+            chain.next = 1;
+            chain.stop = None;
+        }
+        self.regions.clear();
+    }
+
     fn flush(&mut self) -> anyhow::Result<()> {
         let Some(space) = self.batch_space else { return Ok(()) };
         let batch = std::mem::take(&mut self.batch);
@@ -135,7 +145,6 @@ pub fn run(data: &Path, out: &Path) -> anyhow::Result<Outcome> {
     let relay = config.is_some_and(|c| c.relay);
 
     let (source, open_error) = open_source(data, &work)?;
-    let access = source.access();
     let (heads, head_problems) = source.heads();
     let new_db = data_dir::db_path(out);
     std::fs::create_dir_all(&new_db)?;
@@ -152,13 +161,29 @@ pub fn run(data: &Path, out: &Path) -> anyhow::Result<Outcome> {
     })?;
     salvager.flush()?;
     bar.finish_and_clear();
+    // When a chain stopped early and the files were read as they are, a repaired copy may
+    // reach further (RocksDB's repair drops unreadable files instead of failing every read).
+    // Ingest is idempotent: the second pass only adds what the first could not read.
+    let mut access = source.access();
+    let incomplete = !salvager.regions.is_empty() || salvager.chains.values().any(|c| c.stop.is_some());
+    let db_dir = data_dir::db_path(data);
+    if incomplete && access != source::Access::RepairedCopy && db_dir.join("CURRENT").exists() {
+        match source::open_repaired(&db_dir, &work) {
+            Ok(repaired) => {
+                salvager.reset();
+                repaired.scan(&mut |item| salvager.visit(item))?;
+                salvager.flush()?;
+                access = repaired.access();
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "repairing a copy did not help"),
+        }
+    }
     let Salvager { chains, regions, .. } = salvager;
 
     // What was lost: per chain, from the first seq not recovered up to the head (or the highest
     // seq seen when the head is unreadable).
     let members = source.members();
-    let names: BTreeMap<(SpaceId, AuthorId), String> =
-        members.iter().map(|(s, a, n)| ((*s, *a), n.clone())).collect();
+    let names: BTreeMap<(SpaceId, AuthorId), String> = members.iter().map(|(s, a, n)| ((*s, *a), n.clone())).collect();
     let mut lost = Vec::new();
     let mut spaces: Vec<SpaceId> = chains.keys().map(|(s, _)| *s).collect();
     spaces.extend(config.map(|c| c.space));
@@ -192,7 +217,8 @@ pub fn run(data: &Path, out: &Path) -> anyhow::Result<Outcome> {
         let vector = store.vector(space);
         recovered_events += vector.total();
         let state_hash = if relay { None } else { Some(store.rebuild_projections(space)?) };
-        space_reports.push(json!({ "space": space.to_hex(), "vector": vector_json(&vector), "state_hash": state_hash }));
+        space_reports
+            .push(json!({ "space": space.to_hex(), "vector": vector_json(&vector), "state_hash": state_hash }));
     }
     drop(store);
     drop(source);

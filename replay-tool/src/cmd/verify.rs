@@ -75,11 +75,13 @@ pub fn run(data: &Path, full: bool) -> anyhow::Result<Outcome> {
             let (checks, regions) = check_chains(&source, mode, &spaces, 0)?;
             let mut reports = Vec::new();
             for (space, mut check) in checks {
-                check.verifier.expect_heads(
-                    heads.iter().filter(|((s, _), _)| *s == space).map(|((_, a), h)| (*a, *h)),
-                );
+                check.verifier.expect_heads(heads.iter().filter(|((s, _), _)| *s == space).map(|((_, a), h)| (*a, *h)));
                 let chains = check.verifier.finish();
-                reports.push(space_json(space, &chains, json!({ "checked": false, "reason": "the store does not open" })));
+                reports.push(space_json(
+                    space,
+                    &chains,
+                    json!({ "checked": false, "reason": "the store does not open" }),
+                ));
             }
             Ok(outcome(data, false, Some(open_error), &source, mode, reports, regions))
         }
@@ -161,7 +163,9 @@ fn finish_space(
             stored_ids.insert(state.id);
             if differences.len() < 10 {
                 match replayed.get(&state.id) {
-                    None => differences.push(format!("case {} is in the projections but no event creates it", state.id)),
+                    None => {
+                        differences.push(format!("case {} is in the projections but no event creates it", state.id))
+                    }
                     Some(fresh) if case_hash(fresh) != case_hash(&state) => {
                         differences.push(format!("case {} differs from a fresh replay", state.id))
                     }
@@ -233,11 +237,7 @@ fn outcome(
         SignatureCheck::Every => "every",
     };
     let mut text = String::new();
-    text.push_str(&format!(
-        "verify {}: {}\n",
-        data.display(),
-        if ok { "OK" } else { "DAMAGED" }
-    ));
+    text.push_str(&format!("verify {}: {}\n", data.display(), if ok { "OK" } else { "DAMAGED" }));
     if let Some(e) = &open_error {
         text.push_str(&format!("  the store does not open: {e}\n  (events read directly from RocksDB, read-only)\n"));
     }
@@ -280,17 +280,17 @@ fn outcome(
                 text.push_str("  `replay-tool rebuild` rebuilds them from the log\n");
             }
         } else {
-            text.push_str(&format!(
-                "  projections not checked: {}\n",
-                projections["reason"].as_str().unwrap_or("")
-            ));
+            text.push_str(&format!("  projections not checked: {}\n", projections["reason"].as_str().unwrap_or("")));
         }
     }
     for region in &regions {
         text.push_str(&format!("  UNREADABLE REGION: {region}\n"));
     }
     if !ok {
-        text.push_str(&format!("  run `replay-tool salvage --data {} --out NEWDIR` to recover what still verifies\n", data.display()));
+        text.push_str(&format!(
+            "  run `replay-tool salvage --data {} --out NEWDIR` to recover what still verifies\n",
+            data.display()
+        ));
     }
     let json = json!({
         "data": data.display().to_string(),

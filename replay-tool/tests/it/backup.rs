@@ -91,7 +91,11 @@ fn incremental_exports_chain_up() {
     let (code, first) = replay_json(&["export", "--data", s(&dir), "--out", s(&full)]);
     assert_eq!(code, 0, "{first:#}");
     // More work on the old computer.
-    let node = Node { store: Store::open(&dir.join("db"), StoreOptions::default()).unwrap(), dir: dir.clone(), key: device(1) };
+    let node = Node {
+        store: Store::open(&dir.join("db"), StoreOptions::default()).unwrap(),
+        dir: dir.clone(),
+        key: device(1),
+    };
     for n in 0..5 {
         node.set(T0_MS + 100_000 + u64::from(n), n, "phone", "new");
     }
@@ -105,13 +109,8 @@ fn incremental_exports_chain_up() {
     assert_eq!(code, 0, "{second:#}");
     assert_eq!(second["events"], 6);
     // ... and in the text form.
-    let text_since: String = first["vector"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(a, s)| format!("{a}:{s}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let text_since: String =
+        first["vector"].as_object().unwrap().iter().map(|(a, s)| format!("{a}:{s}")).collect::<Vec<_>>().join(",");
     let delta2 = tmp.path().join("delta2.csbackup");
     let (code, again) = replay_json(&["export", "--data", s(&dir), "--out", s(&delta2), "--since", &text_since]);
     assert_eq!(code, 0);
@@ -146,23 +145,31 @@ fn tampered_or_truncated_backups_store_nothing() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("truncated", bytes[..bytes.len() * 2 / 3].to_vec(), "truncated"),
         ("no trailer", bytes[..bytes.len() - 41].to_vec(), "truncated"),
-        ("flipped", {
-            let mut b = bytes.clone();
-            let middle = b.len() / 2;
-            b[middle] ^= 0x04;
-            b
-        }, "checksum"),
+        (
+            "flipped",
+            {
+                let mut b = bytes.clone();
+                let middle = b.len() / 2;
+                b[middle] ^= 0x04;
+                b
+            },
+            "refused, nothing stored",
+        ),
         ("not a backup", b"hello".to_vec(), "not a usable backup"),
-        ("re-hashed after tampering", {
-            // An attacker who rewrites the trailer: the hash matches, the chain does not.
-            let mut b = bytes.clone();
-            let middle = b.len() / 2;
-            b[middle] ^= 0x04;
-            let body = b.len() - 32;
-            let hash = blake3::hash(&b[..body]);
-            b[body..].copy_from_slice(hash.as_bytes());
-            b
-        }, "refused"),
+        (
+            "re-hashed after tampering",
+            {
+                // An attacker who rewrites the trailer: the hash matches, the chain does not.
+                let mut b = bytes.clone();
+                let middle = b.len() / 2;
+                b[middle] ^= 0x04;
+                let body = b.len() - 32;
+                let hash = blake3::hash(&b[..body]);
+                b[body..].copy_from_slice(hash.as_bytes());
+                b
+            },
+            "refused",
+        ),
     ];
     for (what, content, expect) in cases {
         let file = tmp.path().join(format!("{what}.csbackup"));

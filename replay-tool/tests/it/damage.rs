@@ -114,7 +114,11 @@ fn two_generations(root: &Path) -> (std::path::PathBuf, std::path::PathBuf, u64,
     let first = node.vector().get(&device(1).author());
     let dir = node.close();
     flush_all(&dir);
-    let node = Node { store: Store::open(&dir.join("db"), StoreOptions::default()).unwrap(), dir: dir.clone(), key: device(1) };
+    let node = Node {
+        store: Store::open(&dir.join("db"), StoreOptions::default()).unwrap(),
+        dir: dir.clone(),
+        key: device(1),
+    };
     for n in 0..20 {
         node.set(T0_MS + 1_000_000 + u64::from(n), n, "phone", "second generation");
     }

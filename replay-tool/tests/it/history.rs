@@ -61,7 +61,14 @@ fn point_in_time_views_equal_what_the_nodes_showed() {
     }
     // Conflicts show in the past too, and the live projections were not touched.
     let (_, report) = replay_json(&["at", "--data", s(&dir), "--time", "2026-11-23T12:11:00Z"]);
-    assert!(report["cases"].as_array().unwrap().iter().any(|c| c["fields"].as_array().unwrap().iter().any(|f| !f["conflict"].as_array().unwrap().is_empty())), "{report:#}");
+    assert!(
+        report["cases"].as_array().unwrap().iter().any(|c| c["fields"].as_array().unwrap().iter().any(|f| !f
+            ["conflict"]
+            .as_array()
+            .unwrap()
+            .is_empty())),
+        "{report:#}"
+    );
     let (code, report) = replay_json(&["verify", "--data", s(&dir)]);
     assert_eq!(code, 0, "{report:#}");
     let (code, _, stderr) = replay(&["at", "--data", s(&dir), "--time", "yesterday"]);

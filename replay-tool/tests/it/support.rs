@@ -57,7 +57,10 @@ impl Node {
     }
 
     pub fn set(&self, now_ms: u64, n: u32, field: &str, value: &str) {
-        self.run(now_ms, Command::SetFields { case: case(n), fields: vec![(field.into(), FieldValue::Text(value.into()))] });
+        self.run(
+            now_ms,
+            Command::SetFields { case: case(n), fields: vec![(field.into(), FieldValue::Text(value.into()))] },
+        );
     }
 
     pub fn views(&self) -> Value {
@@ -74,8 +77,12 @@ impl Node {
 
     /// Brings `self` up to date with `other` (what a sync does).
     pub fn pull(&self, other: &Node) {
-        let missing: Vec<_> =
-            other.store.events_after(&SPACE, &self.vector()).map(|r| r.map(|(_, _, e)| e)).collect::<Result<_, _>>().unwrap();
+        let missing: Vec<_> = other
+            .store
+            .events_after(&SPACE, &self.vector())
+            .map(|r| r.map(|(_, _, e)| e))
+            .collect::<Result<_, _>>()
+            .unwrap();
         let report = self.store.ingest(&SPACE, missing).unwrap();
         assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     }
@@ -101,7 +108,14 @@ pub fn busy_node(dir: &Path, cases: u32, edits: u32) -> Node {
         }
     }
     t += 1000;
-    node.run(t, Command::AddEntry { case: case(0), entry: EntryId([1; 16]), fields: vec![("note".into(), FieldValue::Text("first".into()))] });
+    node.run(
+        t,
+        Command::AddEntry {
+            case: case(0),
+            entry: EntryId([1; 16]),
+            fields: vec![("note".into(), FieldValue::Text("first".into()))],
+        },
+    );
     t += 1000;
     node.run(t, Command::ChangeStatus { case: case(1), change: StatusChange::Archive });
     if cases > 2 {
@@ -113,7 +127,11 @@ pub fn busy_node(dir: &Path, cases: u32, edits: u32) -> Node {
 
 /// Runs the real binary: (exit code, stdout, stderr).
 pub fn replay(args: &[&str]) -> (i32, String, String) {
-    let output = Process::new(env!("CARGO_BIN_EXE_replay-tool")).args(args).env("RUST_LOG", "error").output().unwrap();
+    let output = Process::new(env!("CARGO_BIN_EXE_replay-tool"))
+        .args(args)
+        .env("RUST_LOG", std::env::var("REPLAY_TOOL_TEST_LOG").unwrap_or_else(|_| "error".into()))
+        .output()
+        .unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -126,8 +144,11 @@ pub fn replay_json(args: &[&str]) -> (i32, Value) {
     let mut all = args.to_vec();
     all.push("--json");
     let (code, stdout, stderr) = replay(&all);
-    let value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): stdout {stdout:?} stderr {stderr:?}"));
+    if !stderr.is_empty() {
+        eprintln!("{stderr}");
+    }
+    let value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): stdout {stdout:?} stderr {stderr:?}"));
     (code, value)
 }
 
@@ -141,28 +162,22 @@ pub fn raw_db(dir: &Path) -> rocksdb::DB {
     rocksdb::DB::open_cf(&options, dir.join("db"), ALL_CFS).unwrap()
 }
 
-/// Flushes every column family of a closed store to SST files; returns the new SST of the
-/// events column family.
+/// Flushes every column family of a closed store to SST files (opening may already have flushed
+/// the recovered memtables); returns the events SST holding the newest keys.
 pub fn flush_all(dir: &Path) -> PathBuf {
-    let before = ssts(dir);
     let db = raw_db(dir);
-    db.flush_cf(db.cf_handle("events").unwrap()).unwrap();
-    let after = ssts(dir);
-    let events: Vec<PathBuf> = after.into_iter().filter(|p| !before.contains(p)).collect();
-    assert_eq!(events.len(), 1, "one new SST for the events flush");
     for name in ALL_CFS {
         db.flush_cf(db.cf_handle(name).unwrap()).unwrap();
     }
-    drop(db);
-    events[0].clone()
-}
-
-pub fn ssts(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir.join("db"))
+    let newest = db
+        .live_files()
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sst"))
-        .collect();
-    out.sort();
-    out
+        .into_iter()
+        .filter(|f| f.column_family_name == "events")
+        .max_by_key(|f| f.end_key.clone())
+        .unwrap();
+    drop(db);
+    let path = dir.join("db").join(newest.name.trim_start_matches('/'));
+    assert!(path.exists(), "{}", path.display());
+    path
 }
