@@ -65,6 +65,35 @@ pub fn link_hash(id: &EventId, signature: &[u8; SIGNATURE_BYTES]) -> EventId {
     EventId(*hasher.finalize().as_bytes())
 }
 
+/// Decodes the header and body of event bytes, checking the header's shape (no hashing).
+fn parse_event(bytes: Bytes) -> Result<(EventHeader, Bytes), EventError> {
+    let message = pb::Event::decode(bytes).map_err(|_| EventError::Malformed("event does not decode"))?;
+    let space = SpaceId::from_slice(&message.space).map_err(|_| EventError::Malformed("space must be 16 bytes"))?;
+    let author = AuthorId::from_slice(&message.author).map_err(|_| EventError::Malformed("author must be 32 bytes"))?;
+    let prev = EventId::from_slice(&message.prev).map_err(|_| EventError::Malformed("prev must be 32 bytes"))?;
+    if message.seq == 0 {
+        return Err(EventError::Malformed("seq must start at 1"));
+    }
+    if message.seq == 1 && prev != EventId::ZERO {
+        return Err(EventError::Malformed("seq 1 must have a zero prev"));
+    }
+    let encoding = match pb::BodyEncoding::try_from(message.encoding) {
+        Ok(pb::BodyEncoding::Plain) => BodyEncoding::Plain,
+        Ok(pb::BodyEncoding::Sealed) => BodyEncoding::Sealed,
+        _ => return Err(EventError::Malformed("unknown body encoding")),
+    };
+    Ok((EventHeader { space, author, seq: message.seq, prev, hlc: message.hlc, encoding }, message.body))
+}
+
+/// The header and body of a stored record, without hashing or verifying anything: for folding a
+/// log into projections, where the chain was verified when the events were stored.
+pub fn stored_header_and_body(value: &[u8]) -> Result<(EventHeader, Bytes), EventError> {
+    if value.len() < SIGNATURE_BYTES {
+        return Err(EventError::Malformed("stored record shorter than a signature"));
+    }
+    parse_event(Bytes::copy_from_slice(&value[SIGNATURE_BYTES..]))
+}
+
 impl SignedEvent {
     /// Builds and signs a new event. Fails if the result would exceed [`EVENT_BYTES_MAX`].
     pub fn build(key: &DeviceKey, header: &EventHeader, body: Bytes) -> Result<SignedEvent, EventError> {
@@ -101,25 +130,9 @@ impl SignedEvent {
         let signature: [u8; SIGNATURE_BYTES] =
             signature.try_into().map_err(|_| EventError::Malformed("signature must be 64 bytes"))?;
         let id = EventId::of(&bytes);
-        let message = pb::Event::decode(bytes.clone()).map_err(|_| EventError::Malformed("event does not decode"))?;
-        let space = SpaceId::from_slice(&message.space).map_err(|_| EventError::Malformed("space must be 16 bytes"))?;
-        let author =
-            AuthorId::from_slice(&message.author).map_err(|_| EventError::Malformed("author must be 32 bytes"))?;
-        let prev = EventId::from_slice(&message.prev).map_err(|_| EventError::Malformed("prev must be 32 bytes"))?;
-        if message.seq == 0 {
-            return Err(EventError::Malformed("seq must start at 1"));
-        }
-        if message.seq == 1 && prev != EventId::ZERO {
-            return Err(EventError::Malformed("seq 1 must have a zero prev"));
-        }
-        let encoding = match pb::BodyEncoding::try_from(message.encoding) {
-            Ok(pb::BodyEncoding::Plain) => BodyEncoding::Plain,
-            Ok(pb::BodyEncoding::Sealed) => BodyEncoding::Sealed,
-            _ => return Err(EventError::Malformed("unknown body encoding")),
-        };
-        let header = EventHeader { space, author, seq: message.seq, prev, hlc: message.hlc, encoding };
+        let (header, body) = parse_event(bytes.clone())?;
         let link = link_hash(&id, &signature);
-        Ok(SignedEvent { bytes, id, signature, link, header, body: message.body })
+        Ok(SignedEvent { bytes, id, signature, link, header, body })
     }
 
     /// Verifies the signature against the author key (about 34 us: use it per range on ingest).

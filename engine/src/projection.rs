@@ -12,7 +12,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::Serialize;
 
 use crate::error::{CommandError, StoreError};
-use crate::event::{BodyEncoding, SignedEvent};
+use crate::event::{stored_header_and_body, BodyEncoding, EventHeader, SignedEvent};
 use crate::ids::{AuthorId, CaseId, SpaceId};
 use crate::operation::{Dot, Operation};
 use crate::store::key_layout::{
@@ -41,13 +41,17 @@ pub struct CaseChange {
 /// Decodes an event's operation, if it has a readable and valid one. Events whose body is
 /// sealed or invalid stay in the log but change no projection (the same on every node).
 pub fn operation_of(event: &SignedEvent) -> Option<Operation> {
-    if event.header.encoding != BodyEncoding::Plain {
+    operation_in(&event.header, &event.body)
+}
+
+fn operation_in(header: &EventHeader, body: &[u8]) -> Option<Operation> {
+    if header.encoding != BodyEncoding::Plain {
         return None;
     }
-    match wire::decode_operation(&event.body) {
+    match wire::decode_operation(body) {
         Ok(op) => Some(op),
         Err(error) => {
-            tracing::debug!(author = %event.header.author.device_id(), seq = event.header.seq, %error, "event body ignored by projections");
+            tracing::debug!(author = %header.author.device_id(), seq = header.seq, %error, "event body ignored by projections");
             None
         }
     }
@@ -74,8 +78,17 @@ impl Fold {
         event: &SignedEvent,
         load: impl FnOnce(&CaseId) -> Result<Option<CaseState>, E>,
     ) -> Result<Option<(CaseId, Operation)>, E> {
-        let h = &event.header;
-        let operation = operation_of(event);
+        self.apply_parts(&event.header, &event.body, load)
+    }
+
+    /// [`Fold::apply`] on a decoded header and its body.
+    pub fn apply_parts<E>(
+        &mut self,
+        h: &EventHeader,
+        body: &[u8],
+        load: impl FnOnce(&CaseId) -> Result<Option<CaseState>, E>,
+    ) -> Result<Option<(CaseId, Operation)>, E> {
+        let operation = operation_in(h, body);
         let result = match operation {
             None => None,
             Some(op) => {
@@ -141,7 +154,14 @@ fn load_case(store: &Store, space: &SpaceId, case: &CaseId) -> Result<Option<Cas
     }
 }
 
+/// Records per bulk write while rebuilding.
+const REBUILD_BATCH_RECORDS: usize = 50_000;
+
 /// Rebuilds a space's projections from its log; returns the state hash.
+///
+/// The old projections and the watermark are removed in one synced write first; the new records
+/// are then written without the WAL and flushed to SST files before the watermark is written
+/// (synced) again. A crash anywhere in between leaves no watermark, so the next open rebuilds.
 pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -> Result<String, StoreError> {
     let mut clear = WriteBatch::default();
     store.delete_prefix(&mut clear, CF_CASES, space.as_bytes());
@@ -152,24 +172,32 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     let mut fold = Fold::new(VersionVector::new());
     let mut history = WriteBatch::default();
     let cf_history = store.cf(CF_CASE_EVENTS);
-    let iter = store.db().iterator_cf(store.cf(CF_EVENTS), IteratorMode::From(space.as_bytes(), Direction::Forward));
+    let mut read = rocksdb::ReadOptions::default();
+    read.fill_cache(false);
+    read.set_readahead_size(4 << 20);
+    read.set_iterate_upper_bound(crate::store::key_layout::prefix_end(space.as_bytes()));
+    let iter =
+        store.db().iterator_cf_opt(store.cf(CF_EVENTS), read, IteratorMode::From(space.as_bytes(), Direction::Forward));
     for item in iter {
         let (key, value) = item?;
         if !key.starts_with(space.as_bytes()) {
             break;
         }
-        let event = SignedEvent::from_stored(&value).map_err(|e| StoreError::Corrupt {
+        let (header, body) = stored_header_and_body(&value).map_err(|e| StoreError::Corrupt {
             space: *space,
             author: AuthorId::from_slice(key.get(16..48).unwrap_or(&[])).unwrap_or_default(),
             seq: crate::store::key_layout::be_u64(key.get(48..).unwrap_or(&[])).unwrap_or(0),
             reason: e.to_string(),
         })?;
-        let applied = fold.apply(&event, |_| Ok::<_, StoreError>(None))?;
+        let applied = fold.apply_parts(&header, &body, |_| Ok::<_, StoreError>(None))?;
         if let Some((case, _)) = applied {
-            let h = &event.header;
-            history.put_cf(cf_history, case_event_key(space, &case, &h.author, h.seq), h.hlc.to_be_bytes());
-            if history.len() >= 100_000 {
-                store.commit(std::mem::take(&mut history))?;
+            history.put_cf(
+                cf_history,
+                case_event_key(space, &case, &header.author, header.seq),
+                header.hlc.to_be_bytes(),
+            );
+            if history.len() >= REBUILD_BATCH_RECORDS {
+                store.write_unlogged(std::mem::take(&mut history))?;
             }
         }
     }
@@ -179,12 +207,15 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     for (case, case_state) in &ordered {
         hasher.add(case_state);
         history.put_cf(cf_cases, case_key(space, case), wire::encode_case_state(case_state));
-        if history.len() >= 100_000 {
-            store.commit(std::mem::take(&mut history))?;
+        if history.len() >= REBUILD_BATCH_RECORDS {
+            store.write_unlogged(std::mem::take(&mut history))?;
         }
     }
-    history.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(&state.vector(space)));
-    store.commit(history)?;
+    store.write_unlogged(history)?;
+    store.flush_families(&[CF_CASES, CF_CASE_EVENTS])?;
+    let mut done = WriteBatch::default();
+    done.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(&state.vector(space)));
+    store.commit(done)?;
     Ok(hasher.finish())
 }
 

@@ -6,6 +6,7 @@
 //! writes until it is reopened.
 
 mod append;
+pub(crate) use append::next_hlc;
 mod ingest;
 pub mod key_layout;
 mod reader;
@@ -94,6 +95,8 @@ pub struct Store {
     options: StoreOptions,
     writer: Mutex<WriterState>,
     poisoned: AtomicBool,
+    /// Commands waiting for the writer (see [`Store::execute`]).
+    pub(crate) queued: Mutex<Vec<std::sync::Arc<crate::commands::QueuedCommand>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -130,6 +133,7 @@ impl Store {
             options,
             writer: Mutex::new(WriterState::default()),
             poisoned: AtomicBool::new(false),
+            queued: Mutex::new(Vec::new()),
         };
         store.check_format()?;
         let state = store.load_writer_state()?;
@@ -306,6 +310,29 @@ impl Store {
             tracing::error!(error = %e, "write failed: the store refuses writes until reopened");
             StoreError::Rocks(e)
         })
+    }
+
+    /// Writes a batch without the WAL (bulk rebuilds: made durable by [`Store::flush_families`]
+    /// before anything refers to them). A failure poisons the store.
+    pub(crate) fn write_unlogged(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned);
+        }
+        let mut write = WriteOptions::default();
+        write.disable_wal(true);
+        self.db.write_opt(batch, &write).map_err(|e| {
+            self.poisoned.store(true, Ordering::Release);
+            tracing::error!(error = %e, "write failed: the store refuses writes until reopened");
+            StoreError::Rocks(e)
+        })
+    }
+
+    /// Flushes the memtables of these column families to SST files and waits for it.
+    pub(crate) fn flush_families(&self, names: &[&str]) -> Result<(), StoreError> {
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        let families: Vec<&ColumnFamily> = names.iter().map(|name| self.cf(name)).collect();
+        self.db.flush_cfs_opt(&families, &flush).map_err(StoreError::Rocks)
     }
 
     /// Stages accepted events (already verified, contiguous per author), their arrival records,

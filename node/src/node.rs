@@ -115,7 +115,7 @@ impl Node {
             server_builder().add_service(health_service.clone()).add_service(reflection()?).add_service(sync_service);
         let mut stop = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(sync_listener);
+            let incoming = no_delay(sync_listener);
             let result = router
                 .serve_with_incoming_shutdown(
                     incoming,
@@ -133,7 +133,7 @@ impl Node {
         let router = server_builder().add_service(health_service).add_service(reflection()?).add_service(cases);
         let mut stop = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(api_listener);
+            let incoming = no_delay(api_listener);
             let result = router
                 .serve_with_incoming_shutdown(
                     incoming,
@@ -197,7 +197,31 @@ impl Node {
         if let Some(path) = self.daemon_file {
             let _ = std::fs::remove_file(path);
         }
+        // Detached streams and blocking reads hold the store too; they notice `stopping` and end.
+        // Wait (bounded) until this is the last holder, so the data dir is free when we return.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.shared) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if Arc::strong_count(&self.shared) > 1 {
+            tracing::warn!("a task still holds the store after shutdown");
+        }
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: tonic's `tcp_nodelay` applies only to
+/// listeners it binds itself, and small frames otherwise wait for delayed ACKs (~40 ms).
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot turn Nagle off on an accepted connection");
+        }
+        Ok(stream)
+    })
 }
 
 fn server_builder() -> Server {
