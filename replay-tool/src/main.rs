@@ -65,6 +65,12 @@ enum Command {
         data: PathBuf,
         /// The backup file.
         file: PathBuf,
+        /// How to bring the projections up to date: `fold` folds each batch as it is stored;
+        /// `rebuild` stores the events first and rebuilds the projections once (much faster for
+        /// large imports); `auto` rebuilds for 10,000+ new events that are at least as many as
+        /// the events already held.
+        #[arg(long, value_enum, default_value_t = cmd::import::Projections::Auto)]
+        projections: cmd::import::Projections,
     },
     /// Who changed what and when, in order; each line names the event id.
     Audit {
@@ -116,7 +122,7 @@ fn run(command: Command) -> anyhow::Result<Outcome> {
             let since = since.as_deref().map(vector_arg::parse_vector).transpose()?.unwrap_or_default();
             cmd::export::run(&data, &out, since)
         }
-        Command::Import { data, file } => cmd::import::run(&data, &file),
+        Command::Import { data, file, projections } => cmd::import::run(&data, &file, projections),
         Command::Audit { data, case, device, since, until } => {
             let filter = cmd::audit::AuditFilter {
                 case,

@@ -25,6 +25,10 @@ use crate::vector_arg::vector_json;
 /// Events per ingest call.
 pub const IMPORT_BATCH_EVENTS: usize = 1000;
 
+/// Imports of at least this many new events (and at least as many as already held) store the
+/// events first and rebuild the projections once at the end.
+pub const IMPORT_BULK_EVENTS_MIN: u64 = 10_000;
+
 fn open_backup(file: &Path) -> anyhow::Result<BackupReader<BufReader<File>>> {
     let input = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     BackupReader::new(BufReader::with_capacity(1 << 20, input))
@@ -93,7 +97,18 @@ fn check_file(
 }
 
 /// Runs the command.
-pub fn run(data: &Path, file: &Path) -> anyhow::Result<Outcome> {
+/// How an import brings the projections up to date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Projections {
+    /// `rebuild` for large imports, else `fold`.
+    Auto,
+    /// Fold each stored batch into the projections.
+    Fold,
+    /// Store the events first, then rebuild the projections once.
+    Rebuild,
+}
+
+pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let config = data_dir::read_config(data)?;
     let has_store = data_dir::db_path(data).join("CURRENT").exists();
@@ -108,17 +123,26 @@ pub fn run(data: &Path, file: &Path) -> anyhow::Result<Outcome> {
     let (header, checked, duplicates) = check_file(file, existing.as_ref(), space)?;
 
     // Pass 2: store. Nothing above wrote anything.
-    let store = match existing {
-        Some(store) => store,
-        None => {
-            let db = data_dir::db_path(data);
-            std::fs::create_dir_all(&db).with_context(|| format!("creating {}", db.display()))?;
-            if config.is_none() {
-                data_dir::write_minimal_config(data, &space)?;
-            }
-            Store::open(&db, StoreOptions { projections }).context("creating the store")?
+    let held = existing.as_ref().map_or(0, |s| s.vector(&space).total());
+    let to_store = checked.events.saturating_sub(duplicates);
+    // A large import stores the events alone and then rebuilds the projections once (much
+    // cheaper than folding batch by batch); the projection watermark is left behind meanwhile,
+    // so an interrupted import is completed by the rebuild at the next open.
+    let bulk = projections
+        && match mode {
+            Projections::Auto => to_store >= held.max(IMPORT_BULK_EVENTS_MIN),
+            Projections::Fold => false,
+            Projections::Rebuild => true,
+        };
+    drop(existing);
+    let db = data_dir::db_path(data);
+    if !has_store {
+        std::fs::create_dir_all(&db).with_context(|| format!("creating {}", db.display()))?;
+        if config.is_none() {
+            data_dir::write_minimal_config(data, &space)?;
         }
-    };
+    }
+    let store = Store::open(&db, StoreOptions { projections: projections && !bulk }).context("opening the store")?;
     let mut reader = open_backup(file)?;
     let mut batch: Vec<pb::SignedEvent> = Vec::with_capacity(IMPORT_BATCH_EVENTS);
     let (mut accepted, mut skipped) = (0u64, 0u64);
@@ -163,6 +187,13 @@ pub fn run(data: &Path, file: &Path) -> anyhow::Result<Outcome> {
     if summary.blake3 != checked.blake3 {
         bail!("{} changed during the import (what was stored verified)", file.display());
     }
+    let store = if bulk {
+        drop(store);
+        // Opening with projections brings them up to date with the log (one rebuild).
+        Store::open(&db, StoreOptions { projections: true }).context("rebuilding the projections")?
+    } else {
+        store
+    };
     let mut members_added = 0;
     for (author, name) in &header.members {
         if store.member(&space, author)?.is_none() {
@@ -183,6 +214,7 @@ pub fn run(data: &Path, file: &Path) -> anyhow::Result<Outcome> {
         "blake3": summary.blake3,
         "vector": vector_json(&store.vector(&space)),
         "state_hash": state_hash,
+        "projections": if bulk { "rebuilt" } else if projections { "folded" } else { "none" },
         "seconds": seconds,
         "events_per_s": rate(summary.events, seconds),
     });
