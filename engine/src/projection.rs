@@ -6,7 +6,7 @@ pub mod history;
 pub mod state_hash;
 pub mod views;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::Serialize;
@@ -16,7 +16,8 @@ use crate::event::{stored_header_and_body, BodyEncoding, EventHeader, SignedEven
 use crate::ids::{AuthorId, CaseId, SpaceId};
 use crate::operation::{Dot, Operation};
 use crate::store::key_layout::{
-    case_event_key, case_key, meta_watermark, CF_CASES, CF_CASE_EVENTS, CF_EVENTS, CF_META,
+    case_event_key, case_key, case_part_key, meta_watermark, parse_case_part_key, prefix_end, CasePart, CF_CASES,
+    CF_CASE_EVENTS, CF_EVENTS, CF_META,
 };
 use crate::store::{encode_vector, Store, WriterState};
 use crate::vector_clock::VersionVector;
@@ -111,7 +112,26 @@ impl Fold {
     }
 }
 
-/// Folds committed-to-be events into `batch`: case states and the history index.
+/// The stored parts of a case an operation changes.
+fn parts_touched(operation: &Operation) -> Vec<CasePart> {
+    let fields = |writes: &[crate::operation::FieldWrite]| -> Vec<CasePart> {
+        writes.iter().map(|w| CasePart::Field(w.name.clone())).collect()
+    };
+    match operation {
+        Operation::CreateCase { fields: writes, .. } => {
+            let mut parts = fields(writes);
+            parts.push(CasePart::Status);
+            parts
+        }
+        Operation::SetFields { fields: writes, .. } => fields(writes),
+        Operation::ChangeStatus { .. } => vec![CasePart::Status],
+        Operation::AddEntry { entry, .. }
+        | Operation::UpdateEntry { entry, .. }
+        | Operation::RemoveEntry { entry, .. } => vec![CasePart::Entry(*entry)],
+    }
+}
+
+/// Folds committed-to-be events into `batch`: the case parts they change and the history index.
 pub(crate) fn fold_into_batch(
     store: &Store,
     batch: &mut WriteBatch,
@@ -121,12 +141,14 @@ pub(crate) fn fold_into_batch(
 ) -> Result<Vec<CaseChange>, StoreError> {
     let mut fold = Fold::new(seen);
     let mut changes = Vec::new();
+    let mut dirty: BTreeSet<(CaseId, CasePart)> = BTreeSet::new();
     let cf_history = store.cf(CF_CASE_EVENTS);
     for event in events {
         let applied = fold.apply(event, |case| load_case(store, space, case))?;
         if let Some((case, op)) = applied {
             let h = &event.header;
             batch.put_cf(cf_history, case_event_key(space, &case, &h.author, h.seq), h.hlc.to_be_bytes());
+            dirty.extend(parts_touched(&op).into_iter().map(|part| (case, part)));
             changes.push(CaseChange {
                 case_id: case.to_hex(),
                 author: h.author.to_hex(),
@@ -136,26 +158,47 @@ pub(crate) fn fold_into_batch(
         }
     }
     let cf_cases = store.cf(CF_CASES);
-    for (case, state) in &fold.cases {
-        batch.put_cf(cf_cases, case_key(space, case), wire::encode_case_state(state));
+    for (case, part) in &dirty {
+        if let Some(value) = fold.cases.get(case).and_then(|state| wire::encode_case_part(state, part)) {
+            batch.put_cf(cf_cases, case_part_key(space, case, part), value);
+        }
     }
     Ok(changes)
 }
 
-fn load_case(store: &Store, space: &SpaceId, case: &CaseId) -> Result<Option<CaseState>, StoreError> {
-    match store.db().get_cf(store.cf(CF_CASES), case_key(space, case))? {
-        None => Ok(None),
-        Some(bytes) => wire::decode_case_state(&bytes).map(Some).map_err(|e| StoreError::Corrupt {
-            space: *space,
-            author: AuthorId::default(),
-            seq: 0,
-            reason: format!("case {}: {e}", case.short()),
-        }),
+fn corrupt_case(space: &SpaceId, case: &CaseId, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        space: *space,
+        author: AuthorId::default(),
+        seq: 0,
+        reason: format!("case {}: {reason}", case.short()),
     }
+}
+
+fn load_case(store: &Store, space: &SpaceId, case: &CaseId) -> Result<Option<CaseState>, StoreError> {
+    let prefix = case_key(space, case);
+    let mut read = rocksdb::ReadOptions::default();
+    read.set_iterate_upper_bound(prefix_end(&prefix));
+    let iter = store.db().iterator_cf_opt(store.cf(CF_CASES), read, IteratorMode::From(&prefix, Direction::Forward));
+    let mut state: Option<CaseState> = None;
+    for item in iter {
+        let (key, value) = item?;
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        let (_, part) = parse_case_part_key(&key).ok_or_else(|| corrupt_case(space, case, "malformed key"))?;
+        let state = state.get_or_insert_with(|| CaseState::new(*case));
+        wire::decode_case_part(state, &part, &value).map_err(|e| corrupt_case(space, case, e))?;
+    }
+    Ok(state)
 }
 
 /// Records per bulk write while rebuilding.
 const REBUILD_BATCH_RECORDS: usize = 50_000;
+
+/// Case states a rebuild keeps in memory before writing them out (and reading them back when
+/// touched again): bounds a rebuild's memory whatever the number of cases.
+const REBUILD_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 
 /// Rebuilds a space's projections from its log; returns the state hash.
 ///
@@ -170,12 +213,14 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     store.commit(clear)?;
 
     let mut fold = Fold::new(VersionVector::new());
+    // Cases written out and not in memory: loaded from the store when touched again.
+    let mut spilled = false;
     let mut history = WriteBatch::default();
     let cf_history = store.cf(CF_CASE_EVENTS);
     let mut read = rocksdb::ReadOptions::default();
     read.fill_cache(false);
     read.set_readahead_size(4 << 20);
-    read.set_iterate_upper_bound(crate::store::key_layout::prefix_end(space.as_bytes()));
+    read.set_iterate_upper_bound(prefix_end(space.as_bytes()));
     let iter =
         store.db().iterator_cf_opt(store.cf(CF_EVENTS), read, IteratorMode::From(space.as_bytes(), Direction::Forward));
     for item in iter {
@@ -189,7 +234,8 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
             seq: crate::store::key_layout::be_u64(key.get(48..).unwrap_or(&[])).unwrap_or(0),
             reason: e.to_string(),
         })?;
-        let applied = fold.apply_parts(&header, &body, |_| Ok::<_, StoreError>(None))?;
+        let applied =
+            fold.apply_parts(&header, &body, |case| if spilled { load_case(store, space, case) } else { Ok(None) })?;
         if let Some((case, _)) = applied {
             history.put_cf(
                 cf_history,
@@ -200,23 +246,40 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
                 store.write_unlogged(std::mem::take(&mut history))?;
             }
         }
-    }
-    let mut hasher = StateHasher::new();
-    let ordered: BTreeMap<CaseId, CaseState> = fold.cases.into_iter().collect();
-    let cf_cases = store.cf(CF_CASES);
-    for (case, case_state) in &ordered {
-        hasher.add(case_state);
-        history.put_cf(cf_cases, case_key(space, case), wire::encode_case_state(case_state));
-        if history.len() >= REBUILD_BATCH_RECORDS {
+        if fold.cases.len() >= REBUILD_CASES_IN_MEMORY {
+            write_cases(store, space, &mut history, std::mem::take(&mut fold.cases))?;
             store.write_unlogged(std::mem::take(&mut history))?;
+            spilled = true;
         }
     }
+    write_cases(store, space, &mut history, std::mem::take(&mut fold.cases))?;
     store.write_unlogged(history)?;
     store.flush_families(&[CF_CASES, CF_CASE_EVENTS])?;
     let mut done = WriteBatch::default();
     done.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(&state.vector(space)));
     store.commit(done)?;
-    Ok(hasher.finish())
+    store.state_hash(space)
+}
+
+/// Stages every part of these case states (unlogged bulk writes of a rebuild).
+fn write_cases(
+    store: &Store,
+    space: &SpaceId,
+    batch: &mut WriteBatch,
+    cases: HashMap<CaseId, CaseState>,
+) -> Result<(), StoreError> {
+    let cf_cases = store.cf(CF_CASES);
+    for (case, case_state) in cases {
+        for part in wire::case_parts(&case_state) {
+            if let Some(value) = wire::encode_case_part(&case_state, &part) {
+                batch.put_cf(cf_cases, case_part_key(space, &case, &part), value);
+            }
+        }
+        if batch.len() >= REBUILD_BATCH_RECORDS {
+            store.write_unlogged(std::mem::take(batch))?;
+        }
+    }
+    Ok(())
 }
 
 /// How to filter a case list.
@@ -267,19 +330,35 @@ impl Store {
 
     /// Calls `f` for every case state of a space, in case id order.
     pub fn for_each_case(&self, space: &SpaceId, mut f: impl FnMut(CaseState)) -> Result<(), StoreError> {
-        let iter = self.db().iterator_cf(self.cf(CF_CASES), IteratorMode::From(space.as_bytes(), Direction::Forward));
+        let mut read = rocksdb::ReadOptions::default();
+        read.set_iterate_upper_bound(prefix_end(space.as_bytes()));
+        let iter = self.db().iterator_cf_opt(
+            self.cf(CF_CASES),
+            read,
+            IteratorMode::From(space.as_bytes(), Direction::Forward),
+        );
+        let mut current: Option<CaseState> = None;
         for item in iter {
             let (key, value) = item?;
             if !key.starts_with(space.as_bytes()) {
                 break;
             }
-            let state = wire::decode_case_state(&value).map_err(|e| StoreError::Corrupt {
+            let (case, part) = parse_case_part_key(&key).ok_or_else(|| StoreError::Corrupt {
                 space: *space,
                 author: AuthorId::default(),
                 seq: 0,
-                reason: e.to_string(),
+                reason: "malformed case key".into(),
             })?;
-            f(state);
+            if current.as_ref().is_some_and(|state| state.id != case) {
+                if let Some(done) = current.take() {
+                    f(done);
+                }
+            }
+            let state = current.get_or_insert_with(|| CaseState::new(case));
+            wire::decode_case_part(state, &part, &value).map_err(|e| corrupt_case(space, &case, e))?;
+        }
+        if let Some(done) = current {
+            f(done);
         }
         Ok(())
     }
@@ -317,5 +396,42 @@ impl Store {
         let mut hasher = StateHasher::new();
         self.for_each_case(space, |state| hasher.add(&state))?;
         Ok(hasher.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::commands::Command;
+    use crate::ids::{CaseId, SpaceId};
+    use crate::operation::FieldValue;
+    use crate::signing::DeviceKey;
+    use crate::store::{Store, StoreOptions};
+
+    #[test]
+    fn a_rebuild_that_spills_cases_equals_the_incremental_projections() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let space = SpaceId([1; 16]);
+        let keys = [DeviceKey::from_secret([1; 32]), DeviceKey::from_secret([2; 32])];
+        // Two authors touch the same 12 cases, so the rebuild (4 cases in memory in unit tests)
+        // writes cases out and reads them back when the second author's chain touches them.
+        for round in 0..3u8 {
+            for n in 0..12u8 {
+                let key = &keys[usize::from(n) % 2];
+                let case = CaseId([n; 16]);
+                let command = if round == 0 {
+                    Command::CreateCase { id: case, fields: vec![] }
+                } else {
+                    let value = FieldValue::Text(format!("{round}-{n}"));
+                    Command::SetFields { case, fields: vec![(format!("f{}", round % 2), value)] }
+                };
+                let key = if round == 2 { &keys[usize::from(n + 1) % 2] } else { key };
+                store.execute(&space, key, u64::from(round) * 100 + u64::from(n), command).unwrap();
+            }
+        }
+        let incremental = store.state_hash(&space).unwrap();
+        let views = store.list_cases(&space, &Default::default()).unwrap();
+        assert_eq!(store.rebuild_projections(&space).unwrap(), incremental);
+        assert_eq!(store.list_cases(&space, &Default::default()).unwrap(), views);
     }
 }

@@ -30,7 +30,7 @@ use crate::vector_clock::VersionVector;
 use key_layout::*;
 
 /// The on-disk format this build writes and reads. See `docs/log-format.md`.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Budget for all memtables of a store together, in bytes.
 pub const MEMTABLES_BYTES_MAX: usize = 64 << 20;
@@ -189,9 +189,37 @@ impl Store {
                 if found > FORMAT_VERSION {
                     return Err(OpenError::FormatTooNew { found, supported: FORMAT_VERSION });
                 }
+                if found < FORMAT_VERSION {
+                    self.upgrade_format(found)?;
+                }
                 Ok(())
             }
         }
+    }
+
+    /// Upgrades an older format. Version 1 kept each case's projection as one record; version 2
+    /// keeps one record per register. Only derived data changed: the projections and their
+    /// watermarks are dropped (one synced batch with the new version) and rebuilt from the log.
+    fn upgrade_format(&self, found: u32) -> Result<(), OpenError> {
+        tracing::info!(from = found, to = FORMAT_VERSION, "upgrading the store format: projections are rebuilt");
+        let mut batch = WriteBatch::default();
+        for item in self.db.iterator_cf(self.cf(CF_CASES), rocksdb::IteratorMode::Start) {
+            let (key, _) = item?;
+            batch.delete_cf(self.cf(CF_CASES), key);
+        }
+        let meta = self.cf(CF_META);
+        for item in self.db.prefix_iterator_cf(meta, b"watermark/") {
+            let (key, _) = item?;
+            if !key.starts_with(b"watermark/") {
+                break;
+            }
+            batch.delete_cf(meta, key);
+        }
+        batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+        let mut write = WriteOptions::default();
+        write.set_sync(true);
+        self.db.write_opt(batch, &write)?;
+        Ok(())
     }
 
     fn load_writer_state(&self) -> Result<WriterState, OpenError> {
@@ -497,7 +525,7 @@ impl Store {
         batch.delete_range_cf(self.cf(cf), prefix, prefix_end(prefix).as_slice());
     }
 
-    /// Cases whose id starts with the given bytes.
+    /// Cases whose id starts with the given bytes (each once, however many parts it has).
     pub(crate) fn case_ids_with_prefix(
         &self,
         space: &SpaceId,
@@ -505,15 +533,22 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<CaseId>, StoreError> {
         let start = [space.as_bytes().as_slice(), prefix].concat();
-        let mut out = Vec::new();
-        for item in self.db.prefix_iterator_cf(self.cf(CF_CASES), &start) {
+        let mut out: Vec<CaseId> = Vec::new();
+        let mut seek = start.clone();
+        while out.len() < limit {
+            let mut read = rocksdb::ReadOptions::default();
+            read.set_iterate_upper_bound(prefix_end(&start));
+            let mut iter = self.db.iterator_cf_opt(
+                self.cf(CF_CASES),
+                read,
+                rocksdb::IteratorMode::From(&seek, rocksdb::Direction::Forward),
+            );
+            let Some(item) = iter.next() else { break };
             let (key, _) = item?;
-            if !key.starts_with(&start) || out.len() >= limit {
-                break;
-            }
-            if let Ok(id) = CaseId::from_slice(&key[16..]) {
-                out.push(id);
-            }
+            let Some(id) = key.get(16..32).and_then(|bytes| CaseId::from_slice(bytes).ok()) else { break };
+            out.push(id);
+            // Skip the rest of this case's parts.
+            seek = prefix_end(&key[..32]);
         }
         Ok(out)
     }

@@ -10,6 +10,7 @@ use crate::error::OperationError;
 use crate::ids::{AuthorId, CaseId, EntryId};
 use crate::operation::{Dot, FieldValue, FieldWrite, Operation, Status, StatusChange, StatusWrite};
 use crate::projection::case_state::{CaseState, Record, Register, StatusValue, Version};
+use crate::store::key_layout::CasePart;
 use crate::vector_clock::VersionVector;
 
 fn bytes(slice: &[u8]) -> Bytes {
@@ -228,40 +229,39 @@ fn status_from_pb(status: i32) -> Result<Status, OperationError> {
     }
 }
 
+fn status_register_to_pb(status: &Register<StatusValue>) -> st::StatusRegister {
+    st::StatusRegister {
+        current: status
+            .current
+            .iter()
+            .map(|v| st::StatusVersion {
+                dot: Some(dot_to_pb(&v.dot)),
+                hlc: v.hlc,
+                status: status_to_pb(v.value.status) as i32,
+                seen: vector_to_pb(&v.value.seen).heads,
+            })
+            .collect(),
+        pending: status.pending.iter().map(dot_to_pb).collect(),
+    }
+}
+
+fn register_to_pb(name: &str, register: &Register<FieldValue>) -> st::Register {
+    st::Register {
+        name: name.to_string(),
+        current: register
+            .current
+            .iter()
+            .map(|v| st::Version { dot: Some(dot_to_pb(&v.dot)), hlc: v.hlc, value: Some(value_to_pb(&v.value)) })
+            .collect(),
+        pending: register.pending.iter().map(dot_to_pb).collect(),
+    }
+}
+
 fn record_to_pb(id: &[u8], record: &Record) -> st::Record {
     st::Record {
         id: bytes(id),
-        status: Some(st::StatusRegister {
-            current: record
-                .status
-                .current
-                .iter()
-                .map(|v| st::StatusVersion {
-                    dot: Some(dot_to_pb(&v.dot)),
-                    hlc: v.hlc,
-                    status: status_to_pb(v.value.status) as i32,
-                    seen: vector_to_pb(&v.value.seen).heads,
-                })
-                .collect(),
-            pending: record.status.pending.iter().map(dot_to_pb).collect(),
-        }),
-        fields: record
-            .fields
-            .iter()
-            .map(|(name, register)| st::Register {
-                name: name.clone(),
-                current: register
-                    .current
-                    .iter()
-                    .map(|v| st::Version {
-                        dot: Some(dot_to_pb(&v.dot)),
-                        hlc: v.hlc,
-                        value: Some(value_to_pb(&v.value)),
-                    })
-                    .collect(),
-                pending: register.pending.iter().map(dot_to_pb).collect(),
-            })
-            .collect(),
+        status: Some(status_register_to_pb(&record.status)),
+        fields: record.fields.iter().map(|(name, register)| register_to_pb(name, register)).collect(),
     }
 }
 
@@ -269,34 +269,84 @@ fn required_dot(dot: Option<&pb::Dot>) -> Result<Dot, OperationError> {
     dot_from_pb(dot.ok_or(OperationError::Malformed("stored version without a dot"))?)
 }
 
+fn status_register_from_pb(status: &st::StatusRegister) -> Result<Register<StatusValue>, OperationError> {
+    let mut out = Register::default();
+    for v in &status.current {
+        out.current.push(Version {
+            dot: required_dot(v.dot.as_ref())?,
+            hlc: v.hlc,
+            value: StatusValue {
+                status: status_from_pb(v.status)?,
+                seen: vector_from_pb(&pb::VersionVector { heads: v.seen.clone() })?,
+            },
+        });
+    }
+    out.pending = status.pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?;
+    Ok(out)
+}
+
+fn register_from_pb(register: &st::Register) -> Result<Register<FieldValue>, OperationError> {
+    let mut field = Register::default();
+    for v in &register.current {
+        field.current.push(Version {
+            dot: required_dot(v.dot.as_ref())?,
+            hlc: v.hlc,
+            value: value_from_pb(v.value.as_ref())?,
+        });
+    }
+    field.pending = register.pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?;
+    Ok(field)
+}
+
 fn record_from_pb(record: &st::Record) -> Result<Record, OperationError> {
     let mut out = Record::default();
     if let Some(status) = &record.status {
-        for v in &status.current {
-            out.status.current.push(Version {
-                dot: required_dot(v.dot.as_ref())?,
-                hlc: v.hlc,
-                value: StatusValue {
-                    status: status_from_pb(v.status)?,
-                    seen: vector_from_pb(&pb::VersionVector { heads: v.seen.clone() })?,
-                },
-            });
-        }
-        out.status.pending = status.pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?;
+        out.status = status_register_from_pb(status)?;
     }
     for register in &record.fields {
-        let mut field = Register::default();
-        for v in &register.current {
-            field.current.push(Version {
-                dot: required_dot(v.dot.as_ref())?,
-                hlc: v.hlc,
-                value: value_from_pb(v.value.as_ref())?,
-            });
-        }
-        field.pending = register.pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?;
-        out.fields.insert(register.name.clone(), field);
+        out.fields.insert(register.name.clone(), register_from_pb(register)?);
     }
     Ok(out)
+}
+
+/// Encodes one stored part of a case state (`None` when the state has no such part).
+pub fn encode_case_part(state: &CaseState, part: &CasePart) -> Option<Vec<u8>> {
+    match part {
+        CasePart::Status => Some(status_register_to_pb(&state.record.status).encode_to_vec()),
+        CasePart::Field(name) => state.record.fields.get(name).map(|r| register_to_pb(name, r).encode_to_vec()),
+        CasePart::Entry(id) => state.entries.get(id).map(|r| record_to_pb(id.as_bytes(), r).encode_to_vec()),
+    }
+}
+
+/// Every stored part of a case state, in key order.
+pub fn case_parts(state: &CaseState) -> Vec<CasePart> {
+    let mut parts = Vec::with_capacity(1 + state.record.fields.len() + state.entries.len());
+    parts.push(CasePart::Status);
+    parts.extend(state.record.fields.keys().map(|name| CasePart::Field(name.clone())));
+    parts.extend(state.entries.keys().map(|id| CasePart::Entry(*id)));
+    parts
+}
+
+/// Folds one stored part into the case state being assembled from its parts.
+pub fn decode_case_part(state: &mut CaseState, part: &CasePart, value: &[u8]) -> Result<(), OperationError> {
+    match part {
+        CasePart::Status => {
+            let message = st::StatusRegister::decode(value)
+                .map_err(|_| OperationError::Malformed("stored status register does not decode"))?;
+            state.record.status = status_register_from_pb(&message)?;
+        }
+        CasePart::Field(name) => {
+            let message = st::Register::decode(value)
+                .map_err(|_| OperationError::Malformed("stored register does not decode"))?;
+            state.record.fields.insert(name.clone(), register_from_pb(&message)?);
+        }
+        CasePart::Entry(id) => {
+            let message =
+                st::Record::decode(value).map_err(|_| OperationError::Malformed("stored entry does not decode"))?;
+            state.entries.insert(*id, record_from_pb(&message)?);
+        }
+    }
+    Ok(())
 }
 
 /// Encodes a case state for the `cases` column family.

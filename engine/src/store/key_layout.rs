@@ -1,7 +1,7 @@
 //! Column families and key encodings. All integers are big-endian so keys sort numerically.
 //! `docs/log-format.md` draws the same layout byte by byte.
 
-use crate::ids::{AuthorId, CaseId, SpaceId};
+use crate::ids::{AuthorId, CaseId, EntryId, SpaceId};
 
 /// Events: space(16) author(32) seq(8) -> signature(64) event bytes.
 pub const CF_EVENTS: &str = "events";
@@ -13,7 +13,8 @@ pub const CF_HEADS: &str = "heads";
 pub const CF_META: &str = "meta";
 /// Fork evidence: space(16) author(32) seq(8) id(32) -> signature(64) event bytes.
 pub const CF_FORKS: &str = "forks";
-/// Case projection: space(16) case(16) -> encoded `store.CaseState`.
+/// Case projections, one record per part: space(16) case(16) 0x00 -> `store.StatusRegister`;
+/// ... 0x01 field name -> `store.Register`; ... 0x02 entry(16) -> `store.Record` (see [`CasePart`]).
 pub const CF_CASES: &str = "cases";
 /// Case history index: space(16) case(16) author(32) seq(8) -> hlc(8).
 pub const CF_CASE_EVENTS: &str = "case_events";
@@ -75,6 +76,56 @@ pub fn case_key(space: &SpaceId, case: &CaseId) -> [u8; 32] {
     key[..16].copy_from_slice(space.as_bytes());
     key[16..].copy_from_slice(case.as_bytes());
     key
+}
+
+/// One stored part of a case projection: parts are written only when an event touches them, so
+/// an event rewrites one register rather than the whole case.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CasePart {
+    /// The case's status register.
+    Status,
+    /// One field register of the case.
+    Field(String),
+    /// One entry (its status and fields).
+    Entry(EntryId),
+}
+
+/// Tag byte of [`CasePart::Status`] keys.
+pub const CASE_PART_STATUS: u8 = 0;
+/// Tag byte of [`CasePart::Field`] keys.
+pub const CASE_PART_FIELD: u8 = 1;
+/// Tag byte of [`CasePart::Entry`] keys.
+pub const CASE_PART_ENTRY: u8 = 2;
+
+/// Key of a case part: space(16) case(16) tag(1) then the field name or the entry id.
+pub fn case_part_key(space: &SpaceId, case: &CaseId, part: &CasePart) -> Vec<u8> {
+    let mut key = Vec::with_capacity(33 + 32);
+    key.extend_from_slice(&case_key(space, case));
+    match part {
+        CasePart::Status => key.push(CASE_PART_STATUS),
+        CasePart::Field(name) => {
+            key.push(CASE_PART_FIELD);
+            key.extend_from_slice(name.as_bytes());
+        }
+        CasePart::Entry(entry) => {
+            key.push(CASE_PART_ENTRY);
+            key.extend_from_slice(entry.as_bytes());
+        }
+    }
+    key
+}
+
+/// The case and part of a `cases` key.
+pub fn parse_case_part_key(key: &[u8]) -> Option<(CaseId, CasePart)> {
+    let case = CaseId::from_slice(key.get(16..32)?).ok()?;
+    let rest = key.get(33..)?;
+    let part = match *key.get(32)? {
+        CASE_PART_STATUS if rest.is_empty() => CasePart::Status,
+        CASE_PART_FIELD => CasePart::Field(String::from_utf8(rest.to_vec()).ok()?),
+        CASE_PART_ENTRY => CasePart::Entry(EntryId::from_slice(rest).ok()?),
+        _ => return None,
+    };
+    Some((case, part))
 }
 
 /// Key of a case history record.

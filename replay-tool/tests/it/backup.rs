@@ -87,6 +87,21 @@ fn migration_export_import_gives_the_same_state_hash() {
     assert_eq!(report["accepted"], 0);
     assert_eq!(report["already_held"], 12);
     assert_eq!(report["state_hash"], hash.as_str());
+    // The new computer joins as a new device: its own key, the imported cases, writes accepted.
+    {
+        let joined = casesync_node::data_dir::init(&new, "newpc", None, false, None).unwrap();
+        let node = casesync_node::data_dir::open(&new, false).unwrap();
+        let me = node.identity.author();
+        assert_eq!(joined.space, SPACE.to_hex());
+        assert!(me != device(1).author() && me != device(2).author(), "the new computer has its own key");
+        assert_eq!(node.store.state_hash(&SPACE).unwrap(), hash);
+        let command = casesync_engine::commands::Command::CreateCase {
+            id: casesync_engine::ids::CaseId([0xee; 16]),
+            fields: vec![],
+        };
+        node.store.execute(&SPACE, &node.identity.key, T0_MS + 60_000, command).unwrap();
+        assert_eq!(node.store.head(&SPACE, &me).unwrap().seq, 1);
+    }
 }
 
 #[test]
