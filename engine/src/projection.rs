@@ -178,6 +178,7 @@ fn corrupt_case(space: &SpaceId, case: &CaseId, reason: impl std::fmt::Display) 
 fn load_case(store: &Store, space: &SpaceId, case: &CaseId) -> Result<Option<CaseState>, StoreError> {
     let prefix = case_key(space, case);
     let mut read = rocksdb::ReadOptions::default();
+    read.set_prefix_same_as_start(true);
     read.set_iterate_upper_bound(prefix_end(&prefix));
     let iter = store.db().iterator_cf_opt(store.cf(CF_CASES), read, IteratorMode::From(&prefix, Direction::Forward));
     let mut state: Option<CaseState> = None;
@@ -330,7 +331,7 @@ impl Store {
 
     /// Calls `f` for every case state of a space, in case id order.
     pub fn for_each_case(&self, space: &SpaceId, mut f: impl FnMut(CaseState)) -> Result<(), StoreError> {
-        let mut read = rocksdb::ReadOptions::default();
+        let mut read = crate::store::total_order();
         read.set_iterate_upper_bound(prefix_end(space.as_bytes()));
         let iter = self.db().iterator_cf_opt(
             self.cf(CF_CASES),

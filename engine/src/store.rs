@@ -35,6 +35,9 @@ pub const FORMAT_VERSION: u32 = 2;
 /// Budget for all memtables of a store together, in bytes.
 pub const MEMTABLES_BYTES_MAX: usize = 64 << 20;
 
+/// Block cache shared by all column families, in bytes.
+pub const BLOCK_CACHE_BYTES: usize = 64 << 20;
+
 /// How to open a store.
 #[derive(Clone, Copy, Debug)]
 pub struct StoreOptions {
@@ -118,9 +121,23 @@ impl Store {
         // Memory: all memtables together stay under this budget (RocksDB flushes the largest when
         // it is reached), so a node stays well under 256 MiB even during a million-event sync.
         db_options.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
+        // One block cache for every column family (RocksDB's default is a cache per family).
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let descriptors = ALL_CFS.iter().map(|name| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            if *name == CF_CASES {
+                // A case is read as all records under space(16) case(16): a prefix Bloom filter
+                // lets that seek skip every file without the case (most reads are of cases in
+                // no or one file). Iterators across cases must ask for total order.
+                table.set_bloom_filter(10.0, false);
+                table.set_whole_key_filtering(false);
+                cf_options.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(CASE_PREFIX_BYTES));
+                cf_options.set_memtable_prefix_bloom_ratio(0.05);
+            }
+            cf_options.set_block_based_table_factory(&table);
             let big = matches!(*name, CF_EVENTS | CF_CASES | CF_CASE_EVENTS | CF_ARRIVAL);
             cf_options.set_write_buffer_size(if big { 16 << 20 } else { 2 << 20 });
             cf_options.set_max_write_buffer_number(2);
@@ -203,7 +220,7 @@ impl Store {
     fn upgrade_format(&self, found: u32) -> Result<(), OpenError> {
         tracing::info!(from = found, to = FORMAT_VERSION, "upgrading the store format: projections are rebuilt");
         let mut batch = WriteBatch::default();
-        for item in self.db.iterator_cf(self.cf(CF_CASES), rocksdb::IteratorMode::Start) {
+        for item in self.db.iterator_cf_opt(self.cf(CF_CASES), total_order(), rocksdb::IteratorMode::Start) {
             let (key, _) = item?;
             batch.delete_cf(self.cf(CF_CASES), key);
         }
@@ -536,7 +553,7 @@ impl Store {
         let mut out: Vec<CaseId> = Vec::new();
         let mut seek = start.clone();
         while out.len() < limit {
-            let mut read = rocksdb::ReadOptions::default();
+            let mut read = total_order();
             read.set_iterate_upper_bound(prefix_end(&start));
             let mut iter = self.db.iterator_cf_opt(
                 self.cf(CF_CASES),
@@ -552,6 +569,13 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Read options for iterating across cases in the `cases` family, past its prefix filter.
+pub(crate) fn total_order() -> rocksdb::ReadOptions {
+    let mut read = rocksdb::ReadOptions::default();
+    read.set_total_order_seek(true);
+    read
 }
 
 /// Encodes a version vector for metadata: (author(32) seq(8))*.

@@ -90,6 +90,9 @@ pub enum CasePart {
     Entry(EntryId),
 }
 
+/// Length of the `cases` key prefix that names one case: space(16) case(16).
+pub const CASE_PREFIX_BYTES: usize = 32;
+
 /// Tag byte of [`CasePart::Status`] keys.
 pub const CASE_PART_STATUS: u8 = 0;
 /// Tag byte of [`CasePart::Field`] keys.
