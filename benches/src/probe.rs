@@ -111,10 +111,31 @@ impl HeadsProbe {
     }
 }
 
+/// Waits until a node's case views include every event it holds (a bulk catch-up ends with a
+/// rebuild, which a sync is not done without); returns when they did.
+pub async fn wait_views_current(api_url: &str, every: Duration, timeout: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    let mut client = cases_client(api_url).await?;
+    loop {
+        let request = pb::StatusRequest { skip_state_hash: true };
+        let behind = match tokio::time::timeout(Duration::from_secs(30), client.status(request)).await {
+            Ok(Ok(reply)) => reply.into_inner().projections_behind,
+            _ => u64::MAX,
+        };
+        if behind == 0 {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("the node's case views still lack {behind} events after {timeout:?}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// `events` and `state_hash` of a node, from its case API.
 pub async fn status(api_url: &str) -> anyhow::Result<pb::NodeStatus> {
     let mut client = cases_client(api_url).await?;
-    let reply = tokio::time::timeout(Duration::from_secs(300), client.status(pb::StatusRequest {}))
+    let reply = tokio::time::timeout(Duration::from_secs(300), client.status(pb::StatusRequest::default()))
         .await
         .context("status timed out")?
         .map_err(|s| anyhow!("status: {}", s.message()))?;

@@ -194,6 +194,13 @@ impl Store {
         if let Some(done) = lock(&mine.result).take() {
             return done;
         }
+        if state.deferrals > 0 {
+            lock(&self.queued).retain(|queued| !Arc::ptr_eq(queued, &mine));
+            // (Not `projections_behind`: it takes the writer lock held here.)
+            let watermark = self.projection_watermark(space).map(|w| w.total()).unwrap_or(0);
+            let behind = state.vector(space).total().saturating_sub(watermark);
+            return Err(CommandError::CatchingUp(behind).into());
+        }
         let group = std::mem::take(&mut *lock(&self.queued));
         // Runs of the same space and author share one commit (in practice: all of them).
         let mut start = 0;

@@ -68,6 +68,9 @@ pub(crate) struct WriterState {
     pub(crate) max_hlc: u64,
     pub(crate) fences: HashMap<(SpaceId, AuthorId), u64>,
     pub(crate) keys: HashMap<AuthorId, VerifyingKey>,
+    /// Bulk catch-ups in progress ([`Store::defer_projections`]); while above zero, ingests
+    /// store events without folding them and commands are refused.
+    pub(crate) deferrals: u32,
 }
 
 impl WriterState {
@@ -422,7 +425,7 @@ impl Store {
         for (author, head) in &new_heads {
             vector_after.set(*author, head.seq);
         }
-        let changes = if self.options.projections {
+        let changes = if self.options.projections && state.deferrals == 0 {
             let changes = projection::fold_into_batch(self, &mut batch, space, state.vector(space), events)?;
             batch.put_cf(self.cf(CF_META), meta_watermark(space), encode_vector(&vector_after));
             changes
@@ -529,6 +532,48 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Starts a bulk catch-up: until the matching [`Store::resume_projections`], ingested events
+    /// are stored without being folded into the projections (their watermark stays behind, so a
+    /// crash meanwhile is repaired by the rebuild at the next open), and commands are refused.
+    /// Worth it when far more events arrive than the store holds: a rebuild at the end is much
+    /// cheaper than folding event by event.
+    pub fn defer_projections(&self) {
+        if self.options.projections {
+            self.lock_writer().deferrals += 1;
+        }
+    }
+
+    /// Ends a bulk catch-up; the last one to end rebuilds the projections of every space whose
+    /// watermark lags its log. Returns how many spaces were rebuilt.
+    pub fn resume_projections(&self) -> Result<usize, StoreError> {
+        if !self.options.projections {
+            return Ok(0);
+        }
+        let mut state = self.lock_writer();
+        state.deferrals = state.deferrals.saturating_sub(1);
+        if state.deferrals > 0 {
+            return Ok(0);
+        }
+        let spaces: Vec<SpaceId> = state.heads.keys().copied().collect();
+        let mut rebuilt = 0;
+        for space in spaces {
+            if self.projection_watermark(&space)? != state.vector(&space) {
+                projection::rebuild(self, &mut state, &space)?;
+                rebuilt += 1;
+            }
+        }
+        Ok(rebuilt)
+    }
+
+    /// Events of a space stored but not yet in its projections (during a bulk catch-up).
+    pub fn projections_behind(&self, space: &SpaceId) -> Result<u64, StoreError> {
+        if !self.options.projections {
+            return Ok(0);
+        }
+        let held = self.vector(space);
+        Ok(held.total().saturating_sub(self.projection_watermark(space)?.total()))
     }
 
     /// Drops and rebuilds the case projections of a space from the log. Returns the state hash.

@@ -318,9 +318,12 @@ impl Cases for CaseService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::NodeStatus>, GrpcStatus> {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::NodeStatus>, GrpcStatus> {
+        let skip_state_hash = request.into_inner().skip_state_hash;
         let shared = self.shared.clone();
-        let status = tokio::task::spawn_blocking(move || node_status(&shared)).await.map_err(grpc_status::join)??;
+        let status = tokio::task::spawn_blocking(move || node_status(&shared, skip_state_hash))
+            .await
+            .map_err(grpc_status::join)??;
         Ok(Response::new(status))
     }
 
@@ -346,9 +349,10 @@ impl Cases for CaseService {
 }
 
 /// The node's status (blocking: reads the store).
-pub fn node_status(shared: &Shared) -> Result<pb::NodeStatus, GrpcStatus> {
+pub fn node_status(shared: &Shared, skip_state_hash: bool) -> Result<pb::NodeStatus, GrpcStatus> {
     let local = shared.store.vector(&shared.space);
-    let state_hash = if shared.relay {
+    let projections_behind = shared.store.projections_behind(&shared.space).map_err(|e| grpc_status::store(&e))?;
+    let state_hash = if shared.relay || skip_state_hash {
         String::new()
     } else {
         shared.store.state_hash(&shared.space).map_err(|e| grpc_status::store(&e))?
@@ -378,6 +382,7 @@ pub fn node_status(shared: &Shared) -> Result<pb::NodeStatus, GrpcStatus> {
         state_hash,
         peers,
         relay: shared.relay,
+        projections_behind,
     })
 }
 

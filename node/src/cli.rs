@@ -336,7 +336,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
     let case_ref = |case: String| pb::CaseRef { case_id: case };
     match command {
         Commands::Status => {
-            let status = client.status(pb::StatusRequest {}).await.map_err(status_error)?.into_inner();
+            let status = client.status(pb::StatusRequest::default()).await.map_err(status_error)?.into_inner();
             if as_json {
                 return json(&status);
             }
@@ -345,6 +345,9 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
             println!("events  {}", status.events);
             if !status.relay {
                 println!("state   {}", status.state_hash);
+            }
+            if status.projections_behind > 0 {
+                println!("views   catching up: {} events not yet in the case views", status.projections_behind);
             }
             if status.peers.is_empty() {
                 println!("peers   not configured (add --peer to `casesync serve`, or peers in casesync.toml)");
@@ -361,7 +364,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
         Commands::Device(cmd) => {
             let list = match cmd {
                 DeviceCommand::Show => {
-                    let status = client.status(pb::StatusRequest {}).await.map_err(status_error)?.into_inner();
+                    let status = client.status(pb::StatusRequest::default()).await.map_err(status_error)?.into_inner();
                     let list = client.list_devices(pb::ListDevicesRequest {}).await.map_err(status_error)?.into_inner();
                     let me = list.devices.into_iter().find(|d| d.this_device);
                     if as_json {

@@ -46,12 +46,16 @@ pub async fn edit(shared: &Arc<Shared>, command: Command) -> anyhow::Result<Case
     Ok(view)
 }
 
-/// Waits until every node holds the same events, polling with a deadline.
+/// Waits until every node holds the same events and shows them in its case views, polling with
+/// a deadline.
 pub async fn wait_converged(nodes: &[&Arc<Shared>], deadline: Duration) -> anyhow::Result<()> {
     let until = tokio::time::Instant::now() + deadline;
     loop {
         let first = nodes[0].store.vector(&nodes[0].space);
-        if nodes.iter().all(|n| n.store.vector(&n.space) == first) {
+        // Same events everywhere, and every case view includes them (a bulk catch-up rebuilds
+        // its views after the last event arrived).
+        let views_current = |n: &Arc<Shared>| n.store.projections_behind(&n.space).is_ok_and(|behind| behind == 0);
+        if nodes.iter().all(|n| n.store.vector(&n.space) == first && views_current(n)) {
             return Ok(());
         }
         if tokio::time::Instant::now() >= until {

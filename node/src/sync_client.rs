@@ -43,6 +43,59 @@ pub struct SyncCounts {
     pub sent: u64,
 }
 
+/// Far behind a peer (at least this many events, and at least as many as held): catch up in
+/// bulk, storing events without folding them, then rebuild the case views once.
+pub const BULK_CATCH_UP_EVENTS_MIN: u64 = 10_000;
+
+/// Whether catching up `missing` events on top of `held` is cheaper as a bulk catch-up.
+pub fn bulk_catch_up(missing: u64, held: u64) -> bool {
+    missing >= BULK_CATCH_UP_EVENTS_MIN && missing >= held
+}
+
+/// A bulk catch-up in progress: projections are deferred until [`BulkCatchUp::finish`] (or,
+/// if the session fails first, until the guard is dropped, which rebuilds in the background).
+pub struct BulkCatchUp {
+    shared: Option<Arc<Shared>>,
+}
+
+impl BulkCatchUp {
+    /// Starts one when `missing` events on top of what is held make it worthwhile.
+    pub fn start_if_worth_it(shared: &Arc<Shared>, missing: u64) -> BulkCatchUp {
+        let held = shared.store.vector(&shared.space).total();
+        if shared.relay || !bulk_catch_up(missing, held) {
+            return BulkCatchUp { shared: None };
+        }
+        tracing::info!(missing, held, "far behind: catching up in bulk, case views rebuilt at the end");
+        shared.store.defer_projections();
+        BulkCatchUp { shared: Some(shared.clone()) }
+    }
+
+    /// Ends the catch-up: rebuilds the case views (blocking thread) and wakes watchers.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        if let Some(shared) = self.shared.take() {
+            let store = shared.store.clone();
+            tokio::task::spawn_blocking(move || store.resume_projections()).await??;
+            shared.notify(shared.store.next_position());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BulkCatchUp {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            // The session failed before catching up: rebuild from what arrived.
+            let store = shared.store.clone();
+            std::thread::spawn(move || {
+                if let Err(error) = store.resume_projections() {
+                    tracing::error!(%error, "rebuilding the case views after a bulk catch-up failed");
+                }
+                shared.notify(shared.store.next_position());
+            });
+        }
+    }
+}
+
 /// An authenticated connection to one peer.
 pub struct PeerClient {
     shared: Arc<Shared>,
@@ -144,7 +197,9 @@ pub async fn sync_once(shared: Arc<Shared>, url: &str, progress: impl FnMut(u64,
     let local = shared.store.vector(&shared.space);
     let expected: u64 = peer_has.missing_in(&local).iter().map(|r| r.len()).sum();
     let sent = peer.push_once(peer_has).await?;
+    let bulk = BulkCatchUp::start_if_worth_it(&shared, expected);
     let received = peer.pull_once(|n| progress(n, expected)).await?;
+    bulk.finish().await?;
     shared.update_peer(url, |info| {
         info.last_sync_ms = now_ms();
         info.device = Some(peer.server);
@@ -167,6 +222,8 @@ pub async fn live_session(
         info.last_error.clear();
     });
     let peer_has = peer.heads().await?;
+    let missing: u64 = peer_has.missing_in(&shared.store.vector(&shared.space)).iter().map(|r| r.len()).sum();
+    let mut bulk = Some(BulkCatchUp::start_if_worth_it(&shared, missing));
     let (tx, rx) = mpsc::channel(4);
     let producer = tokio::spawn(stream_events(shared.clone(), peer.server, peer_has, true, tx));
     let outgoing = ReceiverStream::new(rx).filter_map(|r| r.ok().filter(|b| !b.events.is_empty()));
@@ -187,6 +244,9 @@ pub async fn live_session(
         tokio::select! {
             message = stream.message() => match message {
                 Ok(Some(batch)) if batch.events.is_empty() => {
+                    if let Some(bulk) = bulk.take() {
+                        if let Err(e) = bulk.finish().await { break Err(e); }
+                    }
                     shared.update_peer(url, |info| { info.state = PeerState::Connected; info.last_sync_ms = now_ms(); });
                 }
                 Ok(Some(batch)) => {

@@ -47,6 +47,7 @@ pub fn run(h: &mut Harness, runtime: &Runtime, o: CatchUpOptions) -> anyhow::Res
         let started = Instant::now();
         let node_a = h.bins.serve(&a.dir, "node-a", &[relay.sync_url()], false)?;
         let done = runtime.block_on(heads.wait_for_events(o.events, every, timeout))?;
+        let done = done.max(runtime.block_on(probe::wait_views_current(&node_b.api_url(), every, timeout))?);
         let elapsed = done - started;
         let usages = vec![
             ("node-a", node_a.guard.usage()?),
@@ -75,6 +76,7 @@ pub fn run(h: &mut Harness, runtime: &Runtime, o: CatchUpOptions) -> anyhow::Res
         let node_b = h.bins.serve(&b.dir, "node-b", &[node_a.sync_url()], false)?;
         let mut heads = runtime.block_on(HeadsProbe::open(&node_b.sync_url(), h.probe.clone()))?;
         let done = runtime.block_on(heads.wait_for_events(o.events, every, timeout))?;
+        let done = done.max(runtime.block_on(probe::wait_views_current(&node_b.api_url(), every, timeout))?);
         let elapsed = done - started;
         let usages = vec![("node-a", node_a.guard.usage()?.since(a_before)), ("node-b", node_b.guard.usage()?)];
         let hashes = runtime.block_on(async {

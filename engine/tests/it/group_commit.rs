@@ -48,3 +48,55 @@ fn concurrent_commands_chain_and_supersede_like_sequential_ones() {
     let reopened = open(dir.path());
     assert_eq!(reopened.vector(&SPACE).total(), 201);
 }
+
+#[test]
+fn a_bulk_catch_up_defers_projections_and_ends_with_the_same_views() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(a_dir.path()), open(b_dir.path()));
+    let (ka, kb) = (device(1), device(2));
+    for n in 0..20u8 {
+        let fields = vec![("name".into(), FieldValue::Text(format!("case {n}")))];
+        a.execute(&SPACE, &ka, 1, Command::CreateCase { id: CaseId([n; 16]), fields }).unwrap();
+    }
+    b.execute(&SPACE, &kb, 1, Command::CreateCase { id: CaseId([99; 16]), fields: vec![] }).unwrap();
+
+    b.defer_projections();
+    let events: Vec<_> = a.events_after(&SPACE, &b.vector(&SPACE)).map(|r| r.unwrap().2).collect();
+    let report = b.ingest(&SPACE, events).unwrap();
+    assert_eq!(report.accepted, 20);
+    assert_eq!(b.projections_behind(&SPACE).unwrap(), 20);
+    // No command is planned against views that lack the new events.
+    let refused = b.execute(&SPACE, &kb, 2, Command::CreateCase { id: CaseId([98; 16]), fields: vec![] });
+    assert!(matches!(
+        refused,
+        Err(casesync_engine::Error::Command(casesync_engine::error::CommandError::CatchingUp(20)))
+    ));
+
+    assert_eq!(b.resume_projections().unwrap(), 1);
+    assert_eq!(b.projections_behind(&SPACE).unwrap(), 0);
+    assert_eq!(b.list_cases(&SPACE, &Default::default()).unwrap().len(), 21);
+    b.execute(&SPACE, &kb, 2, Command::CreateCase { id: CaseId([98; 16]), fields: vec![] }).unwrap();
+    // A store that folded event by event agrees.
+    let events: Vec<_> = b.events_after(&SPACE, &a.vector(&SPACE)).map(|r| r.unwrap().2).collect();
+    a.ingest(&SPACE, events).unwrap();
+    assert_eq!(a.state_hash(&SPACE).unwrap(), b.state_hash(&SPACE).unwrap());
+}
+
+#[test]
+fn a_crash_during_a_bulk_catch_up_is_repaired_at_the_next_open() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(a_dir.path());
+    for n in 0..10u8 {
+        a.execute(&SPACE, &device(1), 1, Command::CreateCase { id: CaseId([n; 16]), fields: vec![] }).unwrap();
+    }
+    {
+        let b = open(b_dir.path());
+        b.defer_projections();
+        let events: Vec<_> = a.events_after(&SPACE, &b.vector(&SPACE)).map(|r| r.unwrap().2).collect();
+        b.ingest(&SPACE, events).unwrap();
+        // Dropped without resuming: as if the process died.
+    }
+    let b = open(b_dir.path());
+    assert_eq!(b.projections_behind(&SPACE).unwrap(), 0);
+    assert_eq!(b.state_hash(&SPACE).unwrap(), a.state_hash(&SPACE).unwrap());
+}

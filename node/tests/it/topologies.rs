@@ -271,3 +271,52 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_far_behind_catches_up_in_bulk_with_the_same_views() {
+    let c = cluster(&["office", "laptop"]).await;
+    // The office already holds more than the bulk threshold (written offline, 1000 per append).
+    let count = casesync_node::sync_client::BULK_CATCH_UP_EVENTS_MIN + 500;
+    {
+        let dir = c.dirs[0].clone();
+        tokio::task::spawn_blocking(move || {
+            let office = casesync_node::data_dir::open(&dir, false).unwrap();
+            let mut n = 0u64;
+            while n < count {
+                let bodies: Vec<_> = (n..count.min(n + 1000))
+                    .map(|i| {
+                        let mut id = [0u8; 16];
+                        id[..8].copy_from_slice(&i.to_be_bytes());
+                        let op = casesync_engine::operation::Operation::CreateCase {
+                            case: casesync_engine::ids::CaseId(id),
+                            fields: vec![casesync_engine::operation::FieldWrite {
+                                name: "name".into(),
+                                value: text(&format!("client {i}")),
+                                supersedes: vec![],
+                            }],
+                        };
+                        let body = bytes::Bytes::from(casesync_engine::wire::encode_operation(&op));
+                        (casesync_engine::event::BodyEncoding::Plain, body)
+                    })
+                    .collect();
+                n += bodies.len() as u64;
+                office.store.append(&office.space, &office.identity.key, 1_700_000_000_000, bodies).unwrap();
+            }
+        })
+        .await
+        .unwrap();
+    }
+    let office = start(&c.dirs[0], vec![]).await;
+    let laptop = start(&c.dirs[1], vec![office.sync_url()]).await;
+    converge(&[&office, &laptop]).await;
+    let store = &laptop.shared().store;
+    assert_eq!(store.projections_behind(&laptop.shared().space).unwrap(), 0);
+    assert_eq!(state_hash(&laptop), state_hash(&office));
+    assert_eq!(store.list_cases(&laptop.shared().space, &Default::default()).unwrap().len() as u64, count);
+    // Writing works again once the views are current.
+    create(&laptop, case(1), "Anna").await;
+    converge(&[&office, &laptop]).await;
+    for n in [office, laptop] {
+        n.shutdown().await;
+    }
+}
