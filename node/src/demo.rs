@@ -260,6 +260,8 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
         && report.devices.iter().all(|d| d.state_hash == first && d.events == report.devices[0].events);
     report.state_hash = first.clone();
 
+    // Shutdown waits until nothing else holds a node's store: let go of ours first.
+    drop(o);
     for node in [office, home, laptop, relay] {
         node.shutdown().await;
     }
