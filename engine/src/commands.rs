@@ -79,8 +79,22 @@ fn writes(record: Option<&Record>, fields: Vec<(String, FieldValue)>) -> Vec<Fie
         .collect()
 }
 
-fn existing(state: Option<&CaseState>, case: &CaseId) -> Result<CaseState, CommandError> {
-    state.cloned().ok_or_else(|| CommandError::UnknownCase(case.to_hex()))
+fn existing<'a>(state: Option<&'a CaseState>, case: &CaseId) -> Result<&'a CaseState, CommandError> {
+    state.ok_or_else(|| CommandError::UnknownCase(case.to_hex()))
+}
+
+impl Command {
+    /// The case the command is about.
+    pub fn case(&self) -> CaseId {
+        match self {
+            Command::CreateCase { id, .. } => *id,
+            Command::SetFields { case, .. }
+            | Command::ChangeStatus { case, .. }
+            | Command::AddEntry { case, .. }
+            | Command::UpdateEntry { case, .. }
+            | Command::RemoveEntry { case, .. } => *case,
+        }
+    }
 }
 
 /// A command waiting for the writer: whichever caller gets the writer lock first commits every
@@ -99,17 +113,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
-/// Turns a command into an operation against the current state (`current` gives a case's state
-/// including the commands planned before it in the same group; `seen` is what is folded in).
-fn plan(
-    command: Command,
-    seen: &VersionVector,
-    current: impl Fn(&CaseId) -> Result<Option<CaseState>, Error>,
-) -> Result<Operation, Error> {
+/// Turns a command into an operation against the current state: `current` is the command's case
+/// as folded so far (including the commands planned before it in the same group), `seen` what is
+/// folded in.
+fn plan(command: Command, seen: &VersionVector, current: Option<&CaseState>) -> Result<Operation, Error> {
     let status_write = |record: &Record| StatusWrite { supersedes: record.status.current_dots(), seen: seen.clone() };
     let operation = match command {
         Command::CreateCase { id, fields } => {
-            if current(&id)?.is_some() {
+            if current.is_some() {
                 return Err(CommandError::Invalid("a case with this id exists").into());
             }
             Operation::CreateCase { case: id, fields: writes(None, fields) }
@@ -118,11 +129,11 @@ fn plan(
             if fields.is_empty() {
                 return Err(CommandError::Invalid("no fields to set").into());
             }
-            let current = existing(current(&case)?.as_ref(), &case)?;
+            let current = existing(current, &case)?;
             Operation::SetFields { case, fields: writes(Some(&current.record), fields) }
         }
         Command::ChangeStatus { case, change } => {
-            let current = existing(current(&case)?.as_ref(), &case)?;
+            let current = existing(current, &case)?;
             let view = CaseView::of(&current);
             let allowed = match change {
                 StatusChange::Delete => view.status != Status::Deleted || view.deleted_with_concurrent_changes,
@@ -142,14 +153,14 @@ fn plan(
             Operation::ChangeStatus { case, change, write: status_write(&current.record) }
         }
         Command::AddEntry { case, entry, fields } => {
-            let current = existing(current(&case)?.as_ref(), &case)?;
+            let current = existing(current, &case)?;
             if current.entries.contains_key(&entry) {
                 return Err(CommandError::Invalid("an entry with this id exists").into());
             }
             Operation::AddEntry { case, entry, fields: writes(None, fields) }
         }
         Command::UpdateEntry { case, entry, fields } => {
-            let current = existing(current(&case)?.as_ref(), &case)?;
+            let current = existing(current, &case)?;
             let record = current.entries.get(&entry).ok_or_else(|| CommandError::UnknownEntry(entry.to_hex()))?;
             if fields.is_empty() {
                 return Err(CommandError::Invalid("no fields to set").into());
@@ -157,7 +168,7 @@ fn plan(
             Operation::UpdateEntry { case, entry, fields: writes(Some(record), fields) }
         }
         Command::RemoveEntry { case, entry } => {
-            let current = existing(current(&case)?.as_ref(), &case)?;
+            let current = existing(current, &case)?;
             let record = current.entries.get(&entry).ok_or_else(|| CommandError::UnknownEntry(entry.to_hex()))?;
             Operation::RemoveEntry { case, entry, write: status_write(record) }
         }
@@ -241,12 +252,14 @@ impl Store {
         for (index, queued) in run.iter().enumerate() {
             let Some(command) = lock(&queued.command).take() else { continue };
             let outcome = (|| -> Result<(SignedEvent, CaseView), Error> {
-                let cases = &overlay.cases;
-                let operation = plan(command, &overlay.seen, |case| match cases.get(case) {
-                    Some(state) => Ok(Some(state.clone())),
-                    None => Ok(self.case_state(space, case)?),
-                })?;
-                let case = operation.case();
+                // Read the case once: into the overlay, where planning and folding find it.
+                let case = command.case();
+                if !overlay.cases.contains_key(&case) {
+                    if let Some(stored) = self.case_state(space, &case)? {
+                        overlay.cases.insert(case, stored);
+                    }
+                }
+                let operation = plan(command, &overlay.seen, overlay.cases.get(&case))?;
                 let body = Bytes::from(wire::encode_operation(&operation));
                 let header = EventHeader {
                     space: *space,
@@ -257,7 +270,7 @@ impl Store {
                     encoding: BodyEncoding::Plain,
                 };
                 let event = SignedEvent::build(key, &header, body).map_err(AppendError::from)?;
-                overlay.apply(&event, |case| self.case_state(space, case))?;
+                overlay.apply(&event, |_| Ok::<_, Error>(None))?;
                 let view = overlay.cases.get(&case).map(CaseView::of);
                 let view = view.ok_or_else(|| CommandError::UnknownCase(case.to_hex()))?;
                 Ok((event, view))

@@ -348,27 +348,24 @@ impl Store {
 
     /// Writes a batch durably (WAL synced). A failure poisons the store.
     pub(crate) fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        if self.poisoned.load(Ordering::Acquire) {
-            return Err(StoreError::Poisoned);
-        }
         let mut write = WriteOptions::default();
         write.set_sync(true);
-        self.db.write_opt(batch, &write).map_err(|e| {
-            self.poisoned.store(true, Ordering::Release);
-            tracing::error!(error = %e, "write failed: the store refuses writes until reopened");
-            StoreError::Rocks(e)
-        })
+        self.write(batch, &write)
     }
 
     /// Writes a batch without the WAL (bulk rebuilds: made durable by [`Store::flush_families`]
     /// before anything refers to them). A failure poisons the store.
     pub(crate) fn write_unlogged(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut write = WriteOptions::default();
+        write.disable_wal(true);
+        self.write(batch, &write)
+    }
+
+    fn write(&self, batch: WriteBatch, options: &WriteOptions) -> Result<(), StoreError> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StoreError::Poisoned);
         }
-        let mut write = WriteOptions::default();
-        write.disable_wal(true);
-        self.db.write_opt(batch, &write).map_err(|e| {
+        self.db.write_opt(batch, options).map_err(|e| {
             self.poisoned.store(true, Ordering::Release);
             tracing::error!(error = %e, "write failed: the store refuses writes until reopened");
             StoreError::Rocks(e)
@@ -595,23 +592,19 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<CaseId>, StoreError> {
         let start = [space.as_bytes().as_slice(), prefix].concat();
+        let mut read = total_order();
+        read.set_iterate_upper_bound(prefix_end(&start));
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(CF_CASES), read);
         let mut out: Vec<CaseId> = Vec::new();
-        let mut seek = start.clone();
+        iter.seek(&start);
         while out.len() < limit {
-            let mut read = total_order();
-            read.set_iterate_upper_bound(prefix_end(&start));
-            let mut iter = self.db.iterator_cf_opt(
-                self.cf(CF_CASES),
-                read,
-                rocksdb::IteratorMode::From(&seek, rocksdb::Direction::Forward),
-            );
-            let Some(item) = iter.next() else { break };
-            let (key, _) = item?;
+            let Some(key) = iter.key() else { break };
             let Some(id) = key.get(16..32).and_then(|bytes| CaseId::from_slice(bytes).ok()) else { break };
             out.push(id);
             // Skip the rest of this case's parts.
-            seek = prefix_end(&key[..32]);
+            iter.seek(prefix_end(&key[..32]));
         }
+        iter.status()?;
         Ok(out)
     }
 }
