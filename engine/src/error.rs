@@ -107,6 +107,10 @@ pub enum OpenError {
         /// Newest version this build reads.
         supported: u32,
     },
+    /// The store has column families this build does not know: written by a newer casesync.
+    /// Nothing was opened or changed.
+    #[error("the store has column families this casesync does not know ({0}): it was written by a newer casesync; upgrade casesync")]
+    UnknownColumnFamilies(String),
     /// Stored state is inconsistent and cannot be used as it is.
     #[error("the store is damaged: {0} (run `replay-tool verify` or `replay-tool salvage`)")]
     Damaged(String),

@@ -59,18 +59,30 @@ fn operation_in(header: &EventHeader, body: &[u8]) -> Option<Operation> {
 }
 
 /// An in-memory fold of events into case states: the core of both incremental updates and
-/// rebuilds. `seen` must start as the version vector of what is already folded in.
+/// rebuilds.
+///
+/// A full fold starts from the stored states (`load`) and `seen`, the version vector of what is
+/// already folded in. A delta fold ([`Fold::deltas`]) starts from nothing and keeps every
+/// superseded dot it has not seen itself: its states are merge operands that RocksDB joins with
+/// the stored ones (see [`merge_case_part`]), so folding needs no read.
 pub struct Fold {
     /// What has been folded in.
     pub seen: VersionVector,
     /// Case states touched.
     pub cases: HashMap<CaseId, CaseState>,
+    /// Whether `seen` may drop pending dots (false for a delta fold, whose states are partial).
+    full: bool,
 }
 
 impl Fold {
     /// A fold starting from `seen`.
     pub fn new(seen: VersionVector) -> Fold {
-        Fold { seen, cases: HashMap::new() }
+        Fold { seen, cases: HashMap::new(), full: true }
+    }
+
+    /// A fold of deltas: partial case states of only the events folded here.
+    pub fn deltas() -> Fold {
+        Fold { seen: VersionVector::new(), cases: HashMap::new(), full: false }
     }
 
     /// Folds one event; `load` provides a case's stored state the first time it is touched.
@@ -100,9 +112,9 @@ impl Fold {
                         v.insert(load(&case)?.unwrap_or_else(|| CaseState::new(case)))
                     }
                 };
-                let seen = &self.seen;
+                let (seen, full) = (&self.seen, self.full);
                 state.apply(&op, Dot { author: h.author, seq: h.seq }, h.hlc, &|d: &Dot| {
-                    seen.contains(&d.author, d.seq)
+                    full && seen.contains(&d.author, d.seq)
                 });
                 Some((case, op))
             }
@@ -131,20 +143,20 @@ fn parts_touched(operation: &Operation) -> Vec<CasePart> {
     }
 }
 
-/// Folds committed-to-be events into `batch`: the case parts they change and the history index.
+/// Folds committed-to-be events into `batch`: the case parts they change, as merge operands (no
+/// read of the stored case), and the history index.
 pub(crate) fn fold_into_batch(
     store: &Store,
     batch: &mut WriteBatch,
     space: &SpaceId,
-    seen: VersionVector,
     events: &[SignedEvent],
 ) -> Result<Vec<CaseChange>, StoreError> {
-    let mut fold = Fold::new(seen);
+    let mut fold = Fold::deltas();
     let mut changes = Vec::new();
     let mut dirty: BTreeSet<(CaseId, CasePart)> = BTreeSet::new();
     let cf_history = store.cf(CF_CASE_EVENTS);
     for event in events {
-        let applied = fold.apply(event, |case| load_case(store, space, case))?;
+        let applied = fold.apply(event, |_| Ok::<_, StoreError>(None))?;
         if let Some((case, op)) = applied {
             let h = &event.header;
             batch.put_cf(cf_history, case_event_key(space, &case, &h.author, h.seq), h.hlc.to_be_bytes());
@@ -160,10 +172,42 @@ pub(crate) fn fold_into_batch(
     let cf_cases = store.cf(CF_CASES);
     for (case, part) in &dirty {
         if let Some(value) = fold.cases.get(case).and_then(|state| wire::encode_case_part(state, part)) {
-            batch.put_cf(cf_cases, case_part_key(space, case, part), value);
+            batch.merge_cf(cf_cases, case_part_key(space, case, part), value);
         }
     }
     Ok(changes)
+}
+
+/// The name of the `cases` column family's merge operator (see [`merge_case_part`]).
+pub(crate) const CASE_PART_MERGE: &str = "casesync.case_part.join.v1";
+
+/// The `cases` column family's merge operator: joins a stored case part with merge operands (each
+/// a part state folded from other events, see [`Fold::deltas`]). The join is commutative and
+/// associative, so RocksDB may combine operands in any grouping, at read, flush or compaction.
+/// Returns `None` (RocksDB reports corruption) for a key or value this build did not write.
+pub(crate) fn merge_case_part(
+    key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    let Some((case, part)) = parse_case_part_key(key) else {
+        tracing::error!(key = %hex::encode(key), "merge of a malformed case key");
+        return None;
+    };
+    let mut state = CaseState::new(case);
+    for (index, value) in existing.into_iter().chain(operands).enumerate() {
+        let joined = if index == 0 {
+            wire::decode_case_part(&mut state, &part, value)
+        } else {
+            let mut other = CaseState::new(case);
+            wire::decode_case_part(&mut other, &part, value).map(|()| state.join_part(other, &part))
+        };
+        if let Err(error) = joined {
+            tracing::error!(case = %case.short(), %error, "merge of an undecodable case part");
+            return None;
+        }
+    }
+    wire::encode_case_part(&state, &part)
 }
 
 fn corrupt_case(space: &SpaceId, case: &CaseId, reason: impl std::fmt::Display) -> StoreError {
@@ -197,8 +241,9 @@ fn load_case(store: &Store, space: &SpaceId, case: &CaseId) -> Result<Option<Cas
 /// Records per bulk write while rebuilding.
 const REBUILD_BATCH_RECORDS: usize = 50_000;
 
-/// Case states a rebuild keeps in memory before writing them out (and reading them back when
-/// touched again): bounds a rebuild's memory whatever the number of cases.
+/// Case states a rebuild keeps in memory before writing them out as merge operands (a case
+/// touched again starts a new delta; RocksDB joins them): bounds a rebuild's memory whatever the
+/// number of cases, without reading anything back.
 const REBUILD_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 
 /// Rebuilds a space's projections from its log; returns the state hash.
@@ -213,9 +258,7 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     clear.delete_cf(store.cf(CF_META), meta_watermark(space));
     store.commit(clear)?;
 
-    let mut fold = Fold::new(VersionVector::new());
-    // Cases written out and not in memory: loaded from the store when touched again.
-    let mut spilled = false;
+    let mut fold = Fold::deltas();
     let mut history = WriteBatch::default();
     let cf_history = store.cf(CF_CASE_EVENTS);
     let mut read = rocksdb::ReadOptions::default();
@@ -235,8 +278,7 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
             seq: crate::store::key_layout::be_u64(key.get(48..).unwrap_or(&[])).unwrap_or(0),
             reason: e.to_string(),
         })?;
-        let applied =
-            fold.apply_parts(&header, &body, |case| if spilled { load_case(store, space, case) } else { Ok(None) })?;
+        let applied = fold.apply_parts(&header, &body, |_| Ok::<_, StoreError>(None))?;
         if let Some((case, _)) = applied {
             history.put_cf(
                 cf_history,
@@ -250,7 +292,6 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
         if fold.cases.len() >= REBUILD_CASES_IN_MEMORY {
             write_cases(store, space, &mut history, std::mem::take(&mut fold.cases))?;
             store.write_unlogged(std::mem::take(&mut history))?;
-            spilled = true;
         }
     }
     write_cases(store, space, &mut history, std::mem::take(&mut fold.cases))?;
@@ -262,7 +303,7 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     store.state_hash(space)
 }
 
-/// Stages every part of these case states (unlogged bulk writes of a rebuild).
+/// Stages every part of these case states as merge operands (unlogged bulk writes of a rebuild).
 fn write_cases(
     store: &Store,
     space: &SpaceId,
@@ -273,7 +314,7 @@ fn write_cases(
     for (case, case_state) in cases {
         for part in wire::case_parts(&case_state) {
             if let Some(value) = wire::encode_case_part(&case_state, &part) {
-                batch.put_cf(cf_cases, case_part_key(space, &case, &part), value);
+                batch.merge_cf(cf_cases, case_part_key(space, &case, &part), value);
             }
         }
         if batch.len() >= REBUILD_BATCH_RECORDS {

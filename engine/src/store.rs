@@ -30,7 +30,49 @@ use crate::vector_clock::VersionVector;
 use key_layout::*;
 
 /// The on-disk format this build writes and reads. See `docs/log-format.md`.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+
+/// Column family options any direct open of a store's RocksDB (tools, tests) must use: the
+/// `cases` family needs its merge operator. Without it RocksDB cannot read, flush or compact the
+/// case records, and replaying the WAL at open stops at the first batch with a merge (silently
+/// dropping every later write), so never open a store with plain options.
+pub fn column_family_options(name: &str) -> Options {
+    let mut options = Options::default();
+    if name == CF_CASES {
+        options.set_merge_operator_associative(projection::CASE_PART_MERGE, projection::merge_case_part);
+    }
+    options
+}
+
+/// Database options for a direct open or a repair: with the `cases` merge operator as the
+/// default for every family (only merge records call it).
+pub fn direct_open_options() -> Options {
+    column_family_options(CF_CASES)
+}
+
+/// Opens a closed store's RocksDB directly, read-write, with every column family and its options
+/// (tools and tests that need to reach below the [`Store`] API).
+pub fn open_direct(path: &Path) -> Result<DB, rocksdb::Error> {
+    let descriptors = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, column_family_options(name)));
+    DB::open_cf_descriptors(&direct_open_options(), path, descriptors)
+}
+
+/// Checks the column families of an existing store before opening it: a family this build
+/// does not know means a newer format, whose records it must not replay.
+fn known_families(path: &Path) -> Result<Vec<String>, OpenError> {
+    let Ok(listed) = DB::list_cf(&Options::default(), path) else {
+        return Ok(Vec::new()); // No store yet (or no manifest): open creates or reports it.
+    };
+    let unknown: Vec<&str> = listed
+        .iter()
+        .map(String::as_str)
+        .filter(|name| *name != "default" && *name != CF_CASES_LEGACY && !ALL_CFS.contains(name))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(OpenError::UnknownColumnFamilies(unknown.join(", ")));
+    }
+    Ok(listed)
+}
 
 /// Budget for all memtables of a store together, in bytes.
 pub const MEMTABLES_BYTES_MAX: usize = 64 << 20;
@@ -126,8 +168,10 @@ impl Store {
         db_options.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
         // One block cache for every column family (RocksDB's default is a cache per family).
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let existing = known_families(path)?;
+        let has_legacy_cases = existing.iter().any(|name| name == CF_CASES_LEGACY);
         let descriptors = ALL_CFS.iter().map(|name| {
-            let mut cf_options = Options::default();
+            let mut cf_options = column_family_options(name);
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_block_cache(&cache);
@@ -146,8 +190,10 @@ impl Store {
             cf_options.set_max_write_buffer_number(2);
             ColumnFamilyDescriptor::new(*name, cf_options)
         });
-        let db = DB::open_cf_descriptors(&db_options, path, descriptors)?;
-        let store = Store {
+        // Formats 1 and 2: opened only to be dropped once the format is upgraded.
+        let legacy = has_legacy_cases.then(|| ColumnFamilyDescriptor::new(CF_CASES_LEGACY, Options::default()));
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors.chain(legacy))?;
+        let mut store = Store {
             db,
             path: path.to_path_buf(),
             options,
@@ -156,6 +202,10 @@ impl Store {
             queued: Mutex::new(Vec::new()),
         };
         store.check_format()?;
+        if has_legacy_cases {
+            // After the upgrade (or its crash-interrupted rest): the old records are unused.
+            store.db.drop_cf(CF_CASES_LEGACY)?;
+        }
         let state = store.load_writer_state()?;
         *store.lock_writer() = state;
         store.check_heads()?;
@@ -218,8 +268,10 @@ impl Store {
     }
 
     /// Upgrades an older format. Version 1 kept each case's projection as one record; version 2
-    /// keeps one record per register. Only derived data changed: the projections and their
-    /// watermarks are dropped (one synced batch with the new version) and rebuilt from the log.
+    /// one record per register; version 3 writes those records as merge operands into a new
+    /// column family (the old one is dropped after this). Only derived data changed: the
+    /// watermarks are dropped (one synced batch with the new version) and the projections
+    /// rebuilt from the log.
     fn upgrade_format(&self, found: u32) -> Result<(), OpenError> {
         tracing::info!(from = found, to = FORMAT_VERSION, "upgrading the store format: projections are rebuilt");
         let mut batch = WriteBatch::default();
@@ -423,7 +475,7 @@ impl Store {
             vector_after.set(*author, head.seq);
         }
         let changes = if self.options.projections && state.deferrals == 0 {
-            let changes = projection::fold_into_batch(self, &mut batch, space, state.vector(space), events)?;
+            let changes = projection::fold_into_batch(self, &mut batch, space, events)?;
             batch.put_cf(self.cf(CF_META), meta_watermark(space), encode_vector(&vector_after));
             changes
         } else {

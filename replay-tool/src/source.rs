@@ -14,7 +14,7 @@ use casesync_engine::store::key_layout::{
 };
 use casesync_engine::store::{Head, Store};
 use casesync_engine::vector_clock::VersionVector;
-use rocksdb::{IteratorMode, Options, DB};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, DB};
 
 /// One item of a tolerant scan, per space and author in seq order.
 #[derive(Debug)]
@@ -74,7 +74,7 @@ pub enum Source {
 }
 
 fn raw_options() -> Options {
-    let mut options = Options::default();
+    let mut options = casesync_engine::store::direct_open_options();
     options.set_paranoid_checks(false);
     options.set_skip_stats_update_on_db_open(true);
     options
@@ -91,11 +91,23 @@ fn existing_cfs(path: &Path) -> Vec<String> {
     names.into_iter().collect()
 }
 
+/// The families to open, each with the options the store gives it (the `cases` family's merge
+/// operator).
+fn descriptors(path: &Path) -> Vec<ColumnFamilyDescriptor> {
+    existing_cfs(path)
+        .into_iter()
+        .map(|name| {
+            let options = casesync_engine::store::column_family_options(&name);
+            ColumnFamilyDescriptor::new(name, options)
+        })
+        .collect()
+}
+
 /// Opens RocksDB read-only with paranoid checks off; if that fails and `work` is given, copies
 /// the files into `work`, runs RocksDB's repair on the copy and opens that (the original is
 /// never written).
 pub fn open_raw(path: &Path, work: Option<&Path>) -> anyhow::Result<Source> {
-    let read_only = DB::open_cf_for_read_only(&raw_options(), path, existing_cfs(path), false);
+    let read_only = DB::open_cf_descriptors_read_only(&raw_options(), path, descriptors(path), false);
     let first_error = match read_only {
         Ok(db) => return Ok(Source::Raw { db, access: Access::ReadOnly }),
         Err(e) => e,
@@ -118,7 +130,7 @@ pub fn open_repaired(path: &Path, work: &Path) -> anyhow::Result<Source> {
     let mut options = raw_options();
     options.create_if_missing(false);
     DB::repair(&options, &copy).context("RocksDB repair of the copy failed")?;
-    let db = DB::open_cf_for_read_only(&raw_options(), &copy, existing_cfs(&copy), false)
+    let db = DB::open_cf_descriptors_read_only(&raw_options(), &copy, descriptors(&copy), false)
         .context("the repaired copy does not open")?;
     Ok(Source::Raw { db, access: Access::RepairedCopy })
 }

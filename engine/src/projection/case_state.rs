@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::ids::{CaseId, EntryId};
+use crate::store::key_layout::CasePart;
 use crate::operation::{Dot, FieldValue, FieldWrite, Operation, Status, StatusWrite};
 use crate::vector_clock::VersionVector;
 
@@ -67,6 +68,33 @@ impl<T> Register<T> {
         }
     }
 
+    /// Joins another register folded from a disjoint set of writes (a merge operand): the result
+    /// has the current versions of folding both sets together, whichever was folded first.
+    /// Current = (mine not superseded by theirs) + (theirs not superseded by mine); a pending dot
+    /// is dropped once its version is seen on the other side. A pending dot whose version was
+    /// seen and superseded within one side stays pending (bookkeeping only, never shown or
+    /// hashed; each event is folded once, so it can never come back).
+    pub fn join(&mut self, other: Register<T>) {
+        let pending_mine = std::mem::take(&mut self.pending);
+        let current_mine = std::mem::take(&mut self.current);
+        let is_pending_mine = |dot: &Dot| pending_mine.binary_search(dot).is_ok();
+        let is_pending_theirs = |dot: &Dot| other.pending.binary_search(dot).is_ok();
+        let in_current_mine = |dot: &Dot| current_mine.binary_search_by(|v| v.dot.cmp(dot)).is_ok();
+        let in_current_theirs = |dot: &Dot| other.current.binary_search_by(|v| v.dot.cmp(dot)).is_ok();
+        let mut pending: Vec<Dot> = pending_mine.iter().filter(|d| !in_current_theirs(d)).copied().collect();
+        pending.extend(other.pending.iter().filter(|d| !in_current_mine(d)));
+        pending.sort_unstable();
+        pending.dedup();
+        let mut current: Vec<Version<T>> = Vec::with_capacity(current_mine.len() + other.current.len());
+        let theirs: Vec<Version<T>> =
+            other.current.into_iter().filter(|v| !is_pending_mine(&v.dot) && !in_current_mine(&v.dot)).collect();
+        current.extend(current_mine.into_iter().filter(|v| !is_pending_theirs(&v.dot)));
+        current.extend(theirs);
+        current.sort_by(|a, b| a.dot.cmp(&b.dot));
+        self.current = current;
+        self.pending = pending;
+    }
+
     /// The dots of the current versions (what a new write supersedes).
     pub fn current_dots(&self) -> Vec<Dot> {
         self.current.iter().map(|v| v.dot).collect()
@@ -114,6 +142,14 @@ impl Record {
         self.status.apply(Version { dot, hlc, value }, &write.supersedes, seen);
     }
 
+    /// Joins another record folded from a disjoint set of writes (see [`Register::join`]).
+    pub fn join(&mut self, other: Record) {
+        self.status.join(other.status);
+        for (name, register) in other.fields {
+            self.fields.entry(name).or_default().join(register);
+        }
+    }
+
     /// Every current version's dot, over the status and the fields.
     pub fn current_dots(&self) -> impl Iterator<Item = Dot> + '_ {
         self.status
@@ -146,6 +182,32 @@ impl CaseState {
     /// An empty state (no event folded in yet).
     pub fn new(id: CaseId) -> CaseState {
         CaseState { id, record: Record::default(), entries: BTreeMap::new() }
+    }
+
+    /// Joins another state of the same case, folded from a disjoint set of events.
+    pub fn join(&mut self, other: CaseState) {
+        self.record.join(other.record);
+        for (id, record) in other.entries {
+            self.entries.entry(id).or_default().join(record);
+        }
+    }
+
+    /// Joins one stored part of another state of the same case, folded from a disjoint set of
+    /// events (see [`Register::join`]).
+    pub fn join_part(&mut self, mut other: CaseState, part: &CasePart) {
+        match part {
+            CasePart::Status => self.record.status.join(other.record.status),
+            CasePart::Field(name) => {
+                if let Some(register) = other.record.fields.remove(name) {
+                    self.record.fields.entry(name.clone()).or_default().join(register);
+                }
+            }
+            CasePart::Entry(id) => {
+                if let Some(record) = other.entries.remove(id) {
+                    self.entries.entry(*id).or_default().join(record);
+                }
+            }
+        }
     }
 
     /// Folds one operation written by `dot` at `hlc`. Order-free: any order of the same set of

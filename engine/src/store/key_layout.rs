@@ -15,7 +15,12 @@ pub const CF_META: &str = "meta";
 pub const CF_FORKS: &str = "forks";
 /// Case projections, one record per part: space(16) case(16) 0x00 -> `store.StatusRegister`;
 /// ... 0x01 field name -> `store.Register`; ... 0x02 entry(16) -> `store.Record` (see [`CasePart`]).
-pub const CF_CASES: &str = "cases";
+/// Written as merge operands (format 3): every open needs [`crate::store::column_family_options`].
+/// The name is new in format 3 so that a build without the merge operator refuses the store at
+/// open (an unknown column family) instead of replaying its WAL without it.
+pub const CF_CASES: &str = "case_parts";
+/// Formats 1 and 2 kept case projections here (plain records); dropped by the upgrade.
+pub const CF_CASES_LEGACY: &str = "cases";
 /// Case history index: space(16) case(16) author(32) seq(8) -> hlc(8).
 pub const CF_CASE_EVENTS: &str = "case_events";
 /// Known devices of a space: space(16) author(32) -> device name (UTF-8).

@@ -4,13 +4,13 @@ use casesync_engine::commands::Command;
 use casesync_engine::error::OpenError;
 use casesync_engine::ids::CaseId;
 use casesync_engine::operation::FieldValue;
-use casesync_engine::store::key_layout::{case_key, ALL_CFS, CF_CASES, CF_META, META_FORMAT_VERSION};
+use casesync_engine::store::key_layout::{case_key, CF_CASES, CF_CASES_LEGACY, CF_META, META_FORMAT_VERSION};
 use casesync_engine::store::{Store, StoreOptions, FORMAT_VERSION};
 
 use crate::support::*;
 
 fn raw(dir: &std::path::Path) -> rocksdb::DB {
-    rocksdb::DB::open_cf(&rocksdb::Options::default(), dir, ALL_CFS).unwrap()
+    casesync_engine::store::open_direct(dir).unwrap()
 }
 
 fn a_store_with_cases(dir: &std::path::Path) -> String {
@@ -43,25 +43,55 @@ fn a_newer_format_is_refused_and_left_untouched() {
 }
 
 #[test]
-fn a_version_1_store_is_upgraded_by_rebuilding_its_projections() {
+fn older_stores_are_upgraded_by_rebuilding_their_projections() {
+    for version in [1u32, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = a_store_with_cases(dir.path());
+        {
+            // Make it look like an older format: no merge records, the projections in the old
+            // `cases` family, the old version in meta.
+            let mut db = raw(dir.path());
+            db.drop_cf(CF_CASES).unwrap();
+            db.create_cf(CF_CASES_LEGACY, &rocksdb::Options::default()).unwrap();
+            let legacy = db.cf_handle(CF_CASES_LEGACY).unwrap();
+            db.put_cf(legacy, case_key(&SPACE, &CaseId([1; 16])), b"an old case record").unwrap();
+            db.put_cf(db.cf_handle(CF_META).unwrap(), META_FORMAT_VERSION, version.to_be_bytes()).unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.state_hash(&SPACE).unwrap(), hash, "from version {version}");
+        assert_eq!(store.list_cases(&SPACE, &Default::default()).unwrap().len(), 5);
+        drop(store);
+        let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
+        assert!(!families.iter().any(|name| name == CF_CASES_LEGACY), "old family dropped: {families:?}");
+        let db = raw(dir.path());
+        let stored = db.get_cf(db.cf_handle(CF_META).unwrap(), META_FORMAT_VERSION).unwrap().unwrap();
+        assert_eq!(stored, FORMAT_VERSION.to_be_bytes());
+    }
+}
+
+#[test]
+fn a_store_with_an_unknown_column_family_is_refused_before_its_log_is_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let hash = a_store_with_cases(dir.path());
     {
-        // Make it look like version 1: whole-case records, version 1 in meta.
-        let db = raw(dir.path());
-        let cases = db.cf_handle(CF_CASES).unwrap();
-        let keys: Vec<_> = db.iterator_cf(cases, rocksdb::IteratorMode::Start).map(|i| i.unwrap().0).collect();
-        for key in keys {
-            db.delete_cf(cases, key).unwrap();
-        }
-        db.put_cf(cases, case_key(&SPACE, &CaseId([1; 16])), b"a version 1 case record").unwrap();
-        db.put_cf(db.cf_handle(CF_META).unwrap(), META_FORMAT_VERSION, 1u32.to_be_bytes()).unwrap();
+        let mut db = raw(dir.path());
+        db.create_cf("from_the_future", &rocksdb::Options::default()).unwrap();
     }
-    let store = open(dir.path());
-    assert_eq!(store.state_hash(&SPACE).unwrap(), hash);
-    assert_eq!(store.list_cases(&SPACE, &Default::default()).unwrap().len(), 5);
-    drop(store);
-    let db = raw(dir.path());
-    let version = db.get_cf(db.cf_handle(CF_META).unwrap(), META_FORMAT_VERSION).unwrap().unwrap();
-    assert_eq!(version, FORMAT_VERSION.to_be_bytes());
+    match Store::open(dir.path(), StoreOptions::default()) {
+        Err(error @ OpenError::UnknownColumnFamilies(_)) => {
+            assert!(error.to_string().contains("from_the_future"), "{error}");
+        }
+        other => panic!("expected UnknownColumnFamilies, got {other:?}"),
+    }
+    // Nothing changed: without the new family the store opens as before.
+    {
+        let names = casesync_engine::store::key_layout::ALL_CFS.iter().copied().chain(["from_the_future"]);
+        let descriptors = names.map(|name| {
+            rocksdb::ColumnFamilyDescriptor::new(name, casesync_engine::store::column_family_options(name))
+        });
+        let options = casesync_engine::store::direct_open_options();
+        let mut db = rocksdb::DB::open_cf_descriptors(&options, dir.path(), descriptors).unwrap();
+        db.drop_cf("from_the_future").unwrap();
+    }
+    assert_eq!(open(dir.path()).state_hash(&SPACE).unwrap(), hash);
 }

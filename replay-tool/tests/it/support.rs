@@ -158,8 +158,7 @@ pub fn s(path: &Path) -> &str {
 
 /// Opens the RocksDB of a closed store directly, with every column family.
 pub fn raw_db(dir: &Path) -> rocksdb::DB {
-    let options = rocksdb::Options::default();
-    rocksdb::DB::open_cf(&options, dir.join("db"), ALL_CFS).unwrap()
+    casesync_engine::store::open_direct(&dir.join("db")).unwrap()
 }
 
 /// Flushes every column family of a closed store to SST files (opening may already have flushed
