@@ -9,7 +9,6 @@ pub mod views;
 use std::collections::{BTreeSet, HashMap};
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
-use serde::Serialize;
 
 use crate::error::{CommandError, StoreError};
 use crate::event::{stored_header_and_body, BodyEncoding, EventHeader, SignedEvent};
@@ -25,19 +24,6 @@ use crate::wire;
 use case_state::CaseState;
 use state_hash::StateHasher;
 use views::{CaseView, ConflictView};
-
-/// A change to one case, for watchers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct CaseChange {
-    /// The case (hex).
-    pub case_id: String,
-    /// The author (hex).
-    pub author: String,
-    /// The event's seq.
-    pub seq: u64,
-    /// The operation name.
-    pub operation: &'static str,
-}
 
 /// Decodes an event's operation, if it has a readable and valid one. Events whose body is
 /// sealed or invalid stay in the log but change no projection (the same on every node).
@@ -150,9 +136,8 @@ pub(crate) fn fold_into_batch(
     batch: &mut WriteBatch,
     space: &SpaceId,
     events: &[SignedEvent],
-) -> Result<Vec<CaseChange>, StoreError> {
+) -> Result<(), StoreError> {
     let mut fold = Fold::deltas();
-    let mut changes = Vec::new();
     let mut dirty: BTreeSet<(CaseId, CasePart)> = BTreeSet::new();
     let cf_history = store.cf(CF_CASE_EVENTS);
     for event in events {
@@ -161,12 +146,6 @@ pub(crate) fn fold_into_batch(
             let h = &event.header;
             batch.put_cf(cf_history, case_event_key(space, &case, &h.author, h.seq), h.hlc.to_be_bytes());
             dirty.extend(parts_touched(&op).into_iter().map(|part| (case, part)));
-            changes.push(CaseChange {
-                case_id: case.to_hex(),
-                author: h.author.to_hex(),
-                seq: h.seq,
-                operation: op.name(),
-            });
         }
     }
     let cf_cases = store.cf(CF_CASES);
@@ -175,7 +154,7 @@ pub(crate) fn fold_into_batch(
             batch.merge_cf(cf_cases, case_part_key(space, case, part), value);
         }
     }
-    Ok(changes)
+    Ok(())
 }
 
 /// The name of the `cases` column family's merge operator (see [`merge_case_part`]).
@@ -448,6 +427,38 @@ mod tests {
     use crate::operation::FieldValue;
     use crate::signing::DeviceKey;
     use crate::store::{Store, StoreOptions};
+
+    #[test]
+    fn merge_operands_joined_at_read_flush_and_compaction_give_the_same_views() {
+        use crate::store::key_layout::CF_CASES;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let space = SpaceId([1; 16]);
+        let keys = [DeviceKey::from_secret([1; 32]), DeviceKey::from_secret([2; 32])];
+        let case = CaseId([7; 16]);
+        store.execute(&space, &keys[0], 1, Command::CreateCase { id: case, fields: vec![] }).unwrap();
+        let mut views = Vec::new();
+        for round in 0..6u64 {
+            // Each round: writes from both keys, then the operands land in a new place: the
+            // memtable (read-time merge), an L0 file (flush) or one compacted file.
+            for (n, key) in keys.iter().enumerate() {
+                let fields = vec![(format!("f{}", round % 3), FieldValue::Text(format!("{round}-{n}")))];
+                store.execute(&space, key, 10 + round, Command::SetFields { case, fields }).unwrap();
+            }
+            views.push(store.case_view(&space, &case).unwrap());
+            match round % 3 {
+                0 => {}
+                1 => store.flush_families(&[CF_CASES]).unwrap(),
+                _ => store.db().compact_range_cf(store.cf(CF_CASES), None::<&[u8]>, None::<&[u8]>),
+            }
+            assert_eq!(store.case_view(&space, &case).unwrap(), views[views.len() - 1], "round {round}");
+        }
+        let hash = store.state_hash(&space).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.case_view(&space, &case).unwrap(), views[views.len() - 1]);
+        assert_eq!(store.rebuild_projections(&space).unwrap(), hash);
+    }
 
     #[test]
     fn a_rebuild_that_spills_cases_equals_the_incremental_projections() {

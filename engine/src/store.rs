@@ -77,6 +77,9 @@ fn known_families(path: &Path) -> Result<Vec<String>, OpenError> {
 /// Budget for all memtables of a store together, in bytes.
 pub const MEMTABLES_BYTES_MAX: usize = 64 << 20;
 
+/// Bound on the WAL files kept (see `Store::open`), in bytes.
+pub const WAL_BYTES_MAX: u64 = 128 << 20;
+
 /// Block cache shared by all column families, in bytes.
 pub const BLOCK_CACHE_BYTES: usize = 64 << 20;
 
@@ -132,8 +135,6 @@ pub struct CommitSummary {
     pub events: u64,
     /// Arrival position after the last stored event (the next position to be used).
     pub next_position: u64,
-    /// Cases whose projection changed, with the operation name.
-    pub changes: Vec<projection::CaseChange>,
 }
 
 /// The log store.
@@ -166,6 +167,11 @@ impl Store {
         // Memory: all memtables together stay under this budget (RocksDB flushes the largest when
         // it is reached), so a node stays well under 256 MiB even during a million-event sync.
         db_options.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
+        // WAL files live until every family with data in them has flushed; small families (meta,
+        // heads) flush rarely, so without a bound the WAL grew to hundreds of MiB in a 1M-event
+        // sync and an open after a crash replayed all of it. Past this total RocksDB flushes
+        // the families that hold the oldest WAL.
+        db_options.set_max_total_wal_size(WAL_BYTES_MAX);
         // One block cache for every column family (RocksDB's default is a cache per family).
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let existing = known_families(path)?;
@@ -474,13 +480,10 @@ impl Store {
         for (author, head) in &new_heads {
             vector_after.set(*author, head.seq);
         }
-        let changes = if self.options.projections && state.deferrals == 0 {
-            let changes = projection::fold_into_batch(self, &mut batch, space, events)?;
+        if self.options.projections && state.deferrals == 0 {
+            projection::fold_into_batch(self, &mut batch, space, events)?;
             batch.put_cf(self.cf(CF_META), meta_watermark(space), encode_vector(&vector_after));
-            changes
-        } else {
-            Vec::new()
-        };
+        }
         let meta = self.cf(CF_META);
         batch.put_cf(meta, META_NEXT_POSITION, position.to_be_bytes());
         batch.put_cf(meta, META_MAX_HLC, max_hlc.to_be_bytes());
@@ -488,7 +491,7 @@ impl Store {
         state.heads.entry(*space).or_default().extend(new_heads);
         state.next_position = position;
         state.max_hlc = max_hlc;
-        Ok(CommitSummary { events: events.len() as u64, next_position: position, changes })
+        Ok(CommitSummary { events: events.len() as u64, next_position: position })
     }
 
     /// The version vector of a space: what this node holds.

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use crate::ids::{CaseId, EntryId};
-use crate::store::key_layout::CasePart;
 use crate::operation::{Dot, FieldValue, FieldWrite, Operation, Status, StatusWrite};
+use crate::store::key_layout::CasePart;
 use crate::vector_clock::VersionVector;
 
 /// One version of a register: who wrote it, when, and the value.
