@@ -231,6 +231,8 @@ const REBUILD_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 /// are then written without the WAL and flushed to SST files before the watermark is written
 /// (synced) again. A crash anywhere in between leaves no watermark, so the next open rebuilds.
 pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -> Result<String, StoreError> {
+    // Deltas folded during a bulk catch-up start from the old watermark: drop them.
+    state.deferred.remove(space);
     let mut clear = WriteBatch::default();
     store.delete_prefix(&mut clear, CF_CASES, space.as_bytes());
     store.delete_prefix(&mut clear, CF_CASE_EVENTS, space.as_bytes());
@@ -289,18 +291,91 @@ fn write_cases(
     batch: &mut WriteBatch,
     cases: HashMap<CaseId, CaseState>,
 ) -> Result<(), StoreError> {
-    let cf_cases = store.cf(CF_CASES);
-    for (case, case_state) in cases {
-        for part in wire::case_parts(&case_state) {
-            if let Some(value) = wire::encode_case_part(&case_state, &part) {
-                batch.merge_cf(cf_cases, case_part_key(space, &case, &part), value);
-            }
-        }
+    for case_state in cases.into_values() {
+        stage_case(store, space, batch, &case_state);
         if batch.len() >= REBUILD_BATCH_RECORDS {
             store.write_unlogged(std::mem::take(batch))?;
         }
     }
     Ok(())
+}
+
+/// Stages every part of a (delta) case state as merge operands.
+fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, case_state: &CaseState) {
+    let cf_cases = store.cf(CF_CASES);
+    for part in wire::case_parts(case_state) {
+        if let Some(value) = wire::encode_case_part(case_state, &part) {
+            batch.merge_cf(cf_cases, case_part_key(space, &case_state.id, &part), value);
+        }
+    }
+}
+
+/// Case states a bulk catch-up keeps in memory before staging them as deltas with the batch.
+const DEFERRED_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 8_192 };
+
+/// The case deltas of a space folded during a bulk catch-up ([`Store::defer_projections`]):
+/// folded from the events as they are ingested, written with them (as merge operands) whenever
+/// more than [`DEFERRED_CASES_IN_MEMORY`] cases are held, and with the watermark when the
+/// catch-up ends — so the end needs no rebuild and no second pass over the log.
+pub(crate) struct DeferredFold {
+    fold: Fold,
+    /// False if the projections lagged when the catch-up began, or a commit failed after its
+    /// events were folded: the end rebuilds instead.
+    pub(crate) usable: bool,
+}
+
+/// Folds a batch ingested during a bulk catch-up into the space's deferred deltas: the history
+/// index and any spilled deltas go into `batch`, the watermark does not move.
+pub(crate) fn fold_deferred(
+    store: &Store,
+    state: &mut WriterState,
+    batch: &mut WriteBatch,
+    space: &SpaceId,
+    events: &[SignedEvent],
+) -> Result<(), StoreError> {
+    if !state.deferred.contains_key(space) {
+        // Deltas can only complete views that were current when the catch-up began.
+        let usable = store.projection_watermark(space)? == state.vector(space);
+        state.deferred.insert(*space, DeferredFold { fold: Fold::deltas(), usable });
+    }
+    let Some(deferred) = state.deferred.get_mut(space) else {
+        return Ok(());
+    };
+    if !deferred.usable {
+        return Ok(());
+    }
+    let cf_history = store.cf(CF_CASE_EVENTS);
+    for event in events {
+        if let Some((case, _)) = deferred.fold.apply(event, |_| Ok::<_, StoreError>(None))? {
+            let h = &event.header;
+            batch.put_cf(cf_history, case_event_key(space, &case, &h.author, h.seq), h.hlc.to_be_bytes());
+        }
+    }
+    if deferred.fold.cases.len() >= DEFERRED_CASES_IN_MEMORY {
+        for case_state in std::mem::take(&mut deferred.fold.cases).values() {
+            stage_case(store, space, batch, case_state);
+        }
+    }
+    Ok(())
+}
+
+/// Ends the bulk catch-up of a space: stages its remaining deltas and the watermark `vector`.
+/// Returns false if its deltas are not usable (the caller rebuilds).
+pub(crate) fn finish_deferred(
+    store: &Store,
+    deferred: Option<DeferredFold>,
+    batch: &mut WriteBatch,
+    space: &SpaceId,
+    vector: &VersionVector,
+) -> bool {
+    let Some(deferred) = deferred.filter(|d| d.usable) else {
+        return false;
+    };
+    for case_state in deferred.fold.cases.values() {
+        stage_case(store, space, batch, case_state);
+    }
+    batch.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(vector));
+    true
 }
 
 /// How to filter a case list.
@@ -427,6 +502,79 @@ mod tests {
     use crate::operation::FieldValue;
     use crate::signing::DeviceKey;
     use crate::store::{Store, StoreOptions};
+
+    /// A store with `cases` cases, each created and then set by alternating keys.
+    fn a_busy_store(dir: &std::path::Path, cases: u8) -> Store {
+        let store = Store::open(dir, StoreOptions::default()).unwrap();
+        let space = SpaceId([1; 16]);
+        let keys = [DeviceKey::from_secret([1; 32]), DeviceKey::from_secret([2; 32])];
+        for round in 0..3u8 {
+            for n in 0..cases {
+                let key = &keys[usize::from(n + round) % 2];
+                let case = CaseId([n; 16]);
+                let command = if round == 0 {
+                    Command::CreateCase { id: case, fields: vec![] }
+                } else {
+                    Command::SetFields { case, fields: vec![("f".into(), FieldValue::Text(format!("{round}-{n}")))] }
+                };
+                store.execute(&space, key, u64::from(round) * 100 + u64::from(n), command).unwrap();
+            }
+        }
+        store
+    }
+
+    fn catch_up(from: &Store, to: &Store, batch: usize) {
+        let space = SpaceId([1; 16]);
+        let events: Vec<_> = from.events_after(&space, &to.vector(&space)).map(|r| r.unwrap().2).collect();
+        for chunk in events.chunks(batch) {
+            to.ingest(&space, chunk.to_vec()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_bulk_catch_up_folds_while_ingesting_and_spills_deltas_with_the_events() {
+        let space = SpaceId([1; 16]);
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = a_busy_store(a_dir.path(), 12);
+        let b = Store::open(b_dir.path(), StoreOptions::default()).unwrap();
+        b.defer_projections();
+        // Batches of 5 over 12 cases (4 held in memory in unit tests): deltas of the same case
+        // are spilled several times and joined by RocksDB.
+        catch_up(&a, &b, 5);
+        assert_eq!(b.projections_behind(&space).unwrap(), 36);
+        assert_eq!(b.resume_projections().unwrap(), 0, "no rebuild needed");
+        assert_eq!(b.projections_behind(&space).unwrap(), 0);
+        assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
+        assert_eq!(b.list_cases(&space, &Default::default()).unwrap(), a.list_cases(&space, &Default::default()).unwrap());
+        assert_eq!(b.history(&space, &CaseId([3; 16])).unwrap(), a.history(&space, &CaseId([3; 16])).unwrap());
+        assert_eq!(b.rebuild_projections(&space).unwrap(), a.state_hash(&space).unwrap());
+    }
+
+    #[test]
+    fn a_bulk_catch_up_rebuilds_when_its_deltas_cannot_complete_the_views() {
+        let space = SpaceId([1; 16]);
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = a_busy_store(a_dir.path(), 6);
+        let b = Store::open(b_dir.path(), StoreOptions::default()).unwrap();
+        // A rebuild in the middle of the catch-up drops the deltas folded so far; the rest are
+        // folded from the rebuilt views.
+        b.defer_projections();
+        let events: Vec<_> = a.events_after(&space, &b.vector(&space)).map(|r| r.unwrap().2).collect();
+        b.ingest(&space, events[..7].to_vec()).unwrap();
+        b.rebuild_projections(&space).unwrap();
+        b.ingest(&space, events[7..].to_vec()).unwrap();
+        assert_eq!(b.resume_projections().unwrap(), 0);
+        assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
+        // Deltas that cannot complete the views (views lagging when the catch-up began, or a
+        // failed commit after folding): the end rebuilds.
+        let c_dir = tempfile::tempdir().unwrap();
+        let c = Store::open(c_dir.path(), StoreOptions::default()).unwrap();
+        c.defer_projections();
+        catch_up(&a, &c, 10);
+        c.lock_writer().deferred.get_mut(&space).unwrap().usable = false;
+        assert_eq!(c.resume_projections().unwrap(), 1, "rebuilt");
+        assert_eq!(c.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
+    }
 
     #[test]
     fn merge_operands_joined_at_read_flush_and_compaction_give_the_same_views() {

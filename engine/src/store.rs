@@ -114,8 +114,10 @@ pub(crate) struct WriterState {
     pub(crate) fences: HashMap<(SpaceId, AuthorId), u64>,
     pub(crate) keys: HashMap<AuthorId, VerifyingKey>,
     /// Bulk catch-ups in progress ([`Store::defer_projections`]); while above zero, ingests
-    /// store events without folding them and commands are refused.
+    /// fold events into in-memory deltas instead of the views and commands are refused.
     pub(crate) deferrals: u32,
+    /// Per space, the deltas folded during the bulk catch-up.
+    pub(crate) deferred: HashMap<SpaceId, projection::DeferredFold>,
 }
 
 impl WriterState {
@@ -480,14 +482,25 @@ impl Store {
         for (author, head) in &new_heads {
             vector_after.set(*author, head.seq);
         }
-        if self.options.projections && state.deferrals == 0 {
+        let deferring = self.options.projections && state.deferrals > 0;
+        if deferring {
+            projection::fold_deferred(self, state, &mut batch, space, events)?;
+        } else if self.options.projections {
             projection::fold_into_batch(self, &mut batch, space, events)?;
             batch.put_cf(self.cf(CF_META), meta_watermark(space), encode_vector(&vector_after));
         }
         let meta = self.cf(CF_META);
         batch.put_cf(meta, META_NEXT_POSITION, position.to_be_bytes());
         batch.put_cf(meta, META_MAX_HLC, max_hlc.to_be_bytes());
-        self.commit(batch)?;
+        if let Err(error) = self.commit(batch) {
+            if deferring {
+                // Its events are in the deltas but not stored: the end must rebuild.
+                if let Some(deferred) = state.deferred.get_mut(space) {
+                    deferred.usable = false;
+                }
+            }
+            return Err(error);
+        }
         state.heads.entry(*space).or_default().extend(new_heads);
         state.next_position = position;
         state.max_hlc = max_hlc;
@@ -587,18 +600,20 @@ impl Store {
     }
 
     /// Starts a bulk catch-up: until the matching [`Store::resume_projections`], ingested events
-    /// are stored without being folded into the projections (their watermark stays behind, so a
-    /// crash meanwhile is repaired by the rebuild at the next open), and commands are refused.
-    /// Worth it when far more events arrive than the store holds: a rebuild at the end is much
-    /// cheaper than folding event by event.
+    /// are folded into in-memory deltas (written out with the events whenever many cases are
+    /// held) instead of into the views; the watermark stays behind, so a crash meanwhile is
+    /// repaired by the rebuild at the next open, and commands are refused. Worth it when far
+    /// more events arrive than the store holds: each case is written once per thousands of
+    /// events instead of once per batch.
     pub fn defer_projections(&self) {
         if self.options.projections {
             self.lock_writer().deferrals += 1;
         }
     }
 
-    /// Ends a bulk catch-up; the last one to end rebuilds the projections of every space whose
-    /// watermark lags its log. Returns how many spaces were rebuilt.
+    /// Ends a bulk catch-up; the last one to end writes each space's remaining deltas and its
+    /// watermark in one synced batch, or rebuilds the projections of a space whose deltas are
+    /// not usable. Returns how many spaces were rebuilt.
     pub fn resume_projections(&self) -> Result<usize, StoreError> {
         if !self.options.projections {
             return Ok(0);
@@ -609,9 +624,17 @@ impl Store {
             return Ok(0);
         }
         let spaces: Vec<SpaceId> = state.heads.keys().copied().collect();
+        let mut deferred = std::mem::take(&mut state.deferred);
         let mut rebuilt = 0;
         for space in spaces {
-            if self.projection_watermark(&space)? != state.vector(&space) {
+            let vector = state.vector(&space);
+            if self.projection_watermark(&space)? == vector {
+                continue;
+            }
+            let mut batch = WriteBatch::default();
+            if projection::finish_deferred(self, deferred.remove(&space), &mut batch, &space, &vector) {
+                self.commit(batch)?;
+            } else {
                 projection::rebuild(self, &mut state, &space)?;
                 rebuilt += 1;
             }
