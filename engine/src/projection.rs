@@ -311,6 +311,8 @@ fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, case_state
 }
 
 /// Case states a bulk catch-up keeps in memory before staging them as deltas with the batch.
+/// Measured at 1M events (100k cases, 12.5k per author): 8k -> node 164 MiB, 20 CPU us per
+/// event; 16k -> 346 MiB, 13 us; 32k -> 402 MiB. The memory target (256 MiB) decides.
 const DEFERRED_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 8_192 };
 
 /// The case deltas of a space folded during a bulk catch-up ([`Store::defer_projections`]):
@@ -545,7 +547,10 @@ mod tests {
         assert_eq!(b.resume_projections().unwrap(), 0, "no rebuild needed");
         assert_eq!(b.projections_behind(&space).unwrap(), 0);
         assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
-        assert_eq!(b.list_cases(&space, &Default::default()).unwrap(), a.list_cases(&space, &Default::default()).unwrap());
+        assert_eq!(
+            b.list_cases(&space, &Default::default()).unwrap(),
+            a.list_cases(&space, &Default::default()).unwrap()
+        );
         assert_eq!(b.history(&space, &CaseId([3; 16])).unwrap(), a.history(&space, &CaseId([3; 16])).unwrap());
         assert_eq!(b.rebuild_projections(&space).unwrap(), a.state_hash(&space).unwrap());
     }

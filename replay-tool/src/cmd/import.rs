@@ -25,8 +25,8 @@ use crate::vector_arg::vector_json;
 /// Events per ingest call.
 pub const IMPORT_BATCH_EVENTS: usize = 1000;
 
-/// Imports of at least this many new events (and at least as many as already held) store the
-/// events first and rebuild the projections once at the end.
+/// Imports of at least this many new events (and at least as many as already held) fold in
+/// memory while storing (`--projections bulk`) unless told otherwise.
 pub const IMPORT_BULK_EVENTS_MIN: u64 = 10_000;
 
 fn open_backup(file: &Path) -> anyhow::Result<BackupReader<BufReader<File>>> {
@@ -100,10 +100,13 @@ fn check_file(
 /// How an import brings the projections up to date.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Projections {
-    /// `rebuild` for large imports, else `fold`.
+    /// `bulk` for large imports, else `fold`.
     Auto,
     /// Fold each stored batch into the projections.
     Fold,
+    /// Fold in memory while storing (a node's bulk catch-up): case views are written once per
+    /// many events and completed at the end, without a second pass over the log.
+    Bulk,
     /// Store the events first, then rebuild the projections once.
     Rebuild,
 }
@@ -125,15 +128,17 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
     // Pass 2: store. Nothing above wrote anything.
     let held = existing.as_ref().map_or(0, |s| s.vector(&space).total());
     let to_store = checked.events.saturating_sub(duplicates);
-    // A large import stores the events alone and then rebuilds the projections once (much
-    // cheaper than folding batch by batch); the projection watermark is left behind meanwhile,
-    // so an interrupted import is completed by the rebuild at the next open.
-    let bulk = projections
-        && match mode {
-            Projections::Auto => to_store >= held.max(IMPORT_BULK_EVENTS_MIN),
-            Projections::Fold => false,
-            Projections::Rebuild => true,
-        };
+    // A large import folds in memory while storing (`bulk`) or stores the events alone and
+    // rebuilds the projections once (`rebuild`): both much cheaper than folding batch by batch.
+    // The projection watermark is left behind meanwhile, so an interrupted import is completed
+    // by the rebuild at the next open.
+    let mode = match mode {
+        Projections::Auto if to_store >= held.max(IMPORT_BULK_EVENTS_MIN) => Projections::Bulk,
+        Projections::Auto => Projections::Fold,
+        other => other,
+    };
+    let bulk = projections && mode == Projections::Bulk;
+    let rebuild = projections && mode == Projections::Rebuild;
     drop(existing);
     let db = data_dir::db_path(data);
     if !has_store {
@@ -142,7 +147,10 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
             data_dir::write_minimal_config(data, &space)?;
         }
     }
-    let store = Store::open(&db, StoreOptions { projections: projections && !bulk }).context("opening the store")?;
+    let store = Store::open(&db, StoreOptions { projections: projections && !rebuild }).context("opening the store")?;
+    if bulk {
+        store.defer_projections();
+    }
     let mut reader = open_backup(file)?;
     let mut batch: Vec<pb::SignedEvent> = Vec::with_capacity(IMPORT_BATCH_EVENTS);
     let (mut accepted, mut skipped) = (0u64, 0u64);
@@ -187,7 +195,10 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
     if summary.blake3 != checked.blake3 {
         bail!("{} changed during the import (what was stored verified)", file.display());
     }
-    let store = if bulk {
+    if bulk {
+        store.resume_projections().context("completing the projections")?;
+    }
+    let store = if rebuild {
         drop(store);
         // Opening with projections brings them up to date with the log (one rebuild).
         Store::open(&db, StoreOptions { projections: true }).context("rebuilding the projections")?
@@ -214,7 +225,7 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
         "blake3": summary.blake3,
         "vector": vector_json(&store.vector(&space)),
         "state_hash": state_hash,
-        "projections": if bulk { "rebuilt" } else if projections { "folded" } else { "none" },
+        "projections": if rebuild { "rebuilt" } else if bulk { "bulk" } else if projections { "folded" } else { "none" },
         "seconds": seconds,
         "events_per_s": rate(summary.events, seconds),
     });

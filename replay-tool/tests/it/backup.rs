@@ -81,6 +81,14 @@ fn migration_export_import_gives_the_same_state_hash() {
     assert_eq!(report["state_hash"], hash.as_str());
     let (code, report) = replay_json(&["verify", "--data", s(&rebuilt)]);
     assert_eq!(code, 0, "{report:#}");
+    // So does folding in memory while storing (what `auto` picks for large imports).
+    let bulk = tmp.path().join("bulk");
+    let (code, report) = replay_json(&["import", "--data", s(&bulk), s(&backup), "--projections", "bulk"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["projections"], "bulk");
+    assert_eq!(report["state_hash"], hash.as_str());
+    let (code, report) = replay_json(&["verify", "--data", s(&bulk)]);
+    assert_eq!(code, 0, "{report:#}");
     // Importing again is harmless.
     let (code, report) = replay_json(&["import", "--data", s(&new), s(&backup)]);
     assert_eq!(code, 0, "{report:#}");
