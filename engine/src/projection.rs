@@ -58,17 +58,20 @@ pub struct Fold {
     pub cases: HashMap<CaseId, CaseState>,
     /// Whether `seen` may drop pending dots (false for a delta fold, whose states are partial).
     full: bool,
+    /// When each case in `cases` was last touched (a count of applied events), for eviction.
+    touched: HashMap<CaseId, u64>,
+    clock: u64,
 }
 
 impl Fold {
     /// A fold starting from `seen`.
     pub fn new(seen: VersionVector) -> Fold {
-        Fold { seen, cases: HashMap::new(), full: true }
+        Fold { seen, cases: HashMap::new(), full: true, touched: HashMap::new(), clock: 0 }
     }
 
     /// A fold of deltas: partial case states of only the events folded here.
     pub fn deltas() -> Fold {
-        Fold { seen: VersionVector::new(), cases: HashMap::new(), full: false }
+        Fold { seen: VersionVector::new(), cases: HashMap::new(), full: false, touched: HashMap::new(), clock: 0 }
     }
 
     /// Folds one event; `load` provides a case's stored state the first time it is touched.
@@ -98,6 +101,8 @@ impl Fold {
                         v.insert(load(&case)?.unwrap_or_else(|| CaseState::new(case)))
                     }
                 };
+                self.clock += 1;
+                self.touched.insert(case, self.clock);
                 let (seen, full) = (&self.seen, self.full);
                 state.apply(&op, Dot { author: h.author, seq: h.seq }, h.hlc, &|d: &Dot| {
                     full && seen.contains(&d.author, d.seq)
@@ -107,6 +112,34 @@ impl Fold {
         };
         self.seen.raise(h.author, h.seq);
         Ok(result)
+    }
+}
+
+impl Fold {
+    /// Removes and returns the `count` case states touched least recently (a delta fold that
+    /// must stay bounded writes them out; a case touched again starts a new delta).
+    pub fn evict_least_recent(&mut self, count: usize) -> Vec<CaseState> {
+        let mut order: Vec<(u64, CaseId)> = self.touched.iter().map(|(case, tick)| (*tick, *case)).collect();
+        let count = count.min(order.len());
+        if count == 0 {
+            return Vec::new();
+        }
+        if count < order.len() {
+            order.select_nth_unstable(count - 1);
+        }
+        order[..count]
+            .iter()
+            .filter_map(|(_, case)| {
+                self.touched.remove(case);
+                self.cases.remove(case)
+            })
+            .collect()
+    }
+
+    /// Removes and returns every case state.
+    pub fn take_all(&mut self) -> Vec<CaseState> {
+        self.touched.clear();
+        std::mem::take(&mut self.cases).into_values().collect()
     }
 }
 
@@ -220,9 +253,9 @@ fn load_case(store: &Store, space: &SpaceId, case: &CaseId) -> Result<Option<Cas
 /// Records per bulk write while rebuilding.
 const REBUILD_BATCH_RECORDS: usize = 50_000;
 
-/// Case states a rebuild keeps in memory before writing them out as merge operands (a case
-/// touched again starts a new delta; RocksDB joins them): bounds a rebuild's memory whatever the
-/// number of cases, without reading anything back.
+/// Case states a rebuild keeps in memory; past it, the least recently touched quarter is written
+/// out as merge operands (a case touched again starts a new delta; RocksDB joins them): bounds a
+/// rebuild's memory whatever the number of cases, without reading anything back.
 const REBUILD_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 
 /// Rebuilds a space's projections from its log; returns the state hash.
@@ -271,11 +304,11 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
             }
         }
         if fold.cases.len() >= REBUILD_CASES_IN_MEMORY {
-            write_cases(store, space, &mut history, std::mem::take(&mut fold.cases))?;
+            write_cases(store, space, &mut history, fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4))?;
             store.write_unlogged(std::mem::take(&mut history))?;
         }
     }
-    write_cases(store, space, &mut history, std::mem::take(&mut fold.cases))?;
+    write_cases(store, space, &mut history, fold.take_all())?;
     store.write_unlogged(history)?;
     store.flush_families(&[CF_CASES, CF_CASE_EVENTS])?;
     let mut done = WriteBatch::default();
@@ -289,9 +322,9 @@ fn write_cases(
     store: &Store,
     space: &SpaceId,
     batch: &mut WriteBatch,
-    cases: HashMap<CaseId, CaseState>,
+    cases: Vec<CaseState>,
 ) -> Result<(), StoreError> {
-    for case_state in cases.into_values() {
+    for case_state in cases {
         stage_case(store, space, batch, &case_state);
         if batch.len() >= REBUILD_BATCH_RECORDS {
             store.write_unlogged(std::mem::take(batch))?;
@@ -310,15 +343,17 @@ fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, case_state
     }
 }
 
-/// Case states a bulk catch-up keeps in memory before staging them as deltas with the batch.
-/// Measured at 1M events (100k cases, 12.5k per author): 8k -> node 164 MiB, 20 CPU us per
-/// event; 16k -> 346 MiB, 13 us; 32k -> 402 MiB. The memory target (256 MiB) decides.
-const DEFERRED_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 8_192 };
+/// Case states a node's bulk catch-up keeps in memory before staging the least recently touched
+/// quarter as deltas with the batch. Measured at 1M events (100k cases, each author cycling over
+/// its 12.5k): 8k -> node B 152-164 MiB, 20 CPU us per event (the cycle does not fit: nearly
+/// every event is written out); 16k -> 321 MiB (glibc arenas; 257 with `MALLOC_ARENA_MAX=2`),
+/// 13 us. The node's memory budget (256 MiB) decides; `replay-tool import` holds 16k.
+pub(crate) const DEFERRED_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 8_192 };
 
 /// The case deltas of a space folded during a bulk catch-up ([`Store::defer_projections`]):
 /// folded from the events as they are ingested, written with them (as merge operands) whenever
-/// more than [`DEFERRED_CASES_IN_MEMORY`] cases are held, and with the watermark when the
-/// catch-up ends — so the end needs no rebuild and no second pass over the log.
+/// more than the limit of cases are held (the least recently touched quarter), and with the
+/// watermark when the catch-up ends — so the end needs no rebuild and no second pass over the log.
 pub(crate) struct DeferredFold {
     fold: Fold,
     /// False if the projections lagged when the catch-up began, or a commit failed after its
@@ -353,9 +388,10 @@ pub(crate) fn fold_deferred(
             batch.put_cf(cf_history, case_event_key(space, &case, &h.author, h.seq), h.hlc.to_be_bytes());
         }
     }
-    if deferred.fold.cases.len() >= DEFERRED_CASES_IN_MEMORY {
-        for case_state in std::mem::take(&mut deferred.fold.cases).values() {
-            stage_case(store, space, batch, case_state);
+    if deferred.fold.cases.len() >= state.deferred_cases_max {
+        let count = state.deferred_cases_max / 4;
+        for case_state in deferred.fold.evict_least_recent(count) {
+            stage_case(store, space, batch, &case_state);
         }
     }
     Ok(())
@@ -531,6 +567,34 @@ mod tests {
         for chunk in events.chunks(batch) {
             to.ingest(&space, chunk.to_vec()).unwrap();
         }
+    }
+
+    #[test]
+    fn a_bounded_fold_evicts_the_cases_touched_least_recently() {
+        let space = SpaceId([1; 16]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let key = DeviceKey::from_secret([1; 32]);
+        for n in [1u8, 2, 1, 3] {
+            let fields = vec![("f".into(), FieldValue::Text(n.to_string()))];
+            let command = if store.case_view(&space, &CaseId([n; 16])).unwrap().is_none() {
+                Command::CreateCase { id: CaseId([n; 16]), fields }
+            } else {
+                Command::SetFields { case: CaseId([n; 16]), fields }
+            };
+            store.execute(&space, &key, 1, command).unwrap();
+        }
+        let mut fold = super::Fold::deltas();
+        for event in store.events_after(&space, &Default::default()) {
+            let event = crate::event::SignedEvent::from_wire(event.unwrap().2).unwrap();
+            fold.apply(&event, |_| Ok::<_, ()>(None)).unwrap();
+        }
+        let evicted: Vec<CaseId> = fold.evict_least_recent(1).into_iter().map(|c| c.id).collect();
+        assert_eq!(evicted, vec![CaseId([2; 16])]);
+        let mut rest: Vec<CaseId> = fold.take_all().into_iter().map(|c| c.id).collect();
+        rest.sort();
+        assert_eq!(rest, vec![CaseId([1; 16]), CaseId([3; 16])]);
+        assert!(fold.evict_least_recent(5).is_empty());
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub(crate) struct WriterState {
     pub(crate) deferrals: u32,
     /// Per space, the deltas folded during the bulk catch-up.
     pub(crate) deferred: HashMap<SpaceId, projection::DeferredFold>,
+    /// Case states the deferred folds hold before writing the least recently touched out.
+    pub(crate) deferred_cases_max: usize,
 }
 
 impl WriterState {
@@ -606,8 +608,17 @@ impl Store {
     /// more events arrive than the store holds: each case is written once per thousands of
     /// events instead of once per batch.
     pub fn defer_projections(&self) {
+        self.defer_projections_holding(projection::DEFERRED_CASES_IN_MEMORY);
+    }
+
+    /// [`Store::defer_projections`], holding up to `cases` case states in memory (about 5 KiB
+    /// each for a case with eight 120-byte fields). More cases written per spill means fewer
+    /// writes when an author's chain cycles over more cases than the default holds.
+    pub fn defer_projections_holding(&self, cases: usize) {
         if self.options.projections {
-            self.lock_writer().deferrals += 1;
+            let mut state = self.lock_writer();
+            state.deferrals += 1;
+            state.deferred_cases_max = cases.max(4);
         }
     }
 

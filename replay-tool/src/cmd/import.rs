@@ -25,6 +25,11 @@ use crate::vector_arg::vector_json;
 /// Events per ingest call.
 pub const IMPORT_BATCH_EVENTS: usize = 1000;
 
+/// Case states a bulk import holds in memory (about 5 KiB each): at 1M events, 16k gave
+/// 82,000 ev/s at 212 MiB peak RSS, where a node's default (8k) folds little more than batch by
+/// batch when authors cycle over more cases than that.
+pub const IMPORT_CASES_IN_MEMORY: usize = 16_384;
+
 /// Imports of at least this many new events (and at least as many as already held) fold in
 /// memory while storing (`--projections bulk`) unless told otherwise.
 pub const IMPORT_BULK_EVENTS_MIN: u64 = 10_000;
@@ -149,7 +154,7 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
     }
     let store = Store::open(&db, StoreOptions { projections: projections && !rebuild }).context("opening the store")?;
     if bulk {
-        store.defer_projections();
+        store.defer_projections_holding(IMPORT_CASES_IN_MEMORY);
     }
     let mut reader = open_backup(file)?;
     let mut batch: Vec<pb::SignedEvent> = Vec::with_capacity(IMPORT_BATCH_EVENTS);
