@@ -33,7 +33,7 @@ use key_layout::*;
 pub const FORMAT_VERSION: u32 = 3;
 
 /// Column family options any direct open of a store's RocksDB (tools, tests) must use: the
-/// `cases` family needs its merge operator. Without it RocksDB cannot read, flush or compact the
+/// `case_parts` family needs its merge operator. Without it RocksDB cannot read, flush or compact the
 /// case records, and replaying the WAL at open stops at the first batch with a merge (silently
 /// dropping every later write), so never open a store with plain options.
 pub fn column_family_options(name: &str) -> Options {
@@ -698,7 +698,7 @@ impl Store {
     }
 }
 
-/// Read options for iterating across cases in the `cases` family, past its prefix filter.
+/// Read options for iterating across cases in the `case_parts` family, past its prefix filter.
 pub(crate) fn total_order() -> rocksdb::ReadOptions {
     let mut read = rocksdb::ReadOptions::default();
     read.set_total_order_seek(true);

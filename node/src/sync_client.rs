@@ -44,7 +44,8 @@ pub struct SyncCounts {
 }
 
 /// Far behind a peer (at least this many events, and at least as many as held): catch up in
-/// bulk, storing events without folding them, then rebuild the case views once.
+/// bulk, folding the case views in memory while storing and writing them once at the end
+/// (see `Store::defer_projections`).
 pub const BULK_CATCH_UP_EVENTS_MIN: u64 = 10_000;
 
 /// Whether catching up `missing` events on top of `held` is cheaper as a bulk catch-up.
@@ -53,7 +54,8 @@ pub fn bulk_catch_up(missing: u64, held: u64) -> bool {
 }
 
 /// A bulk catch-up in progress: projections are deferred until [`BulkCatchUp::finish`] (or,
-/// if the session fails first, until the guard is dropped, which rebuilds in the background).
+/// if the session fails first, until the guard is dropped, which completes the views from what
+/// arrived in the background).
 pub struct BulkCatchUp {
     shared: Option<Arc<Shared>>,
 }
@@ -65,12 +67,12 @@ impl BulkCatchUp {
         if shared.relay || !bulk_catch_up(missing, held) {
             return BulkCatchUp { shared: None };
         }
-        tracing::info!(missing, held, "far behind: catching up in bulk, case views rebuilt at the end");
+        tracing::info!(missing, held, "far behind: catching up in bulk, case views completed at the end");
         shared.store.defer_projections();
         BulkCatchUp { shared: Some(shared.clone()) }
     }
 
-    /// Ends the catch-up: rebuilds the case views (blocking thread) and wakes watchers.
+    /// Ends the catch-up: completes the case views (blocking thread) and wakes watchers.
     pub async fn finish(mut self) -> anyhow::Result<()> {
         if let Some(shared) = self.shared.take() {
             let store = shared.store.clone();
@@ -84,11 +86,11 @@ impl BulkCatchUp {
 impl Drop for BulkCatchUp {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
-            // The session failed before catching up: rebuild from what arrived.
+            // The session failed before catching up: complete the views from what arrived.
             let store = shared.store.clone();
             std::thread::spawn(move || {
                 if let Err(error) = store.resume_projections() {
-                    tracing::error!(%error, "rebuilding the case views after a bulk catch-up failed");
+                    tracing::error!(%error, "completing the case views after a bulk catch-up failed");
                 }
                 shared.notify(shared.store.next_position());
             });

@@ -91,7 +91,7 @@ fn existing_cfs(path: &Path) -> Vec<String> {
     names.into_iter().collect()
 }
 
-/// The families to open, each with the options the store gives it (the `cases` family's merge
+/// The families to open, each with the options the store gives it (the `case_parts` family's merge
 /// operator).
 fn descriptors(path: &Path) -> Vec<ColumnFamilyDescriptor> {
     existing_cfs(path)
