@@ -207,9 +207,7 @@ impl Store {
         }
         if state.deferrals > 0 {
             lock(&self.queued).retain(|queued| !Arc::ptr_eq(queued, &mine));
-            // (Not `projections_behind`: it takes the writer lock held here.)
-            let watermark = self.projection_watermark(space).map(|w| w.total()).unwrap_or(0);
-            let behind = state.vector(space).total().saturating_sub(watermark);
+            let behind = self.projections_behind_locked(&state, space).unwrap_or(0);
             return Err(CommandError::CatchingUp(behind).into());
         }
         let group = std::mem::take(&mut *lock(&self.queued));

@@ -6,7 +6,7 @@ pub mod history;
 pub mod state_hash;
 pub mod views;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
@@ -15,8 +15,8 @@ use crate::event::{stored_header_and_body, BodyEncoding, EventHeader, SignedEven
 use crate::ids::{AuthorId, CaseId, SpaceId};
 use crate::operation::{Dot, Operation};
 use crate::store::key_layout::{
-    case_event_key, case_key, case_part_key, meta_watermark, parse_case_part_key, prefix_end, CasePart, CF_CASES,
-    CF_CASE_EVENTS, CF_EVENTS, CF_META,
+    case_event_key, case_key, case_part_key, meta_watermark, parse_case_part_key, prefix_end, CF_CASES, CF_CASE_EVENTS,
+    CF_EVENTS, CF_META,
 };
 use crate::store::{encode_vector, Store, WriterState};
 use crate::vector_clock::VersionVector;
@@ -143,25 +143,6 @@ impl Fold {
     }
 }
 
-/// The stored parts of a case an operation changes.
-fn parts_touched(operation: &Operation) -> Vec<CasePart> {
-    let fields = |writes: &[crate::operation::FieldWrite]| -> Vec<CasePart> {
-        writes.iter().map(|w| CasePart::Field(w.name.clone())).collect()
-    };
-    match operation {
-        Operation::CreateCase { fields: writes, .. } => {
-            let mut parts = fields(writes);
-            parts.push(CasePart::Status);
-            parts
-        }
-        Operation::SetFields { fields: writes, .. } => fields(writes),
-        Operation::ChangeStatus { .. } => vec![CasePart::Status],
-        Operation::AddEntry { entry, .. }
-        | Operation::UpdateEntry { entry, .. }
-        | Operation::RemoveEntry { entry, .. } => vec![CasePart::Entry(*entry)],
-    }
-}
-
 /// Folds committed-to-be events into `batch`: the case parts they change, as merge operands (no
 /// read of the stored case), and the history index.
 pub(crate) fn fold_into_batch(
@@ -171,20 +152,26 @@ pub(crate) fn fold_into_batch(
     events: &[SignedEvent],
 ) -> Result<(), StoreError> {
     let mut fold = Fold::deltas();
-    let mut dirty: BTreeSet<(CaseId, CasePart)> = BTreeSet::new();
+    fold_with_history(store, &mut fold, batch, space, events)?;
+    for case_state in fold.cases.values() {
+        stage_case(store, space, batch, case_state);
+    }
+    Ok(())
+}
+
+/// Folds events into `fold` and stages their history index records in `batch`.
+fn fold_with_history(
+    store: &Store,
+    fold: &mut Fold,
+    batch: &mut WriteBatch,
+    space: &SpaceId,
+    events: &[SignedEvent],
+) -> Result<(), StoreError> {
     let cf_history = store.cf(CF_CASE_EVENTS);
     for event in events {
-        let applied = fold.apply(event, |_| Ok::<_, StoreError>(None))?;
-        if let Some((case, op)) = applied {
+        if let Some((case, _)) = fold.apply(event, |_| Ok::<_, StoreError>(None))? {
             let h = &event.header;
             batch.put_cf(cf_history, case_event_key(space, &case, &h.author, h.seq), h.hlc.to_be_bytes());
-            dirty.extend(parts_touched(&op).into_iter().map(|part| (case, part)));
-        }
-    }
-    let cf_cases = store.cf(CF_CASES);
-    for (case, part) in &dirty {
-        if let Some(value) = fold.cases.get(case).and_then(|state| wire::encode_case_part(state, part)) {
-            batch.merge_cf(cf_cases, case_part_key(space, case, part), value);
         }
     }
     Ok(())
@@ -237,17 +224,42 @@ fn load_case(store: &Store, space: &SpaceId, case: &CaseId) -> Result<Option<Cas
     read.set_prefix_same_as_start(true);
     read.set_iterate_upper_bound(prefix_end(&prefix));
     let iter = store.db().iterator_cf_opt(store.cf(CF_CASES), read, IteratorMode::From(&prefix, Direction::Forward));
-    let mut state: Option<CaseState> = None;
-    for item in iter {
+    let mut found = None;
+    assemble_cases(space, iter, |state| found = Some(state))?;
+    Ok(found)
+}
+
+/// Assembles the case states of a space from its stored parts (in key order, so each case's
+/// parts are adjacent) and hands each complete state to `f`.
+fn assemble_cases(
+    space: &SpaceId,
+    parts: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+    mut f: impl FnMut(CaseState),
+) -> Result<(), StoreError> {
+    let mut current: Option<CaseState> = None;
+    for item in parts {
         let (key, value) = item?;
-        if !key.starts_with(&prefix) {
+        if !key.starts_with(space.as_bytes()) {
             break;
         }
-        let (_, part) = parse_case_part_key(&key).ok_or_else(|| corrupt_case(space, case, "malformed key"))?;
-        let state = state.get_or_insert_with(|| CaseState::new(*case));
-        wire::decode_case_part(state, &part, &value).map_err(|e| corrupt_case(space, case, e))?;
+        let (case, part) = parse_case_part_key(&key).ok_or_else(|| StoreError::Corrupt {
+            space: *space,
+            author: AuthorId::default(),
+            seq: 0,
+            reason: "malformed case key".into(),
+        })?;
+        if current.as_ref().is_some_and(|state| state.id != case) {
+            if let Some(done) = current.take() {
+                f(done);
+            }
+        }
+        let state = current.get_or_insert_with(|| CaseState::new(case));
+        wire::decode_case_part(state, &part, &value).map_err(|e| corrupt_case(space, &case, e))?;
     }
-    Ok(state)
+    if let Some(done) = current {
+        f(done);
+    }
+    Ok(())
 }
 
 /// Records per bulk write while rebuilding.
@@ -333,7 +345,7 @@ fn write_cases(
     Ok(())
 }
 
-/// Stages every part of a (delta) case state as merge operands.
+/// Stages every non-empty part of a (delta) case state as a merge operand.
 fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, case_state: &CaseState) {
     let cf_cases = store.cf(CF_CASES);
     for part in wire::case_parts(case_state) {
@@ -381,13 +393,7 @@ pub(crate) fn fold_deferred(
     if !deferred.usable {
         return Ok(());
     }
-    let cf_history = store.cf(CF_CASE_EVENTS);
-    for event in events {
-        if let Some((case, _)) = deferred.fold.apply(event, |_| Ok::<_, StoreError>(None))? {
-            let h = &event.header;
-            batch.put_cf(cf_history, case_event_key(space, &case, &h.author, h.seq), h.hlc.to_be_bytes());
-        }
-    }
+    fold_with_history(store, &mut deferred.fold, batch, space, events)?;
     if deferred.fold.cases.len() >= state.deferred_cases_max {
         let count = state.deferred_cases_max / 4;
         for case_state in deferred.fold.evict_least_recent(count) {
@@ -463,7 +469,7 @@ impl Store {
     }
 
     /// Calls `f` for every case state of a space, in case id order.
-    pub fn for_each_case(&self, space: &SpaceId, mut f: impl FnMut(CaseState)) -> Result<(), StoreError> {
+    pub fn for_each_case(&self, space: &SpaceId, f: impl FnMut(CaseState)) -> Result<(), StoreError> {
         let mut read = crate::store::total_order();
         read.set_iterate_upper_bound(prefix_end(space.as_bytes()));
         let iter = self.db().iterator_cf_opt(
@@ -471,30 +477,7 @@ impl Store {
             read,
             IteratorMode::From(space.as_bytes(), Direction::Forward),
         );
-        let mut current: Option<CaseState> = None;
-        for item in iter {
-            let (key, value) = item?;
-            if !key.starts_with(space.as_bytes()) {
-                break;
-            }
-            let (case, part) = parse_case_part_key(&key).ok_or_else(|| StoreError::Corrupt {
-                space: *space,
-                author: AuthorId::default(),
-                seq: 0,
-                reason: "malformed case key".into(),
-            })?;
-            if current.as_ref().is_some_and(|state| state.id != case) {
-                if let Some(done) = current.take() {
-                    f(done);
-                }
-            }
-            let state = current.get_or_insert_with(|| CaseState::new(case));
-            wire::decode_case_part(state, &part, &value).map_err(|e| corrupt_case(space, &case, e))?;
-        }
-        if let Some(done) = current {
-            f(done);
-        }
-        Ok(())
+        assemble_cases(space, iter, f)
     }
 
     /// Case views of a space that pass the filter, in case id order.
@@ -680,25 +663,10 @@ mod tests {
     #[test]
     fn a_rebuild_that_spills_cases_equals_the_incremental_projections() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        let space = SpaceId([1; 16]);
-        let keys = [DeviceKey::from_secret([1; 32]), DeviceKey::from_secret([2; 32])];
         // Two authors touch the same 12 cases, so the rebuild (4 cases in memory in unit tests)
-        // writes cases out and reads them back when the second author's chain touches them.
-        for round in 0..3u8 {
-            for n in 0..12u8 {
-                let key = &keys[usize::from(n) % 2];
-                let case = CaseId([n; 16]);
-                let command = if round == 0 {
-                    Command::CreateCase { id: case, fields: vec![] }
-                } else {
-                    let value = FieldValue::Text(format!("{round}-{n}"));
-                    Command::SetFields { case, fields: vec![(format!("f{}", round % 2), value)] }
-                };
-                let key = if round == 2 { &keys[usize::from(n + 1) % 2] } else { key };
-                store.execute(&space, key, u64::from(round) * 100 + u64::from(n), command).unwrap();
-            }
-        }
+        // writes deltas of a case out and starts new ones when the chains touch it again.
+        let store = a_busy_store(dir.path(), 12);
+        let space = SpaceId([1; 16]);
         let incremental = store.state_hash(&space).unwrap();
         let views = store.list_cases(&space, &Default::default()).unwrap();
         assert_eq!(store.rebuild_projections(&space).unwrap(), incremental);

@@ -284,11 +284,9 @@ impl Store {
     /// rebuilt from the log.
     fn upgrade_format(&self, found: u32) -> Result<(), OpenError> {
         tracing::info!(from = found, to = FORMAT_VERSION, "upgrading the store format: projections are rebuilt");
+        // The old projections are in the legacy family (dropped after this); `case_parts` is new
+        // and empty, and the rebuild fills it.
         let mut batch = WriteBatch::default();
-        for item in self.db.iterator_cf_opt(self.cf(CF_CASES), total_order(), rocksdb::IteratorMode::Start) {
-            let (key, _) = item?;
-            batch.delete_cf(self.cf(CF_CASES), key);
-        }
         let meta = self.cf(CF_META);
         for item in self.db.prefix_iterator_cf(meta, b"watermark/") {
             let (key, _) = item?;
@@ -480,15 +478,15 @@ impl Store {
             value.extend_from_slice(head.link.as_bytes());
             batch.put_cf(cf_heads, author_key(space, author), value);
         }
-        let mut vector_after = state.vector(space);
-        for (author, head) in &new_heads {
-            vector_after.set(*author, head.seq);
-        }
         let deferring = self.options.projections && state.deferrals > 0;
         if deferring {
             projection::fold_deferred(self, state, &mut batch, space, events)?;
         } else if self.options.projections {
             projection::fold_into_batch(self, &mut batch, space, events)?;
+            let mut vector_after = state.vector(space);
+            for (author, head) in &new_heads {
+                vector_after.set(*author, head.seq);
+            }
             batch.put_cf(self.cf(CF_META), meta_watermark(space), encode_vector(&vector_after));
         }
         let meta = self.cf(CF_META);
@@ -658,7 +656,12 @@ impl Store {
         if !self.options.projections {
             return Ok(0);
         }
-        let held = self.vector(space);
+        self.projections_behind_locked(&self.lock_writer(), space)
+    }
+
+    /// [`Store::projections_behind`] for a caller holding the writer lock.
+    pub(crate) fn projections_behind_locked(&self, state: &WriterState, space: &SpaceId) -> Result<u64, StoreError> {
+        let held = state.vector(space);
         Ok(held.total().saturating_sub(self.projection_watermark(space)?.total()))
     }
 

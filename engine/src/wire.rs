@@ -269,33 +269,35 @@ fn required_dot(dot: Option<&pb::Dot>) -> Result<Dot, OperationError> {
     dot_from_pb(dot.ok_or(OperationError::Malformed("stored version without a dot"))?)
 }
 
+/// A register from its stored versions and pending dots.
+fn register_from_parts<P, T>(
+    current: &[P],
+    pending: &[pb::Dot],
+    version: impl Fn(&P) -> Result<Version<T>, OperationError>,
+) -> Result<Register<T>, OperationError> {
+    Ok(Register {
+        current: current.iter().map(version).collect::<Result<_, _>>()?,
+        pending: pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?,
+    })
+}
+
 fn status_register_from_pb(status: &st::StatusRegister) -> Result<Register<StatusValue>, OperationError> {
-    let mut out = Register::default();
-    for v in &status.current {
-        out.current.push(Version {
+    register_from_parts(&status.current, &status.pending, |v| {
+        Ok(Version {
             dot: required_dot(v.dot.as_ref())?,
             hlc: v.hlc,
             value: StatusValue {
                 status: status_from_pb(v.status)?,
                 seen: vector_from_pb(&pb::VersionVector { heads: v.seen.clone() })?,
             },
-        });
-    }
-    out.pending = status.pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?;
-    Ok(out)
+        })
+    })
 }
 
 fn register_from_pb(register: &st::Register) -> Result<Register<FieldValue>, OperationError> {
-    let mut field = Register::default();
-    for v in &register.current {
-        field.current.push(Version {
-            dot: required_dot(v.dot.as_ref())?,
-            hlc: v.hlc,
-            value: value_from_pb(v.value.as_ref())?,
-        });
-    }
-    field.pending = register.pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?;
-    Ok(field)
+    register_from_parts(&register.current, &register.pending, |v| {
+        Ok(Version { dot: required_dot(v.dot.as_ref())?, hlc: v.hlc, value: value_from_pb(v.value.as_ref())? })
+    })
 }
 
 fn record_from_pb(record: &st::Record) -> Result<Record, OperationError> {
@@ -318,11 +320,16 @@ pub fn encode_case_part(state: &CaseState, part: &CasePart) -> Option<Vec<u8>> {
     }
 }
 
-/// Every stored part of a case state, in key order.
+/// Every stored part of a case state that holds something, in key order. An empty register or
+/// entry is the identity of the merge, so writing it would change nothing (a delta state only
+/// holds the parts its events touched: its status register is empty unless one of them wrote it).
 pub fn case_parts(state: &CaseState) -> Vec<CasePart> {
     let mut parts = Vec::with_capacity(1 + state.record.fields.len() + state.entries.len());
-    parts.push(CasePart::Status);
-    parts.extend(state.record.fields.keys().map(|name| CasePart::Field(name.clone())));
+    if !state.record.status.is_empty() {
+        parts.push(CasePart::Status);
+    }
+    let fields = state.record.fields.iter().filter(|(_, register)| !register.is_empty());
+    parts.extend(fields.map(|(name, _)| CasePart::Field(name.clone())));
     parts.extend(state.entries.keys().map(|id| CasePart::Entry(*id)));
     parts
 }

@@ -95,6 +95,11 @@ impl<T> Register<T> {
         self.pending = pending;
     }
 
+    /// No version and no pending dot: the identity of [`Register::join`].
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty() && self.pending.is_empty()
+    }
+
     /// The dots of the current versions (what a new write supersedes).
     pub fn current_dots(&self) -> Vec<Dot> {
         self.current.iter().map(|v| v.dot).collect()
