@@ -75,11 +75,12 @@ impl Fold {
     }
 
     /// Folds one event; `load` provides a case's stored state the first time it is touched.
+    /// Returns the case the event changed, if it has a readable operation.
     pub fn apply<E>(
         &mut self,
         event: &SignedEvent,
         load: impl FnOnce(&CaseId) -> Result<Option<CaseState>, E>,
-    ) -> Result<Option<(CaseId, Operation)>, E> {
+    ) -> Result<Option<CaseId>, E> {
         self.apply_parts(&event.header, &event.body, load)
     }
 
@@ -89,9 +90,8 @@ impl Fold {
         h: &EventHeader,
         body: &[u8],
         load: impl FnOnce(&CaseId) -> Result<Option<CaseState>, E>,
-    ) -> Result<Option<(CaseId, Operation)>, E> {
-        let operation = operation_in(h, body);
-        let result = match operation {
+    ) -> Result<Option<CaseId>, E> {
+        let result = match operation_in(h, body) {
             None => None,
             Some(op) => {
                 let case = op.case();
@@ -104,10 +104,10 @@ impl Fold {
                 self.clock += 1;
                 self.touched.insert(case, self.clock);
                 let (seen, full) = (&self.seen, self.full);
-                state.apply(&op, Dot { author: h.author, seq: h.seq }, h.hlc, &|d: &Dot| {
+                state.apply(op, Dot { author: h.author, seq: h.seq }, h.hlc, &|d: &Dot| {
                     full && seen.contains(&d.author, d.seq)
                 });
-                Some((case, op))
+                Some(case)
             }
         };
         self.seen.raise(h.author, h.seq);
@@ -169,7 +169,7 @@ fn fold_with_history(
 ) -> Result<(), StoreError> {
     let cf_history = store.cf(CF_CASE_EVENTS);
     for event in events {
-        if let Some((case, _)) = fold.apply(event, |_| Ok::<_, StoreError>(None))? {
+        if let Some(case) = fold.apply(event, |_| Ok::<_, StoreError>(None))? {
             let h = &event.header;
             batch.put_cf(cf_history, case_event_key(space, &case, &h.author, h.seq), h.hlc.to_be_bytes());
         }
@@ -291,21 +291,22 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     read.fill_cache(false);
     read.set_readahead_size(4 << 20);
     read.set_iterate_upper_bound(prefix_end(space.as_bytes()));
-    let iter =
-        store.db().iterator_cf_opt(store.cf(CF_EVENTS), read, IteratorMode::From(space.as_bytes(), Direction::Forward));
-    for item in iter {
-        let (key, value) = item?;
+    // A raw iterator: the records are read in place (no owned copy of every key and value).
+    let mut iter = store.db().raw_iterator_cf_opt(store.cf(CF_EVENTS), read);
+    iter.seek(space.as_bytes());
+    while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
         if !key.starts_with(space.as_bytes()) {
             break;
         }
-        let (header, body) = stored_header_and_body(&value).map_err(|e| StoreError::Corrupt {
+        let (header, body) = stored_header_and_body(value).map_err(|e| StoreError::Corrupt {
             space: *space,
             author: AuthorId::from_slice(key.get(16..48).unwrap_or(&[])).unwrap_or_default(),
             seq: crate::store::key_layout::be_u64(key.get(48..).unwrap_or(&[])).unwrap_or(0),
             reason: e.to_string(),
         })?;
+        iter.next();
         let applied = fold.apply_parts(&header, &body, |_| Ok::<_, StoreError>(None))?;
-        if let Some((case, _)) = applied {
+        if let Some(case) = applied {
             history.put_cf(
                 cf_history,
                 case_event_key(space, &case, &header.author, header.seq),
@@ -320,6 +321,7 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
             store.write_unlogged(std::mem::take(&mut history))?;
         }
     }
+    iter.status()?;
     write_cases(store, space, &mut history, fold.take_all())?;
     store.write_unlogged(history)?;
     store.flush_families(&[CF_CASES, CF_CASE_EVENTS])?;
@@ -357,10 +359,11 @@ fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, case_state
 
 /// Case states a node's bulk catch-up keeps in memory before staging the least recently touched
 /// quarter as deltas with the batch. Measured at 1M events (100k cases, each author cycling over
-/// its 12.5k): 8k -> node B 152-164 MiB, 20 CPU us per event (the cycle does not fit: nearly
-/// every event is written out); 16k -> 321 MiB (glibc arenas; 257 with `MALLOC_ARENA_MAX=2`),
-/// 13 us. The node's memory budget (256 MiB) decides; `replay-tool import` holds 16k.
-pub(crate) const DEFERRED_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 8_192 };
+/// its 12.5k): 8k -> 15.3 CPU us per event on node B (the cycle does not fit, so nearly every
+/// event is written out as its own delta); 16k -> 10.9-12.7 us. 16k fit the node's memory budget
+/// (256 MiB) once ingests ran on one thread (node B 205 MiB; 323 MiB when glibc spread the fold
+/// over the blocking pool's arenas) and registers stopped reserving room for four versions.
+pub(crate) const DEFERRED_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 
 /// The case deltas of a space folded during a bulk catch-up ([`Store::defer_projections`]):
 /// folded from the events as they are ingested, written with them (as merge operands) whenever
@@ -403,7 +406,13 @@ pub(crate) fn fold_deferred(
     Ok(())
 }
 
-/// Ends the bulk catch-up of a space: stages its remaining deltas and the watermark `vector`.
+/// Case parts per commit when a bulk catch-up writes out the deltas it still holds (a few MiB
+/// per write batch, not all held cases in one: that doubled the node's peak memory).
+const FINISH_BATCH_RECORDS: usize = if cfg!(test) { 4 } else { 8_192 };
+
+/// Ends the bulk catch-up of a space: writes its remaining deltas (in bounded commits; the
+/// watermark still lags, so a crash meanwhile is repaired by a rebuild at the next open, as for
+/// the deltas spilled during the catch-up) and stages the watermark `vector` in `batch`.
 /// Returns false if its deltas are not usable (the caller rebuilds).
 pub(crate) fn finish_deferred(
     store: &Store,
@@ -411,15 +420,18 @@ pub(crate) fn finish_deferred(
     batch: &mut WriteBatch,
     space: &SpaceId,
     vector: &VersionVector,
-) -> bool {
-    let Some(deferred) = deferred.filter(|d| d.usable) else {
-        return false;
+) -> Result<bool, StoreError> {
+    let Some(mut deferred) = deferred.filter(|d| d.usable) else {
+        return Ok(false);
     };
-    for case_state in deferred.fold.cases.values() {
-        stage_case(store, space, batch, case_state);
+    for case_state in deferred.fold.take_all() {
+        stage_case(store, space, batch, &case_state);
+        if batch.len() >= FINISH_BATCH_RECORDS {
+            store.commit(std::mem::take(batch))?;
+        }
     }
     batch.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(vector));
-    true
+    Ok(true)
 }
 
 /// How to filter a case list.

@@ -609,7 +609,7 @@ impl Store {
         self.defer_projections_holding(projection::DEFERRED_CASES_IN_MEMORY);
     }
 
-    /// [`Store::defer_projections`], holding up to `cases` case states in memory (about 5 KiB
+    /// [`Store::defer_projections`], holding up to `cases` case states in memory (about 4 KiB
     /// each for a case with eight 120-byte fields). More cases written per spill means fewer
     /// writes when an author's chain cycles over more cases than the default holds.
     pub fn defer_projections_holding(&self, cases: usize) {
@@ -641,7 +641,7 @@ impl Store {
                 continue;
             }
             let mut batch = WriteBatch::default();
-            if projection::finish_deferred(self, deferred.remove(&space), &mut batch, &space, &vector) {
+            if projection::finish_deferred(self, deferred.remove(&space), &mut batch, &space, &vector)? {
                 self.commit(batch)?;
             } else {
                 projection::rebuild(self, &mut state, &space)?;

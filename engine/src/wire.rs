@@ -73,14 +73,20 @@ pub fn value_to_pb(value: &FieldValue) -> pb::Value {
 
 /// Message to field value (validated).
 pub fn value_from_pb(value: Option<&pb::Value>) -> Result<FieldValue, OperationError> {
+    value_from_pb_owned(value.cloned())
+}
+
+/// [`value_from_pb`] moving the text out of the message (the hot paths: decoding bodies and
+/// stored registers).
+fn value_from_pb_owned(value: Option<pb::Value>) -> Result<FieldValue, OperationError> {
     use pb::value::Kind;
-    let kind = value.and_then(|v| v.kind.as_ref()).ok_or(OperationError::Malformed("field without a value"))?;
+    let kind = value.and_then(|v| v.kind).ok_or(OperationError::Malformed("field without a value"))?;
     let value = match kind {
-        Kind::Text(t) => FieldValue::Text(t.clone()),
-        Kind::Integer(i) => FieldValue::Integer(*i),
-        Kind::Decimal(d) => FieldValue::Decimal(d.clone()),
-        Kind::Boolean(b) => FieldValue::Bool(*b),
-        Kind::Date(d) => FieldValue::Date(d.clone()),
+        Kind::Text(t) => FieldValue::Text(t),
+        Kind::Integer(i) => FieldValue::Integer(i),
+        Kind::Decimal(d) => FieldValue::Decimal(d),
+        Kind::Boolean(b) => FieldValue::Bool(b),
+        Kind::Date(d) => FieldValue::Date(d),
         Kind::Blob(b) => FieldValue::Bytes(b.to_vec()),
     };
     value.validate()?;
@@ -98,14 +104,14 @@ fn writes_to_pb(writes: &[FieldWrite]) -> Vec<pb::FieldWrite> {
         .collect()
 }
 
-fn writes_from_pb(writes: &[pb::FieldWrite]) -> Result<Vec<FieldWrite>, OperationError> {
+fn writes_from_pb(writes: Vec<pb::FieldWrite>) -> Result<Vec<FieldWrite>, OperationError> {
     writes
-        .iter()
+        .into_iter()
         .map(|w| {
             Ok(FieldWrite {
-                name: w.name.clone(),
-                value: value_from_pb(w.value.as_ref())?,
                 supersedes: dots_from_pb(&w.supersedes)?,
+                value: value_from_pb_owned(w.value)?,
+                name: w.name,
             })
         })
         .collect()
@@ -178,8 +184,8 @@ pub fn decode_operation(body: &[u8]) -> Result<Operation, OperationError> {
     use pb::body::Op;
     let message = pb::Body::decode(body).map_err(|_| OperationError::Malformed("body does not decode"))?;
     let operation = match message.op.ok_or(OperationError::Malformed("body names no operation"))? {
-        Op::CreateCase(m) => Operation::CreateCase { case: case_id(&m.case_id)?, fields: writes_from_pb(&m.fields)? },
-        Op::SetFields(m) => Operation::SetFields { case: case_id(&m.case_id)?, fields: writes_from_pb(&m.fields)? },
+        Op::CreateCase(m) => Operation::CreateCase { case: case_id(&m.case_id)?, fields: writes_from_pb(m.fields)? },
+        Op::SetFields(m) => Operation::SetFields { case: case_id(&m.case_id)?, fields: writes_from_pb(m.fields)? },
         Op::DeleteCase(m) => status_op(&m.case_id, StatusChange::Delete, m.status.as_ref())?,
         Op::ArchiveCase(m) => status_op(&m.case_id, StatusChange::Archive, m.status.as_ref())?,
         Op::UnarchiveCase(m) => status_op(&m.case_id, StatusChange::Unarchive, m.status.as_ref())?,
@@ -187,12 +193,12 @@ pub fn decode_operation(body: &[u8]) -> Result<Operation, OperationError> {
         Op::AddEntry(m) => Operation::AddEntry {
             case: case_id(&m.case_id)?,
             entry: entry_id(&m.entry_id)?,
-            fields: writes_from_pb(&m.fields)?,
+            fields: writes_from_pb(m.fields)?,
         },
         Op::UpdateEntry(m) => Operation::UpdateEntry {
             case: case_id(&m.case_id)?,
             entry: entry_id(&m.entry_id)?,
-            fields: writes_from_pb(&m.fields)?,
+            fields: writes_from_pb(m.fields)?,
         },
         Op::RemoveEntry(m) => Operation::RemoveEntry {
             case: case_id(&m.case_id)?,
@@ -294,19 +300,27 @@ fn status_register_from_pb(status: &st::StatusRegister) -> Result<Register<Statu
     })
 }
 
-fn register_from_pb(register: &st::Register) -> Result<Register<FieldValue>, OperationError> {
-    register_from_parts(&register.current, &register.pending, |v| {
-        Ok(Version { dot: required_dot(v.dot.as_ref())?, hlc: v.hlc, value: value_from_pb(v.value.as_ref())? })
+fn register_from_pb(register: st::Register) -> Result<Register<FieldValue>, OperationError> {
+    Ok(Register {
+        current: register
+            .current
+            .into_iter()
+            .map(|v| {
+                Ok(Version { dot: required_dot(v.dot.as_ref())?, hlc: v.hlc, value: value_from_pb_owned(v.value)? })
+            })
+            .collect::<Result<_, OperationError>>()?,
+        pending: register.pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?,
     })
 }
 
-fn record_from_pb(record: &st::Record) -> Result<Record, OperationError> {
+fn record_from_pb(record: st::Record) -> Result<Record, OperationError> {
     let mut out = Record::default();
     if let Some(status) = &record.status {
         out.status = status_register_from_pb(status)?;
     }
-    for register in &record.fields {
-        out.fields.insert(register.name.clone(), register_from_pb(register)?);
+    for mut register in record.fields {
+        let name = std::mem::take(&mut register.name);
+        out.fields.insert(name, register_from_pb(register)?);
     }
     Ok(out)
 }
@@ -345,12 +359,12 @@ pub fn decode_case_part(state: &mut CaseState, part: &CasePart, value: &[u8]) ->
         CasePart::Field(name) => {
             let message = st::Register::decode(value)
                 .map_err(|_| OperationError::Malformed("stored register does not decode"))?;
-            state.record.fields.insert(name.clone(), register_from_pb(&message)?);
+            state.record.fields.insert(name.clone(), register_from_pb(message)?);
         }
         CasePart::Entry(id) => {
             let message =
                 st::Record::decode(value).map_err(|_| OperationError::Malformed("stored entry does not decode"))?;
-            state.entries.insert(*id, record_from_pb(&message)?);
+            state.entries.insert(*id, record_from_pb(message)?);
         }
     }
     Ok(())
@@ -368,10 +382,10 @@ pub fn encode_case_state(state: &CaseState) -> Vec<u8> {
 /// Decodes a stored case state.
 pub fn decode_case_state(value: &[u8]) -> Result<CaseState, OperationError> {
     let message = st::CaseState::decode(value).map_err(|_| OperationError::Malformed("stored case does not decode"))?;
-    let record = message.record.as_ref().ok_or(OperationError::Malformed("stored case without a record"))?;
+    let record = message.record.ok_or(OperationError::Malformed("stored case without a record"))?;
     let mut state = CaseState::new(case_id(&record.id)?);
     state.record = record_from_pb(record)?;
-    for entry in &message.entries {
+    for entry in message.entries {
         state.entries.insert(entry_id(&entry.id)?, record_from_pb(entry)?);
     }
     Ok(state)

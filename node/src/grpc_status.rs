@@ -47,3 +47,11 @@ pub fn rejection(rejection: &Rejection) -> Status {
 pub fn join(error: tokio::task::JoinError) -> Status {
     Status::internal(format!("internal task failed: {error}"))
 }
+
+/// An ingest that did not finish (the node is stopping, or a bug panicked it).
+pub fn ingest_thread(error: crate::ingest_thread::IngestThreadError) -> Status {
+    match error {
+        crate::ingest_thread::IngestThreadError::Stopped => Status::unavailable("node is stopping"),
+        crate::ingest_thread::IngestThreadError::Panicked => Status::internal(format!("internal task failed: {error}")),
+    }
+}

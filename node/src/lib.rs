@@ -11,6 +11,7 @@ pub mod config;
 pub mod data_dir;
 pub mod demo;
 pub mod grpc_status;
+pub mod ingest_thread;
 pub mod node;
 pub mod output;
 pub mod peer_actor;

@@ -86,7 +86,8 @@ impl Node {
         let relay = config.relay;
         let opened = tokio::task::spawn_blocking(move || data_dir::open(&data, relay)).await??;
         let relay = relay || opened.config.relay;
-        let shared = Shared::new(opened.store, opened.identity, opened.space, relay);
+        let shared = Shared::new(opened.store, opened.identity, opened.space, relay)
+            .context("cannot start the ingest thread")?;
 
         let sync_listener =
             TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;

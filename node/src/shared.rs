@@ -11,6 +11,8 @@ use casesync_engine::store::Store;
 use casesync_engine::vector_clock::VersionVector;
 use tokio::sync::{watch, Notify};
 
+use crate::ingest_thread::IngestThread;
+
 /// Wall clock in ms since the epoch (the node owns time; the engine takes it as an argument).
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -67,6 +69,8 @@ pub struct Shared {
     pub changes: watch::Sender<u64>,
     /// Turns true when the node stops: ends live streams so servers can drain.
     pub stopping: watch::Sender<bool>,
+    /// Where every ingest of received events runs (one thread, in order).
+    pub ingest: IngestThread,
     known: Mutex<HashMap<AuthorId, VersionVector>>,
     peers: Mutex<BTreeMap<String, PeerInfo>>,
 }
@@ -76,20 +80,26 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Shared state for a node.
-    pub fn new(store: Arc<Store>, identity: DeviceIdentity, space: SpaceId, relay: bool) -> Arc<Shared> {
+    /// Shared state for a node (starts its ingest thread).
+    pub fn new(
+        store: Arc<Store>,
+        identity: DeviceIdentity,
+        space: SpaceId,
+        relay: bool,
+    ) -> std::io::Result<Arc<Shared>> {
         let (changes, _) = watch::channel(store.next_position());
         let (stopping, _) = watch::channel(false);
-        Arc::new(Shared {
+        Ok(Arc::new(Shared {
             store,
             identity,
             space,
             relay,
             changes,
             stopping,
+            ingest: IngestThread::start()?,
             known: Mutex::new(HashMap::new()),
             peers: Mutex::new(BTreeMap::new()),
-        })
+        }))
     }
 
     /// Announces a commit.

@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
 use crate::auth;
+use crate::ingest_thread::Pending;
 use crate::shared::{now_ms, PeerState, Shared};
 use crate::sync_server::{stream_events, GRPC_MESSAGE_BYTES_MAX};
 
@@ -75,8 +76,9 @@ impl BulkCatchUp {
     /// Ends the catch-up: completes the case views (blocking thread) and wakes watchers.
     pub async fn finish(mut self) -> anyhow::Result<()> {
         if let Some(shared) = self.shared.take() {
+            // On the ingest thread, after every batch of the catch-up, and in its malloc arena.
             let store = shared.store.clone();
-            tokio::task::spawn_blocking(move || store.resume_projections()).await??;
+            shared.ingest.run(move || store.resume_projections()).await??;
             shared.notify(shared.store.next_position());
         }
         Ok(())
@@ -94,6 +96,24 @@ impl Drop for BulkCatchUp {
                 }
                 shared.notify(shared.store.next_position());
             });
+        }
+    }
+}
+
+/// At most one received batch being ingested (on the node's ingest thread) while the next is
+/// received: gRPC receive and decode overlap with the store's verify and commit (two cores), memory stays bounded (one
+/// batch in the store, one decoded), and batches are still ingested in order.
+#[derive(Default)]
+pub struct IngestPipeline {
+    in_flight: Option<Pending<anyhow::Result<u64>>>,
+}
+
+impl IngestPipeline {
+    /// Waits for the batch in flight, if any; returns how many of its events were stored.
+    pub async fn finish(&mut self) -> anyhow::Result<u64> {
+        match self.in_flight.take() {
+            Some(pending) => pending.wait().await?,
+            None => Ok(0),
         }
     }
 }
@@ -150,18 +170,25 @@ impl PeerClient {
         Ok(vector)
     }
 
-    /// Ingests one received batch; fails on any refusal (after the honest part landed).
-    async fn ingest(&self, batch: pb::EventBatch) -> anyhow::Result<u64> {
-        let (store, space) = (self.shared.store.clone(), self.shared.space);
-        let report = tokio::task::spawn_blocking(move || store.ingest(&space, batch.events)).await??;
-        self.shared.raise_known(&self.server, &report.sender_holds);
-        if report.accepted > 0 {
-            self.shared.notify(report.commit.next_position);
-        }
-        if let Some(first) = report.rejected.first() {
-            bail!("peer {} sent an event we refuse: {}", self.server.device_id(), first.reason);
-        }
-        Ok(report.accepted)
+    /// Starts ingesting one received batch on the blocking pool, after the batch before it has
+    /// finished: the next message is received and decoded meanwhile (see [`IngestPipeline`]).
+    async fn ingest(&self, pipeline: &mut IngestPipeline, batch: pb::EventBatch) -> anyhow::Result<u64> {
+        let done = pipeline.finish().await?;
+        let (shared, server) = (self.shared.clone(), self.server);
+        let space = shared.space;
+        let job = self.shared.ingest.submit(move || {
+            let report = shared.store.ingest(&space, batch.events)?;
+            shared.raise_known(&server, &report.sender_holds);
+            if report.accepted > 0 {
+                shared.notify(report.commit.next_position);
+            }
+            if let Some(first) = report.rejected.first() {
+                bail!("peer {} sent an event we refuse: {}", server.device_id(), first.reason);
+            }
+            Ok(report.accepted)
+        });
+        pipeline.in_flight = Some(job.await?);
+        Ok(done)
     }
 
     /// Pulls what we lack once; `progress` is told the running count of received events.
@@ -174,10 +201,13 @@ impl PeerClient {
         });
         let mut stream = self.client.pull(request).await.context("pull refused")?.into_inner();
         let mut received = 0;
+        let mut pipeline = IngestPipeline::default();
         while let Some(batch) = stream.message().await.context("pull stream failed")? {
-            received += self.ingest(batch).await?;
+            received += self.ingest(&mut pipeline, batch).await?;
             progress(received);
         }
+        received += pipeline.finish().await?;
+        progress(received);
         Ok(received)
     }
 
@@ -240,19 +270,21 @@ pub async fn live_session(
         follow: true,
     });
     let mut stream = peer.client.pull(request).await.context("pull refused")?.into_inner();
+    let mut pipeline = IngestPipeline::default();
     let period = pull_every.unwrap_or(Duration::from_secs(3600)).max(Duration::from_millis(100));
     let mut schedule = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let result = loop {
         tokio::select! {
             message = stream.message() => match message {
                 Ok(Some(batch)) if batch.events.is_empty() => {
+                    if let Err(e) = pipeline.finish().await { break Err(e); }
                     if let Some(bulk) = bulk.take() {
                         if let Err(e) = bulk.finish().await { break Err(e); }
                     }
                     shared.update_peer(url, |info| { info.state = PeerState::Connected; info.last_sync_ms = now_ms(); });
                 }
                 Ok(Some(batch)) => {
-                    if let Err(e) = peer.ingest(batch).await { break Err(e); }
+                    if let Err(e) = peer.ingest(&mut pipeline, batch).await { break Err(e); }
                     shared.update_peer(url, |info| info.last_sync_ms = now_ms());
                 }
                 Ok(None) => break Err(anyhow!("peer ended the live stream")),
@@ -263,6 +295,7 @@ pub async fn live_session(
                 Err(status) => Err(anyhow!("peer refused a push: {}", status.message())),
             },
             _ = schedule.tick(), if pull_every.is_some() => {
+                if let Err(e) = pipeline.finish().await { break Err(e); }
                 let heads = peer.heads().await?;
                 if !heads.missing_in(&shared.store.vector(&shared.space)).is_empty() {
                     peer.pull_once(|_| {}).await?;
@@ -272,5 +305,7 @@ pub async fn live_session(
         }
     };
     producer.abort();
-    result
+    // A batch still in flight lands (or fails) before the session reports its end.
+    let last = pipeline.finish().await;
+    result.and(last.map(|_| ()))
 }

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
 use crate::grpc_status;
+use crate::ingest_thread::Pending;
 use crate::shared::{now_ms, Shared};
 
 /// Largest gRPC message accepted or sent (a batch is bounded well below).
@@ -194,6 +195,9 @@ impl Sync for SyncServer {
         let mut stream = request.into_inner();
         let mut reply = pb::PushReply::default();
         let mut stopping = self.shared.stopping.subscribe();
+        // One batch is ingested on the node's ingest thread while the next is received and
+        // decoded (in order; at most one in flight).
+        let mut in_flight: Option<Pending<Result<(u64, u64), Status>>> = None;
         loop {
             let batch = tokio::select! {
                 message = stream.message() => match message? {
@@ -208,21 +212,30 @@ impl Sync for SyncServer {
                     batch.events.len()
                 )));
             }
-            let (store, space) = (self.shared.store.clone(), self.shared.space);
-            let report = tokio::task::spawn_blocking(move || store.ingest(&space, batch.events))
-                .await
-                .map_err(grpc_status::join)?
-                .map_err(|e| grpc_status::store(&e))?;
-            reply.accepted += report.accepted;
-            reply.duplicates += report.duplicates;
-            self.shared.raise_known(&device, &report.sender_holds);
-            if report.accepted > 0 {
-                self.shared.notify(report.commit.next_position);
+            if let Some(pending) = in_flight.take() {
+                let (accepted, duplicates) = pending.wait().await.map_err(grpc_status::ingest_thread)??;
+                reply.accepted += accepted;
+                reply.duplicates += duplicates;
             }
-            if let Some(first) = report.rejected.first() {
-                tracing::warn!(peer = %device.device_id(), refused = report.rejected.len(), "push refused: {}", first.reason);
-                return Err(grpc_status::rejection(first));
-            }
+            let (shared, space) = (self.shared.clone(), self.shared.space);
+            let job = self.shared.ingest.submit(move || {
+                let report = shared.store.ingest(&space, batch.events).map_err(|e| grpc_status::store(&e))?;
+                shared.raise_known(&device, &report.sender_holds);
+                if report.accepted > 0 {
+                    shared.notify(report.commit.next_position);
+                }
+                if let Some(first) = report.rejected.first() {
+                    tracing::warn!(peer = %device.device_id(), refused = report.rejected.len(), "push refused: {}", first.reason);
+                    return Err(grpc_status::rejection(first));
+                }
+                Ok((report.accepted, report.duplicates))
+            });
+            in_flight = Some(job.await.map_err(grpc_status::ingest_thread)?);
+        }
+        if let Some(pending) = in_flight.take() {
+            let (accepted, duplicates) = pending.wait().await.map_err(grpc_status::ingest_thread)??;
+            reply.accepted += accepted;
+            reply.duplicates += duplicates;
         }
         Ok(Response::new(reply))
     }

@@ -51,7 +51,12 @@ impl<T> Register<T> {
             }
             Err(_) => match self.current.binary_search_by(|v| v.dot.cmp(&own)) {
                 Ok(_) => {} // Already folded in (idempotent).
-                Err(index) => self.current.insert(index, version),
+                Err(index) => {
+                    // Exact capacity: most registers hold one version, and a bulk fold holds
+                    // thousands of cases (Vec's default growth would reserve four).
+                    self.current.reserve_exact(1);
+                    self.current.insert(index, version)
+                }
             },
         }
         for dot in supersedes {
@@ -62,6 +67,7 @@ impl<T> Register<T> {
                 self.current.remove(index);
             } else if !seen(dot) {
                 if let Err(index) = self.pending.binary_search(dot) {
+                    self.pending.reserve_exact(1);
                     self.pending.insert(index, *dot);
                 }
             }
@@ -135,15 +141,19 @@ pub struct Record {
 }
 
 impl Record {
-    fn apply_fields(&mut self, writes: &[FieldWrite], dot: Dot, hlc: u64, seen: &dyn Fn(&Dot) -> bool) {
-        for write in writes {
-            let register = self.fields.entry(write.name.clone()).or_default();
-            register.apply(Version { dot, hlc, value: write.value.clone() }, &write.supersedes, seen);
+    fn apply_fields(&mut self, writes: Vec<FieldWrite>, dot: Dot, hlc: u64, seen: &dyn Fn(&Dot) -> bool) {
+        for FieldWrite { name, value, supersedes } in writes {
+            // The name is moved in only when the register is new (no allocation per write).
+            let register = match self.fields.get_mut(&name) {
+                Some(register) => register,
+                None => self.fields.entry(name).or_default(),
+            };
+            register.apply(Version { dot, hlc, value }, &supersedes, seen);
         }
     }
 
-    fn apply_status(&mut self, status: Status, write: &StatusWrite, dot: Dot, hlc: u64, seen: &dyn Fn(&Dot) -> bool) {
-        let value = StatusValue { status, seen: write.seen.clone() };
+    fn apply_status(&mut self, status: Status, write: StatusWrite, dot: Dot, hlc: u64, seen: &dyn Fn(&Dot) -> bool) {
+        let value = StatusValue { status, seen: write.seen };
         self.status.apply(Version { dot, hlc, value }, &write.supersedes, seen);
     }
 
@@ -216,12 +226,11 @@ impl CaseState {
     }
 
     /// Folds one operation written by `dot` at `hlc`. Order-free: any order of the same set of
-    /// operations gives the same current versions.
-    pub fn apply(&mut self, operation: &Operation, dot: Dot, hlc: u64, seen: &dyn Fn(&Dot) -> bool) {
-        let no_supersedes = StatusWrite::default();
+    /// operations gives the same current versions. The operation's values move into the state.
+    pub fn apply(&mut self, operation: Operation, dot: Dot, hlc: u64, seen: &dyn Fn(&Dot) -> bool) {
         match operation {
             Operation::CreateCase { fields, .. } => {
-                self.record.apply_status(Status::Active, &no_supersedes, dot, hlc, seen);
+                self.record.apply_status(Status::Active, StatusWrite::default(), dot, hlc, seen);
                 self.record.apply_fields(fields, dot, hlc, seen);
             }
             Operation::SetFields { fields, .. } => self.record.apply_fields(fields, dot, hlc, seen),
@@ -229,15 +238,15 @@ impl CaseState {
                 self.record.apply_status(change.status(), write, dot, hlc, seen)
             }
             Operation::AddEntry { entry, fields, .. } => {
-                let record = self.entries.entry(*entry).or_default();
-                record.apply_status(Status::Present, &no_supersedes, dot, hlc, seen);
+                let record = self.entries.entry(entry).or_default();
+                record.apply_status(Status::Present, StatusWrite::default(), dot, hlc, seen);
                 record.apply_fields(fields, dot, hlc, seen);
             }
             Operation::UpdateEntry { entry, fields, .. } => {
-                self.entries.entry(*entry).or_default().apply_fields(fields, dot, hlc, seen)
+                self.entries.entry(entry).or_default().apply_fields(fields, dot, hlc, seen)
             }
             Operation::RemoveEntry { entry, write, .. } => {
-                self.entries.entry(*entry).or_default().apply_status(Status::Removed, write, dot, hlc, seen)
+                self.entries.entry(entry).or_default().apply_status(Status::Removed, write, dot, hlc, seen)
             }
         }
     }
