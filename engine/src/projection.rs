@@ -359,10 +359,10 @@ fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, case_state
 
 /// Case states a node's bulk catch-up keeps in memory before staging the least recently touched
 /// quarter as deltas with the batch. Measured at 1M events (100k cases, each author cycling over
-/// its 12.5k): 8k -> 15.3 CPU us per event on node B (the cycle does not fit, so nearly every
-/// event is written out as its own delta); 16k -> 10.9-12.7 us. 16k fit the node's memory budget
-/// (256 MiB) once ingests ran on one thread (node B 205 MiB; 323 MiB when glibc spread the fold
-/// over the blocking pool's arenas) and registers stopped reserving room for four versions.
+/// its 12.5k): 8k -> 13-14 CPU us per event on node B (the cycle does not fit, so nearly every
+/// event is written out as its own delta); 16k -> 9.2 us. 16k fit the node's memory budget
+/// (256 MiB: node B peaks at 215 MiB) once ingests ran on one thread; when glibc spread the fold
+/// over the blocking pool's malloc arenas, the same 16k took node B to 323 MiB.
 pub(crate) const DEFERRED_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 
 /// The case deltas of a space folded during a bulk catch-up ([`Store::defer_projections`]):

@@ -609,7 +609,7 @@ impl Store {
         self.defer_projections_holding(projection::DEFERRED_CASES_IN_MEMORY);
     }
 
-    /// [`Store::defer_projections`], holding up to `cases` case states in memory (about 4 KiB
+    /// [`Store::defer_projections`], holding up to `cases` case states in memory (about 5.4 KiB
     /// each for a case with eight 120-byte fields). More cases written per spill means fewer
     /// writes when an author's chain cycles over more cases than the default holds.
     pub fn defer_projections_holding(&self, cases: usize) {
