@@ -2,6 +2,7 @@
 //! notifications, what each peer device is known to hold, and per-peer status.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -71,6 +72,8 @@ pub struct Shared {
     pub stopping: watch::Sender<bool>,
     /// Where every ingest of received events runs (one thread, in order).
     pub ingest: IngestThread,
+    /// Bulk catch-ups started since the node started (far-behind sessions and floods).
+    bulk_catch_ups: AtomicU64,
     known: Mutex<HashMap<AuthorId, VersionVector>>,
     peers: Mutex<BTreeMap<String, PeerInfo>>,
 }
@@ -97,6 +100,7 @@ impl Shared {
             changes,
             stopping,
             ingest: IngestThread::start()?,
+            bulk_catch_ups: AtomicU64::new(0),
             known: Mutex::new(HashMap::new()),
             peers: Mutex::new(BTreeMap::new()),
         }))
@@ -111,6 +115,16 @@ impl Shared {
             }
             newer
         });
+    }
+
+    /// Counts a bulk catch-up started.
+    pub fn note_bulk_catch_up(&self) {
+        self.bulk_catch_ups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bulk catch-ups started since the node started.
+    pub fn bulk_catch_ups(&self) -> u64 {
+        self.bulk_catch_ups.load(Ordering::Relaxed)
     }
 
     /// What a peer device is known to hold (raised by what it sent us and what we sent it).

@@ -21,6 +21,7 @@ use crate::auth;
 use crate::ingest_thread::Pending;
 use crate::shared::{now_ms, PeerState, Shared};
 use crate::sync_server::{stream_events, GRPC_MESSAGE_BYTES_MAX};
+use casesync_engine::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
 
 /// Connects to a peer URL with keep-alive, so a connection through a healed partition is noticed
 /// in seconds rather than minutes.
@@ -70,7 +71,21 @@ impl BulkCatchUp {
         }
         tracing::info!(missing, held, "far behind: catching up in bulk, case views completed at the end");
         shared.store.defer_projections();
+        shared.note_bulk_catch_up();
         BulkCatchUp { shared: Some(shared.clone()) }
+    }
+
+    /// Starts one on the ingest thread, in order with the ingests queued before and after it.
+    pub async fn start_on_ingest_thread(shared: &Arc<Shared>) -> anyhow::Result<BulkCatchUp> {
+        let store = shared.store.clone();
+        shared.ingest.run(move || store.defer_projections()).await?;
+        shared.note_bulk_catch_up();
+        Ok(BulkCatchUp { shared: Some(shared.clone()) })
+    }
+
+    /// Whether projections are deferred by this catch-up.
+    pub fn is_active(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// Ends the catch-up: completes the case views (blocking thread) and wakes watchers.
@@ -114,6 +129,62 @@ impl IngestPipeline {
         match self.in_flight.take() {
             Some(pending) => pending.wait().await?,
             None => Ok(0),
+        }
+    }
+}
+
+/// Full batches in a row on a live stream after which the rest of that flood is caught up in
+/// bulk (a node that was current when a peer started sending a large backlog, e.g. through a
+/// relay while another device uploads its log).
+pub const FLOOD_FULL_BATCHES: u32 = 10;
+
+/// Whether a received batch was cut by the sender's limits: more was waiting behind it.
+pub fn batch_is_full(batch: &pb::EventBatch) -> bool {
+    let bytes: usize = batch.events.iter().map(|e| e.event.len() + e.signature.len()).sum();
+    batch.events.len() >= BATCH_EVENTS_MAX || bytes >= BATCH_BYTES_MAX / 2
+}
+
+/// Watches the batches of one incoming stream and runs a bulk catch-up while a flood lasts:
+/// from the [`FLOOD_FULL_BATCHES`]th full batch in a row to the first batch that is not full
+/// (the sender had nothing more waiting). Commands are refused meanwhile, as in any bulk
+/// catch-up; the views are complete again once the flood is stored.
+#[derive(Default)]
+pub struct FloodWatch {
+    full_in_a_row: u32,
+    bulk: Option<BulkCatchUp>,
+}
+
+impl FloodWatch {
+    /// A watch already in a bulk catch-up (a session that started far behind).
+    pub fn with(bulk: BulkCatchUp) -> FloodWatch {
+        FloodWatch { full_in_a_row: 0, bulk: bulk.is_active().then_some(bulk) }
+    }
+
+    /// Before a batch is handed to the ingest thread: starts a bulk catch-up when the flood is
+    /// long enough. In order with the ingests on that thread, so the batch is folded in bulk.
+    pub async fn before(&mut self, shared: &Arc<Shared>, batch: &pb::EventBatch) -> anyhow::Result<()> {
+        if !batch_is_full(batch) {
+            self.full_in_a_row = 0;
+            return Ok(());
+        }
+        self.full_in_a_row = self.full_in_a_row.saturating_add(1);
+        if self.bulk.is_none() && self.full_in_a_row >= FLOOD_FULL_BATCHES && !shared.relay {
+            tracing::info!("a flood of events: catching up in bulk, case views completed when it ends");
+            self.bulk = Some(BulkCatchUp::start_on_ingest_thread(shared).await?);
+        }
+        Ok(())
+    }
+
+    /// Whether a bulk catch-up is running.
+    pub fn in_bulk(&self) -> bool {
+        self.bulk.is_some()
+    }
+
+    /// Ends a bulk catch-up in progress, if any.
+    pub async fn finish(&mut self) -> anyhow::Result<()> {
+        match self.bulk.take() {
+            Some(bulk) => bulk.finish().await,
+            None => Ok(()),
         }
     }
 }
@@ -255,10 +326,11 @@ pub async fn live_session(
     });
     let peer_has = peer.heads().await?;
     let missing: u64 = peer_has.missing_in(&shared.store.vector(&shared.space)).iter().map(|r| r.len()).sum();
-    let mut bulk = Some(BulkCatchUp::start_if_worth_it(&shared, missing));
+    let mut flood = FloodWatch::with(BulkCatchUp::start_if_worth_it(&shared, missing));
     let (tx, rx) = mpsc::channel(4);
     let producer = tokio::spawn(stream_events(shared.clone(), peer.server, peer_has, true, tx));
-    let outgoing = ReceiverStream::new(rx).filter_map(|r| r.ok().filter(|b| !b.events.is_empty()));
+    // Caught-up markers (empty batches) are pushed too: they end a bulk catch-up at the peer.
+    let outgoing = ReceiverStream::new(rx).filter_map(|r| r.ok());
     let mut push_client = peer.client.clone();
     let push_request = peer.request(outgoing);
     let mut push = Box::pin(async move { push_client.push(push_request).await });
@@ -278,13 +350,18 @@ pub async fn live_session(
             message = stream.message() => match message {
                 Ok(Some(batch)) if batch.events.is_empty() => {
                     if let Err(e) = pipeline.finish().await { break Err(e); }
-                    if let Some(bulk) = bulk.take() {
-                        if let Err(e) = bulk.finish().await { break Err(e); }
-                    }
+                    if let Err(e) = flood.finish().await { break Err(e); }
                     shared.update_peer(url, |info| { info.state = PeerState::Connected; info.last_sync_ms = now_ms(); });
                 }
                 Ok(Some(batch)) => {
+                    let full = batch_is_full(&batch);
+                    if let Err(e) = flood.before(&shared, &batch).await { break Err(e); }
                     if let Err(e) = peer.ingest(&mut pipeline, batch).await { break Err(e); }
+                    if !full && flood.in_bulk() {
+                        // The flood ended: its last batch lands before the views are completed.
+                        if let Err(e) = pipeline.finish().await { break Err(e); }
+                        if let Err(e) = flood.finish().await { break Err(e); }
+                    }
                     shared.update_peer(url, |info| info.last_sync_ms = now_ms());
                 }
                 Ok(None) => break Err(anyhow!("peer ended the live stream")),
@@ -305,7 +382,10 @@ pub async fn live_session(
         }
     };
     producer.abort();
-    // A batch still in flight lands (or fails) before the session reports its end.
+    // A batch still in flight lands (or fails) before the session reports its end; a bulk
+    // catch-up still running ends with it (dropping it would complete the views in the
+    // background).
     let last = pipeline.finish().await;
-    result.and(last.map(|_| ()))
+    let views = flood.finish().await;
+    result.and(last.map(|_| ())).and(views)
 }

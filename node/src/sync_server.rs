@@ -18,6 +18,7 @@ use crate::auth;
 use crate::grpc_status;
 use crate::ingest_thread::Pending;
 use crate::shared::{now_ms, Shared};
+use crate::sync_client::{batch_is_full, FloodWatch};
 
 /// Largest gRPC message accepted or sent (a batch is bounded well below).
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -100,7 +101,9 @@ pub fn read_batch(
 }
 
 /// Streams every event `device` lacks beyond `have`, then (with `follow`) an empty batch as the
-/// caught-up marker and new events as they are stored, until the receiver goes away.
+/// caught-up marker and new events as they are stored, each run of them followed by the marker
+/// again, until the receiver goes away. The marker tells the receiver that nothing more was
+/// waiting: it ends a bulk catch-up there, even when the last batch before it was full.
 pub async fn stream_events(
     shared: Arc<Shared>,
     device: AuthorId,
@@ -111,7 +114,8 @@ pub async fn stream_events(
     let mut changes = shared.changes.subscribe();
     let mut stopping = shared.stopping.subscribe();
     let mut sent = have;
-    let mut marked = false;
+    // Whether events were sent since the last caught-up marker (or none was sent yet).
+    let mut unmarked = true;
     loop {
         loop {
             let mut from = sent.clone();
@@ -137,12 +141,13 @@ pub async fn stream_events(
             if tx.send(Ok(pb::EventBatch { events })).await.is_err() {
                 return;
             }
+            unmarked = true;
         }
         if !follow {
             return;
         }
-        if !marked {
-            marked = true;
+        if unmarked {
+            unmarked = false;
             if tx.send(Ok(pb::EventBatch { events: Vec::new() })).await.is_err() {
                 return;
             }
@@ -153,6 +158,16 @@ pub async fn stream_events(
             _ = stopping.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// Waits for a pushed batch's ingest and counts it in the reply.
+async fn land(pending: Option<Pending<Result<(u64, u64), Status>>>, reply: &mut pb::PushReply) -> Result<(), Status> {
+    if let Some(pending) = pending {
+        let (accepted, duplicates) = pending.wait().await.map_err(grpc_status::ingest_thread)??;
+        reply.accepted += accepted;
+        reply.duplicates += duplicates;
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -198,6 +213,7 @@ impl Sync for SyncServer {
         // One batch is ingested on the node's ingest thread while the next is received and
         // decoded (in order; at most one in flight).
         let mut in_flight: Option<Pending<Result<(u64, u64), Status>>> = None;
+        let mut flood = FloodWatch::default();
         loop {
             let batch = tokio::select! {
                 message = stream.message() => match message? {
@@ -206,17 +222,21 @@ impl Sync for SyncServer {
                 },
                 _ = stopping.wait_for(|s| *s) => return Err(Status::unavailable("node is stopping")),
             };
+            if batch.events.is_empty() {
+                // The pusher's caught-up marker: nothing more was waiting behind what it sent.
+                land(in_flight.take(), &mut reply).await?;
+                flood.finish().await.map_err(|e| Status::internal(e.to_string()))?;
+                continue;
+            }
             if batch.events.len() > BATCH_EVENTS_MAX {
                 return Err(Status::invalid_argument(format!(
                     "batch of {} events exceeds the limit of {BATCH_EVENTS_MAX}",
                     batch.events.len()
                 )));
             }
-            if let Some(pending) = in_flight.take() {
-                let (accepted, duplicates) = pending.wait().await.map_err(grpc_status::ingest_thread)??;
-                reply.accepted += accepted;
-                reply.duplicates += duplicates;
-            }
+            let full = batch_is_full(&batch);
+            flood.before(&self.shared, &batch).await.map_err(|e| Status::internal(e.to_string()))?;
+            land(in_flight.take(), &mut reply).await?;
             let (shared, space) = (self.shared.clone(), self.shared.space);
             let job = self.shared.ingest.submit(move || {
                 let report = shared.store.ingest(&space, batch.events).map_err(|e| grpc_status::store(&e))?;
@@ -231,12 +251,14 @@ impl Sync for SyncServer {
                 Ok((report.accepted, report.duplicates))
             });
             in_flight = Some(job.await.map_err(grpc_status::ingest_thread)?);
+            if !full && flood.in_bulk() {
+                // The flood ended: its last batch lands before the views are completed.
+                land(in_flight.take(), &mut reply).await?;
+                flood.finish().await.map_err(|e| Status::internal(e.to_string()))?;
+            }
         }
-        if let Some(pending) = in_flight.take() {
-            let (accepted, duplicates) = pending.wait().await.map_err(grpc_status::ingest_thread)??;
-            reply.accepted += accepted;
-            reply.duplicates += duplicates;
-        }
+        land(in_flight.take(), &mut reply).await?;
+        flood.finish().await.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(reply))
     }
 }

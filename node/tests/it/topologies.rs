@@ -4,6 +4,7 @@ use casesync_engine::commands::Command;
 use casesync_engine::error::AppendError;
 use casesync_engine::operation::StatusChange;
 use casesync_node::demo::edit;
+use casesync_node::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -272,6 +273,39 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Bodies creating cases `from..to` (one "name" field each).
+fn create_bodies(from: u64, to: u64) -> Vec<(casesync_engine::event::BodyEncoding, bytes::Bytes)> {
+    (from..to)
+        .map(|i| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            let op = casesync_engine::operation::Operation::CreateCase {
+                case: casesync_engine::ids::CaseId(id),
+                fields: vec![casesync_engine::operation::FieldWrite {
+                    name: "name".into(),
+                    value: text(&format!("client {i}")),
+                    supersedes: vec![],
+                }],
+            };
+            let body = bytes::Bytes::from(casesync_engine::wire::encode_operation(&op));
+            (casesync_engine::event::BodyEncoding::Plain, body)
+        })
+        .collect()
+}
+
+/// The views are current and equal on both nodes, hold `cases` cases, and writing works (the
+/// laptop creates case `new`).
+async fn views_complete_and_writable(office: &Node, laptop: &Node, cases: u64, new: u8) {
+    converge(&[office, laptop]).await;
+    let store = &laptop.shared().store;
+    assert_eq!(store.projections_behind(&laptop.shared().space).unwrap(), 0);
+    assert_eq!(state_hash(laptop), state_hash(office));
+    assert_eq!(store.list_cases(&laptop.shared().space, &Default::default()).unwrap().len() as u64, cases);
+    // Writing works again once the views are current.
+    create(laptop, case(new), "Anna").await;
+    converge(&[office, laptop]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_device_far_behind_catches_up_in_bulk_with_the_same_views() {
     let c = cluster(&["office", "laptop"]).await;
@@ -283,22 +317,7 @@ async fn a_new_device_far_behind_catches_up_in_bulk_with_the_same_views() {
             let office = casesync_node::data_dir::open(&dir, false).unwrap();
             let mut n = 0u64;
             while n < count {
-                let bodies: Vec<_> = (n..count.min(n + 1000))
-                    .map(|i| {
-                        let mut id = [0u8; 16];
-                        id[..8].copy_from_slice(&i.to_be_bytes());
-                        let op = casesync_engine::operation::Operation::CreateCase {
-                            case: casesync_engine::ids::CaseId(id),
-                            fields: vec![casesync_engine::operation::FieldWrite {
-                                name: "name".into(),
-                                value: text(&format!("client {i}")),
-                                supersedes: vec![],
-                            }],
-                        };
-                        let body = bytes::Bytes::from(casesync_engine::wire::encode_operation(&op));
-                        (casesync_engine::event::BodyEncoding::Plain, body)
-                    })
-                    .collect();
+                let bodies = create_bodies(n, count.min(n + 1000));
                 n += bodies.len() as u64;
                 office.store.append(&office.space, &office.identity.key, 1_700_000_000_000, bodies).unwrap();
             }
@@ -308,14 +327,45 @@ async fn a_new_device_far_behind_catches_up_in_bulk_with_the_same_views() {
     }
     let office = start(&c.dirs[0], vec![]).await;
     let laptop = start(&c.dirs[1], vec![office.sync_url()]).await;
+    views_complete_and_writable(&office, &laptop, count, 1).await;
+    assert_eq!(laptop.shared().bulk_catch_ups(), 1);
+    for n in [office, laptop] {
+        n.shutdown().await;
+    }
+}
+
+/// Appends `count` case creations at once on a running node and announces them.
+async fn store_a_backlog(node: &Node, from: u64, count: u64) {
+    let shared = node.shared().clone();
+    tokio::task::spawn_blocking(move || {
+        let bodies = create_bodies(from, from + count);
+        let (_, commit) = shared.store.append(&shared.space, &shared.identity.key, 1_700_000_000_000, bodies).unwrap();
+        shared.notify(commit.next_position);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_a_live_connection_is_caught_up_in_bulk_with_the_same_views() {
+    let c = cluster(&["office", "laptop"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    let laptop = start(&c.dirs[1], vec![office.sync_url()]).await;
+    // The laptop is live and current: an edit at the office arrives by push.
+    create(&office, case(2), "Berta").await;
     converge(&[&office, &laptop]).await;
-    let store = &laptop.shared().store;
-    assert_eq!(store.projections_behind(&laptop.shared().space).unwrap(), 0);
-    assert_eq!(state_hash(&laptop), state_hash(&office));
-    assert_eq!(store.list_cases(&laptop.shared().space, &Default::default()).unwrap().len() as u64, count);
-    // Writing works again once the views are current.
-    create(&laptop, case(1), "Anna").await;
-    converge(&[&office, &laptop]).await;
+    // Then the office stores a backlog at once (as a relay does when another device uploads):
+    // more full batches in a row than the flood threshold, ending on a full batch (only the
+    // caught-up marker says it ended).
+    let batch = casesync_engine::limits::BATCH_EVENTS_MAX as u64;
+    let count = batch * u64::from(casesync_node::sync_client::FLOOD_FULL_BATCHES + 2);
+    store_a_backlog(&office, 100, count).await;
+    views_complete_and_writable(&office, &laptop, count + 1, 1).await;
+    assert_eq!(laptop.shared().bulk_catch_ups(), 1, "the flood the laptop pulled was caught up in bulk");
+    // The same the other way: the laptop's backlog reaches the office through the laptop's push.
+    store_a_backlog(&laptop, 100 + count, count + 10).await;
+    views_complete_and_writable(&laptop, &office, 2 * count + 10 + 2, 3).await;
+    assert_eq!(office.shared().bulk_catch_ups(), 1, "the flood pushed to the office was caught up in bulk");
     for n in [office, laptop] {
         n.shutdown().await;
     }
