@@ -30,7 +30,7 @@ use crate::vector_clock::VersionVector;
 use key_layout::*;
 
 /// The on-disk format this build writes and reads. See `docs/log-format.md`.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Column family options any direct open of a store's RocksDB (tools, tests) must use: the
 /// `case_parts` family needs its merge operator. Without it RocksDB cannot read, flush or compact the
@@ -283,6 +283,17 @@ impl Store {
     /// watermarks are dropped (one synced batch with the new version) and the projections
     /// rebuilt from the log.
     fn upgrade_format(&self, found: u32) -> Result<(), OpenError> {
+        if found >= 3 {
+            // Format 4 only adds arrival records for runs of events; the reader still reads the
+            // single-event records of format 3, so nothing is rewritten.
+            tracing::info!(from = found, to = FORMAT_VERSION, "upgrading the store format");
+            let mut batch = WriteBatch::default();
+            batch.put_cf(self.cf(CF_META), META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
+            let mut write = WriteOptions::default();
+            write.set_sync(true);
+            self.db.write_opt(batch, &write)?;
+            return Ok(());
+        }
         tracing::info!(from = found, to = FORMAT_VERSION, "upgrading the store format: projections are rebuilt");
         // The old projections are in the legacy family (dropped after this); `case_parts` is new
         // and empty, and the rebuild fills it.
@@ -457,6 +468,8 @@ impl Store {
         let mut position = state.next_position;
         let mut new_heads: HashMap<AuthorId, Head> = HashMap::new();
         let mut max_hlc = state.max_hlc;
+        // One arrival record per run of consecutive events by one author (format 4).
+        let mut run: Option<(u64, AuthorId, u64, u64)> = None; // (position, author, first seq, count)
         for event in events {
             let h = &event.header;
             // Assert in pairs: verified before staging, and checked again here against the head.
@@ -464,12 +477,22 @@ impl Store {
             let expected_seq = expected.map_or(1, |head| head.seq + 1);
             let expected_prev = expected.map_or(EventId::ZERO, |head| head.link);
             assert!(h.seq == expected_seq && h.prev == expected_prev, "staged event must continue its chain");
-            let key = event_key(space, &h.author, h.seq);
-            batch.put_cf(cf_events, key, event.to_stored());
-            batch.put_cf(cf_arrival, position.to_be_bytes(), key);
+            batch.put_cf(cf_events, event_key(space, &h.author, h.seq), event.to_stored());
+            match &mut run {
+                Some((_, author, first, count)) if *author == h.author && *first + *count == h.seq => *count += 1,
+                _ => {
+                    if let Some((at, author, first, count)) = run.take() {
+                        batch.put_cf(cf_arrival, at.to_be_bytes(), arrival_run_value(space, &author, first, count));
+                    }
+                    run = Some((position, h.author, h.seq, 1));
+                }
+            }
             position += 1;
             new_heads.insert(h.author, Head { seq: h.seq, link: event.link });
             max_hlc = max_hlc.max(h.hlc);
+        }
+        if let Some((at, author, first, count)) = run {
+            batch.put_cf(cf_arrival, at.to_be_bytes(), arrival_run_value(space, &author, first, count));
         }
         let cf_heads = self.cf(CF_HEADS);
         for (author, head) in &new_heads {

@@ -5,7 +5,9 @@ use crate::ids::{AuthorId, CaseId, EntryId, SpaceId};
 
 /// Events: space(16) author(32) seq(8) -> signature(64) event bytes.
 pub const CF_EVENTS: &str = "events";
-/// Local arrival index: position(8) -> space(16) author(32) seq(8).
+/// Local arrival index, one record per run of consecutive events of one author stored together:
+/// position of the first(8) -> space(16) author(32) first seq(8) count(8). Format 3 wrote one
+/// record per event without the count (read as a run of one).
 pub const CF_ARRIVAL: &str = "arrival";
 /// Heads: space(16) author(32) -> seq(8) id(32).
 pub const CF_HEADS: &str = "heads";
@@ -65,6 +67,25 @@ pub fn parse_event_key(key: &[u8]) -> Option<(SpaceId, AuthorId, u64)> {
     let author = AuthorId::from_slice(&key[16..48]).ok()?;
     let seq = u64::from_be_bytes(key[48..].try_into().ok()?);
     Some((space, author, seq))
+}
+
+/// Value of an arrival record: the run's first event key and its length.
+pub fn arrival_run_value(space: &SpaceId, author: &AuthorId, first: u64, count: u64) -> [u8; 64] {
+    let mut value = [0u8; 64];
+    value[..56].copy_from_slice(&event_key(space, author, first));
+    value[56..].copy_from_slice(&count.to_be_bytes());
+    value
+}
+
+/// Splits an arrival record's value: (space, author, first seq, count).
+pub fn parse_arrival_run(value: &[u8]) -> Option<(SpaceId, AuthorId, u64, u64)> {
+    let (space, author, first) = parse_event_key(value.get(..56)?)?;
+    let count = match value.len() {
+        56 => 1,
+        64 => be_u64(&value[56..])?,
+        _ => return None,
+    };
+    Some((space, author, first, count))
 }
 
 /// Key of a head (and of a member).

@@ -4,7 +4,7 @@
 use casesync_proto::v1 as pb;
 use rocksdb::{DBIteratorWithThreadMode, Direction, IteratorMode, ReadOptions, DB};
 
-use super::key_layout::{be_u64, event_key, parse_event_key, CF_ARRIVAL, CF_EVENTS};
+use super::key_layout::{be_u64, event_key, parse_arrival_run, parse_event_key, CF_ARRIVAL, CF_EVENTS};
 use super::Store;
 use crate::error::StoreError;
 use crate::ids::{AuthorId, SpaceId};
@@ -99,18 +99,29 @@ impl Store {
         EventsAfter { store: self, space: *space, ranges: ranges.into_iter(), current: None }
     }
 
-    /// Arrival records from `position` on, at most `limit`.
+    /// Arrival records from `position` on, at most `limit`, one per event (runs are expanded).
     pub fn arrivals_from(&self, position: u64, limit: usize) -> Result<Vec<Arrival>, StoreError> {
         let mut out = Vec::new();
-        let start = position.to_be_bytes();
-        let iter = self.db().iterator_cf(self.cf(CF_ARRIVAL), IteratorMode::From(&start, Direction::Forward));
-        for item in iter.take(limit) {
-            let (key, value) = item?;
-            let (Some(position), Some((space, author, seq))) = (be_u64(&key), parse_event_key(&value)) else {
-                continue;
-            };
-            out.push(Arrival { position, space, author, seq });
+        let mut iter = self.db().raw_iterator_cf(self.cf(CF_ARRIVAL));
+        // The run holding `position` starts at or before it.
+        iter.seek_for_prev(position.to_be_bytes());
+        if !iter.valid() {
+            iter.seek(position.to_be_bytes());
         }
+        while out.len() < limit {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
+            if let (Some(at), Some((space, author, first, count))) = (be_u64(key), parse_arrival_run(value)) {
+                let skip = position.saturating_sub(at).min(count);
+                for offset in skip..count {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    out.push(Arrival { position: at + offset, space, author, seq: first + offset });
+                }
+            }
+            iter.next();
+        }
+        iter.status()?;
         Ok(out)
     }
 }

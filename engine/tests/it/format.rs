@@ -95,3 +95,41 @@ fn a_store_with_an_unknown_column_family_is_refused_before_its_log_is_replayed()
     }
     assert_eq!(open(dir.path()).state_hash(&SPACE).unwrap(), hash);
 }
+
+#[test]
+fn a_format_3_store_keeps_its_views_and_its_single_event_arrival_records() {
+    use casesync_engine::store::key_layout::{
+        arrival_run_value, case_event_key, event_key, parse_arrival_run, CF_ARRIVAL, CF_CASE_EVENTS,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hash = a_store_with_cases(dir.path());
+    let author = device(1).author();
+    // A history record no event explains: a rebuild (which rewrites the history index) would
+    // drop it, so finding it after the upgrade shows the views were kept, not rebuilt.
+    let marker = case_event_key(&SPACE, &CaseId([9; 16]), &author, 99);
+    {
+        // Format 3: one arrival record per event, without a count.
+        let db = raw(dir.path());
+        let arrival = db.cf_handle(CF_ARRIVAL).unwrap();
+        let records: Vec<_> = db.iterator_cf(arrival, rocksdb::IteratorMode::Start).map(|r| r.unwrap()).collect();
+        assert_eq!(records.len(), 5, "format 4 writes one record per run: one per command here");
+        for (key, value) in records {
+            let (space, author, first, count) = parse_arrival_run(&value).unwrap();
+            assert_eq!(value.as_ref(), arrival_run_value(&space, &author, first, count).as_slice());
+            db.put_cf(arrival, key, event_key(&space, &author, first)).unwrap();
+        }
+        db.put_cf(db.cf_handle(CF_CASE_EVENTS).unwrap(), marker, 1u64.to_be_bytes()).unwrap();
+        db.put_cf(db.cf_handle(CF_META).unwrap(), META_FORMAT_VERSION, 3u32.to_be_bytes()).unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.state_hash(&SPACE).unwrap(), hash);
+    store.execute(&SPACE, &device(1), 2, Command::CreateCase { id: CaseId([7; 16]), fields: vec![] }).unwrap();
+    let arrivals = store.arrivals_from(0, 100).unwrap();
+    let seqs: Vec<(u64, u64)> = arrivals.iter().map(|a| (a.position, a.seq)).collect();
+    assert_eq!(seqs, (1..=6).map(|n| (n, n)).collect::<Vec<_>>(), "old and new records, in order");
+    drop(store);
+    let db = raw(dir.path());
+    assert!(db.get_cf(db.cf_handle(CF_CASE_EVENTS).unwrap(), marker).unwrap().is_some(), "views were rebuilt");
+    let stored = db.get_cf(db.cf_handle(CF_META).unwrap(), META_FORMAT_VERSION).unwrap().unwrap();
+    assert_eq!(stored, FORMAT_VERSION.to_be_bytes());
+}

@@ -29,6 +29,34 @@ fn honest_runs_land_while_a_forged_run_is_refused() {
 }
 
 #[test]
+fn arrival_records_cover_runs_and_read_back_one_per_event_from_any_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, b) = (chain(&device(1), 6), chain(&device(2), 4));
+    // Two batches, each interleaving both authors: four runs in all.
+    for range in [0..3usize, 3..6] {
+        let mut batch = wire(&a[range.clone()]);
+        batch.extend(wire(&b[range.start.min(4)..range.end.min(4)]));
+        assert!(store.ingest(&SPACE, batch).unwrap().rejected.is_empty());
+    }
+    let all = store.arrivals_from(0, 100).unwrap();
+    assert_eq!(all.len(), 10);
+    let positions: Vec<u64> = all.iter().map(|r| r.position).collect();
+    assert_eq!(positions, (1..=10).collect::<Vec<_>>());
+    // Every event once, per author in seq order.
+    for (key, count) in [(device(1), 6), (device(2), 4)] {
+        let seqs: Vec<u64> = all.iter().filter(|r| r.author == key.author()).map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=count).collect::<Vec<_>>());
+    }
+    // From inside a run, with a limit that ends inside another.
+    for from in 0..=11u64 {
+        let part = store.arrivals_from(from, 3).unwrap();
+        let expected: Vec<_> = all.iter().filter(|r| r.position >= from).take(3).copied().collect();
+        assert_eq!(part, expected, "from {from}");
+    }
+}
+
+#[test]
 fn gaps_and_broken_chains_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
