@@ -279,32 +279,26 @@ impl Store {
 
     /// Upgrades an older format. Version 1 kept each case's projection as one record; version 2
     /// one record per register; version 3 writes those records as merge operands into a new
-    /// column family (the old one is dropped after this). Only derived data changed: the
-    /// watermarks are dropped (one synced batch with the new version) and the projections
-    /// rebuilt from the log.
+    /// column family (the old one is dropped after this): from 1 and 2 only derived data changed,
+    /// so the watermarks are dropped (in the synced batch with the new version) and the
+    /// projections rebuilt from the log. Version 4 writes arrival records per run of events; the
+    /// reader still reads the single-event records of version 3, so from 3 only the version moves.
     fn upgrade_format(&self, found: u32) -> Result<(), OpenError> {
-        if found >= 3 {
-            // Format 4 only adds arrival records for runs of events; the reader still reads the
-            // single-event records of format 3, so nothing is rewritten.
-            tracing::info!(from = found, to = FORMAT_VERSION, "upgrading the store format");
-            let mut batch = WriteBatch::default();
-            batch.put_cf(self.cf(CF_META), META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
-            let mut write = WriteOptions::default();
-            write.set_sync(true);
-            self.db.write_opt(batch, &write)?;
-            return Ok(());
-        }
-        tracing::info!(from = found, to = FORMAT_VERSION, "upgrading the store format: projections are rebuilt");
-        // The old projections are in the legacy family (dropped after this); `case_parts` is new
-        // and empty, and the rebuild fills it.
         let mut batch = WriteBatch::default();
         let meta = self.cf(CF_META);
-        for item in self.db.prefix_iterator_cf(meta, b"watermark/") {
-            let (key, _) = item?;
-            if !key.starts_with(b"watermark/") {
-                break;
+        if found < 3 {
+            tracing::info!(from = found, to = FORMAT_VERSION, "upgrading the store format: projections are rebuilt");
+            // The old projections are in the legacy family (dropped after this); `case_parts` is
+            // new and empty, and the rebuild fills it.
+            for item in self.db.prefix_iterator_cf(meta, b"watermark/") {
+                let (key, _) = item?;
+                if !key.starts_with(b"watermark/") {
+                    break;
+                }
+                batch.delete_cf(meta, key);
             }
-            batch.delete_cf(meta, key);
+        } else {
+            tracing::info!(from = found, to = FORMAT_VERSION, "upgrading the store format");
         }
         batch.put_cf(meta, META_FORMAT_VERSION, FORMAT_VERSION.to_be_bytes());
         let mut write = WriteOptions::default();
@@ -470,6 +464,11 @@ impl Store {
         let mut max_hlc = state.max_hlc;
         // One arrival record per run of consecutive events by one author (format 4).
         let mut run: Option<(u64, AuthorId, u64, u64)> = None; // (position, author, first seq, count)
+        let stage_arrival = |batch: &mut WriteBatch, run: Option<(u64, AuthorId, u64, u64)>| {
+            if let Some((at, author, first, count)) = run {
+                batch.put_cf(cf_arrival, at.to_be_bytes(), arrival_run_value(space, &author, first, count));
+            }
+        };
         for event in events {
             let h = &event.header;
             // Assert in pairs: verified before staging, and checked again here against the head.
@@ -481,9 +480,7 @@ impl Store {
             match &mut run {
                 Some((_, author, first, count)) if *author == h.author && *first + *count == h.seq => *count += 1,
                 _ => {
-                    if let Some((at, author, first, count)) = run.take() {
-                        batch.put_cf(cf_arrival, at.to_be_bytes(), arrival_run_value(space, &author, first, count));
-                    }
+                    stage_arrival(&mut batch, run.take());
                     run = Some((position, h.author, h.seq, 1));
                 }
             }
@@ -491,9 +488,7 @@ impl Store {
             new_heads.insert(h.author, Head { seq: h.seq, link: event.link });
             max_hlc = max_hlc.max(h.hlc);
         }
-        if let Some((at, author, first, count)) = run {
-            batch.put_cf(cf_arrival, at.to_be_bytes(), arrival_run_value(space, &author, first, count));
-        }
+        stage_arrival(&mut batch, run);
         let cf_heads = self.cf(CF_HEADS);
         for (author, head) in &new_heads {
             let mut value = Vec::with_capacity(40);

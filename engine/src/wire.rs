@@ -277,18 +277,18 @@ fn required_dot(dot: Option<&pb::Dot>) -> Result<Dot, OperationError> {
 
 /// A register from its stored versions and pending dots.
 fn register_from_parts<P, T>(
-    current: &[P],
+    current: impl IntoIterator<Item = P>,
     pending: &[pb::Dot],
-    version: impl Fn(&P) -> Result<Version<T>, OperationError>,
+    version: impl FnMut(P) -> Result<Version<T>, OperationError>,
 ) -> Result<Register<T>, OperationError> {
     Ok(Register {
-        current: current.iter().map(version).collect::<Result<_, _>>()?,
+        current: current.into_iter().map(version).collect::<Result<_, _>>()?,
         pending: pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?,
     })
 }
 
 fn status_register_from_pb(status: &st::StatusRegister) -> Result<Register<StatusValue>, OperationError> {
-    register_from_parts(&status.current, &status.pending, |v| {
+    register_from_parts(&status.current, &status.pending, |v: &st::StatusVersion| {
         Ok(Version {
             dot: required_dot(v.dot.as_ref())?,
             hlc: v.hlc,
@@ -301,15 +301,9 @@ fn status_register_from_pb(status: &st::StatusRegister) -> Result<Register<Statu
 }
 
 fn register_from_pb(register: st::Register) -> Result<Register<FieldValue>, OperationError> {
-    Ok(Register {
-        current: register
-            .current
-            .into_iter()
-            .map(|v| {
-                Ok(Version { dot: required_dot(v.dot.as_ref())?, hlc: v.hlc, value: value_from_pb_owned(v.value)? })
-            })
-            .collect::<Result<_, OperationError>>()?,
-        pending: register.pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?,
+    // The versions are moved out of the message: their texts are not copied.
+    register_from_parts(register.current, &register.pending, |v| {
+        Ok(Version { dot: required_dot(v.dot.as_ref())?, hlc: v.hlc, value: value_from_pb_owned(v.value)? })
     })
 }
 

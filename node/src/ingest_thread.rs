@@ -76,6 +76,41 @@ impl<T> Pending<T> {
     }
 }
 
+/// At most one job in flight on the ingest thread while its caller goes on (receiving and
+/// decoding the next batch of a stream: two cores), the jobs still run in order, and memory
+/// stays bounded (one batch in the store, one decoded).
+pub struct Pipeline<T> {
+    in_flight: Option<Pending<T>>,
+}
+
+impl<T> Default for Pipeline<T> {
+    fn default() -> Self {
+        Pipeline { in_flight: None }
+    }
+}
+
+impl<T: Send + 'static> Pipeline<T> {
+    /// Waits for the job in flight, then hands `job` to the thread; returns the earlier job's
+    /// result (none if there was no job in flight).
+    pub async fn submit(
+        &mut self,
+        thread: &IngestThread,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<Option<T>, IngestThreadError> {
+        let done = self.finish().await?;
+        self.in_flight = Some(thread.submit(job).await?);
+        Ok(done)
+    }
+
+    /// Waits for the job in flight, if any, and returns its result.
+    pub async fn finish(&mut self) -> Result<Option<T>, IngestThreadError> {
+        match self.in_flight.take() {
+            Some(pending) => Ok(Some(pending.wait().await?)),
+            None => Ok(None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
 use crate::auth;
-use crate::ingest_thread::Pending;
+use crate::ingest_thread::Pipeline;
 use crate::shared::{now_ms, PeerState, Shared};
 use crate::sync_server::{stream_events, GRPC_MESSAGE_BYTES_MAX};
 use casesync_engine::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
@@ -115,22 +115,12 @@ impl Drop for BulkCatchUp {
     }
 }
 
-/// At most one received batch being ingested (on the node's ingest thread) while the next is
-/// received: gRPC receive and decode overlap with the store's verify and commit (two cores), memory stays bounded (one
-/// batch in the store, one decoded), and batches are still ingested in order.
-#[derive(Default)]
-pub struct IngestPipeline {
-    in_flight: Option<Pending<anyhow::Result<u64>>>,
-}
+/// The ingests of one incoming stream: each batch's job returns how many events it stored.
+pub type IngestPipeline = Pipeline<anyhow::Result<u64>>;
 
-impl IngestPipeline {
-    /// Waits for the batch in flight, if any; returns how many of its events were stored.
-    pub async fn finish(&mut self) -> anyhow::Result<u64> {
-        match self.in_flight.take() {
-            Some(pending) => pending.wait().await?,
-            None => Ok(0),
-        }
-    }
+/// Waits for the batch in flight, if any; returns how many of its events were stored.
+async fn landed(pipeline: &mut IngestPipeline) -> anyhow::Result<u64> {
+    Ok(pipeline.finish().await?.transpose()?.unwrap_or(0))
 }
 
 /// Full batches in a row on a live stream after which the rest of that flood is caught up in
@@ -241,25 +231,26 @@ impl PeerClient {
         Ok(vector)
     }
 
-    /// Starts ingesting one received batch on the blocking pool, after the batch before it has
-    /// finished: the next message is received and decoded meanwhile (see [`IngestPipeline`]).
+    /// Hands one received batch to the ingest thread once the batch before it has landed (the
+    /// next message is received and decoded meanwhile); returns how many events that earlier
+    /// batch stored. Fails on any refusal (after the honest part landed).
     async fn ingest(&self, pipeline: &mut IngestPipeline, batch: pb::EventBatch) -> anyhow::Result<u64> {
-        let done = pipeline.finish().await?;
         let (shared, server) = (self.shared.clone(), self.server);
         let space = shared.space;
-        let job = self.shared.ingest.submit(move || {
-            let report = shared.store.ingest(&space, batch.events)?;
-            shared.raise_known(&server, &report.sender_holds);
-            if report.accepted > 0 {
-                shared.notify(report.commit.next_position);
-            }
-            if let Some(first) = report.rejected.first() {
-                bail!("peer {} sent an event we refuse: {}", server.device_id(), first.reason);
-            }
-            Ok(report.accepted)
-        });
-        pipeline.in_flight = Some(job.await?);
-        Ok(done)
+        let done = pipeline
+            .submit(&self.shared.ingest, move || {
+                let report = shared.store.ingest(&space, batch.events)?;
+                shared.raise_known(&server, &report.sender_holds);
+                if report.accepted > 0 {
+                    shared.notify(report.commit.next_position);
+                }
+                if let Some(first) = report.rejected.first() {
+                    bail!("peer {} sent an event we refuse: {}", server.device_id(), first.reason);
+                }
+                Ok(report.accepted)
+            })
+            .await?;
+        Ok(done.transpose()?.unwrap_or(0))
     }
 
     /// Pulls what we lack once; `progress` is told the running count of received events.
@@ -277,7 +268,7 @@ impl PeerClient {
             received += self.ingest(&mut pipeline, batch).await?;
             progress(received);
         }
-        received += pipeline.finish().await?;
+        received += landed(&mut pipeline).await?;
         progress(received);
         Ok(received)
     }
@@ -349,7 +340,7 @@ pub async fn live_session(
         tokio::select! {
             message = stream.message() => match message {
                 Ok(Some(batch)) if batch.events.is_empty() => {
-                    if let Err(e) = pipeline.finish().await { break Err(e); }
+                    if let Err(e) = landed(&mut pipeline).await { break Err(e); }
                     if let Err(e) = flood.finish().await { break Err(e); }
                     shared.update_peer(url, |info| { info.state = PeerState::Connected; info.last_sync_ms = now_ms(); });
                 }
@@ -359,7 +350,7 @@ pub async fn live_session(
                     if let Err(e) = peer.ingest(&mut pipeline, batch).await { break Err(e); }
                     if !full && flood.in_bulk() {
                         // The flood ended: its last batch lands before the views are completed.
-                        if let Err(e) = pipeline.finish().await { break Err(e); }
+                        if let Err(e) = landed(&mut pipeline).await { break Err(e); }
                         if let Err(e) = flood.finish().await { break Err(e); }
                     }
                     shared.update_peer(url, |info| info.last_sync_ms = now_ms());
@@ -372,7 +363,7 @@ pub async fn live_session(
                 Err(status) => Err(anyhow!("peer refused a push: {}", status.message())),
             },
             _ = schedule.tick(), if pull_every.is_some() => {
-                if let Err(e) = pipeline.finish().await { break Err(e); }
+                if let Err(e) = landed(&mut pipeline).await { break Err(e); }
                 let heads = peer.heads().await?;
                 if !heads.missing_in(&shared.store.vector(&shared.space)).is_empty() {
                     peer.pull_once(|_| {}).await?;
@@ -385,7 +376,7 @@ pub async fn live_session(
     // A batch still in flight lands (or fails) before the session reports its end; a bulk
     // catch-up still running ends with it (dropping it would complete the views in the
     // background).
-    let last = pipeline.finish().await;
+    let last = landed(&mut pipeline).await;
     let views = flood.finish().await;
     result.and(last.map(|_| ())).and(views)
 }

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
 use crate::grpc_status;
-use crate::ingest_thread::Pending;
+use crate::ingest_thread::Pipeline;
 use crate::shared::{now_ms, Shared};
 use crate::sync_client::{batch_is_full, FloodWatch};
 
@@ -160,10 +160,23 @@ pub async fn stream_events(
     }
 }
 
-/// Waits for a pushed batch's ingest and counts it in the reply.
-async fn land(pending: Option<Pending<Result<(u64, u64), Status>>>, reply: &mut pb::PushReply) -> Result<(), Status> {
-    if let Some(pending) = pending {
-        let (accepted, duplicates) = pending.wait().await.map_err(grpc_status::ingest_thread)??;
+/// The ingests of one pushed stream: each batch's job returns (accepted, duplicates).
+type PushPipeline = Pipeline<Result<(u64, u64), Status>>;
+
+/// Nothing more was waiting at the pusher: the batch in flight lands, then a bulk catch-up of a
+/// flood ends.
+async fn caught_up(
+    pipeline: &mut PushPipeline,
+    flood: &mut FloodWatch,
+    reply: &mut pb::PushReply,
+) -> Result<(), Status> {
+    let done = pipeline.finish().await.map_err(grpc_status::ingest_thread)?;
+    count(done, reply)?;
+    flood.finish().await.map_err(|e| Status::internal(e.to_string()))
+}
+
+fn count(done: Option<Result<(u64, u64), Status>>, reply: &mut pb::PushReply) -> Result<(), Status> {
+    if let Some((accepted, duplicates)) = done.transpose()? {
         reply.accepted += accepted;
         reply.duplicates += duplicates;
     }
@@ -212,7 +225,7 @@ impl Sync for SyncServer {
         let mut stopping = self.shared.stopping.subscribe();
         // One batch is ingested on the node's ingest thread while the next is received and
         // decoded (in order; at most one in flight).
-        let mut in_flight: Option<Pending<Result<(u64, u64), Status>>> = None;
+        let mut pipeline = PushPipeline::default();
         let mut flood = FloodWatch::default();
         loop {
             let batch = tokio::select! {
@@ -224,8 +237,7 @@ impl Sync for SyncServer {
             };
             if batch.events.is_empty() {
                 // The pusher's caught-up marker: nothing more was waiting behind what it sent.
-                land(in_flight.take(), &mut reply).await?;
-                flood.finish().await.map_err(|e| Status::internal(e.to_string()))?;
+                caught_up(&mut pipeline, &mut flood, &mut reply).await?;
                 continue;
             }
             if batch.events.len() > BATCH_EVENTS_MAX {
@@ -236,9 +248,8 @@ impl Sync for SyncServer {
             }
             let full = batch_is_full(&batch);
             flood.before(&self.shared, &batch).await.map_err(|e| Status::internal(e.to_string()))?;
-            land(in_flight.take(), &mut reply).await?;
             let (shared, space) = (self.shared.clone(), self.shared.space);
-            let job = self.shared.ingest.submit(move || {
+            let job = move || {
                 let report = shared.store.ingest(&space, batch.events).map_err(|e| grpc_status::store(&e))?;
                 shared.raise_known(&device, &report.sender_holds);
                 if report.accepted > 0 {
@@ -249,16 +260,15 @@ impl Sync for SyncServer {
                     return Err(grpc_status::rejection(first));
                 }
                 Ok((report.accepted, report.duplicates))
-            });
-            in_flight = Some(job.await.map_err(grpc_status::ingest_thread)?);
+            };
+            let done = pipeline.submit(&self.shared.ingest, job).await.map_err(grpc_status::ingest_thread)?;
+            count(done, &mut reply)?;
             if !full && flood.in_bulk() {
                 // The flood ended: its last batch lands before the views are completed.
-                land(in_flight.take(), &mut reply).await?;
-                flood.finish().await.map_err(|e| Status::internal(e.to_string()))?;
+                caught_up(&mut pipeline, &mut flood, &mut reply).await?;
             }
         }
-        land(in_flight.take(), &mut reply).await?;
-        flood.finish().await.map_err(|e| Status::internal(e.to_string()))?;
+        caught_up(&mut pipeline, &mut flood, &mut reply).await?;
         Ok(Response::new(reply))
     }
 }
