@@ -58,20 +58,46 @@ pub struct Fold {
     pub cases: HashMap<CaseId, CaseState>,
     /// Whether `seen` may drop pending dots (false for a delta fold, whose states are partial).
     full: bool,
-    /// When each case in `cases` was last touched (a count of applied events), for eviction.
-    touched: HashMap<CaseId, u64>,
+    /// When each case in `cases` was last touched, and its history records not yet written.
+    touched: HashMap<CaseId, Touch>,
     clock: u64,
+    /// Whether to hold each case's history records ([`Fold::store_deltas`]).
+    keeps_history: bool,
+}
+
+/// Bookkeeping of one case held by a [`Fold`].
+#[derive(Default)]
+struct Touch {
+    /// A count of applied events when the case was last touched, for eviction.
+    tick: u64,
+    /// The events folded into the case here, for its history index: (author, seq, hlc).
+    history: Vec<(AuthorId, u64, u64)>,
+}
+
+/// A case state taken out of a [`Fold`], with the history records of the events folded into it.
+pub struct HeldCase {
+    /// The (delta) state.
+    pub state: CaseState,
+    /// (author, seq, hlc) of each event folded into it, in key order once taken out.
+    history: Vec<(AuthorId, u64, u64)>,
 }
 
 impl Fold {
     /// A fold starting from `seen`.
     pub fn new(seen: VersionVector) -> Fold {
-        Fold { seen, cases: HashMap::new(), full: true, touched: HashMap::new(), clock: 0 }
+        Fold { seen, cases: HashMap::new(), full: true, touched: HashMap::new(), clock: 0, keeps_history: false }
     }
 
     /// A fold of deltas: partial case states of only the events folded here.
     pub fn deltas() -> Fold {
-        Fold { seen: VersionVector::new(), cases: HashMap::new(), full: false, touched: HashMap::new(), clock: 0 }
+        Fold { full: false, ..Fold::new(VersionVector::new()) }
+    }
+
+    /// A fold of deltas that also holds each case's history records, so that a case's parts and
+    /// history are written together and in key order when it is taken out (random-order inserts
+    /// of one history record per event were the largest memtable cost of a bulk fold).
+    pub(crate) fn store_deltas() -> Fold {
+        Fold { keeps_history: true, ..Fold::deltas() }
     }
 
     /// Folds one event; `load` provides a case's stored state the first time it is touched.
@@ -102,7 +128,11 @@ impl Fold {
                     }
                 };
                 self.clock += 1;
-                self.touched.insert(case, self.clock);
+                let touch = self.touched.entry(case).or_default();
+                touch.tick = self.clock;
+                if self.keeps_history {
+                    touch.history.push((h.author, h.seq, h.hlc));
+                }
                 let (seen, full) = (&self.seen, self.full);
                 state.apply(op, Dot { author: h.author, seq: h.seq }, h.hlc, &|d: &Dot| {
                     full && seen.contains(&d.author, d.seq)
@@ -117,9 +147,10 @@ impl Fold {
 
 impl Fold {
     /// Removes and returns the `count` case states touched least recently (a delta fold that
-    /// must stay bounded writes them out; a case touched again starts a new delta).
-    pub fn evict_least_recent(&mut self, count: usize) -> Vec<CaseState> {
-        let mut order: Vec<(u64, CaseId)> = self.touched.iter().map(|(case, tick)| (*tick, *case)).collect();
+    /// must stay bounded writes them out; a case touched again starts a new delta), in case id
+    /// order.
+    pub fn evict_least_recent(&mut self, count: usize) -> Vec<HeldCase> {
+        let mut order: Vec<(u64, CaseId)> = self.touched.iter().map(|(case, touch)| (touch.tick, *case)).collect();
         let count = count.min(order.len());
         if count == 0 {
             return Vec::new();
@@ -127,19 +158,22 @@ impl Fold {
         if count < order.len() {
             order.select_nth_unstable(count - 1);
         }
-        order[..count]
-            .iter()
-            .filter_map(|(_, case)| {
-                self.touched.remove(case);
-                self.cases.remove(case)
-            })
-            .collect()
+        let mut cases: Vec<CaseId> = order[..count].iter().map(|(_, case)| *case).collect();
+        cases.sort_unstable();
+        cases.into_iter().filter_map(|case| self.take(&case)).collect()
     }
 
-    /// Removes and returns every case state.
-    pub fn take_all(&mut self) -> Vec<CaseState> {
-        self.touched.clear();
-        std::mem::take(&mut self.cases).into_values().collect()
+    /// Removes and returns every case state, in case id order.
+    pub fn take_all(&mut self) -> Vec<HeldCase> {
+        let mut cases: Vec<CaseId> = self.cases.keys().copied().collect();
+        cases.sort_unstable();
+        cases.into_iter().filter_map(|case| self.take(&case)).collect()
+    }
+
+    fn take(&mut self, case: &CaseId) -> Option<HeldCase> {
+        let mut history = self.touched.remove(case).map(|touch| touch.history).unwrap_or_default();
+        history.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        self.cases.remove(case).map(|state| HeldCase { state, history })
     }
 }
 
@@ -151,30 +185,19 @@ pub(crate) fn fold_into_batch(
     space: &SpaceId,
     events: &[SignedEvent],
 ) -> Result<(), StoreError> {
-    let mut fold = Fold::deltas();
-    fold_with_history(store, &mut fold, batch, space, events)?;
-    for case_state in fold.cases.values() {
-        stage_case(store, space, batch, case_state);
+    let mut fold = Fold::store_deltas();
+    fold_events(&mut fold, events);
+    for held in fold.take_all() {
+        stage_case(store, space, batch, &held);
     }
     Ok(())
 }
 
-/// Folds events into `fold` and stages their history index records in `batch`.
-fn fold_with_history(
-    store: &Store,
-    fold: &mut Fold,
-    batch: &mut WriteBatch,
-    space: &SpaceId,
-    events: &[SignedEvent],
-) -> Result<(), StoreError> {
-    let cf_history = store.cf(CF_CASE_EVENTS);
+/// Folds events into a delta fold (which reads nothing, so it cannot fail).
+fn fold_events(fold: &mut Fold, events: &[SignedEvent]) {
     for event in events {
-        if let Some(case) = fold.apply(event, |_| Ok::<_, StoreError>(None))? {
-            let h = &event.header;
-            batch.put_cf(cf_history, case_event_key(space, &case, &h.author, h.seq), h.hlc.to_be_bytes());
-        }
+        let _ = fold.apply(event, |_| Ok::<_, std::convert::Infallible>(None));
     }
-    Ok(())
 }
 
 /// The name of the `cases` column family's merge operator (see [`merge_case_part`]).
@@ -284,9 +307,8 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     clear.delete_cf(store.cf(CF_META), meta_watermark(space));
     store.commit(clear)?;
 
-    let mut fold = Fold::deltas();
-    let mut history = WriteBatch::default();
-    let cf_history = store.cf(CF_CASE_EVENTS);
+    let mut fold = Fold::store_deltas();
+    let mut batch = WriteBatch::default();
     let mut read = rocksdb::ReadOptions::default();
     read.fill_cache(false);
     read.set_readahead_size(4 << 20);
@@ -305,25 +327,15 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
             reason: e.to_string(),
         })?;
         iter.next();
-        let applied = fold.apply_parts(&header, &body, |_| Ok::<_, StoreError>(None))?;
-        if let Some(case) = applied {
-            history.put_cf(
-                cf_history,
-                case_event_key(space, &case, &header.author, header.seq),
-                header.hlc.to_be_bytes(),
-            );
-            if history.len() >= REBUILD_BATCH_RECORDS {
-                store.write_unlogged(std::mem::take(&mut history))?;
-            }
-        }
+        fold.apply_parts(&header, &body, |_| Ok::<_, StoreError>(None))?;
         if fold.cases.len() >= REBUILD_CASES_IN_MEMORY {
-            write_cases(store, space, &mut history, fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4))?;
-            store.write_unlogged(std::mem::take(&mut history))?;
+            write_cases(store, space, &mut batch, fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4))?;
+            store.write_unlogged(std::mem::take(&mut batch))?;
         }
     }
     iter.status()?;
-    write_cases(store, space, &mut history, fold.take_all())?;
-    store.write_unlogged(history)?;
+    write_cases(store, space, &mut batch, fold.take_all())?;
+    store.write_unlogged(batch)?;
     store.flush_families(&[CF_CASES, CF_CASE_EVENTS])?;
     let mut done = WriteBatch::default();
     done.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(&state.vector(space)));
@@ -331,15 +343,10 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     store.state_hash(space)
 }
 
-/// Stages every part of these case states as merge operands (unlogged bulk writes of a rebuild).
-fn write_cases(
-    store: &Store,
-    space: &SpaceId,
-    batch: &mut WriteBatch,
-    cases: Vec<CaseState>,
-) -> Result<(), StoreError> {
-    for case_state in cases {
-        stage_case(store, space, batch, &case_state);
+/// Stages these case states and their history (unlogged bulk writes of a rebuild).
+fn write_cases(store: &Store, space: &SpaceId, batch: &mut WriteBatch, cases: Vec<HeldCase>) -> Result<(), StoreError> {
+    for held in cases {
+        stage_case(store, space, batch, &held);
         if batch.len() >= REBUILD_BATCH_RECORDS {
             store.write_unlogged(std::mem::take(batch))?;
         }
@@ -347,13 +354,18 @@ fn write_cases(
     Ok(())
 }
 
-/// Stages every non-empty part of a (delta) case state as a merge operand.
-fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, case_state: &CaseState) {
-    let cf_cases = store.cf(CF_CASES);
+/// Stages every non-empty part of a (delta) case state as a merge operand, and the history
+/// index records of the events folded into it.
+fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, held: &HeldCase) {
+    let (cf_cases, cf_history) = (store.cf(CF_CASES), store.cf(CF_CASE_EVENTS));
+    let case_state = &held.state;
     for part in wire::case_parts(case_state) {
         if let Some(value) = wire::encode_case_part(case_state, &part) {
             batch.merge_cf(cf_cases, case_part_key(space, &case_state.id, &part), value);
         }
+    }
+    for (author, seq, hlc) in &held.history {
+        batch.put_cf(cf_history, case_event_key(space, &case_state.id, author, *seq), hlc.to_be_bytes());
     }
 }
 
@@ -366,9 +378,9 @@ fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, case_state
 pub(crate) const DEFERRED_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 
 /// The case deltas of a space folded during a bulk catch-up ([`Store::defer_projections`]):
-/// folded from the events as they are ingested, written with them (as merge operands) whenever
-/// more than the limit of cases are held (the least recently touched quarter), and with the
-/// watermark when the catch-up ends — so the end needs no rebuild and no second pass over the log.
+/// folded from the events as they are ingested, written with them (as merge operands, each case
+/// with the history records of its events) whenever more than the limit of cases are held (the
+/// least recently touched quarter), and with the watermark when the catch-up ends — so the end needs no rebuild and no second pass over the log.
 pub(crate) struct DeferredFold {
     fold: Fold,
     /// False if the projections lagged when the catch-up began, or a commit failed after its
@@ -376,8 +388,8 @@ pub(crate) struct DeferredFold {
     pub(crate) usable: bool,
 }
 
-/// Folds a batch ingested during a bulk catch-up into the space's deferred deltas: the history
-/// index and any spilled deltas go into `batch`, the watermark does not move.
+/// Folds a batch ingested during a bulk catch-up into the space's deferred deltas: spilled deltas
+/// (with their history records) go into `batch`, the watermark does not move.
 pub(crate) fn fold_deferred(
     store: &Store,
     state: &mut WriterState,
@@ -388,7 +400,7 @@ pub(crate) fn fold_deferred(
     if !state.deferred.contains_key(space) {
         // Deltas can only complete views that were current when the catch-up began.
         let usable = store.projection_watermark(space)? == state.vector(space);
-        state.deferred.insert(*space, DeferredFold { fold: Fold::deltas(), usable });
+        state.deferred.insert(*space, DeferredFold { fold: Fold::store_deltas(), usable });
     }
     let Some(deferred) = state.deferred.get_mut(space) else {
         return Ok(());
@@ -396,11 +408,11 @@ pub(crate) fn fold_deferred(
     if !deferred.usable {
         return Ok(());
     }
-    fold_with_history(store, &mut deferred.fold, batch, space, events)?;
+    fold_events(&mut deferred.fold, events);
     if deferred.fold.cases.len() >= state.deferred_cases_max {
         let count = state.deferred_cases_max / 4;
-        for case_state in deferred.fold.evict_least_recent(count) {
-            stage_case(store, space, batch, &case_state);
+        for held in deferred.fold.evict_least_recent(count) {
+            stage_case(store, space, batch, &held);
         }
     }
     Ok(())
@@ -424,8 +436,8 @@ pub(crate) fn finish_deferred(
     let Some(mut deferred) = deferred.filter(|d| d.usable) else {
         return Ok(false);
     };
-    for case_state in deferred.fold.take_all() {
-        stage_case(store, space, batch, &case_state);
+    for held in deferred.fold.take_all() {
+        stage_case(store, space, batch, &held);
         if batch.len() >= FINISH_BATCH_RECORDS {
             store.commit(std::mem::take(batch))?;
         }
@@ -584,11 +596,10 @@ mod tests {
             let event = crate::event::SignedEvent::from_wire(event.unwrap().2).unwrap();
             fold.apply(&event, |_| Ok::<_, ()>(None)).unwrap();
         }
-        let evicted: Vec<CaseId> = fold.evict_least_recent(1).into_iter().map(|c| c.id).collect();
+        let evicted: Vec<CaseId> = fold.evict_least_recent(1).into_iter().map(|c| c.state.id).collect();
         assert_eq!(evicted, vec![CaseId([2; 16])]);
-        let mut rest: Vec<CaseId> = fold.take_all().into_iter().map(|c| c.id).collect();
-        rest.sort();
-        assert_eq!(rest, vec![CaseId([1; 16]), CaseId([3; 16])]);
+        let rest: Vec<CaseId> = fold.take_all().into_iter().map(|c| c.state.id).collect();
+        assert_eq!(rest, vec![CaseId([1; 16]), CaseId([3; 16])], "in case id order");
         assert!(fold.evict_least_recent(5).is_empty());
     }
 

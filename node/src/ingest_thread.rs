@@ -8,7 +8,10 @@
 //! it did in its 256 MiB budget.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
+use casesync_engine::limits::BATCH_EVENTS_MAX;
+use casesync_engine::store::PreparedBatch;
 use tokio::sync::{mpsc, oneshot};
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -74,40 +77,91 @@ impl<T> Pending<T> {
     pub async fn wait(self) -> Result<T, IngestThreadError> {
         self.result.await.map_err(|_| IngestThreadError::Panicked)
     }
-}
 
-/// At most one job in flight on the ingest thread while its caller goes on (receiving and
-/// decoding the next batch of a stream: two cores), the jobs still run in order, and memory
-/// stays bounded (one batch in the store, one decoded).
-pub struct Pipeline<T> {
-    in_flight: Option<Pending<T>>,
-}
-
-impl<T> Default for Pipeline<T> {
-    fn default() -> Self {
-        Pipeline { in_flight: None }
+    /// The result if the job has ended (its `Err` if it panicked), without waiting; once taken,
+    /// the `Pending` is spent.
+    fn try_take(&mut self) -> Option<Result<T, IngestThreadError>> {
+        match self.result.try_recv() {
+            Ok(result) => Some(Ok(result)),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(IngestThreadError::Panicked)),
+        }
     }
+}
+
+/// Events a [`Pipeline`] joins into one ingest while the ingest before it runs: one synced
+/// write (one fsync) for several received batches when the store is the bottleneck.
+pub const COALESCED_EVENTS_MAX: usize = 4 * BATCH_EVENTS_MAX;
+
+/// The ingests of one incoming stream. Batches arrive prepared (decoded and hashed by the
+/// receiving task); at most one ingest runs on the thread while the caller receives the next
+/// ones. Batches that arrive while it runs wait and are joined (up to [`COALESCED_EVENTS_MAX`]
+/// events) into the next ingest. Ingests run in arrival order, and memory stays bounded (one
+/// ingest in the store, at most [`COALESCED_EVENTS_MAX`] events waiting).
+pub struct Pipeline<T> {
+    job: Arc<dyn Fn(PreparedBatch) -> T + Send + Sync>,
+    in_flight: Option<Pending<T>>,
+    waiting: Option<PreparedBatch>,
 }
 
 impl<T: Send + 'static> Pipeline<T> {
-    /// Waits for the job in flight, then hands `job` to the thread; returns the earlier job's
-    /// result (none if there was no job in flight).
-    pub async fn submit(
-        &mut self,
-        thread: &IngestThread,
-        job: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<Option<T>, IngestThreadError> {
-        let done = self.finish().await?;
-        self.in_flight = Some(thread.submit(job).await?);
+    /// A pipeline whose every ingest runs `job` on the ingest thread.
+    pub fn new(job: impl Fn(PreparedBatch) -> T + Send + Sync + 'static) -> Pipeline<T> {
+        Pipeline { job: Arc::new(job), in_flight: None, waiting: None }
+    }
+
+    /// Hands `batch` on: to the thread at once if no ingest is running (or the one running is
+    /// done); else it waits, joined with the others waiting, until the next `push` or
+    /// [`Pipeline::finish`] finds the thread free, or until too many events wait. Returns the
+    /// results of the ingests that ended meanwhile.
+    pub async fn push(&mut self, thread: &IngestThread, batch: PreparedBatch) -> Result<Vec<T>, IngestThreadError> {
+        let waiting = match self.waiting.take() {
+            Some(mut waiting) => {
+                waiting.append(batch);
+                waiting
+            }
+            None => batch,
+        };
+        let waiting_len = waiting.len();
+        self.waiting = Some(waiting);
+        let mut done = Vec::new();
+        if let Some(pending) = self.in_flight.as_mut() {
+            match pending.try_take() {
+                Some(result) => {
+                    self.in_flight = None;
+                    done.push(result?);
+                }
+                None if waiting_len < COALESCED_EVENTS_MAX => return Ok(done),
+                None => {}
+            }
+        }
+        done.extend(self.land_in_flight().await?);
+        self.start_waiting(thread).await?;
         Ok(done)
     }
 
-    /// Waits for the job in flight, if any, and returns its result.
-    pub async fn finish(&mut self) -> Result<Option<T>, IngestThreadError> {
+    /// Waits until every batch pushed so far has landed; returns the results of the ingests
+    /// that ended.
+    pub async fn finish(&mut self, thread: &IngestThread) -> Result<Vec<T>, IngestThreadError> {
+        let mut done: Vec<T> = self.land_in_flight().await?.into_iter().collect();
+        self.start_waiting(thread).await?;
+        done.extend(self.land_in_flight().await?);
+        Ok(done)
+    }
+
+    async fn land_in_flight(&mut self) -> Result<Option<T>, IngestThreadError> {
         match self.in_flight.take() {
-            Some(pending) => Ok(Some(pending.wait().await?)),
+            Some(pending) => pending.wait().await.map(Some),
             None => Ok(None),
         }
+    }
+
+    async fn start_waiting(&mut self, thread: &IngestThread) -> Result<(), IngestThreadError> {
+        if let Some(batch) = self.waiting.take() {
+            let job = self.job.clone();
+            self.in_flight = Some(thread.submit(move || job(batch)).await?);
+        }
+        Ok(())
     }
 }
 
@@ -125,5 +179,32 @@ mod tests {
         let panicked = thread.run(|| -> u8 { panic!("a bug in a job") }).await;
         assert!(matches!(panicked, Err(IngestThreadError::Panicked)));
         assert_eq!(thread.run(|| 3).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn batches_arriving_while_an_ingest_runs_are_joined_into_the_next() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Mutex;
+        let thread = IngestThread::start().unwrap();
+        let gate = Arc::new(Mutex::new(()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (job_gate, job_calls) = (gate.clone(), calls.clone());
+        let mut pipeline = Pipeline::new(move |batch: PreparedBatch| {
+            drop(job_gate.lock().unwrap_or_else(|p| p.into_inner()));
+            job_calls.fetch_add(1, Ordering::SeqCst);
+            batch.len()
+        });
+        let space = casesync_engine::ids::SpaceId([1; 16]);
+        let closed = gate.lock().unwrap();
+        // The first ingest starts at once and blocks on the gate; the next two wait.
+        for _ in 0..3 {
+            let done = pipeline.push(&thread, PreparedBatch::new(space, Vec::new())).await.unwrap();
+            assert!(done.is_empty());
+        }
+        drop(closed);
+        let done = pipeline.finish(&thread).await.unwrap();
+        assert_eq!(done.len(), 2, "the two waiting batches were joined into one ingest");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(pipeline.finish(&thread).await.unwrap().is_empty());
     }
 }

@@ -22,6 +22,7 @@ use crate::ingest_thread::Pipeline;
 use crate::shared::{now_ms, PeerState, Shared};
 use crate::sync_server::{stream_events, GRPC_MESSAGE_BYTES_MAX};
 use casesync_engine::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
+use casesync_engine::store::PreparedBatch;
 
 /// Connects to a peer URL with keep-alive, so a connection through a healed partition is noticed
 /// in seconds rather than minutes.
@@ -115,12 +116,17 @@ impl Drop for BulkCatchUp {
     }
 }
 
-/// The ingests of one incoming stream: each batch's job returns how many events it stored.
+/// The ingests of one incoming stream: each returns how many events it stored.
 pub type IngestPipeline = Pipeline<anyhow::Result<u64>>;
 
-/// Waits for the batch in flight, if any; returns how many of its events were stored.
-async fn landed(pipeline: &mut IngestPipeline) -> anyhow::Result<u64> {
-    Ok(pipeline.finish().await?.transpose()?.unwrap_or(0))
+/// How many events these ingests stored, or the first one's failure.
+fn stored(results: Vec<anyhow::Result<u64>>) -> anyhow::Result<u64> {
+    results.into_iter().sum()
+}
+
+/// Waits until every batch handed on has landed; returns how many events they stored.
+async fn landed(shared: &Shared, pipeline: &mut IngestPipeline) -> anyhow::Result<u64> {
+    stored(pipeline.finish(&shared.ingest).await?)
 }
 
 /// Full batches in a row on a live stream after which the rest of that flood is caught up in
@@ -231,26 +237,28 @@ impl PeerClient {
         Ok(vector)
     }
 
-    /// Hands one received batch to the ingest thread once the batch before it has landed (the
-    /// next message is received and decoded meanwhile); returns how many events that earlier
-    /// batch stored. Fails on any refusal (after the honest part landed).
-    async fn ingest(&self, pipeline: &mut IngestPipeline, batch: pb::EventBatch) -> anyhow::Result<u64> {
+    /// The ingests of one stream from this peer. Each fails on any refusal (after the honest
+    /// part landed).
+    fn pipeline(&self) -> IngestPipeline {
         let (shared, server) = (self.shared.clone(), self.server);
-        let space = shared.space;
-        let done = pipeline
-            .submit(&self.shared.ingest, move || {
-                let report = shared.store.ingest(&space, batch.events)?;
-                shared.raise_known(&server, &report.sender_holds);
-                if report.accepted > 0 {
-                    shared.notify(report.commit.next_position);
-                }
-                if let Some(first) = report.rejected.first() {
-                    bail!("peer {} sent an event we refuse: {}", server.device_id(), first.reason);
-                }
-                Ok(report.accepted)
-            })
-            .await?;
-        Ok(done.transpose()?.unwrap_or(0))
+        IngestPipeline::new(move |batch| {
+            let report = shared.store.ingest_prepared(batch)?;
+            shared.raise_known(&server, &report.sender_holds);
+            if report.accepted > 0 {
+                shared.notify(report.commit.next_position);
+            }
+            if let Some(first) = report.rejected.first() {
+                bail!("peer {} sent an event we refuse: {}", server.device_id(), first.reason);
+            }
+            Ok(report.accepted)
+        })
+    }
+
+    /// Decodes and hashes one received batch here and hands it to the ingest thread (see
+    /// [`Pipeline::push`]); returns how many events the ingests that ended meanwhile stored.
+    async fn ingest(&self, pipeline: &mut IngestPipeline, batch: pb::EventBatch) -> anyhow::Result<u64> {
+        let prepared = PreparedBatch::new(self.shared.space, batch.events);
+        stored(pipeline.push(&self.shared.ingest, prepared).await?)
     }
 
     /// Pulls what we lack once; `progress` is told the running count of received events.
@@ -263,12 +271,12 @@ impl PeerClient {
         });
         let mut stream = self.client.pull(request).await.context("pull refused")?.into_inner();
         let mut received = 0;
-        let mut pipeline = IngestPipeline::default();
+        let mut pipeline = self.pipeline();
         while let Some(batch) = stream.message().await.context("pull stream failed")? {
             received += self.ingest(&mut pipeline, batch).await?;
             progress(received);
         }
-        received += landed(&mut pipeline).await?;
+        received += landed(&self.shared, &mut pipeline).await?;
         progress(received);
         Ok(received)
     }
@@ -333,14 +341,14 @@ pub async fn live_session(
         follow: true,
     });
     let mut stream = peer.client.pull(request).await.context("pull refused")?.into_inner();
-    let mut pipeline = IngestPipeline::default();
+    let mut pipeline = peer.pipeline();
     let period = pull_every.unwrap_or(Duration::from_secs(3600)).max(Duration::from_millis(100));
     let mut schedule = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let result = loop {
         tokio::select! {
             message = stream.message() => match message {
                 Ok(Some(batch)) if batch.events.is_empty() => {
-                    if let Err(e) = landed(&mut pipeline).await { break Err(e); }
+                    if let Err(e) = landed(&shared, &mut pipeline).await { break Err(e); }
                     if let Err(e) = flood.finish().await { break Err(e); }
                     shared.update_peer(url, |info| { info.state = PeerState::Connected; info.last_sync_ms = now_ms(); });
                 }
@@ -350,7 +358,7 @@ pub async fn live_session(
                     if let Err(e) = peer.ingest(&mut pipeline, batch).await { break Err(e); }
                     if !full && flood.in_bulk() {
                         // The flood ended: its last batch lands before the views are completed.
-                        if let Err(e) = landed(&mut pipeline).await { break Err(e); }
+                        if let Err(e) = landed(&shared, &mut pipeline).await { break Err(e); }
                         if let Err(e) = flood.finish().await { break Err(e); }
                     }
                     shared.update_peer(url, |info| info.last_sync_ms = now_ms());
@@ -363,7 +371,7 @@ pub async fn live_session(
                 Err(status) => Err(anyhow!("peer refused a push: {}", status.message())),
             },
             _ = schedule.tick(), if pull_every.is_some() => {
-                if let Err(e) = landed(&mut pipeline).await { break Err(e); }
+                if let Err(e) = landed(&shared, &mut pipeline).await { break Err(e); }
                 let heads = peer.heads().await?;
                 if !heads.missing_in(&shared.store.vector(&shared.space)).is_empty() {
                     peer.pull_once(|_| {}).await?;
@@ -376,7 +384,7 @@ pub async fn live_session(
     // A batch still in flight lands (or fails) before the session reports its end; a bulk
     // catch-up still running ends with it (dropping it would complete the views in the
     // background).
-    let last = landed(&mut pipeline).await;
+    let last = landed(&shared, &mut pipeline).await;
     let views = flood.finish().await;
     result.and(last.map(|_| ())).and(views)
 }

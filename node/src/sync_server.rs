@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use casesync_engine::ids::{AuthorId, SpaceId};
 use casesync_engine::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
-use casesync_engine::store::Store;
+use casesync_engine::store::{PreparedBatch, Store};
 use casesync_engine::vector_clock::VersionVector;
 use casesync_engine::wire;
 use casesync_proto::v1 as pb;
@@ -160,23 +160,42 @@ pub async fn stream_events(
     }
 }
 
-/// The ingests of one pushed stream: each batch's job returns (accepted, duplicates).
+/// The ingests of one pushed stream: each returns (accepted, duplicates).
 type PushPipeline = Pipeline<Result<(u64, u64), Status>>;
 
-/// Nothing more was waiting at the pusher: the batch in flight lands, then a bulk catch-up of a
-/// flood ends.
+/// The ingests of a stream pushed by `device`; each fails on any refusal (after the honest part
+/// landed).
+fn push_pipeline(shared: Arc<Shared>, device: AuthorId) -> PushPipeline {
+    PushPipeline::new(move |batch| {
+        let report = shared.store.ingest_prepared(batch).map_err(|e| grpc_status::store(&e))?;
+        shared.raise_known(&device, &report.sender_holds);
+        if report.accepted > 0 {
+            shared.notify(report.commit.next_position);
+        }
+        if let Some(first) = report.rejected.first() {
+            tracing::warn!(peer = %device.device_id(), refused = report.rejected.len(), "push refused: {}", first.reason);
+            return Err(grpc_status::rejection(first));
+        }
+        Ok((report.accepted, report.duplicates))
+    })
+}
+
+/// Nothing more was waiting at the pusher: every batch handed on lands, then a bulk catch-up of
+/// a flood ends.
 async fn caught_up(
+    shared: &Shared,
     pipeline: &mut PushPipeline,
     flood: &mut FloodWatch,
     reply: &mut pb::PushReply,
 ) -> Result<(), Status> {
-    let done = pipeline.finish().await.map_err(grpc_status::ingest_thread)?;
+    let done = pipeline.finish(&shared.ingest).await.map_err(grpc_status::ingest_thread)?;
     count(done, reply)?;
     flood.finish().await.map_err(|e| Status::internal(e.to_string()))
 }
 
-fn count(done: Option<Result<(u64, u64), Status>>, reply: &mut pb::PushReply) -> Result<(), Status> {
-    if let Some((accepted, duplicates)) = done.transpose()? {
+fn count(done: Vec<Result<(u64, u64), Status>>, reply: &mut pb::PushReply) -> Result<(), Status> {
+    for result in done {
+        let (accepted, duplicates) = result?;
         reply.accepted += accepted;
         reply.duplicates += duplicates;
     }
@@ -223,9 +242,9 @@ impl Sync for SyncServer {
         let mut stream = request.into_inner();
         let mut reply = pb::PushReply::default();
         let mut stopping = self.shared.stopping.subscribe();
-        // One batch is ingested on the node's ingest thread while the next is received and
-        // decoded (in order; at most one in flight).
-        let mut pipeline = PushPipeline::default();
+        // Batches are decoded here and ingested on the node's ingest thread while the next ones
+        // are received (in order; at most one ingest in flight, see `Pipeline`).
+        let mut pipeline = push_pipeline(self.shared.clone(), device);
         let mut flood = FloodWatch::default();
         loop {
             let batch = tokio::select! {
@@ -237,7 +256,7 @@ impl Sync for SyncServer {
             };
             if batch.events.is_empty() {
                 // The pusher's caught-up marker: nothing more was waiting behind what it sent.
-                caught_up(&mut pipeline, &mut flood, &mut reply).await?;
+                caught_up(&self.shared, &mut pipeline, &mut flood, &mut reply).await?;
                 continue;
             }
             if batch.events.len() > BATCH_EVENTS_MAX {
@@ -248,27 +267,15 @@ impl Sync for SyncServer {
             }
             let full = batch_is_full(&batch);
             flood.before(&self.shared, &batch).await.map_err(|e| Status::internal(e.to_string()))?;
-            let (shared, space) = (self.shared.clone(), self.shared.space);
-            let job = move || {
-                let report = shared.store.ingest(&space, batch.events).map_err(|e| grpc_status::store(&e))?;
-                shared.raise_known(&device, &report.sender_holds);
-                if report.accepted > 0 {
-                    shared.notify(report.commit.next_position);
-                }
-                if let Some(first) = report.rejected.first() {
-                    tracing::warn!(peer = %device.device_id(), refused = report.rejected.len(), "push refused: {}", first.reason);
-                    return Err(grpc_status::rejection(first));
-                }
-                Ok((report.accepted, report.duplicates))
-            };
-            let done = pipeline.submit(&self.shared.ingest, job).await.map_err(grpc_status::ingest_thread)?;
+            let prepared = PreparedBatch::new(self.shared.space, batch.events);
+            let done = pipeline.push(&self.shared.ingest, prepared).await.map_err(grpc_status::ingest_thread)?;
             count(done, &mut reply)?;
             if !full && flood.in_bulk() {
                 // The flood ended: its last batch lands before the views are completed.
-                caught_up(&mut pipeline, &mut flood, &mut reply).await?;
+                caught_up(&self.shared, &mut pipeline, &mut flood, &mut reply).await?;
             }
         }
-        caught_up(&mut pipeline, &mut flood, &mut reply).await?;
+        caught_up(&self.shared, &mut pipeline, &mut flood, &mut reply).await?;
         Ok(Response::new(reply))
     }
 }

@@ -79,6 +79,63 @@ pub struct IngestReport {
     pub sender_holds: VersionVector,
 }
 
+/// A batch of received events decoded, hashed and grouped by author, ready for
+/// [`Store::ingest_prepared`]. Preparing reads nothing from the store, so it can run on the
+/// thread that received the batch while the store is busy with the one before; prepared batches
+/// of one space can be joined and ingested in one commit.
+#[derive(Debug)]
+pub struct PreparedBatch {
+    space: SpaceId,
+    runs: BTreeMap<AuthorId, Vec<SignedEvent>>,
+    rejected: Vec<Rejection>,
+    events: usize,
+}
+
+impl PreparedBatch {
+    /// Decodes and hashes a received batch for `space` (events of another space are refused).
+    pub fn new(space: SpaceId, batch: Vec<pb::SignedEvent>) -> PreparedBatch {
+        let mut prepared = PreparedBatch { space, runs: BTreeMap::new(), rejected: Vec::new(), events: 0 };
+        for message in batch {
+            match SignedEvent::from_wire(message) {
+                Ok(event) => prepared.add(event),
+                Err(error) => prepared.rejected.push(Rejection { author: None, seq: 0, reason: error.into() }),
+            }
+        }
+        prepared
+    }
+
+    fn add(&mut self, event: SignedEvent) {
+        if event.header.space != self.space {
+            self.rejected.push(Rejection {
+                author: Some(event.header.author),
+                seq: event.header.seq,
+                reason: RejectReason::WrongSpace,
+            });
+        } else {
+            self.events += 1;
+            self.runs.entry(event.header.author).or_default().push(event);
+        }
+    }
+
+    /// Adds the events of a batch received after this one (of another space: refused).
+    pub fn append(&mut self, later: PreparedBatch) {
+        self.rejected.extend(later.rejected);
+        for event in later.runs.into_values().flatten() {
+            self.add(event);
+        }
+    }
+
+    /// Events held (refused ones not counted).
+    pub fn len(&self) -> usize {
+        self.events
+    }
+
+    /// Whether no event is held.
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+}
+
 /// The outcome of checking one author's run.
 struct RunCheck {
     held_up_to: u64,
@@ -92,19 +149,14 @@ impl Store {
     /// Ingests a batch of events from another node (see the module doc for the rules).
     /// Returns `Err` only when storage fails; refusals are listed in the report.
     pub fn ingest(&self, space: &SpaceId, batch: Vec<pb::SignedEvent>) -> Result<IngestReport, StoreError> {
-        let mut report = IngestReport::default();
-        let mut runs: BTreeMap<AuthorId, Vec<SignedEvent>> = BTreeMap::new();
-        for message in batch {
-            match SignedEvent::from_wire(message) {
-                Ok(event) if event.header.space != *space => report.rejected.push(Rejection {
-                    author: Some(event.header.author),
-                    seq: event.header.seq,
-                    reason: RejectReason::WrongSpace,
-                }),
-                Ok(event) => runs.entry(event.header.author).or_default().push(event),
-                Err(error) => report.rejected.push(Rejection { author: None, seq: 0, reason: error.into() }),
-            }
-        }
+        self.ingest_prepared(PreparedBatch::new(*space, batch))
+    }
+
+    /// [`Store::ingest`] of a batch prepared beforehand (one synced write for all its events).
+    pub fn ingest_prepared(&self, prepared: PreparedBatch) -> Result<IngestReport, StoreError> {
+        let PreparedBatch { space, runs, rejected, .. } = prepared;
+        let space = &space;
+        let mut report = IngestReport { rejected, ..IngestReport::default() };
         let mut state = self.lock_writer();
         let mut accepted = Vec::new();
         let mut batch_forks = Vec::new();
