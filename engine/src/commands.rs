@@ -134,7 +134,7 @@ fn plan(command: Command, seen: &VersionVector, current: Option<&CaseState>) -> 
         }
         Command::ChangeStatus { case, change } => {
             let current = existing(current, &case)?;
-            let view = CaseView::of(&current);
+            let view = CaseView::of(current);
             let allowed = match change {
                 StatusChange::Delete => view.status != Status::Deleted || view.deleted_with_concurrent_changes,
                 StatusChange::Archive => view.status == Status::Active,
@@ -252,9 +252,9 @@ impl Store {
             let outcome = (|| -> Result<(SignedEvent, CaseView), Error> {
                 // Read the case once: into the overlay, where planning and folding find it.
                 let case = command.case();
-                if !overlay.cases.contains_key(&case) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = overlay.cases.entry(case) {
                     if let Some(stored) = self.case_state(space, &case)? {
-                        overlay.cases.insert(case, stored);
+                        slot.insert(stored);
                     }
                 }
                 let operation = plan(command, &overlay.seen, overlay.cases.get(&case))?;

@@ -172,7 +172,7 @@ impl Fold {
 
     fn take(&mut self, case: &CaseId) -> Option<HeldCase> {
         let mut history = self.touched.remove(case).map(|touch| touch.history).unwrap_or_default();
-        history.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        history.sort_unstable_by_key(|(author, seq, _)| (*author, *seq));
         self.cases.remove(case).map(|state| HeldCase { state, history })
     }
 }
@@ -216,6 +216,12 @@ pub(crate) fn merge_case_part(
         tracing::error!(key = %hex::encode(key), "merge of a malformed case key");
         return None;
     };
+    if existing.is_none() && operands.len() == 1 {
+        // One part state and nothing to join it with (every part of a rebuild or a bulk
+        // catch-up, at read and at its first compaction): the join is the part itself. It is
+        // decoded, and checked, wherever it is read.
+        return operands.iter().next().map(<[u8]>::to_vec);
+    }
     let mut state = CaseState::new(case);
     for (index, value) in existing.into_iter().chain(operands).enumerate() {
         let joined = if index == 0 {
@@ -301,10 +307,17 @@ const REBUILD_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -> Result<String, StoreError> {
     // Deltas folded during a bulk catch-up start from the old watermark: drop them.
     state.deferred.remove(space);
+    // The watermark goes first (a crash from here on rebuilds at the next open); then the old
+    // projections' files are dropped whole, so compactions never rewrite them; then a range
+    // deletion covers what files shared with other spaces still hold. (In this order no file
+    // dropped can hold the range deletion, which would let the old records come back.)
+    let mut unmark = WriteBatch::default();
+    unmark.delete_cf(store.cf(CF_META), meta_watermark(space));
+    store.commit(unmark)?;
+    store.drop_files_within(&[CF_CASES, CF_CASE_EVENTS], space.as_bytes())?;
     let mut clear = WriteBatch::default();
     store.delete_prefix(&mut clear, CF_CASES, space.as_bytes());
     store.delete_prefix(&mut clear, CF_CASE_EVENTS, space.as_bytes());
-    clear.delete_cf(store.cf(CF_META), meta_watermark(space));
     store.commit(clear)?;
 
     let mut fold = Fold::store_deltas();

@@ -722,6 +722,17 @@ impl Store {
         Ok(())
     }
 
+    /// Drops the SST files of these column families whose keys all start with `prefix` (their
+    /// records vanish without a compaction). Records of the prefix in other files, memtables or
+    /// the WAL stay: callers delete those with [`Store::delete_prefix`] afterwards.
+    pub(crate) fn drop_files_within(&self, names: &[&str], prefix: &[u8]) -> Result<(), StoreError> {
+        let end = prefix_end(prefix);
+        for name in names {
+            self.db.delete_file_in_range_cf(self.cf(name), prefix, end.as_slice())?;
+        }
+        Ok(())
+    }
+
     /// Deletes every record of a column family whose key starts with `prefix` (in `batch`).
     pub(crate) fn delete_prefix(&self, batch: &mut WriteBatch, cf: &str, prefix: &[u8]) {
         batch.delete_range_cf(self.cf(cf), prefix, prefix_end(prefix).as_slice());
@@ -771,7 +782,7 @@ pub(crate) fn encode_vector(vector: &VersionVector) -> Vec<u8> {
 
 /// Decodes [`encode_vector`]'s bytes.
 pub(crate) fn decode_vector(bytes: &[u8]) -> Option<VersionVector> {
-    if bytes.len() % 40 != 0 {
+    if !bytes.len().is_multiple_of(40) {
         return None;
     }
     bytes

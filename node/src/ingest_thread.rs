@@ -182,6 +182,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[allow(clippy::await_holding_lock)] // The gate is held on purpose while batches are pushed.
     async fn batches_arriving_while_an_ingest_runs_are_joined_into_the_next() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Mutex;

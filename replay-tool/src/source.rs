@@ -61,6 +61,7 @@ pub enum Access {
 }
 
 /// A source of events.
+#[allow(clippy::large_enum_variant)] // One per run of the tool: boxing would buy nothing.
 pub enum Source {
     /// An open store.
     Store(Store),

@@ -116,7 +116,6 @@ pub fn run(runtime: &Runtime, options: LimitsOptions) -> anyhow::Result<Scenario
         write(true, 1)?;
     }
     report.metric("rocksdb_sync_write_1_event_us", started.elapsed().as_secs_f64() * 1e6 / writes as f64, "us");
-    drop(write);
     drop(db);
 
     // Decoding: the protobuf wrapper alone, and the engine's full decode (Event, id, link hash).

@@ -92,7 +92,7 @@ impl<T> Register<T> {
             other.current.into_iter().filter(|v| !is_pending_mine(&v.dot) && !in_current_mine(&v.dot)).collect();
         current.extend(current_mine.into_iter().filter(|v| !is_pending_theirs(&v.dot)));
         current.extend(theirs);
-        current.sort_by(|a, b| a.dot.cmp(&b.dot));
+        current.sort_by_key(|v| v.dot);
         self.current = current;
         self.pending = pending;
     }

@@ -46,12 +46,10 @@ impl Store {
         if fence > local {
             return Err(AppendError::Fenced { local, remote: fence });
         }
-        let mut seq = local;
         let mut prev = head.map_or(EventId::ZERO, |h| h.link);
         let mut hlc = state.max_hlc;
         let mut events = Vec::with_capacity(bodies.len());
-        for (encoding, body) in bodies {
-            seq += 1;
+        for (seq, (encoding, body)) in (local + 1..).zip(bodies) {
             hlc = next_hlc(now_ms, hlc);
             let header = EventHeader { space: *space, author, seq, prev, hlc, encoding };
             let event = SignedEvent::build(key, &header, body)?;

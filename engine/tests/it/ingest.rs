@@ -88,7 +88,7 @@ fn fork_is_refused_and_kept_as_evidence() {
     store.ingest(&SPACE, wire(&a)).unwrap();
     let key = device(1);
     let forked = SignedEvent::build(&key, &a[1].header, Bytes::from_static(b"another body")).unwrap();
-    let report = store.ingest(&SPACE, wire(&[forked.clone()])).unwrap();
+    let report = store.ingest(&SPACE, wire(std::slice::from_ref(&forked))).unwrap();
     assert_eq!(report.rejected[0].reason, RejectReason::Fork { stored: a[1].id, offered: forked.id });
     assert_eq!(store.forks(&SPACE).unwrap(), vec![forked]);
     assert_eq!(dump(&store).len(), 3);

@@ -103,12 +103,10 @@ async fn cutting_proxy(target: std::net::SocketAddr, cut_after: usize, cuts: usi
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let mut served = 0;
-        for _ in 0..1000 {
+        for served in 0..1000 {
             let Ok((mut client, _)) = listener.accept().await else { return };
             let Ok(mut server) = TcpStream::connect(target).await else { return };
             let limit = if served < cuts { cut_after } else { usize::MAX };
-            served += 1;
             tokio::spawn(async move {
                 let (mut cr, mut cw) = client.split();
                 let (mut sr, mut sw) = server.split();
