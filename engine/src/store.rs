@@ -153,6 +153,8 @@ pub struct Store {
     options: StoreOptions,
     writer: Mutex<WriterState>,
     poisoned: AtomicBool,
+    /// Whether commits skip waiting for the disk until [`Store::sync`] ([`Store::defer_syncs`]).
+    syncs_deferred: AtomicBool,
     /// Commands waiting for the writer (see [`Store::execute`]).
     pub(crate) queued: Mutex<Vec<std::sync::Arc<crate::commands::QueuedCommand>>>,
 }
@@ -228,6 +230,7 @@ impl Store {
             options,
             writer: Mutex::new(WriterState::default()),
             poisoned: AtomicBool::new(false),
+            syncs_deferred: AtomicBool::new(false),
             queued: Mutex::new(Vec::new()),
         };
         store.check_format()?;
@@ -433,8 +436,22 @@ impl Store {
     /// Writes a batch durably (WAL synced). A failure poisons the store.
     pub(crate) fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut write = WriteOptions::default();
-        write.set_sync(true);
+        write.set_sync(!self.syncs_deferred.load(Ordering::Acquire));
         self.write(batch, &write)
+    }
+
+    /// For a bulk load that is reported only at its end and can simply be run again (`replay-tool
+    /// import`): until [`Store::sync`], commits go to the WAL without waiting for the disk. Each
+    /// commit is still atomic and in order, so a crash or power cut loses at most a suffix of
+    /// them (RocksDB recovers to a consistent point) and never leaves the store inconsistent.
+    pub fn defer_syncs(&self) {
+        self.syncs_deferred.store(true, Ordering::Release);
+    }
+
+    /// Makes every commit so far durable (syncs the WAL) and ends [`Store::defer_syncs`].
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.syncs_deferred.store(false, Ordering::Release);
+        self.db.flush_wal(true).map_err(StoreError::Rocks)
     }
 
     /// Writes a batch without the WAL (bulk rebuilds: made durable by [`Store::flush_families`]

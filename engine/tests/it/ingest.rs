@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use casesync_engine::error::EventError;
 use casesync_engine::event::SignedEvent;
-use casesync_engine::store::RejectReason;
+use casesync_engine::ids::SpaceId;
+use casesync_engine::store::{PreparedBatch, RejectReason};
 use proptest::prelude::*;
 
 use crate::support::*;
@@ -25,6 +26,32 @@ fn honest_runs_land_while_a_forged_run_is_refused() {
     assert_eq!(report.rejected[0].seq, 4);
     assert_eq!(report.rejected[0].reason, RejectReason::Event(EventError::BadSignature));
     assert_eq!(store.vector(&SPACE).get(&device(1).author()), 5);
+    assert_eq!(store.vector(&SPACE).get(&device(2).author()), 3);
+}
+
+#[test]
+fn prepared_batches_joined_land_in_one_commit_and_refuse_another_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (chain(&device(1), 6), chain(&device(2), 3));
+    {
+        let store = open(dir.path());
+        // An import defers its syncs to the end: what it stored is durable after `sync`.
+        store.defer_syncs();
+        let mut joined = PreparedBatch::new(SPACE, wire(&a[..3]));
+        let mut later = wire(&a[3..]);
+        later.extend(wire(&b));
+        joined.append(PreparedBatch::new(SPACE, later));
+        joined.append(PreparedBatch::new(SpaceId([9; 16]), wire(&b)));
+        assert_eq!(joined.len(), 9);
+        let report = store.ingest_prepared(joined).unwrap();
+        assert_eq!(report.accepted, 9);
+        assert_eq!(report.commit.events, 9, "one commit");
+        assert_eq!(report.rejected.len(), 3);
+        assert!(report.rejected.iter().all(|r| r.reason == RejectReason::WrongSpace));
+        store.sync().unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.vector(&SPACE).get(&device(1).author()), 6);
     assert_eq!(store.vector(&SPACE).get(&device(2).author()), 3);
 }
 
