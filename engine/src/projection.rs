@@ -697,6 +697,42 @@ mod tests {
     }
 
     #[test]
+    fn a_rebuild_of_one_space_keeps_the_other_spaces_views_whatever_files_they_share() {
+        use crate::store::key_layout::{CF_CASES, CF_CASE_EVENTS};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let (one, two) = (SpaceId([1; 16]), SpaceId([2; 16]));
+        let key = DeviceKey::from_secret([1; 32]);
+        // Files of one space only, and files of both (the rebuild drops only the former).
+        for (round, spaces) in [vec![one], vec![two], vec![one, two]].into_iter().enumerate() {
+            for space in spaces {
+                for n in 0..3u8 {
+                    let case = CaseId([n; 16]);
+                    let fields = vec![("f".into(), FieldValue::Text(format!("{round}-{n}")))];
+                    let command = if round == 0 || (round == 1 && space == two) {
+                        Command::CreateCase { id: case, fields }
+                    } else {
+                        Command::SetFields { case, fields }
+                    };
+                    store.execute(&space, &key, 10 + round as u64, command).unwrap();
+                }
+            }
+            store.flush_families(&[CF_CASES, CF_CASE_EVENTS]).unwrap();
+        }
+        let hashes = (store.state_hash(&one).unwrap(), store.state_hash(&two).unwrap());
+        let views = store.list_cases(&two, &Default::default()).unwrap();
+        let history = store.history(&two, &CaseId([1; 16])).unwrap();
+        assert_eq!(store.rebuild_projections(&one).unwrap(), hashes.0);
+        assert_eq!(store.state_hash(&two).unwrap(), hashes.1);
+        assert_eq!(store.list_cases(&two, &Default::default()).unwrap(), views);
+        assert_eq!(store.history(&two, &CaseId([1; 16])).unwrap(), history);
+        assert_eq!(store.history(&one, &CaseId([1; 16])).unwrap().len(), 2);
+        drop(store);
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!((store.state_hash(&one).unwrap(), store.state_hash(&two).unwrap()), hashes);
+    }
+
+    #[test]
     fn a_rebuild_that_spills_cases_equals_the_incremental_projections() {
         let dir = tempfile::tempdir().unwrap();
         // Two authors touch the same 12 cases, so the rebuild (4 cases in memory in unit tests)
