@@ -101,12 +101,11 @@ impl Fold {
     }
 
     /// Folds one event; `load` provides a case's stored state the first time it is touched.
-    /// Returns the case the event changed, if it has a readable operation.
     pub fn apply<E>(
         &mut self,
         event: &SignedEvent,
         load: impl FnOnce(&CaseId) -> Result<Option<CaseState>, E>,
-    ) -> Result<Option<CaseId>, E> {
+    ) -> Result<(), E> {
         self.apply_parts(&event.header, &event.body, load)
     }
 
@@ -116,32 +115,28 @@ impl Fold {
         h: &EventHeader,
         body: &[u8],
         load: impl FnOnce(&CaseId) -> Result<Option<CaseState>, E>,
-    ) -> Result<Option<CaseId>, E> {
-        let result = match operation_in(h, body) {
-            None => None,
-            Some(op) => {
-                let case = op.case();
-                let state = match self.cases.entry(case) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(load(&case)?.unwrap_or_else(|| CaseState::new(case)))
-                    }
-                };
-                self.clock += 1;
-                let touch = self.touched.entry(case).or_default();
-                touch.tick = self.clock;
-                if self.keeps_history {
-                    touch.history.push((h.author, h.seq, h.hlc));
+    ) -> Result<(), E> {
+        if let Some(op) = operation_in(h, body) {
+            let case = op.case();
+            let state = match self.cases.entry(case) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(load(&case)?.unwrap_or_else(|| CaseState::new(case)))
                 }
-                let (seen, full) = (&self.seen, self.full);
-                state.apply(op, Dot { author: h.author, seq: h.seq }, h.hlc, &|d: &Dot| {
-                    full && seen.contains(&d.author, d.seq)
-                });
-                Some(case)
+            };
+            self.clock += 1;
+            let touch = self.touched.entry(case).or_default();
+            touch.tick = self.clock;
+            if self.keeps_history {
+                touch.history.push((h.author, h.seq, h.hlc));
             }
-        };
+            let (seen, full) = (&self.seen, self.full);
+            state.apply(op, Dot { author: h.author, seq: h.seq }, h.hlc, &|d: &Dot| {
+                full && seen.contains(&d.author, d.seq)
+            });
+        }
         self.seen.raise(h.author, h.seq);
-        Ok(result)
+        Ok(())
     }
 }
 
@@ -356,15 +351,28 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     store.state_hash(space)
 }
 
-/// Stages these case states and their history (unlogged bulk writes of a rebuild).
-fn write_cases(store: &Store, space: &SpaceId, batch: &mut WriteBatch, cases: Vec<HeldCase>) -> Result<(), StoreError> {
+/// Stages these case states and their history in `batch`, handing it to `write` whenever it
+/// holds `records_max` records (bounded write batches; what is left stays in `batch`).
+fn stage_cases(
+    store: &Store,
+    space: &SpaceId,
+    batch: &mut WriteBatch,
+    cases: Vec<HeldCase>,
+    records_max: usize,
+    write: impl Fn(WriteBatch) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     for held in cases {
         stage_case(store, space, batch, &held);
-        if batch.len() >= REBUILD_BATCH_RECORDS {
-            store.write_unlogged(std::mem::take(batch))?;
+        if batch.len() >= records_max {
+            write(std::mem::take(batch))?;
         }
     }
     Ok(())
+}
+
+/// A rebuild's bounded write: unlogged (made durable by the flush before the watermark).
+fn write_cases(store: &Store, space: &SpaceId, batch: &mut WriteBatch, cases: Vec<HeldCase>) -> Result<(), StoreError> {
+    stage_cases(store, space, batch, cases, REBUILD_BATCH_RECORDS, |full| store.write_unlogged(full))
 }
 
 /// Stages every non-empty part of a (delta) case state as a merge operand, and the history
@@ -393,7 +401,8 @@ pub(crate) const DEFERRED_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16
 /// The case deltas of a space folded during a bulk catch-up ([`Store::defer_projections`]):
 /// folded from the events as they are ingested, written with them (as merge operands, each case
 /// with the history records of its events) whenever more than the limit of cases are held (the
-/// least recently touched quarter), and with the watermark when the catch-up ends — so the end needs no rebuild and no second pass over the log.
+/// least recently touched quarter), and with the watermark when the catch-up ends — so the end
+/// needs no rebuild and no second pass over the log.
 pub(crate) struct DeferredFold {
     fold: Fold,
     /// False if the projections lagged when the catch-up began, or a commit failed after its
@@ -449,12 +458,7 @@ pub(crate) fn finish_deferred(
     let Some(mut deferred) = deferred.filter(|d| d.usable) else {
         return Ok(false);
     };
-    for held in deferred.fold.take_all() {
-        stage_case(store, space, batch, &held);
-        if batch.len() >= FINISH_BATCH_RECORDS {
-            store.commit(std::mem::take(batch))?;
-        }
-    }
+    stage_cases(store, space, batch, deferred.fold.take_all(), FINISH_BATCH_RECORDS, |full| store.commit(full))?;
     batch.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(vector));
     Ok(true)
 }

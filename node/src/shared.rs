@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use casesync_engine::error::StoreError;
 use casesync_engine::identity::DeviceIdentity;
 use casesync_engine::ids::{AuthorId, SpaceId};
-use casesync_engine::store::Store;
+use casesync_engine::store::{IngestReport, PreparedBatch, Store};
 use casesync_engine::vector_clock::VersionVector;
 use tokio::sync::{watch, Notify};
 
@@ -136,6 +137,17 @@ impl Shared {
     /// session: what we sent on an earlier, cut connection may never have arrived).
     pub fn reset_known(&self, device: &AuthorId, vector: &VersionVector) {
         lock(&self.known).insert(*device, vector.clone());
+    }
+
+    /// Stores a batch received from `peer` (on the ingest thread): what the peer evidently holds
+    /// is raised and the commit announced. Refusals are in the report for the caller to act on.
+    pub fn store_from_peer(&self, peer: &AuthorId, batch: PreparedBatch) -> Result<IngestReport, StoreError> {
+        let report = self.store.ingest_prepared(batch)?;
+        self.raise_known(peer, &report.sender_holds);
+        if report.accepted > 0 {
+            self.notify(report.commit.next_position);
+        }
+        Ok(report)
     }
 
     /// Raises what a peer device is known to hold.

@@ -242,11 +242,7 @@ impl PeerClient {
     fn pipeline(&self) -> IngestPipeline {
         let (shared, server) = (self.shared.clone(), self.server);
         IngestPipeline::new(move |batch| {
-            let report = shared.store.ingest_prepared(batch)?;
-            shared.raise_known(&server, &report.sender_holds);
-            if report.accepted > 0 {
-                shared.notify(report.commit.next_position);
-            }
+            let report = shared.store_from_peer(&server, batch)?;
             if let Some(first) = report.rejected.first() {
                 bail!("peer {} sent an event we refuse: {}", server.device_id(), first.reason);
             }

@@ -167,11 +167,7 @@ type PushPipeline = Pipeline<Result<(u64, u64), Status>>;
 /// landed).
 fn push_pipeline(shared: Arc<Shared>, device: AuthorId) -> PushPipeline {
     PushPipeline::new(move |batch| {
-        let report = shared.store.ingest_prepared(batch).map_err(|e| grpc_status::store(&e))?;
-        shared.raise_known(&device, &report.sender_holds);
-        if report.accepted > 0 {
-            shared.notify(report.commit.next_position);
-        }
+        let report = shared.store_from_peer(&device, batch).map_err(|e| grpc_status::store(&e))?;
         if let Some(first) = report.rejected.first() {
             tracing::warn!(peer = %device.device_id(), refused = report.rejected.len(), "push refused: {}", first.reason);
             return Err(grpc_status::rejection(first));
