@@ -22,7 +22,7 @@ fn projection(c: &mut Criterion) {
             for event in &events {
                 fold.apply(event, |_| Ok::<_, std::convert::Infallible>(None)).unwrap();
             }
-            fold.cases.len()
+            fold.case_count()
         })
     });
 

@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         let _ = fold.apply(event, |_| Ok::<_, std::convert::Infallible>(None));
     }
     let grown = resident_kib()? - before;
-    let cases = fold.cases.len().max(1) as i64;
+    let cases = fold.case_count().max(1) as i64;
     println!("{events} events, {cases} cases: {} bytes resident per case state", grown * 1024 / cases);
     Ok(())
 }

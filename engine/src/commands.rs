@@ -73,7 +73,7 @@ fn writes(record: Option<&Record>, fields: Vec<(String, FieldValue)>) -> Vec<Fie
     fields
         .into_iter()
         .map(|(name, value)| {
-            let supersedes = record.and_then(|r| r.fields.get(&name)).map(|r| r.current_dots()).unwrap_or_default();
+            let supersedes = record.and_then(|r| r.fields.get(name.as_str())).map(|r| r.current_dots()).unwrap_or_default();
             FieldWrite { name, value, supersedes }
         })
         .collect()
@@ -252,12 +252,8 @@ impl Store {
             let outcome = (|| -> Result<(SignedEvent, CaseView), Error> {
                 // Read the case once: into the overlay, where planning and folding find it.
                 let case = command.case();
-                if let std::collections::hash_map::Entry::Vacant(slot) = overlay.cases.entry(case) {
-                    if let Some(stored) = self.case_state(space, &case)? {
-                        slot.insert(stored);
-                    }
-                }
-                let operation = plan(command, &overlay.seen, overlay.cases.get(&case))?;
+                overlay.hold(case, |case| self.case_state(space, case))?;
+                let operation = plan(command, &overlay.seen, overlay.case(&case))?;
                 let body = Bytes::from(wire::encode_operation(&operation));
                 let header = EventHeader {
                     space: *space,
@@ -269,7 +265,7 @@ impl Store {
                 };
                 let event = SignedEvent::build(key, &header, body).map_err(AppendError::from)?;
                 overlay.apply(&event, |_| Ok::<_, Error>(None))?;
-                let view = overlay.cases.get(&case).map(CaseView::of);
+                let view = overlay.case(&case).map(CaseView::of);
                 let view = view.ok_or_else(|| CommandError::UnknownCase(case.to_hex()))?;
                 Ok((event, view))
             })();

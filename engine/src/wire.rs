@@ -314,7 +314,7 @@ fn record_from_pb(record: st::Record) -> Result<Record, OperationError> {
     }
     for mut register in record.fields {
         let name = std::mem::take(&mut register.name);
-        out.fields.insert(name, register_from_pb(register)?);
+        out.fields.insert(name.into(), register_from_pb(register)?);
     }
     Ok(out)
 }

@@ -142,7 +142,7 @@ pub fn run(runtime: &Runtime, options: LimitsOptions) -> anyhow::Result<Scenario
     for event in &events {
         let _ = fold.apply(event, |_| Ok::<_, std::convert::Infallible>(None));
     }
-    black_box(fold.cases.len());
+    black_box(fold.case_count());
     report.metric("fold_ns_per_event", ns(started.elapsed()) / events.len() as f64, "ns");
 
     // The engine's ingest, in process: what one node can store per second on one core.

@@ -112,7 +112,7 @@ fn fields_view(record: &Record) -> Vec<FieldView> {
         .filter_map(|(name, register)| {
             let shown = register.shown()?;
             Some(FieldView {
-                name: name.clone(),
+                name: name.to_string(),
                 value: shown.value.clone(),
                 conflict: if register.in_conflict() {
                     register.current.iter().map(VersionView::of).collect()
@@ -254,7 +254,7 @@ pub fn conflicts_of(state: &CaseState) -> Vec<ConflictView> {
                 out.push(ConflictView {
                     case_id: case_id.clone(),
                     entry_id: entry.map(EntryId::to_hex),
-                    field: name.clone(),
+                    field: name.to_string(),
                     versions: text_versions(register),
                 });
             }

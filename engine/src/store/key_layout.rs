@@ -111,7 +111,7 @@ pub enum CasePart {
     /// The case's status register.
     Status,
     /// One field register of the case.
-    Field(String),
+    Field(crate::projection::case_state::FieldName),
     /// One entry (its status and fields).
     Entry(EntryId),
 }
@@ -150,7 +150,7 @@ pub fn parse_case_part_key(key: &[u8]) -> Option<(CaseId, CasePart)> {
     let rest = key.get(33..)?;
     let part = match *key.get(32)? {
         CASE_PART_STATUS if rest.is_empty() => CasePart::Status,
-        CASE_PART_FIELD => CasePart::Field(String::from_utf8(rest.to_vec()).ok()?),
+        CASE_PART_FIELD => CasePart::Field(std::str::from_utf8(rest).ok()?.into()),
         CASE_PART_ENTRY => CasePart::Entry(EntryId::from_slice(rest).ok()?),
         _ => return None,
     };

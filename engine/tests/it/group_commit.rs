@@ -39,7 +39,7 @@ fn concurrent_commands_chain_and_supersede_like_sequential_ones() {
     assert_eq!(store.head(&SPACE, &key.author()).unwrap().seq, 1 + 8 * 25);
     // Every write superseded the one committed before it, even within a group: one value left.
     let state = store.case_state(&SPACE, &case).unwrap().unwrap();
-    let phone = &state.record.fields["phone"];
+    let phone = state.record.fields.get("phone").unwrap();
     assert_eq!(phone.current_dots().len(), 1, "no self-conflict from grouped commands");
     // The chain verifies and the projections equal a rebuild.
     let hash = store.state_hash(&SPACE).unwrap();

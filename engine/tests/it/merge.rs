@@ -260,7 +260,7 @@ fn fold_hash(events: &[SignedEvent]) -> String {
     for e in events {
         fold.apply(e, |_| Ok::<_, ()>(None)).unwrap();
     }
-    let ordered: BTreeMap<_, _> = fold.cases.into_iter().collect();
+    let ordered: BTreeMap<_, _> = fold.into_cases().collect();
     let mut hasher = StateHasher::new();
     for state in ordered.values() {
         hasher.add(state);
@@ -284,7 +284,7 @@ fn delta_join_hash(events: &[SignedEvent], mut seed: u64) -> String {
     }
     let mut joined: BTreeMap<CaseId, casesync_engine::projection::case_state::CaseState> = BTreeMap::new();
     for fold in folds.into_iter().rev() {
-        for (case, state) in fold.cases {
+        for (case, state) in fold.into_cases() {
             match joined.get_mut(&case) {
                 Some(into) => into.join(state),
                 None => {
@@ -365,7 +365,7 @@ proptest! {
         for (dot, name, entry, case) in written {
             let state = devices[0].store.case_state(&SPACE, &case).unwrap().unwrap();
             let record = match entry { None => &state.record, Some(e) => &state.entries[&e] };
-            let current = record.fields.get(&name).is_some_and(|r| r.current.iter().any(|v| v.dot == dot));
+            let current = record.fields.get(name.as_str()).is_some_and(|r| r.current.iter().any(|v| v.dot == dot));
             let replaced = superseded.contains(&(dot, name.clone(), entry));
             prop_assert!(current || replaced, "write {:?} to {} lost", dot, name);
         }

@@ -61,7 +61,7 @@ pub fn run(data: &Path, point: &Point) -> anyhow::Result<Outcome> {
     }
     bar.finish_and_clear();
     let cut = fold.seen.clone();
-    let cases: BTreeMap<CaseId, CaseState> = fold.cases.into_iter().collect();
+    let cases: BTreeMap<CaseId, CaseState> = fold.into_cases().collect();
     let mut hasher = StateHasher::new();
     let mut views = Vec::with_capacity(cases.len());
     for state in cases.values() {

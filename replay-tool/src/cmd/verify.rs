@@ -148,7 +148,7 @@ fn finish_space(
     let projections = if relay {
         json!({ "checked": false, "reason": "relay: no projections" })
     } else {
-        let replayed: BTreeMap<CaseId, CaseState> = check.fold.cases.into_iter().collect();
+        let replayed: BTreeMap<CaseId, CaseState> = check.fold.into_cases().collect();
         let mut hasher = StateHasher::new();
         for state in replayed.values() {
             hasher.add(state);
