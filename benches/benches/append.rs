@@ -11,6 +11,10 @@ use casesync_engine::signing::{DeviceKey, VerifyingKey};
 use casesync_engine::store::{Store, StoreOptions};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
+/// The binaries' allocator (node/src/main.rs), so the benches measure what they run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();

@@ -9,6 +9,10 @@ use casesync_engine::ids::SpaceId;
 use casesync_engine::store::{Store, StoreOptions};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
+/// The binaries' allocator (node/src/main.rs), so the benches measure what they run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn ingest(c: &mut Criterion) {
     let space = SpaceId([2; 16]);
     let batches = workload::generate_batches(WorkloadSpec::new(96_000, 8), space).unwrap();

@@ -10,6 +10,10 @@ use casesync_engine::store::{Store, StoreOptions};
 use casesync_engine::vector_clock::VersionVector;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
+/// The binaries' allocator (node/src/main.rs), so the benches measure what they run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn projection(c: &mut Criterion) {
     let space = SpaceId([3; 16]);
     let spec = WorkloadSpec { cases: 100_000, ..WorkloadSpec::new(300_000, 8) };

@@ -17,6 +17,18 @@ use clap::{Parser, Subcommand};
 
 use outcome::{Damage, Outcome, EXIT_CODES_HELP, EXIT_DAMAGED, EXIT_ERROR};
 
+/// mimalloc, not glibc malloc: a fold frees its case states several times faster (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Transparent huge pages off for this process (Linux, inherited by children): with THP
+/// "always", mimalloc's arenas were backed by 2 MiB pages and the relay peaked at 247 MiB, not 210.
+fn small_pages_only() {
+    // A kernel without the flag keeps its default: nothing to report.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
+}
+
 #[derive(Parser)]
 #[command(name = "replay-tool", version, about, after_help = EXIT_CODES_HELP)]
 struct Cli {
@@ -145,6 +157,7 @@ fn run(command: Command) -> anyhow::Result<Outcome> {
 }
 
 fn main() -> ExitCode {
+    small_pages_only();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
