@@ -358,6 +358,30 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
 
     let mut fold = Fold::store_deltas();
     let mut batch = WriteBatch::default();
+    for_each_stored_event(store, space, |header, body| {
+        fold.apply_parts(header, body, |_| Ok::<_, StoreError>(None))?;
+        if fold.case_count() >= REBUILD_CASES_IN_MEMORY {
+            write_cases(store, space, &mut batch, fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4))?;
+            store.write_unlogged(std::mem::take(&mut batch))?;
+        }
+        Ok(())
+    })?;
+    write_cases(store, space, &mut batch, fold.take_all())?;
+    store.write_unlogged(batch)?;
+    store.flush_families(&[CF_CASES, CF_CASE_EVENTS])?;
+    let mut done = WriteBatch::default();
+    done.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(&state.vector(space)));
+    store.commit(done)?;
+    store.state_hash(space)
+}
+
+/// Hands `f` the header and body of every stored event of a space, in key order (author, seq),
+/// read in place without hashing or verifying (the chain was verified when they were stored).
+fn for_each_stored_event(
+    store: &Store,
+    space: &SpaceId,
+    mut f: impl FnMut(&EventHeader, &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let mut read = rocksdb::ReadOptions::default();
     read.fill_cache(false);
     read.set_readahead_size(4 << 20);
@@ -375,21 +399,10 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
             seq: crate::store::key_layout::be_u64(key.get(48..).unwrap_or(&[])).unwrap_or(0),
             reason: e.to_string(),
         })?;
+        f(&header, &body)?;
         iter.next();
-        fold.apply_parts(&header, &body, |_| Ok::<_, StoreError>(None))?;
-        if fold.case_count() >= REBUILD_CASES_IN_MEMORY {
-            write_cases(store, space, &mut batch, fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4))?;
-            store.write_unlogged(std::mem::take(&mut batch))?;
-        }
     }
-    iter.status()?;
-    write_cases(store, space, &mut batch, fold.take_all())?;
-    store.write_unlogged(batch)?;
-    store.flush_families(&[CF_CASES, CF_CASE_EVENTS])?;
-    let mut done = WriteBatch::default();
-    done.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(&state.vector(space)));
-    store.commit(done)?;
-    store.state_hash(space)
+    Ok(iter.status()?)
 }
 
 /// Stages these case states and their history in `batch`, handing it to `write` whenever it
@@ -516,6 +529,21 @@ pub struct CaseFilter {
 }
 
 impl Store {
+    /// Folds the stored events of a space that `include` accepts into case states held in memory,
+    /// aside from the stored projections (neither read nor changed): the views at a point in
+    /// time, or a fresh replay to compare them with. `include` sees every event, in key order
+    /// (author, seq). Holds every case it folds.
+    pub fn fold_log(&self, space: &SpaceId, mut include: impl FnMut(&EventHeader) -> bool) -> Result<Fold, StoreError> {
+        let mut fold = Fold::new(VersionVector::new());
+        for_each_stored_event(self, space, |header, body| {
+            if include(header) {
+                fold.apply_parts(header, body, |_| Ok::<_, StoreError>(None))?;
+            }
+            Ok(())
+        })?;
+        Ok(fold)
+    }
+
     /// The folded state of one case.
     pub fn case_state(&self, space: &SpaceId, case: &CaseId) -> Result<Option<CaseState>, StoreError> {
         load_case(self, space, case)

@@ -2,17 +2,13 @@
 //! at a version vector, folded in memory beside the live projections, which stay untouched.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::path::Path;
 
-use anyhow::Context;
-use casesync_engine::event::SignedEvent;
 use casesync_engine::ids::CaseId;
 use casesync_engine::projection::case_state::CaseState;
 use casesync_engine::projection::history::hlc_millis;
 use casesync_engine::projection::state_hash::StateHasher;
 use casesync_engine::projection::views::CaseView;
-use casesync_engine::projection::Fold;
 use casesync_engine::vector_clock::VersionVector;
 use serde_json::json;
 
@@ -37,28 +33,18 @@ pub fn run(data: &Path, point: &Point) -> anyhow::Result<Outcome> {
     let store = data_dir::open_store(data, false)??;
     let space = data_dir::space_of(config.as_ref(), &store)?;
     let held = store.vector(&space);
-    let mut fold = Fold::new(VersionVector::new());
     let bar = progress::bar(held.total(), "replay");
     let mut events = 0u64;
-    for item in store.events_after(&space, &VersionVector::new()) {
-        let (author, seq, message) = item?;
+    let fold = store.fold_log(&space, |header| {
         bar.inc(1);
-        if let Point::Vector(vector) = point {
-            if !vector.contains(&author, seq) {
-                continue;
-            }
-        }
-        let event = SignedEvent::from_wire(message)
-            .with_context(|| format!("author {} seq {seq} does not decode", author.device_id()))?;
-        if let Point::Time(time) = point {
+        let included = match point {
+            Point::Vector(vector) => vector.contains(&header.author, header.seq),
             // An author's hlc only grows, but a cut per event is just as cheap and simpler.
-            if hlc_millis(event.header.hlc) > time.end() {
-                continue;
-            }
-        }
-        let _ = fold.apply(&event, |_| Ok::<_, Infallible>(None));
-        events += 1;
-    }
+            Point::Time(time) => hlc_millis(header.hlc) <= time.end(),
+        };
+        events += u64::from(included);
+        included
+    })?;
     bar.finish_and_clear();
     let cut = fold.seen.clone();
     let cases: BTreeMap<CaseId, CaseState> = fold.into_cases().collect();
