@@ -580,8 +580,16 @@ impl Store {
 
     /// Calls `f` for every case state of a space, in case id order.
     pub fn for_each_case(&self, space: &SpaceId, f: impl FnMut(CaseState)) -> Result<(), StoreError> {
+        self.scan_cases(space, true, f)
+    }
+
+    /// [`Store::for_each_case`]; `fill_cache` false for a scan whose blocks will not be read again
+    /// soon (a state hash: it would only push out what queries read).
+    fn scan_cases(&self, space: &SpaceId, fill_cache: bool, f: impl FnMut(CaseState)) -> Result<(), StoreError> {
         let mut read = crate::store::total_order();
         read.set_iterate_upper_bound(prefix_end(space.as_bytes()));
+        read.fill_cache(fill_cache);
+        read.set_readahead_size(2 << 20);
         let iter = self.db().iterator_cf_opt(
             self.cf(CF_CASES),
             read,
@@ -621,7 +629,7 @@ impl Store {
     /// The state hash of a space's stored projections.
     pub fn state_hash(&self, space: &SpaceId) -> Result<String, StoreError> {
         let mut hasher = StateHasher::new();
-        self.for_each_case(space, |state| hasher.add(&state))?;
+        self.scan_cases(space, false, |state| hasher.add(&state))?;
         Ok(hasher.finish())
     }
 }

@@ -6,10 +6,18 @@ use crate::operation::{Dot, FieldValue};
 use crate::projection::case_state::{CaseState, Record};
 
 /// Feeds case states, in case id order, into one hash.
+///
+/// The encoding is gathered in a buffer and hashed in large slices: blake3 hashes a long input
+/// several chunks at a time (SIMD), but one 64-byte block at a time when fed field by field, which
+/// was a fifth of a state hash over 100k cases.
 pub struct StateHasher {
     hasher: blake3::Hasher,
+    buffer: Vec<u8>,
     cases: u64,
 }
+
+/// Bytes gathered before they are hashed (a multiple of blake3's 1 KiB chunk).
+const BUFFER_BYTES: usize = 64 * 1024;
 
 impl Default for StateHasher {
     fn default() -> Self {
@@ -20,9 +28,9 @@ impl Default for StateHasher {
 impl StateHasher {
     /// A hasher over nothing yet.
     pub fn new() -> StateHasher {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(b"casesync-state-v1");
-        StateHasher { hasher, cases: 0 }
+        let mut buffer = Vec::with_capacity(BUFFER_BYTES + 4096);
+        buffer.extend_from_slice(b"casesync-state-v1");
+        StateHasher { hasher: blake3::Hasher::new(), buffer, cases: 0 }
     }
 
     /// Adds the next case; callers feed cases in increasing case id order.
@@ -36,25 +44,30 @@ impl StateHasher {
             self.bytes(id.as_bytes());
             self.record(record);
         }
+        if self.buffer.len() >= BUFFER_BYTES {
+            self.hasher.update(&self.buffer);
+            self.buffer.clear();
+        }
     }
 
     /// The hash, hex.
     pub fn finish(mut self) -> String {
         self.u64(self.cases);
+        self.hasher.update(&self.buffer);
         self.hasher.finalize().to_hex().to_string()
     }
 
     fn u64(&mut self, n: u64) {
-        self.hasher.update(&n.to_be_bytes());
+        self.buffer.extend_from_slice(&n.to_be_bytes());
     }
 
     fn bytes(&mut self, b: &[u8]) {
         self.u64(b.len() as u64);
-        self.hasher.update(b);
+        self.buffer.extend_from_slice(b);
     }
 
     fn dot(&mut self, dot: &Dot) {
-        self.hasher.update(dot.author.as_bytes());
+        self.buffer.extend_from_slice(dot.author.as_bytes());
         self.u64(dot.seq);
     }
 
@@ -66,13 +79,15 @@ impl StateHasher {
             self.bytes(v.value.status.as_str().as_bytes());
             self.u64(v.value.seen.len() as u64);
             for (author, seq) in v.value.seen.iter() {
-                self.hasher.update(author.as_bytes());
+                self.buffer.extend_from_slice(author.as_bytes());
                 self.u64(*seq);
             }
         }
-        let fields: Vec<_> = record.fields.iter().filter(|(_, r)| !r.current.is_empty()).collect();
-        self.u64(fields.len() as u64);
-        for (name, register) in fields {
+        let shown = |(_, register): &(&_, &crate::projection::case_state::Register<FieldValue>)| {
+            !register.current.is_empty()
+        };
+        self.u64(record.fields.iter().filter(shown).count() as u64);
+        for (name, register) in record.fields.iter().filter(shown) {
             self.bytes(name.as_bytes());
             self.u64(register.current.len() as u64);
             for v in &register.current {
@@ -84,15 +99,64 @@ impl StateHasher {
     }
 
     fn value(&mut self, value: &FieldValue) {
-        let (tag, bytes): (u8, Vec<u8>) = match value {
-            FieldValue::Text(t) => (1, t.as_bytes().to_vec()),
-            FieldValue::Integer(i) => (2, i.to_be_bytes().to_vec()),
-            FieldValue::Decimal(d) => (3, d.as_bytes().to_vec()),
-            FieldValue::Bool(b) => (4, vec![u8::from(*b)]),
-            FieldValue::Date(d) => (5, d.as_bytes().to_vec()),
-            FieldValue::Bytes(b) => (6, b.clone()),
+        let integer;
+        let (tag, bytes): (u8, &[u8]) = match value {
+            FieldValue::Text(t) => (1, t.as_bytes()),
+            FieldValue::Integer(i) => {
+                integer = i.to_be_bytes();
+                (2, &integer)
+            }
+            FieldValue::Decimal(d) => (3, d.as_bytes()),
+            FieldValue::Bool(b) => (4, if *b { &[1] } else { &[0] }),
+            FieldValue::Date(d) => (5, d.as_bytes()),
+            FieldValue::Bytes(b) => (6, b),
         };
-        self.hasher.update(&[tag]);
-        self.bytes(&bytes);
+        self.buffer.push(tag);
+        self.bytes(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{AuthorId, CaseId};
+    use crate::operation::{FieldWrite, Operation};
+
+    /// Cases with every kind of value, large enough that the buffer is hashed several times.
+    fn cases() -> Vec<CaseState> {
+        (0..600u32)
+            .map(|n| {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&n.to_be_bytes());
+                let case = CaseId(id);
+                let mut state = CaseState::new(case);
+                let values = [
+                    FieldValue::Text("x".repeat(200 + n as usize % 50)),
+                    FieldValue::Integer(-(n as i64)),
+                    FieldValue::Decimal("12.50".into()),
+                    FieldValue::Bool(n % 2 == 0),
+                    FieldValue::Date("2026-12-01".into()),
+                    FieldValue::Bytes(vec![n as u8; 3]),
+                ];
+                let fields = values
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, value)| FieldWrite { name: format!("f{i}"), value, supersedes: Vec::new() })
+                    .collect();
+                let dot = Dot { author: AuthorId([7; 32]), seq: u64::from(n) + 1 };
+                state.apply(Operation::CreateCase { case, fields }, dot, 1000 + u64::from(n), &|_| false);
+                state
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_canonical_encoding_is_pinned_whatever_the_buffering() {
+        let cases = cases();
+        let mut hasher = StateHasher::new();
+        cases.iter().for_each(|state| hasher.add(state));
+        // The encoding crosses the buffer several times over (600 cases of about 700 bytes).
+        // This value pins the encoding: a change here changes every node's state hash.
+        assert_eq!(hasher.finish(), "f92a7f13346e85b6436e4806edd31916c4d1154d849e9f6f2afe709a6f788c84");
     }
 }
