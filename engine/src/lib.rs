@@ -7,8 +7,9 @@
 //! Projections fold events into case views with a merge that loses no write
 //! ([`projection::case_state`]).
 //!
-//! The engine never opens a socket, reads the clock or spawns a task: time and randomness come in
-//! as arguments, so two stores can sync inside one plain test:
+//! The engine never opens a socket, reads the clock or spawns a task (a rebuild reads the log on a
+//! scoped thread, joined before it returns): time and randomness come in as arguments, so two
+//! stores can sync inside one plain test:
 //!
 //! ```
 //! use casesync_engine::{commands::Command, ids::{CaseId, SpaceId}, operation::FieldValue,

@@ -7,6 +7,7 @@ pub mod state_hash;
 pub mod views;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
@@ -118,7 +119,18 @@ impl Fold {
         body: &[u8],
         load: impl FnOnce(&CaseId) -> Result<Option<CaseState>, E>,
     ) -> Result<(), E> {
-        if let Some(op) = operation_in(h, body) {
+        self.apply_operation(h, operation_in(h, body), load)
+    }
+
+    /// [`Fold::apply`] on a decoded header and the operation its body holds (`None`: sealed or
+    /// invalid, which changes no projection).
+    pub fn apply_operation<E>(
+        &mut self,
+        h: &EventHeader,
+        operation: Option<Operation>,
+        load: impl FnOnce(&CaseId) -> Result<Option<CaseState>, E>,
+    ) -> Result<(), E> {
+        if let Some(op) = operation {
             let case = op.case();
             let at = match self.index.entry(case) {
                 std::collections::hash_map::Entry::Occupied(o) => *o.get(),
@@ -358,8 +370,8 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
 
     let mut fold = Fold::store_deltas();
     let mut batch = WriteBatch::default();
-    for_each_stored_event(store, space, |header, body| {
-        fold.apply_parts(header, body, |_| Ok::<_, StoreError>(None))?;
+    fold_stored_events(store, space, |header, operation| {
+        fold.apply_operation(header, operation, |_| Ok::<_, StoreError>(None))?;
         if fold.case_count() >= REBUILD_CASES_IN_MEMORY {
             write_cases(store, space, &mut batch, fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4))?;
             store.write_unlogged(std::mem::take(&mut batch))?;
@@ -380,7 +392,7 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
 fn for_each_stored_event(
     store: &Store,
     space: &SpaceId,
-    mut f: impl FnMut(&EventHeader, &[u8]) -> Result<(), StoreError>,
+    mut f: impl FnMut(&EventHeader, &[u8]) -> Result<ControlFlow<()>, StoreError>,
 ) -> Result<(), StoreError> {
     let mut read = rocksdb::ReadOptions::default();
     read.fill_cache(false);
@@ -399,10 +411,50 @@ fn for_each_stored_event(
             seq: crate::store::key_layout::be_u64(key.get(48..).unwrap_or(&[])).unwrap_or(0),
             reason: e.to_string(),
         })?;
-        f(&header, &body)?;
+        if f(&header, &body)?.is_break() {
+            return Ok(());
+        }
         iter.next();
     }
     Ok(iter.status()?)
+}
+
+/// Events the log reader hands to the fold at a time, and batches it may read ahead.
+const READ_BATCH_EVENTS: usize = if cfg!(test) { 16 } else { 1024 };
+const READ_BATCHES_AHEAD: usize = 4;
+
+/// Folds the stored events of a space in two stages: a scoped thread reads the log (iterates,
+/// parses headers, decodes bodies) while `fold` takes each header and operation, in key order,
+/// on the calling thread. The reader is joined before this returns; the first error either
+/// side meets ends both.
+fn fold_stored_events(
+    store: &Store,
+    space: &SpaceId,
+    mut fold: impl FnMut(&EventHeader, Option<Operation>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    std::thread::scope(|scope| {
+        let (batches, read) = std::sync::mpsc::sync_channel::<Vec<(EventHeader, Option<Operation>)>>(READ_BATCHES_AHEAD);
+        let reader = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(READ_BATCH_EVENTS);
+            for_each_stored_event(store, space, |header, body| {
+                batch.push((header.clone(), operation_in(header, body)));
+                if batch.len() < READ_BATCH_EVENTS {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH_EVENTS));
+                // The fold stopped (it failed): stop reading.
+                Ok(if batches.send(full).is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+            })?;
+            if !batch.is_empty() {
+                let _ = batches.send(batch);
+            }
+            Ok(())
+        });
+        let folded = read.iter().flatten().try_for_each(|(header, operation)| fold(&header, operation));
+        drop(read);
+        let read = reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        folded.and(read)
+    })
 }
 
 /// Stages these case states and their history in `batch`, handing it to `write` whenever it
@@ -535,9 +587,9 @@ impl Store {
     /// (author, seq). Holds every case it folds.
     pub fn fold_log(&self, space: &SpaceId, mut include: impl FnMut(&EventHeader) -> bool) -> Result<Fold, StoreError> {
         let mut fold = Fold::new(VersionVector::new());
-        for_each_stored_event(self, space, |header, body| {
+        fold_stored_events(self, space, |header, operation| {
             if include(header) {
-                fold.apply_parts(header, body, |_| Ok::<_, StoreError>(None))?;
+                fold.apply_operation(header, operation, |_| Ok::<_, StoreError>(None))?;
             }
             Ok(())
         })?;
@@ -641,6 +693,38 @@ mod tests {
     use crate::operation::FieldValue;
     use crate::signing::DeviceKey;
     use crate::store::{Store, StoreOptions};
+
+    #[test]
+    fn the_log_read_on_a_second_thread_folds_to_the_stored_views_and_stops_at_a_corrupt_record() {
+        use crate::error::StoreError;
+        use crate::projection::state_hash::StateHasher;
+        use crate::store::key_layout::{event_key, CF_EVENTS};
+        let dir = tempfile::tempdir().unwrap();
+        let store = a_busy_store(dir.path(), 40); // 120 events: several batches of the reader
+        let space = SpaceId([1; 16]);
+        let stored = store.state_hash(&space).unwrap();
+        let cases: std::collections::BTreeMap<_, _> = store.fold_log(&space, |_| true).unwrap().into_cases().collect();
+        let mut hasher = StateHasher::new();
+        cases.values().for_each(|state| hasher.add(state));
+        assert_eq!(hasher.finish(), stored);
+        assert_eq!(store.rebuild_projections(&space).unwrap(), stored);
+        let mut seen = 0;
+        let _ = store.fold_log(&space, |_| {
+            seen += 1;
+            false
+        });
+        assert_eq!(seen, 120, "include sees every event, in order, on the calling thread");
+
+        // A record that does not decode, past the first batches: an error naming it, no hang.
+        let author = DeviceKey::from_secret([2; 32]).author();
+        store.db().put_cf(store.cf(CF_EVENTS), event_key(&space, &author, 50), b"not an event").unwrap();
+        for outcome in [store.fold_log(&space, |_| true).map(|_| ()), store.rebuild_projections(&space).map(|_| ())] {
+            match outcome {
+                Err(StoreError::Corrupt { author: named, seq: 50, .. }) => assert_eq!(named, author),
+                other => panic!("expected the corrupt record named, got {:?}", other.err()),
+            }
+        }
+    }
 
     /// A store with `cases` cases, each created and then set by alternating keys.
     fn a_busy_store(dir: &std::path::Path, cases: u8) -> Store {

@@ -5,7 +5,8 @@
 //! allocated by whichever thread ran the batch and freed by another) fragmented across a dozen
 //! arenas: at 16k cases held node B peaked at 323 MiB (228 MiB with one arena). On one thread
 //! the fold's memory is reused in place: 16k cases in 215 MiB, so the node holds twice the cases
-//! it did in its 256 MiB budget.
+//! it did in its 256 MiB budget. (The binaries now allocate with mimalloc, whose heaps are per
+//! thread too: one thread still keeps the fold's memory in one heap.)
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;

@@ -32,7 +32,9 @@ pub type CurrentVersions<T> = Vec<Version<T>>;
 pub type FieldName = compact_str::CompactString;
 
 /// A record's field registers by name, as one sorted vector: a case's fields (a handful) are one
-/// allocation, searched in a cache line or two, and freed at once.
+/// allocation, searched in a cache line or two, and freed at once. A new name shifts the names
+/// after it (a record with thousands of distinct field names would pay for that; entries, which
+/// a case may hold by the thousand, stay in a B-tree).
 pub type FieldMap = litemap::LiteMap<FieldName, Register<FieldValue>>;
 
 /// A multi-value register.
