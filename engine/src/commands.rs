@@ -73,7 +73,8 @@ fn writes(record: Option<&Record>, fields: Vec<(String, FieldValue)>) -> Vec<Fie
     fields
         .into_iter()
         .map(|(name, value)| {
-            let supersedes = record.and_then(|r| r.fields.get(name.as_str())).map(|r| r.current_dots()).unwrap_or_default();
+            let supersedes =
+                record.and_then(|r| r.fields.get(name.as_str())).map(|r| r.current_dots()).unwrap_or_default();
             FieldWrite { name, value, supersedes }
         })
         .collect()

@@ -433,7 +433,8 @@ fn fold_stored_events(
     mut fold: impl FnMut(&EventHeader, Option<Operation>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     std::thread::scope(|scope| {
-        let (batches, read) = std::sync::mpsc::sync_channel::<Vec<(EventHeader, Option<Operation>)>>(READ_BATCHES_AHEAD);
+        let (batches, read) =
+            std::sync::mpsc::sync_channel::<Vec<(EventHeader, Option<Operation>)>>(READ_BATCHES_AHEAD);
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(READ_BATCH_EVENTS);
             for_each_stored_event(store, space, |header, body| {

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-
 use crate::ids::{CaseId, EntryId};
 use crate::operation::{Dot, FieldValue, FieldWrite, Operation, Status, StatusWrite};
 use crate::store::key_layout::CasePart;

@@ -83,9 +83,8 @@ impl StateHasher {
                 self.u64(*seq);
             }
         }
-        let shown = |(_, register): &(&_, &crate::projection::case_state::Register<FieldValue>)| {
-            !register.current.is_empty()
-        };
+        let shown =
+            |(_, register): &(&_, &crate::projection::case_state::Register<FieldValue>)| !register.current.is_empty();
         self.u64(record.fields.iter().filter(shown).count() as u64);
         for (name, register) in record.fields.iter().filter(shown) {
             self.bytes(name.as_bytes());
