@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 
 use crate::ids::{AuthorId, SpaceId};
 use crate::limits::{DEVICE_NAME_BYTES_MAX, EVENT_BYTES_MAX, SIGNATURE_BYTES};
+use crate::stream_hash::StreamHasher;
 use crate::vector_clock::VersionVector;
 
 /// The first 8 bytes of every backup file.
@@ -110,7 +111,7 @@ pub struct BackupSummary {
 /// Writes a backup file: header at construction, one record per event, trailer on finish.
 pub struct BackupWriter<W: Write> {
     out: W,
-    hasher: blake3::Hasher,
+    hasher: StreamHasher,
     events: u64,
     bytes: u64,
 }
@@ -118,7 +119,7 @@ pub struct BackupWriter<W: Write> {
 impl<W: Write> BackupWriter<W> {
     /// Writes the header. Member names longer than [`DEVICE_NAME_BYTES_MAX`] are cut.
     pub fn new(out: W, header: &BackupHeader) -> Result<BackupWriter<W>, BackupError> {
-        let mut writer = BackupWriter { out, hasher: blake3::Hasher::new(), events: 0, bytes: 0 };
+        let mut writer = BackupWriter { out, hasher: StreamHasher::new(), events: 0, bytes: 0 };
         writer.put(&MAGIC)?;
         writer.put(&BACKUP_FORMAT_VERSION.to_be_bytes())?;
         writer.put(header.space.as_bytes())?;
@@ -207,7 +208,7 @@ pub enum BackupRecord {
 /// Reads a backup file record by record, verifying the trailer when it is reached.
 pub struct BackupReader<R: Read> {
     input: R,
-    hasher: blake3::Hasher,
+    hasher: StreamHasher,
     offset: u64,
     events: u64,
     header: BackupHeader,
@@ -219,7 +220,7 @@ impl<R: Read> BackupReader<R> {
     pub fn new(input: R) -> Result<BackupReader<R>, BackupError> {
         let mut reader = BackupReader {
             input,
-            hasher: blake3::Hasher::new(),
+            hasher: StreamHasher::new(),
             offset: 0,
             events: 0,
             header: BackupHeader {

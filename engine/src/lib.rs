@@ -44,6 +44,7 @@ pub mod operation;
 pub mod projection;
 pub mod signing;
 pub mod store;
+mod stream_hash;
 pub mod vector_clock;
 pub mod verify;
 pub mod wire;

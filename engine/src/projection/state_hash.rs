@@ -4,20 +4,14 @@
 
 use crate::operation::{Dot, FieldValue};
 use crate::projection::case_state::{CaseState, Record};
+use crate::stream_hash::StreamHasher;
 
-/// Feeds case states, in case id order, into one hash.
-///
-/// The encoding is gathered in a buffer and hashed in large slices: blake3 hashes a long input
-/// several chunks at a time (SIMD), but one 64-byte block at a time when fed field by field, which
-/// was a fifth of a state hash over 100k cases.
+/// Feeds case states, in case id order, into one hash (gathered into large slices: see
+/// [`StreamHasher`]).
 pub struct StateHasher {
-    hasher: blake3::Hasher,
-    buffer: Vec<u8>,
+    hasher: StreamHasher,
     cases: u64,
 }
-
-/// Bytes gathered before they are hashed (a multiple of blake3's 1 KiB chunk).
-const BUFFER_BYTES: usize = 64 * 1024;
 
 impl Default for StateHasher {
     fn default() -> Self {
@@ -28,9 +22,9 @@ impl Default for StateHasher {
 impl StateHasher {
     /// A hasher over nothing yet.
     pub fn new() -> StateHasher {
-        let mut buffer = Vec::with_capacity(BUFFER_BYTES + 4096);
-        buffer.extend_from_slice(b"casesync-state-v1");
-        StateHasher { hasher: blake3::Hasher::new(), buffer, cases: 0 }
+        let mut hasher = StreamHasher::new();
+        hasher.update(b"casesync-state-v1");
+        StateHasher { hasher, cases: 0 }
     }
 
     /// Adds the next case; callers feed cases in increasing case id order.
@@ -44,30 +38,25 @@ impl StateHasher {
             self.bytes(id.as_bytes());
             self.record(record);
         }
-        if self.buffer.len() >= BUFFER_BYTES {
-            self.hasher.update(&self.buffer);
-            self.buffer.clear();
-        }
     }
 
     /// The hash, hex.
     pub fn finish(mut self) -> String {
         self.u64(self.cases);
-        self.hasher.update(&self.buffer);
         self.hasher.finalize().to_hex().to_string()
     }
 
     fn u64(&mut self, n: u64) {
-        self.buffer.extend_from_slice(&n.to_be_bytes());
+        self.hasher.update(&n.to_be_bytes());
     }
 
     fn bytes(&mut self, b: &[u8]) {
         self.u64(b.len() as u64);
-        self.buffer.extend_from_slice(b);
+        self.hasher.update(b);
     }
 
     fn dot(&mut self, dot: &Dot) {
-        self.buffer.extend_from_slice(dot.author.as_bytes());
+        self.hasher.update(dot.author.as_bytes());
         self.u64(dot.seq);
     }
 
@@ -79,7 +68,7 @@ impl StateHasher {
             self.bytes(v.value.status.as_str().as_bytes());
             self.u64(v.value.seen.len() as u64);
             for (author, seq) in v.value.seen.iter() {
-                self.buffer.extend_from_slice(author.as_bytes());
+                self.hasher.update(author.as_bytes());
                 self.u64(*seq);
             }
         }
@@ -110,7 +99,7 @@ impl StateHasher {
             FieldValue::Date(d) => (5, d.as_bytes()),
             FieldValue::Bytes(b) => (6, b),
         };
-        self.buffer.push(tag);
+        self.hasher.update(&[tag]);
         self.bytes(bytes);
     }
 }
