@@ -1,7 +1,8 @@
 //! `replay-tool import`: checks a whole backup file first (trailer hash and count, every hash
 //! link anchored at the stored heads, each chain's last signature, events already held equal to
 //! the stored ones), and only then ingests it in batches. A truncated or tampered file stores
-//! nothing. Two streaming passes over the file; memory holds one batch.
+//! nothing. Two streaming passes over the file, each read, decoded and hashed on a second thread;
+//! memory holds a few batches.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -10,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use casesync_engine::backup_format::{BackupHeader, BackupReader, BackupRecord, BackupSummary};
+use casesync_engine::error::EventError;
 use casesync_engine::event::SignedEvent;
 use casesync_engine::ids::SpaceId;
 use casesync_engine::store::{PreparedBatch, Store, StoreOptions};
@@ -56,7 +58,7 @@ fn check_file(
     store: Option<&Store>,
     space: SpaceId,
 ) -> anyhow::Result<(BackupHeader, BackupSummary, u64)> {
-    let mut reader = open_backup(file)?;
+    let reader = open_backup(file)?;
     let header = reader.header().clone();
     if header.space != space {
         bail!("{} holds space {}, but this data dir serves space {}", file.display(), header.space, space);
@@ -67,44 +69,82 @@ fn check_file(
     let mut verifier = ChainVerifier::with_anchors(space, SignatureCheck::Range, anchors);
     let mut duplicates = 0u64;
     let bar = progress::bar(0, "check");
-    let summary = loop {
-        let record = reader.next_record().map_err(|e| refused(file, e))?;
-        let (offset, stored) = match record {
-            BackupRecord::Event { offset, stored } => (offset, stored),
-            BackupRecord::End(summary) => break summary,
-        };
-        bar.inc(1);
-        let event = SignedEvent::from_stored(&stored)
-            .map_err(|e| refused(file, format!("the event record at byte {offset} does not decode: {e}")))?;
-        let h = &event.header;
-        let stored_head = store.and_then(|s| s.head(&space, &h.author)).map_or(0, |head| head.seq);
-        if h.seq <= stored_head {
-            // Already held: it must be the very same event, else the file forks the chain.
-            let held = store.map(|s| s.get_event(&space, &h.author, h.seq)).transpose()?.flatten();
-            if held.is_none_or(|held| held.id != event.id) {
-                return Err(refused(
-                    file,
-                    format!("author {} seq {} differs from the stored event (a fork)", h.author.device_id(), h.seq),
-                ));
+    // The file is read, decoded and hashed on a second thread while this one checks the chains.
+    let summary = std::thread::scope(|scope| -> anyhow::Result<BackupSummary> {
+        let (batches, read) = std::sync::mpsc::sync_channel(PREPARED_BATCHES_QUEUED);
+        let reader = scope.spawn(move || decode_records(reader, file, batches));
+        for batch in read.iter() {
+            for (offset, event) in batch {
+                bar.inc(1);
+                let event = event
+                    .map_err(|e| refused(file, format!("the event record at byte {offset} does not decode: {e}")))?;
+                let h = &event.header;
+                let stored_head = store.and_then(|s| s.head(&space, &h.author)).map_or(0, |head| head.seq);
+                if h.seq <= stored_head {
+                    // Already held: it must be the very same event, else the file forks the chain.
+                    let held = store.map(|s| s.get_event(&space, &h.author, h.seq)).transpose()?.flatten();
+                    if held.is_none_or(|held| held.id != event.id) {
+                        return Err(refused(
+                            file,
+                            format!(
+                                "author {} seq {} differs from the stored event (a fork)",
+                                h.author.device_id(),
+                                h.seq
+                            ),
+                        ));
+                    }
+                    duplicates += 1;
+                    continue;
+                }
+                if let Err(fault) = verifier.push(&event) {
+                    let hint = if !header.base.is_empty() && h.seq > 1 && verifier.seq(&h.author) < h.seq - 1 {
+                        " (this is an incremental backup: import the backup it continues first)"
+                    } else {
+                        ""
+                    };
+                    return Err(refused(file, format!("{fault}{hint}")));
+                }
             }
-            duplicates += 1;
-            continue;
         }
-        if let Err(fault) = verifier.push(&event) {
-            let hint = if !header.base.is_empty() && h.seq > 1 && verifier.seq(&h.author) < h.seq - 1 {
-                " (this is an incremental backup: import the backup it continues first)"
-            } else {
-                ""
-            };
-            return Err(refused(file, format!("{fault}{hint}")));
-        }
-    };
+        // The reader ends with the file's summary, or with why the file is not usable.
+        reader.join().map_err(|_| anyhow::anyhow!("the import's reader thread panicked"))?
+    })?;
     bar.finish_and_clear();
     let chains = verifier.finish();
     if let Some(fault) = chains.faults.first() {
         return Err(refused(file, fault));
     }
     Ok((header, summary, duplicates))
+}
+
+/// Pass 1's reader: decodes and hashes the file's event records in batches (with their
+/// offsets) and returns the file's summary once its trailer verified. Stops early, with an error,
+/// when the checker is gone.
+fn decode_records(
+    mut reader: BackupReader<BufReader<File>>,
+    file: &Path,
+    batches: std::sync::mpsc::SyncSender<Vec<(u64, Result<SignedEvent, EventError>)>>,
+) -> anyhow::Result<BackupSummary> {
+    let mut batch = Vec::with_capacity(IMPORT_BATCH_EVENTS);
+    loop {
+        match reader.next_record().map_err(|e| refused(file, e))? {
+            BackupRecord::Event { offset, stored } => {
+                batch.push((offset, SignedEvent::from_stored(&stored)));
+                if batch.len() >= IMPORT_BATCH_EVENTS {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH_EVENTS));
+                    if batches.send(full).is_err() {
+                        bail!("the check stopped");
+                    }
+                }
+            }
+            BackupRecord::End(summary) => {
+                if !batch.is_empty() && batches.send(batch).is_err() {
+                    bail!("the check stopped");
+                }
+                return Ok(summary);
+            }
+        }
+    }
 }
 
 /// Pass 2's reader: reads the file again and hands on its events in batches, decoded and hashed
