@@ -136,8 +136,7 @@ impl Fold {
                 std::collections::hash_map::Entry::Occupied(o) => *o.get(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let state = load(&case)?.unwrap_or_else(|| CaseState::new(case));
-                    self.cases.push(Held { state, tick: 0, history: Vec::new() });
-                    *v.insert(self.cases.len() - 1)
+                    *v.insert(push_held(&mut self.cases, state, 0))
                 }
             };
             let held = &mut self.cases[at]; // `index` only names held cases.
@@ -164,8 +163,7 @@ impl Fold {
     ) -> Result<(), E> {
         if let std::collections::hash_map::Entry::Vacant(slot) = self.index.entry(case) {
             if let Some(stored) = load(&case)? {
-                self.cases.push(Held { state: stored, tick: self.clock, history: Vec::new() });
-                slot.insert(self.cases.len() - 1);
+                slot.insert(push_held(&mut self.cases, stored, self.clock));
             }
         }
         Ok(())
@@ -184,6 +182,27 @@ impl Fold {
     /// Every case state held, in no particular order.
     pub fn into_cases(self) -> impl Iterator<Item = (CaseId, CaseState)> {
         self.cases.into_iter().map(|held| (held.state.id, held.state))
+    }
+
+    /// Every case state held, in case id order (the order of views and of the state hash).
+    pub fn into_sorted_cases(self) -> Vec<CaseState> {
+        let mut cases: Vec<CaseState> = self.cases.into_iter().map(|held| held.state).collect();
+        cases.sort_unstable_by_key(|state| state.id);
+        cases
+    }
+}
+
+/// Appends a held case; returns where it is.
+fn push_held(cases: &mut Vec<Held>, state: CaseState, tick: u64) -> usize {
+    cases.push(Held { state, tick, history: Vec::new() });
+    cases.len() - 1
+}
+
+impl Held {
+    fn taken(self) -> HeldCase {
+        let Held { state, mut history, .. } = self;
+        history.sort_unstable_by_key(|(author, seq, _)| (*author, *seq));
+        HeldCase { state, history }
     }
 }
 
@@ -207,9 +226,10 @@ impl Fold {
 
     /// Removes and returns every case state, in case id order.
     pub fn take_all(&mut self) -> Vec<HeldCase> {
-        let mut cases: Vec<CaseId> = self.index.keys().copied().collect();
-        cases.sort_unstable();
-        cases.into_iter().filter_map(|case| self.take(&case)).collect()
+        self.index.clear();
+        let mut cases: Vec<HeldCase> = self.cases.drain(..).map(Held::taken).collect();
+        cases.sort_unstable_by_key(|held| held.state.id);
+        cases
     }
 
     fn take(&mut self, case: &CaseId) -> Option<HeldCase> {
@@ -218,10 +238,7 @@ impl Fold {
         if let Some(moved) = self.cases.get(at) {
             self.index.insert(moved.state.id, at);
         }
-        Some(held).map(|Held { state, mut history, .. }| {
-            history.sort_unstable_by_key(|(author, seq, _)| (*author, *seq));
-            HeldCase { state, history }
-        })
+        Some(held.taken())
     }
 }
 
@@ -392,7 +409,7 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
 fn for_each_stored_event(
     store: &Store,
     space: &SpaceId,
-    mut f: impl FnMut(&EventHeader, &[u8]) -> Result<ControlFlow<()>, StoreError>,
+    mut f: impl FnMut(EventHeader, &[u8]) -> Result<ControlFlow<()>, StoreError>,
 ) -> Result<(), StoreError> {
     let mut read = rocksdb::ReadOptions::default();
     read.fill_cache(false);
@@ -411,7 +428,7 @@ fn for_each_stored_event(
             seq: crate::store::key_layout::be_u64(key.get(48..).unwrap_or(&[])).unwrap_or(0),
             reason: e.to_string(),
         })?;
-        if f(&header, &body)?.is_break() {
+        if f(header, &body)?.is_break() {
             return Ok(());
         }
         iter.next();
@@ -438,7 +455,8 @@ fn fold_stored_events(
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(READ_BATCH_EVENTS);
             for_each_stored_event(store, space, |header, body| {
-                batch.push((header.clone(), operation_in(header, body)));
+                let operation = operation_in(&header, body);
+                batch.push((header, operation));
                 if batch.len() < READ_BATCH_EVENTS {
                     return Ok(ControlFlow::Continue(()));
                 }
@@ -704,10 +722,8 @@ mod tests {
         let store = a_busy_store(dir.path(), 40); // 120 events: several batches of the reader
         let space = SpaceId([1; 16]);
         let stored = store.state_hash(&space).unwrap();
-        let cases: std::collections::BTreeMap<_, _> = store.fold_log(&space, |_| true).unwrap().into_cases().collect();
-        let mut hasher = StateHasher::new();
-        cases.values().for_each(|state| hasher.add(state));
-        assert_eq!(hasher.finish(), stored);
+        let cases = store.fold_log(&space, |_| true).unwrap().into_sorted_cases();
+        assert_eq!(StateHasher::of(&cases), stored);
         assert_eq!(store.rebuild_projections(&space).unwrap(), stored);
         let mut seen = 0;
         let _ = store.fold_log(&space, |_| {

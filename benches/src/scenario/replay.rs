@@ -43,10 +43,8 @@ pub fn run(h: &mut Harness, o: ReplayOptions) -> anyhow::Result<ScenarioReport> 
         let started = Instant::now();
         let fold = store.fold_log(&h.space, |_| true)?;
         let fold_secs = started.elapsed().as_secs_f64();
-        let cases: std::collections::BTreeMap<_, _> = fold.into_cases().collect();
-        let mut hasher = StateHasher::new();
-        cases.values().for_each(|state| hasher.add(state));
-        let folded = hasher.finish();
+        let cases = fold.into_sorted_cases();
+        let folded = StateHasher::of(&cases);
         if folded != before {
             bail!("the fold of the log gives another state hash: {folded}, stored {before}");
         }

@@ -260,12 +260,7 @@ fn fold_hash(events: &[SignedEvent]) -> String {
     for e in events {
         fold.apply(e, |_| Ok::<_, ()>(None)).unwrap();
     }
-    let ordered: BTreeMap<_, _> = fold.into_cases().collect();
-    let mut hasher = StateHasher::new();
-    for state in ordered.values() {
-        hasher.add(state);
-    }
-    hasher.finish()
+    StateHasher::of(&fold.into_sorted_cases())
 }
 
 /// The state hash of folding `events` as RocksDB may see them: split into random subsets, each
@@ -293,11 +288,7 @@ fn delta_join_hash(events: &[SignedEvent], mut seed: u64) -> String {
             }
         }
     }
-    let mut hasher = StateHasher::new();
-    for state in joined.values() {
-        hasher.add(state);
-    }
-    hasher.finish()
+    StateHasher::of(joined.values())
 }
 
 /// A random interleaving of per-author chains (the orders sync can deliver).

@@ -1,11 +1,8 @@
 //! `replay-tool at`: the case views as they were at a time (events with hlc at or before it) or
 //! at a version vector, folded in memory beside the live projections, which stay untouched.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use casesync_engine::ids::CaseId;
-use casesync_engine::projection::case_state::CaseState;
 use casesync_engine::projection::history::hlc_millis;
 use casesync_engine::projection::state_hash::StateHasher;
 use casesync_engine::projection::views::CaseView;
@@ -47,14 +44,9 @@ pub fn run(data: &Path, point: &Point) -> anyhow::Result<Outcome> {
     })?;
     bar.finish_and_clear();
     let cut = fold.seen.clone();
-    let cases: BTreeMap<CaseId, CaseState> = fold.into_cases().collect();
-    let mut hasher = StateHasher::new();
-    let mut views = Vec::with_capacity(cases.len());
-    for state in cases.values() {
-        hasher.add(state);
-        views.push(CaseView::of(state));
-    }
-    let state_hash = hasher.finish();
+    let cases = fold.into_sorted_cases();
+    let state_hash = StateHasher::of(&cases);
+    let views: Vec<CaseView> = cases.iter().map(CaseView::of).collect();
     let point_json = match point {
         Point::Time(t) => json!({ "time": format_utc(t.end()), "time_ms": t.end() }),
         Point::Vector(v) => json!({ "vector": vector_json(v) }),

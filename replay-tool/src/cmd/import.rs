@@ -10,10 +10,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use casesync_engine::backup_format::{BackupHeader, BackupReader, BackupRecord, BackupSummary};
+use casesync_engine::backup_format::{BackupError, BackupHeader, BackupReader, BackupRecord, BackupSummary};
 use casesync_engine::error::EventError;
 use casesync_engine::event::SignedEvent;
 use casesync_engine::ids::SpaceId;
+use casesync_engine::limits::SIGNATURE_BYTES;
 use casesync_engine::store::{PreparedBatch, Store, StoreOptions};
 use casesync_engine::verify::{ChainVerifier, SignatureCheck};
 use casesync_proto::v1 as pb;
@@ -117,68 +118,63 @@ fn check_file(
     Ok((header, summary, duplicates))
 }
 
-/// Pass 1's reader: decodes and hashes the file's event records in batches (with their
-/// offsets) and returns the file's summary once its trailer verified. Stops early, with an error,
-/// when the checker is gone.
+/// Reads a backup file's event records in batches of [`IMPORT_BATCH_EVENTS`] (each with its
+/// offset) and hands each batch to `send`, which returns false when its receiver is gone. Returns
+/// the file's summary once its trailer verified, or `None` if the receiver stopped first.
+fn read_records(
+    reader: &mut BackupReader<BufReader<File>>,
+    mut send: impl FnMut(Vec<(u64, Vec<u8>)>) -> bool,
+) -> Result<Option<BackupSummary>, BackupError> {
+    let mut batch = Vec::with_capacity(IMPORT_BATCH_EVENTS);
+    loop {
+        match reader.next_record()? {
+            BackupRecord::Event { offset, stored } => {
+                batch.push((offset, stored));
+                if batch.len() >= IMPORT_BATCH_EVENTS
+                    && !send(std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH_EVENTS)))
+                {
+                    return Ok(None);
+                }
+            }
+            BackupRecord::End(summary) => return Ok((batch.is_empty() || send(batch)).then_some(summary)),
+        }
+    }
+}
+
+/// Pass 1's reader: decodes and hashes the file's event records (with their offsets) and returns
+/// the file's summary once its trailer verified.
 fn decode_records(
     mut reader: BackupReader<BufReader<File>>,
     file: &Path,
     batches: std::sync::mpsc::SyncSender<Vec<(u64, Result<SignedEvent, EventError>)>>,
 ) -> anyhow::Result<BackupSummary> {
-    let mut batch = Vec::with_capacity(IMPORT_BATCH_EVENTS);
-    loop {
-        match reader.next_record().map_err(|e| refused(file, e))? {
-            BackupRecord::Event { offset, stored } => {
-                batch.push((offset, SignedEvent::from_stored(&stored)));
-                if batch.len() >= IMPORT_BATCH_EVENTS {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH_EVENTS));
-                    if batches.send(full).is_err() {
-                        bail!("the check stopped");
-                    }
-                }
-            }
-            BackupRecord::End(summary) => {
-                if !batch.is_empty() && batches.send(batch).is_err() {
-                    bail!("the check stopped");
-                }
-                return Ok(summary);
-            }
-        }
-    }
+    let read = read_records(&mut reader, |records| {
+        let decoded = records.into_iter().map(|(offset, stored)| (offset, SignedEvent::from_stored(&stored)));
+        batches.send(decoded.collect()).is_ok()
+    });
+    read.map_err(|e| refused(file, e))?.ok_or_else(|| anyhow::anyhow!("the check stopped"))
 }
 
 /// Pass 2's reader: reads the file again and hands on its events in batches, decoded and hashed
-/// ([`PreparedBatch`]); returns the file's summary, or stops early when the receiver is gone.
+/// ([`PreparedBatch`]); returns the file's summary.
 fn read_batches(
     file: &Path,
     space: SpaceId,
     batches: std::sync::mpsc::SyncSender<PreparedBatch>,
 ) -> anyhow::Result<BackupSummary> {
     let mut reader = open_backup(file)?;
-    let mut batch: Vec<pb::SignedEvent> = Vec::with_capacity(IMPORT_BATCH_EVENTS);
-    loop {
-        match reader.next_record() {
-            Ok(BackupRecord::Event { stored, .. }) => {
-                let (signature, event) = stored.split_at(64);
-                batch.push(pb::SignedEvent {
-                    event: bytes::Bytes::copy_from_slice(event),
-                    signature: bytes::Bytes::copy_from_slice(signature),
-                });
-                if batch.len() >= IMPORT_BATCH_EVENTS {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH_EVENTS));
-                    if batches.send(PreparedBatch::new(space, full)).is_err() {
-                        bail!("the import stopped");
-                    }
-                }
-            }
-            Ok(BackupRecord::End(summary)) => {
-                if !batch.is_empty() && batches.send(PreparedBatch::new(space, batch)).is_err() {
-                    bail!("the import stopped");
-                }
-                return Ok(summary);
-            }
-            Err(e) => bail!("{} changed during the import: {e} (what was stored verified)", file.display()),
-        }
+    let read = read_records(&mut reader, |records| {
+        // A record is the signature followed by the event bytes: both are slices of it.
+        let events = records.into_iter().map(|(_, stored)| {
+            let stored = bytes::Bytes::from(stored);
+            pb::SignedEvent { signature: stored.slice(..SIGNATURE_BYTES), event: stored.slice(SIGNATURE_BYTES..) }
+        });
+        batches.send(PreparedBatch::new(space, events.collect())).is_ok()
+    });
+    match read {
+        Ok(Some(summary)) => Ok(summary),
+        Ok(None) => bail!("the import stopped"),
+        Err(e) => bail!("{} changed during the import: {e} (what was stored verified)", file.display()),
     }
 }
 

@@ -128,9 +128,7 @@ fn check_chains(
 }
 
 fn case_hash(state: &CaseState) -> String {
-    let mut hasher = StateHasher::new();
-    hasher.add(state);
-    hasher.finish()
+    StateHasher::of([state])
 }
 
 /// Heads, the signatures left to check, and the projections of one space.
@@ -149,11 +147,7 @@ fn finish_space(
         json!({ "checked": false, "reason": "relay: no projections" })
     } else {
         let replayed: BTreeMap<CaseId, CaseState> = check.fold.into_cases().collect();
-        let mut hasher = StateHasher::new();
-        for state in replayed.values() {
-            hasher.add(state);
-        }
-        let replayed_hash = hasher.finish();
+        let replayed_hash = StateHasher::of(replayed.values());
         let watermark = store.projection_watermark(&space)?;
         let mut differences: Vec<String> = Vec::new();
         let mut stored_ids: HashSet<CaseId> = HashSet::new();
