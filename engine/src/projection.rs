@@ -535,32 +535,36 @@ pub(crate) struct DeferredFold {
     pub(crate) usable: bool,
 }
 
-/// Folds a batch ingested during a bulk catch-up into the space's deferred deltas: spilled deltas
-/// (with their history records) go into `batch`, the watermark does not move.
+/// Folds a batch ingested during a bulk catch-up into the space's deferred deltas; returns the
+/// deltas it spilled (with their history records), to be written without the WAL: the watermark
+/// lags until [`finish_deferred`] has flushed them, so a crash before is repaired by the rebuild
+/// at the next open like any other lagging projection. (Written apart from the events, so this
+/// fold can run while the events' own write is on its way; see `Store::stage_and_commit`.)
 pub(crate) fn fold_deferred(
     store: &Store,
     state: &mut WriterState,
-    batch: &mut WriteBatch,
     space: &SpaceId,
     events: &[SignedEvent],
-) -> Result<(), StoreError> {
+) -> Option<WriteBatch> {
+    let cases_max = state.deferred_cases_max;
+    let deferred = state.deferred.get_mut(space).filter(|d| d.usable)?;
+    fold_events(&mut deferred.fold, events);
+    if deferred.fold.case_count() < cases_max {
+        return None;
+    }
+    let mut batch = WriteBatch::default();
+    for held in deferred.fold.evict_least_recent(cases_max / 4) {
+        stage_case(store, space, &mut batch, &held);
+    }
+    Some(batch)
+}
+
+/// Starts the deferred fold of a space at its first batch of a bulk catch-up.
+pub(crate) fn begin_deferred(store: &Store, state: &mut WriterState, space: &SpaceId) -> Result<(), StoreError> {
     if !state.deferred.contains_key(space) {
         // Deltas can only complete views that were current when the catch-up began.
         let usable = store.projection_watermark(space)? == state.vector(space);
         state.deferred.insert(*space, DeferredFold { fold: Fold::store_deltas(), usable });
-    }
-    let Some(deferred) = state.deferred.get_mut(space) else {
-        return Ok(());
-    };
-    if !deferred.usable {
-        return Ok(());
-    }
-    fold_events(&mut deferred.fold, events);
-    if deferred.fold.case_count() >= state.deferred_cases_max {
-        let count = state.deferred_cases_max / 4;
-        for held in deferred.fold.evict_least_recent(count) {
-            stage_case(store, space, batch, &held);
-        }
     }
     Ok(())
 }
@@ -569,10 +573,10 @@ pub(crate) fn fold_deferred(
 /// per write batch, not all held cases in one: that doubled the node's peak memory).
 const FINISH_BATCH_RECORDS: usize = if cfg!(test) { 4 } else { 8_192 };
 
-/// Ends the bulk catch-up of a space: writes its remaining deltas (in bounded commits; the
-/// watermark still lags, so a crash meanwhile is repaired by a rebuild at the next open, as for
-/// the deltas spilled during the catch-up) and stages the watermark `vector` in `batch`.
-/// Returns false if its deltas are not usable (the caller rebuilds).
+/// Ends the bulk catch-up of a space: writes its remaining deltas (in bounded writes, without
+/// the WAL like the spills before them), flushes them and every spill to SST files, and stages
+/// the watermark `vector` in `batch` (to be committed synced: until then a crash is repaired by a
+/// rebuild at the next open). Returns false if its deltas are not usable (the caller rebuilds).
 pub(crate) fn finish_deferred(
     store: &Store,
     deferred: Option<DeferredFold>,
@@ -583,7 +587,12 @@ pub(crate) fn finish_deferred(
     let Some(mut deferred) = deferred.filter(|d| d.usable) else {
         return Ok(false);
     };
-    stage_cases(store, space, batch, deferred.fold.take_all(), FINISH_BATCH_RECORDS, |full| store.commit(full))?;
+    let mut parts = WriteBatch::default();
+    stage_cases(store, space, &mut parts, deferred.fold.take_all(), FINISH_BATCH_RECORDS, |full| {
+        store.write_unlogged(full)
+    })?;
+    store.write_unlogged(parts)?;
+    store.flush_families(&[CF_CASES, CF_CASE_EVENTS])?;
     batch.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(vector));
     Ok(true)
 }
@@ -799,7 +808,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bulk_catch_up_folds_while_ingesting_and_spills_deltas_with_the_events() {
+    fn a_bulk_catch_up_folds_while_ingesting_and_spills_deltas_beside_the_events() {
         let space = SpaceId([1; 16]);
         let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let a = a_busy_store(a_dir.path(), 12);
@@ -818,6 +827,24 @@ mod tests {
         );
         assert_eq!(b.history(&space, &CaseId([3; 16])).unwrap(), a.history(&space, &CaseId([3; 16])).unwrap());
         assert_eq!(b.rebuild_projections(&space).unwrap(), a.state_hash(&space).unwrap());
+    }
+
+    #[test]
+    fn a_bulk_load_without_syncs_folds_beside_its_writes_to_the_same_views() {
+        let space = SpaceId([1; 16]);
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = a_busy_store(a_dir.path(), 12);
+        let b = Store::open(b_dir.path(), StoreOptions::default()).unwrap();
+        b.defer_projections();
+        b.defer_syncs();
+        catch_up(&a, &b, 7);
+        assert_eq!(b.resume_projections().unwrap(), 0, "no rebuild needed");
+        b.sync().unwrap();
+        assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
+        assert_eq!(b.history(&space, &CaseId([5; 16])).unwrap(), a.history(&space, &CaseId([5; 16])).unwrap());
+        drop(b);
+        let b = Store::open(b_dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap(), "after reopening");
     }
 
     #[test]
