@@ -451,7 +451,7 @@ impl Store {
     /// Makes every commit so far durable (syncs the WAL) and ends [`Store::defer_syncs`].
     pub fn sync(&self) -> Result<(), StoreError> {
         self.syncs_deferred.store(false, Ordering::Release);
-        self.db.flush_wal(true).map_err(StoreError::Rocks)
+        self.sync_wal()
     }
 
     /// Waits until every write so far is on disk (syncs the WAL). A failure poisons the store.
