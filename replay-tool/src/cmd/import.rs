@@ -1,12 +1,14 @@
-//! `replay-tool import`: checks a whole backup file first (trailer hash and count, every hash
-//! link anchored at the stored heads, each chain's last signature, events already held equal to
-//! the stored ones), and only then ingests it in batches. A truncated or tampered file stores
-//! nothing. Two streaming passes over the file, each read, decoded and hashed on a second thread;
-//! memory holds a few batches.
+//! `replay-tool import`. Into a data dir that already has a store: checks a whole backup file
+//! first (trailer hash and count, every hash link anchored at the stored heads, each chain's last
+//! signature, events already held equal to the stored ones), and only then ingests it in batches.
+//! Into a data dir without one: a single pass that stores into a staging store beside `db/`
+//! (the ingest checks chains and signatures, the reader the trailer) and renames it to `db/` only
+//! once the whole file verified. Either way a truncated or tampered file stores nothing. Each pass
+//! reads, decodes and hashes the file on a second thread; memory holds a few batches.
 
 use std::fs::File;
 use std::io::BufReader;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -15,7 +17,7 @@ use casesync_engine::error::EventError;
 use casesync_engine::event::SignedEvent;
 use casesync_engine::ids::SpaceId;
 use casesync_engine::limits::SIGNATURE_BYTES;
-use casesync_engine::store::{PreparedBatch, Store, StoreOptions};
+use casesync_engine::store::{PreparedBatch, RejectReason, Rejection, Store, StoreOptions};
 use casesync_engine::verify::{ChainVerifier, SignatureCheck};
 use casesync_proto::v1 as pb;
 use serde_json::json;
@@ -53,20 +55,16 @@ fn refused(file: &Path, why: impl std::fmt::Display) -> anyhow::Error {
     Damage(format!("{} refused, nothing stored: {why}", file.display())).into()
 }
 
-/// Pass 1: everything an ingest would check, without storing anything.
-fn check_file(
-    file: &Path,
-    store: Option<&Store>,
-    space: SpaceId,
-) -> anyhow::Result<(BackupHeader, BackupSummary, u64)> {
+/// Pass 1 of an import into an existing store: everything an ingest would check, without storing
+/// anything.
+fn check_file(file: &Path, store: &Store, space: SpaceId) -> anyhow::Result<(BackupHeader, BackupSummary, u64)> {
     let reader = open_backup(file)?;
     let header = reader.header().clone();
     if header.space != space {
         bail!("{} holds space {}, but this data dir serves space {}", file.display(), header.space, space);
     }
-    let anchors = store
-        .map(|s| s.vector(&space).iter().filter_map(|(a, _)| Some((*a, s.head(&space, a)?))).collect::<Vec<_>>())
-        .unwrap_or_default();
+    let anchors =
+        store.vector(&space).iter().filter_map(|(a, _)| Some((*a, store.head(&space, a)?))).collect::<Vec<_>>();
     let mut verifier = ChainVerifier::with_anchors(space, SignatureCheck::Range, anchors);
     let mut duplicates = 0u64;
     let bar = progress::bar(0, "check");
@@ -80,10 +78,10 @@ fn check_file(
                 let event = event
                     .map_err(|e| refused(file, format!("the event record at byte {offset} does not decode: {e}")))?;
                 let h = &event.header;
-                let stored_head = store.and_then(|s| s.head(&space, &h.author)).map_or(0, |head| head.seq);
+                let stored_head = store.head(&space, &h.author).map_or(0, |head| head.seq);
                 if h.seq <= stored_head {
                     // Already held: it must be the very same event, else the file forks the chain.
-                    let held = store.map(|s| s.get_event(&space, &h.author, h.seq)).transpose()?.flatten();
+                    let held = store.get_event(&space, &h.author, h.seq)?;
                     if held.is_none_or(|held| held.id != event.id) {
                         return Err(refused(
                             file,
@@ -155,27 +153,50 @@ fn decode_records(
     read.map_err(|e| refused(file, e))?.ok_or_else(|| anyhow::anyhow!("the check stopped"))
 }
 
-/// Pass 2's reader: reads the file again and hands on its events in batches, decoded and hashed
-/// ([`PreparedBatch`]); returns the file's summary.
+/// The storing pass's reader: reads the file and hands on its events in batches, decoded and
+/// hashed ([`PreparedBatch`]); returns the file's summary once its trailer verified, or `None` if
+/// the receiver stopped first.
 fn read_batches(
-    file: &Path,
+    mut reader: BackupReader<BufReader<File>>,
     space: SpaceId,
     batches: std::sync::mpsc::SyncSender<PreparedBatch>,
-) -> anyhow::Result<BackupSummary> {
-    let mut reader = open_backup(file)?;
-    let read = read_records(&mut reader, |records| {
+) -> Result<Option<BackupSummary>, BackupError> {
+    read_records(&mut reader, |records| {
         // A record is the signature followed by the event bytes: both are slices of it.
         let events = records.into_iter().map(|(_, stored)| {
             let stored = bytes::Bytes::from(stored);
             pb::SignedEvent { signature: stored.slice(..SIGNATURE_BYTES), event: stored.slice(SIGNATURE_BYTES..) }
         });
         batches.send(PreparedBatch::new(space, events.collect())).is_ok()
-    });
-    match read {
-        Ok(Some(summary)) => Ok(summary),
-        Ok(None) => bail!("the import stopped"),
-        Err(e) => bail!("{} changed during the import: {e} (what was stored verified)", file.display()),
+    })
+}
+
+/// Stores the prepared batches as they come (batches already waiting joined into one commit);
+/// the first refusal ends it with `refusal`'s error. Returns (accepted, already held).
+fn store_batches(
+    store: &Store,
+    prepared: std::sync::mpsc::Receiver<PreparedBatch>,
+    bar: &indicatif::ProgressBar,
+    refusal: impl Fn(&Rejection) -> anyhow::Error,
+) -> anyhow::Result<(u64, u64)> {
+    let (mut accepted, mut skipped) = (0u64, 0u64);
+    while let Ok(mut batch) = prepared.recv() {
+        while batch.len() < IMPORT_COMMIT_EVENTS_MAX {
+            match prepared.try_recv() {
+                Ok(more) => batch.append(more),
+                Err(_) => break,
+            }
+        }
+        let count = batch.len() as u64;
+        let report = store.ingest_prepared(batch)?;
+        if let Some(rejection) = report.rejected.first() {
+            return Err(refusal(rejection));
+        }
+        accepted += report.accepted;
+        skipped += report.duplicates;
+        bar.inc(count);
     }
+    Ok((accepted, skipped))
 }
 
 /// How an import brings the projections up to date.
@@ -196,19 +217,21 @@ pub enum Projections {
 pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let config = data_dir::read_config(data)?;
-    let has_store = data_dir::db_path(data).join("CURRENT").exists();
     let projections = !config.is_some_and(|c| c.relay);
-    let existing = if has_store { Some(data_dir::open_store(data, projections)??) } else { None };
+    if !data_dir::db_path(data).join("CURRENT").exists() {
+        return import_into_new_store(data, file, config, projections, mode, started);
+    }
+    let existing = data_dir::open_store(data, projections)??;
     // The space: the data dir's, else the backup's.
-    let space = match (&config, &existing) {
-        (Some(config), _) => config.space,
-        (None, Some(store)) if !store.spaces().is_empty() => data_dir::space_of(None, store)?,
-        _ => open_backup(file)?.header().space,
+    let space = match &config {
+        Some(config) => config.space,
+        None if !existing.spaces().is_empty() => data_dir::space_of(None, &existing)?,
+        None => open_backup(file)?.header().space,
     };
-    let (header, checked, duplicates) = check_file(file, existing.as_ref(), space)?;
+    let (header, checked, duplicates) = check_file(file, &existing, space)?;
 
     // Pass 2: store. Nothing above wrote anything.
-    let held = existing.as_ref().map_or(0, |s| s.vector(&space).total());
+    let held = existing.vector(&space).total();
     let to_store = checked.events.saturating_sub(duplicates);
     // A large import folds in memory while storing (`bulk`) or stores the events alone and
     // rebuilds the projections once (`rebuild`): both much cheaper than folding batch by batch.
@@ -223,12 +246,6 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
     let rebuild = projections && mode == Projections::Rebuild;
     drop(existing);
     let db = data_dir::db_path(data);
-    if !has_store {
-        std::fs::create_dir_all(&db).with_context(|| format!("creating {}", db.display()))?;
-        if config.is_none() {
-            data_dir::write_minimal_config(data, &space)?;
-        }
-    }
     let store = Store::open(&db, StoreOptions { projections: projections && !rebuild }).context("opening the store")?;
     if bulk {
         store.defer_projections_holding(IMPORT_CASES_IN_MEMORY);
@@ -237,39 +254,31 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
     // short by a crash or power loss keeps a consistent prefix and is simply run again.
     store.defer_syncs();
     let bar = progress::bar(checked.events, "import");
-    let (mut accepted, mut skipped) = (0u64, 0u64);
-    let summary = std::thread::scope(|scope| -> anyhow::Result<BackupSummary> {
+    let reader = open_backup(file)?;
+    let changed = |why: &dyn std::fmt::Display| {
+        anyhow::anyhow!("{} changed during the import: {why} (what was stored verified)", file.display())
+    };
+    let (summary, (accepted, skipped)) = std::thread::scope(|scope| -> anyhow::Result<_> {
         // The file is read, decoded and hashed on a second thread while this one stores.
         let (batches, prepared) = std::sync::mpsc::sync_channel(PREPARED_BATCHES_QUEUED);
-        let reader = scope.spawn(move || read_batches(file, space, batches));
-        while let Ok(mut batch) = prepared.recv() {
-            // Batches already waiting are stored in the same commit (fewer, larger writes).
-            while batch.len() < IMPORT_COMMIT_EVENTS_MAX {
-                match prepared.try_recv() {
-                    Ok(more) => batch.append(more),
-                    Err(_) => break,
-                }
-            }
-            let count = batch.len() as u64;
-            let report = store.ingest_prepared(batch)?;
-            if let Some(rejection) = report.rejected.first() {
-                bail!(
-                    "the store refused author {} seq {}: {} (did {} change during the import?)",
-                    rejection.author.map(|a| a.device_id()).unwrap_or_default(),
-                    rejection.seq,
-                    rejection.reason,
-                    file.display()
-                );
-            }
-            accepted += report.accepted;
-            skipped += report.duplicates;
-            bar.inc(count);
+        let reader = scope.spawn(move || read_batches(reader, space, batches));
+        let stored = store_batches(&store, prepared, &bar, |rejection| {
+            changed(&format_args!(
+                "the store refused author {} seq {}: {}",
+                rejection.author.map(|a| a.device_id()).unwrap_or_default(),
+                rejection.seq,
+                rejection.reason
+            ))
+        })?;
+        match reader.join().map_err(|_| anyhow::anyhow!("the import's reader thread panicked"))? {
+            Ok(Some(summary)) => Ok((summary, stored)),
+            Ok(None) => bail!("the import stopped"),
+            Err(e) => Err(changed(&e)),
         }
-        reader.join().map_err(|_| anyhow::anyhow!("the import's reader thread panicked"))?
     })?;
     bar.finish_and_clear();
     if summary.blake3 != checked.blake3 {
-        bail!("{} changed during the import (what was stored verified)", file.display());
+        return Err(changed(&"its hash is not the one checked"));
     }
     if bulk {
         store.resume_projections().context("completing the projections")?;
@@ -282,6 +291,181 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
     } else {
         store
     };
+    let imported = Imported { space, accepted, skipped: skipped.max(duplicates), summary };
+    report(data, file, &store, &header, imported, projections_label(projections, bulk, rebuild), started)
+}
+
+/// Where an import into a data dir without a store builds it, beside `db/`.
+const STAGING_DIR: &str = "db.importing";
+
+/// An import into a data dir without a store, in one pass: the events are stored into a staging
+/// store (`DIR/db.importing`) as they are read, checked by the store's own ingest (seq
+/// contiguous from 1, every `prev` link, each batch's last signature per author, the space) and
+/// by the reader (record sizes, decoding, the trailer's count and blake3). Only a file that
+/// verified to its end becomes `DIR/db` (one rename, after the projections are complete and the
+/// WAL synced); anything else removes the staging store: nothing stored.
+fn import_into_new_store(
+    data: &Path,
+    file: &Path,
+    config: Option<data_dir::Config>,
+    projections: bool,
+    mode: Projections,
+    started: Instant,
+) -> anyhow::Result<Outcome> {
+    let reader = open_backup(file)?;
+    let header = reader.header().clone();
+    let space = config.map_or(header.space, |c| c.space);
+    if header.space != space {
+        bail!("{} holds space {}, but this data dir serves space {}", file.display(), header.space, space);
+    }
+    // Nothing is held: `auto` folds in memory while storing, as for any large import.
+    let rebuild = projections && mode == Projections::Rebuild;
+    let bulk = projections && matches!(mode, Projections::Auto | Projections::Bulk);
+    let staging = Staging::begin(data)?;
+    let store = Store::open(staging.path(), StoreOptions { projections: projections && !rebuild })
+        .context("opening the store")?;
+    if bulk {
+        store.defer_projections_holding(IMPORT_CASES_IN_MEMORY);
+    }
+    // Nothing becomes visible before the final rename, so commits need not wait for the disk:
+    // the WAL is synced once at the end.
+    store.defer_syncs();
+    let bar = progress::bar(0, "import");
+    let incremental = !header.base.is_empty();
+    let (summary, (accepted, skipped)) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let (batches, prepared) = std::sync::mpsc::sync_channel(PREPARED_BATCHES_QUEUED);
+        let reader = scope.spawn(move || read_batches(reader, space, batches));
+        let stored = store_batches(&store, prepared, &bar, |rejection| {
+            let hint = if incremental && matches!(rejection.reason, RejectReason::Gap { expected: 1, .. }) {
+                " (this is an incremental backup: import the backup it continues first)"
+            } else {
+                ""
+            };
+            let who = rejection.author.map(|a| format!("author {} seq {}: ", a.device_id(), rejection.seq));
+            refused(file, format_args!("{}{}{hint}", who.unwrap_or_default(), rejection.reason))
+        });
+        // The reader ends with the file's summary, or with why the file is not usable (a
+        // refusal above stops it first: its error is the one to report).
+        let read = reader.join().map_err(|_| anyhow::anyhow!("the import's reader thread panicked"))?;
+        let stored = stored?;
+        match read {
+            Ok(Some(summary)) => Ok((summary, stored)),
+            Ok(None) => bail!("the import stopped"),
+            Err(e) => Err(refused(file, e)),
+        }
+    })?;
+    bar.finish_and_clear();
+    if bulk {
+        store.resume_projections().context("completing the projections")?;
+    }
+    store.sync().context("making the import durable")?;
+    drop(store);
+    if rebuild {
+        // Opening with projections brings them up to date with the log (one rebuild).
+        drop(Store::open(staging.path(), StoreOptions { projections: true }).context("rebuilding the projections")?);
+    }
+    let db = staging.finish()?;
+    if config.is_none() {
+        data_dir::write_minimal_config(data, &space)?;
+    }
+    let store = Store::open(&db, StoreOptions { projections }).context("opening the imported store")?;
+    let imported = Imported { space, accepted, skipped, summary };
+    report(data, file, &store, &header, imported, projections_label(projections, bulk, rebuild), started)
+}
+
+/// The staging store of an import into a new data dir. Holds a lock on the data dir (a second
+/// import into it is refused rather than racing this one); removed on drop unless finished.
+struct Staging {
+    data: PathBuf,
+    dir: PathBuf,
+    created_data: bool,
+    finished: bool,
+    _lock: File,
+}
+
+impl Staging {
+    fn begin(data: &Path) -> anyhow::Result<Staging> {
+        let created_data = !data.exists();
+        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+        let lock = File::open(data).with_context(|| format!("opening {}", data.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!("another import into {} is running", data.display()),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", data.display()));
+            }
+        }
+        let dir = data.join(STAGING_DIR);
+        // Left by an import that crashed: never visible as a store, so it can go.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        Ok(Staging { data: data.to_path_buf(), dir, created_data, finished: false, _lock: lock })
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes the staging store the data dir's store (the store must be closed); returns its path.
+    fn finish(mut self) -> anyhow::Result<PathBuf> {
+        let db = data_dir::db_path(&self.data);
+        std::fs::rename(&self.dir, &db)
+            .with_context(|| format!("moving {} to {}", self.dir.display(), db.display()))?;
+        self.finished = true;
+        // The rename itself survives a power loss once the directory is synced.
+        File::open(&self.data)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", self.data.display()))?;
+        Ok(db)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove the staging store");
+            }
+            if self.created_data {
+                // Only if empty: whatever else is there stays.
+                let _ = std::fs::remove_dir(&self.data);
+            }
+        }
+    }
+}
+
+fn projections_label(projections: bool, bulk: bool, rebuild: bool) -> &'static str {
+    if rebuild {
+        "rebuilt"
+    } else if bulk {
+        "bulk"
+    } else if projections {
+        "folded"
+    } else {
+        "none"
+    }
+}
+
+/// What an import stored.
+struct Imported {
+    space: SpaceId,
+    accepted: u64,
+    skipped: u64,
+    summary: BackupSummary,
+}
+
+/// Adds the header's device names the store does not know, and reports.
+fn report(
+    data: &Path,
+    file: &Path,
+    store: &Store,
+    header: &BackupHeader,
+    imported: Imported,
+    projections: &'static str,
+    started: Instant,
+) -> anyhow::Result<Outcome> {
+    let Imported { space, accepted, skipped, summary } = imported;
     let mut members_added = 0;
     for (author, name) in &header.members {
         if store.member(&space, author)?.is_none() {
@@ -289,7 +473,7 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
             members_added += 1;
         }
     }
-    let state_hash = if projections { Some(store.state_hash(&space)?) } else { None };
+    let state_hash = if projections != "none" { Some(store.state_hash(&space)?) } else { None };
     let seconds = started.elapsed().as_secs_f64();
     let json = json!({
         "data": data.display().to_string(),
@@ -297,12 +481,12 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
         "space": space.to_hex(),
         "events": summary.events,
         "accepted": accepted,
-        "already_held": skipped.max(duplicates),
+        "already_held": skipped,
         "members_added": members_added,
         "blake3": summary.blake3,
         "vector": vector_json(&store.vector(&space)),
         "state_hash": state_hash,
-        "projections": if rebuild { "rebuilt" } else if bulk { "bulk" } else if projections { "folded" } else { "none" },
+        "projections": projections,
         "seconds": seconds,
         "events_per_s": rate(summary.events, seconds),
     });
@@ -312,7 +496,7 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
         summary.events,
         file.display(),
         space.to_hex(),
-        skipped.max(duplicates),
+        skipped,
         state_hash.as_deref().unwrap_or("(relay: no projections)")
     );
     Ok(Outcome::new(true, json, text))

@@ -164,6 +164,41 @@ fn incremental_exports_chain_up() {
 }
 
 #[test]
+fn an_import_into_a_new_data_dir_replaces_a_crashed_one_and_refuses_a_concurrent_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = busy_node(&tmp.path().join("office"), 8, 2);
+    let hash = node.hash();
+    let dir = node.close();
+    let backup = tmp.path().join("b.csbackup");
+    let (code, _) = replay_json(&["export", "--data", s(&dir), "--out", s(&backup)]);
+    assert_eq!(code, 0);
+    let new = tmp.path().join("new");
+    let staging = new.join("db.importing");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("CURRENT"), b"left by an import that crashed").unwrap();
+    {
+        // Another import holds the data dir: refused, nothing touched.
+        let lock = std::fs::File::open(&new).unwrap();
+        lock.try_lock().unwrap();
+        let (code, report) = replay_json(&["import", "--data", s(&new), s(&backup)]);
+        assert_eq!(code, 1, "{report:#}");
+        assert!(report["error"].as_str().unwrap().contains("another import into"), "{report:#}");
+        assert!(staging.join("CURRENT").exists());
+        assert!(!new.join("db").exists());
+    }
+    // The staging store of a crashed import was never a store: the next import replaces it.
+    let (code, report) = replay_json(&["verify", "--data", s(&new)]);
+    assert_ne!(code, 0, "{report:#}");
+    let (code, report) = replay_json(&["import", "--data", s(&new), s(&backup)]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["state_hash"], hash.as_str());
+    assert!(!staging.exists());
+    let (code, report) = replay_json(&["verify", "--data", s(&new)]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["spaces"][0]["projections"]["replayed_hash"], hash.as_str());
+}
+
+#[test]
 fn tampered_or_truncated_backups_store_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let node = busy_node(&tmp.path().join("office"), 8, 2);
@@ -211,6 +246,7 @@ fn tampered_or_truncated_backups_store_nothing() {
         let error = report["error"].as_str().unwrap();
         assert!(error.contains(expect), "{what}: {error}");
         assert!(!target.join("db").exists(), "{what}: something was stored");
+        assert!(!target.exists(), "{what}: the staging store or the data dir it created is left");
         // Into an existing store: its vector does not move.
         let existing = tmp.path().join(format!("existing-{}", what.replace(' ', "-")));
         let holder = Node::create(&existing, 3, "other");
