@@ -155,6 +155,8 @@ pub struct Store {
     poisoned: AtomicBool,
     /// Whether commits skip waiting for the disk until [`Store::sync`] ([`Store::defer_syncs`]).
     syncs_deferred: AtomicBool,
+    /// Whether writes skip the WAL until [`Store::persist`] ([`Store::write_without_wal`]).
+    wal_skipped: AtomicBool,
     /// Commands waiting for the writer (see [`Store::execute`]).
     pub(crate) queued: Mutex<Vec<std::sync::Arc<crate::commands::QueuedCommand>>>,
 }
@@ -231,6 +233,7 @@ impl Store {
             writer: Mutex::new(WriterState::default()),
             poisoned: AtomicBool::new(false),
             syncs_deferred: AtomicBool::new(false),
+            wal_skipped: AtomicBool::new(false),
             queued: Mutex::new(Vec::new()),
         };
         store.check_format()?;
@@ -436,7 +439,11 @@ impl Store {
     /// Writes a batch durably (WAL synced). A failure poisons the store.
     pub(crate) fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut write = WriteOptions::default();
-        write.set_sync(!self.syncs_deferred.load(Ordering::Acquire));
+        if self.wal_skipped.load(Ordering::Acquire) {
+            write.disable_wal(true);
+        } else {
+            write.set_sync(!self.syncs_deferred.load(Ordering::Acquire));
+        }
         self.write(batch, &write)
     }
 
@@ -446,6 +453,27 @@ impl Store {
     /// them (RocksDB recovers to a consistent point) and never leaves the store inconsistent.
     pub fn defer_syncs(&self) {
         self.syncs_deferred.store(true, Ordering::Release);
+    }
+
+    /// For a store built aside and thrown away unless it is finished (`replay-tool import` into a
+    /// new data dir builds `db.importing` and renames it to `db` only at the end): until
+    /// [`Store::persist`], nothing is written to the WAL at all (as with [`Store::defer_syncs`],
+    /// commits are reported only at the end). A crash before `persist` leaves families at
+    /// different points, a store that must not be used: its builder discards it.
+    pub fn write_without_wal(&self) {
+        self.syncs_deferred.store(true, Ordering::Release);
+        self.wal_skipped.store(true, Ordering::Release);
+    }
+
+    /// Flushes every family to SST files and waits for it: every write so far is durable and
+    /// consistent. Ends [`Store::write_without_wal`] and [`Store::defer_syncs`].
+    pub fn persist(&self) -> Result<(), StoreError> {
+        self.flush_families(&ALL_CFS).inspect_err(|e| {
+            self.poisoned.store(true, Ordering::Release);
+            tracing::error!(error = %e, "flush failed: the store refuses writes until reopened");
+        })?;
+        self.wal_skipped.store(false, Ordering::Release);
+        self.sync()
     }
 
     /// Makes every commit so far durable (syncs the WAL) and ends [`Store::defer_syncs`].

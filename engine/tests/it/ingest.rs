@@ -56,6 +56,39 @@ fn prepared_batches_joined_land_in_one_commit_and_refuse_another_space() {
 }
 
 #[test]
+fn a_store_written_without_the_wal_holds_everything_once_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (chain(&device(1), 6), chain(&device(2), 3));
+    let wal_bytes = |dir: &std::path::Path| -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    {
+        let store = open(dir.path());
+        store.write_without_wal();
+        let before = wal_bytes(dir.path());
+        for events in [&a[..4], &a[4..], &b[..]] {
+            assert!(store.ingest(&SPACE, wire(events)).unwrap().rejected.is_empty());
+        }
+        assert_eq!(wal_bytes(dir.path()), before, "nothing went to the WAL");
+        store.persist().unwrap();
+        // Back to normal: a later write is synced through the WAL.
+        let more = chain(&device(3), 1);
+        assert!(store.ingest(&SPACE, wire(&more)).unwrap().rejected.is_empty());
+        assert!(wal_bytes(dir.path()) > before);
+    }
+    let store = open(dir.path());
+    assert_eq!(store.vector(&SPACE).get(&device(1).author()), 6);
+    assert_eq!(store.vector(&SPACE).get(&device(2).author()), 3);
+    assert_eq!(store.vector(&SPACE).get(&device(3).author()), 1);
+    assert_eq!(store.get_event(&SPACE, &device(1).author(), 6).unwrap().map(|e| e.id), Some(a[5].id));
+}
+
+#[test]
 fn arrival_records_cover_runs_and_read_back_one_per_event_from_any_position() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

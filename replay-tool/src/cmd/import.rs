@@ -327,9 +327,9 @@ fn import_into_new_store(
     if bulk {
         store.defer_projections_holding(IMPORT_CASES_IN_MEMORY);
     }
-    // Nothing becomes visible before the final rename, so commits need not wait for the disk:
-    // the WAL is synced once at the end.
-    store.defer_syncs();
+    // Nothing becomes visible before the final rename, and a crash leaves only a staging store
+    // the next import removes: nothing needs the WAL. Everything is flushed once at the end.
+    store.write_without_wal();
     let bar = progress::bar(0, "import");
     let incremental = !header.base.is_empty();
     let (summary, (accepted, skipped)) = std::thread::scope(|scope| -> anyhow::Result<_> {
@@ -358,7 +358,7 @@ fn import_into_new_store(
     if bulk {
         store.resume_projections().context("completing the projections")?;
     }
-    store.sync().context("making the import durable")?;
+    store.persist().context("making the import durable")?;
     drop(store);
     if rebuild {
         // Opening with projections brings them up to date with the log (one rebuild).
