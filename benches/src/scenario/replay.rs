@@ -69,11 +69,15 @@ pub fn run(h: &mut Harness, o: ReplayOptions) -> anyhow::Result<ScenarioReport> 
         return Ok(report);
     };
     let a = h.node("replay", "a", false, Some(&template))?;
-    let c = h.node("replay", "c", false, None)?;
+    // The migration path (docs/backup-format.md): import into the new computer's empty data dir,
+    // and, for comparison, into a node's store that holds no events yet (`casesync init` first).
+    let c = h.work.join("replay").join("c");
+    let _ = std::fs::remove_dir_all(&c);
+    let d = h.node("replay", "d", false, None)?;
     let backup = h.work.join("replay").join("backup.bin");
     let _ = std::fs::remove_file(&backup);
     let timeout = Duration::from_secs(120 + o.events / 2_000);
-    let steps: [(&str, Vec<String>); 3] = [
+    let steps: [(&str, Vec<String>); 4] = [
         ("rebuild", vec!["rebuild".into(), "--data".into(), a.dir.display().to_string()]),
         (
             "export",
@@ -85,7 +89,11 @@ pub fn run(h: &mut Harness, o: ReplayOptions) -> anyhow::Result<ScenarioReport> 
                 backup.display().to_string(),
             ],
         ),
-        ("import", vec!["import".into(), "--data".into(), c.dir.display().to_string(), backup.display().to_string()]),
+        ("import", vec!["import".into(), "--data".into(), c.display().to_string(), backup.display().to_string()]),
+        (
+            "import_into_init",
+            vec!["import".into(), "--data".into(), d.dir.display().to_string(), backup.display().to_string()],
+        ),
     ];
     for (step, args) in steps {
         let mut command = Command::new(&tool);
@@ -106,7 +114,7 @@ pub fn run(h: &mut Harness, o: ReplayOptions) -> anyhow::Result<ScenarioReport> 
     if let Ok(meta) = std::fs::metadata(&backup) {
         report.metric("backup_mb", meta.len() as f64 / 1e6, "MB");
     }
-    for (dir, what) in [(&a.dir, "rebuilt"), (&c.dir, "imported")] {
+    for (dir, what) in [(&a.dir, "rebuilt"), (&c, "imported"), (&d.dir, "imported into an initialised node")] {
         let (events, hash) = open_and_hash(&dir.join("db"), h)?;
         if events != o.events || hash != expected {
             bail!("the {what} log holds {events} events, state hash {hash}; expected {} and {expected}", o.events);
