@@ -302,8 +302,8 @@ const STAGING_DIR: &str = "db.importing";
 /// store (`DIR/db.importing`) as they are read, checked by the store's own ingest (seq
 /// contiguous from 1, every `prev` link, each batch's last signature per author, the space) and
 /// by the reader (record sizes, decoding, the trailer's count and blake3). Only a file that
-/// verified to its end becomes `DIR/db` (one rename, after the projections are complete and the
-/// WAL synced); anything else removes the staging store: nothing stored.
+/// verified to its end becomes `DIR/db` (one rename, after the projections are complete and every
+/// family is flushed); anything else removes the staging store: nothing stored.
 fn import_into_new_store(
     data: &Path,
     file: &Path,
@@ -317,6 +317,10 @@ fn import_into_new_store(
     let space = config.map_or(header.space, |c| c.space);
     if header.space != space {
         bail!("{} holds space {}, but this data dir serves space {}", file.display(), header.space, space);
+    }
+    let db = data_dir::db_path(data);
+    if std::fs::read_dir(&db).is_ok_and(|mut entries| entries.next().is_some()) {
+        bail!("{} holds files but no casesync store: move it away, then import again", db.display());
     }
     // Nothing is held: `auto` folds in memory while storing, as for any large import.
     let rebuild = projections && mode == Projections::Rebuild;
@@ -380,21 +384,14 @@ struct Staging {
     dir: PathBuf,
     created_data: bool,
     finished: bool,
-    _lock: File,
+    _lock: Option<File>,
 }
 
 impl Staging {
     fn begin(data: &Path) -> anyhow::Result<Staging> {
         let created_data = !data.exists();
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-        let lock = File::open(data).with_context(|| format!("opening {}", data.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => bail!("another import into {} is running", data.display()),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", data.display()));
-            }
-        }
+        let lock = lock_data_dir(data)?;
         let dir = data.join(STAGING_DIR);
         // Left by an import that crashed: never visible as a store, so it can go.
         if dir.exists() {
@@ -413,11 +410,31 @@ impl Staging {
         std::fs::rename(&self.dir, &db)
             .with_context(|| format!("moving {} to {}", self.dir.display(), db.display()))?;
         self.finished = true;
-        // The rename itself survives a power loss once the directory is synced.
+        // The rename itself survives a power loss once the directory is synced (Unix; elsewhere
+        // the file system orders it).
+        #[cfg(unix)]
         File::open(&self.data)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("syncing {}", self.data.display()))?;
         Ok(db)
+    }
+}
+
+/// Takes an exclusive lock on the data dir (released when the process ends, however it ends).
+/// Where directories cannot be locked (some file systems, platforms) the import goes on without.
+fn lock_data_dir(data: &Path) -> anyhow::Result<Option<File>> {
+    let not_locked = |e: std::io::Error| {
+        tracing::warn!(dir = %data.display(), error = %e, "cannot lock the data dir; importing without the lock");
+        Ok(None)
+    };
+    let dir = match File::open(data) {
+        Ok(dir) => dir,
+        Err(e) => return not_locked(e),
+    };
+    match dir.try_lock() {
+        Ok(()) => Ok(Some(dir)),
+        Err(std::fs::TryLockError::WouldBlock) => bail!("another import into {} is running", data.display()),
+        Err(std::fs::TryLockError::Error(e)) => not_locked(e),
     }
 }
 

@@ -196,6 +196,14 @@ fn an_import_into_a_new_data_dir_replaces_a_crashed_one_and_refuses_a_concurrent
     let (code, report) = replay_json(&["verify", "--data", s(&new)]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["spaces"][0]["projections"]["replayed_hash"], hash.as_str());
+    // A `db/` that is not a store is never replaced.
+    let odd = tmp.path().join("odd");
+    std::fs::create_dir_all(odd.join("db")).unwrap();
+    std::fs::write(odd.join("db").join("notes.txt"), b"mine").unwrap();
+    let (code, report) = replay_json(&["import", "--data", s(&odd), s(&backup)]);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(report["error"].as_str().unwrap().contains("holds files but no casesync store"), "{report:#}");
+    assert_eq!(std::fs::read(odd.join("db").join("notes.txt")).unwrap(), b"mine");
 }
 
 #[test]
