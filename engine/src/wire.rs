@@ -13,6 +13,8 @@ use crate::projection::case_state::{CaseState, Record, Register, StatusValue, Ve
 use crate::store::key_layout::CasePart;
 use crate::vector_clock::VersionVector;
 
+mod register_encoding;
+
 fn bytes(slice: &[u8]) -> Bytes {
     Bytes::copy_from_slice(slice)
 }
@@ -323,7 +325,7 @@ fn record_from_pb(record: st::Record) -> Result<Record, OperationError> {
 pub fn encode_case_part(state: &CaseState, part: &CasePart) -> Option<Vec<u8>> {
     match part {
         CasePart::Status => Some(status_register_to_pb(&state.record.status).encode_to_vec()),
-        CasePart::Field(name) => state.record.fields.get(name).map(|r| register_to_pb(name, r).encode_to_vec()),
+        CasePart::Field(name) => state.record.fields.get(name).map(|r| register_encoding::encode_register(name, r)),
         CasePart::Entry(id) => state.entries.get(id).map(|r| record_to_pb(id.as_bytes(), r).encode_to_vec()),
     }
 }

@@ -1,0 +1,177 @@
+//! Stored field registers encoded straight from the domain types, without building a
+//! `casesync.v1.store.Register` message first. Every fold that writes case parts encodes one per
+//! field it touched; building the message copied the name, each dot's author and each value
+//! (those copies were 5-10% of a rebuild's fold thread; without them the thread took ~7% fewer
+//! samples, BENCHMARKS.md session 8). The bytes are exactly prost's for the same message (tested
+//! against it), so readers decode them with the generated code.
+
+use crate::operation::{Dot, FieldValue};
+use crate::projection::case_state::{Register, Version};
+
+const AUTHOR_BYTES: usize = 32;
+/// Protobuf wire types.
+const VARINT: u8 = 0;
+const DELIMITED: u8 = 2;
+
+fn varint_len(value: u64) -> usize {
+    // 7 bits per byte; zero takes one byte.
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn put_varint(mut value: u64, buf: &mut Vec<u8>) {
+    while value >= 0x80 {
+        buf.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+/// Every tag here is below 16: its key is one byte.
+fn put_key(tag: u8, wire_type: u8, buf: &mut Vec<u8>) {
+    buf.push(tag << 3 | wire_type);
+}
+
+fn delimited_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+fn put_delimited(tag: u8, len: usize, buf: &mut Vec<u8>) {
+    put_key(tag, DELIMITED, buf);
+    put_varint(len as u64, buf);
+}
+
+/// `sint64`'s zigzag encoding.
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+fn dot_len(dot: &Dot) -> usize {
+    delimited_len(AUTHOR_BYTES) + if dot.seq != 0 { 1 + varint_len(dot.seq) } else { 0 }
+}
+
+fn put_dot(tag: u8, dot: &Dot, buf: &mut Vec<u8>) {
+    put_delimited(tag, dot_len(dot), buf);
+    put_delimited(1, AUTHOR_BYTES, buf);
+    buf.extend_from_slice(dot.author.as_bytes());
+    if dot.seq != 0 {
+        put_key(2, VARINT, buf);
+        put_varint(dot.seq, buf);
+    }
+}
+
+/// `casesync.v1.Value`: a oneof, so even an empty string is written.
+fn value_len(value: &FieldValue) -> usize {
+    match value {
+        FieldValue::Text(text) | FieldValue::Decimal(text) | FieldValue::Date(text) => delimited_len(text.len()),
+        FieldValue::Integer(i) => 1 + varint_len(zigzag(*i)),
+        FieldValue::Bool(_) => 2,
+        FieldValue::Bytes(bytes) => delimited_len(bytes.len()),
+    }
+}
+
+fn put_value(value: &FieldValue, buf: &mut Vec<u8>) {
+    let mut put_bytes = |tag: u8, bytes: &[u8]| {
+        put_delimited(tag, bytes.len(), buf);
+        buf.extend_from_slice(bytes);
+    };
+    match value {
+        FieldValue::Text(text) => put_bytes(1, text.as_bytes()),
+        FieldValue::Decimal(text) => put_bytes(3, text.as_bytes()),
+        FieldValue::Date(text) => put_bytes(5, text.as_bytes()),
+        FieldValue::Bytes(bytes) => put_bytes(6, bytes),
+        FieldValue::Integer(i) => {
+            put_key(2, VARINT, buf);
+            put_varint(zigzag(*i), buf);
+        }
+        FieldValue::Bool(b) => {
+            put_key(4, VARINT, buf);
+            put_varint(u64::from(*b), buf);
+        }
+    }
+}
+
+/// `casesync.v1.store.Version`: dot, hlc (omitted when 0), value.
+fn version_len(version: &Version<FieldValue>) -> usize {
+    delimited_len(dot_len(&version.dot))
+        + if version.hlc != 0 { 1 + varint_len(version.hlc) } else { 0 }
+        + delimited_len(value_len(&version.value))
+}
+
+/// The encoded `casesync.v1.store.Register` of a field: name (omitted when empty), the current
+/// versions, the pending dots, in tag order.
+pub(crate) fn encode_register(name: &str, register: &Register<FieldValue>) -> Vec<u8> {
+    let mut len = if name.is_empty() { 0 } else { delimited_len(name.len()) };
+    len += register.current.iter().map(|v| delimited_len(version_len(v))).sum::<usize>();
+    len += register.pending.iter().map(|d| delimited_len(dot_len(d))).sum::<usize>();
+    let mut buf = Vec::with_capacity(len);
+    if !name.is_empty() {
+        put_delimited(1, name.len(), &mut buf);
+        buf.extend_from_slice(name.as_bytes());
+    }
+    for version in register.current.iter() {
+        put_delimited(2, version_len(version), &mut buf);
+        put_dot(1, &version.dot, &mut buf);
+        if version.hlc != 0 {
+            put_key(2, VARINT, &mut buf);
+            put_varint(version.hlc, &mut buf);
+        }
+        put_delimited(3, value_len(&version.value), &mut buf);
+        put_value(&version.value, &mut buf);
+    }
+    for dot in &register.pending {
+        put_dot(3, dot, &mut buf);
+    }
+    debug_assert_eq!(buf.len(), len, "the lengths computed must be the lengths written");
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+    use crate::ids::AuthorId;
+
+    #[test]
+    fn varint_lengths_match_the_bytes_written() {
+        for value in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut buf = Vec::new();
+            put_varint(value, &mut buf);
+            assert_eq!(buf.len(), varint_len(value), "{value}");
+            assert_eq!(buf.len(), prost::length_delimiter_len(value as usize), "{value}");
+        }
+    }
+
+    fn value() -> impl Strategy<Value = FieldValue> {
+        prop_oneof![
+            ".{0,200}".prop_map(FieldValue::Text),
+            any::<i64>().prop_map(FieldValue::Integer),
+            "-?[0-9]{1,6}\\.[0-9]{2}".prop_map(FieldValue::Decimal),
+            any::<bool>().prop_map(FieldValue::Bool),
+            "[0-9]{4}-[0-9]{2}-[0-9]{2}".prop_map(FieldValue::Date),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(FieldValue::Bytes),
+        ]
+    }
+
+    fn dot() -> impl Strategy<Value = Dot> {
+        (any::<u8>(), any::<u64>()).prop_map(|(a, seq)| Dot { author: AuthorId([a; 32]), seq })
+    }
+
+    proptest! {
+        #[test]
+        fn a_register_encodes_to_prost_s_bytes(
+            name in "[a-z_]{0,40}",
+            versions in proptest::collection::vec((dot(), any::<u64>(), value()), 0..4),
+            pending in proptest::collection::vec(dot(), 0..4),
+        ) {
+            let mut register = Register::<FieldValue>::default();
+            for (dot, hlc, value) in versions {
+                register.current.push(Version { dot, hlc, value });
+            }
+            register.pending = pending;
+            let expected = super::super::register_to_pb(&name, &register).encode_to_vec();
+            prop_assert_eq!(encode_register(&name, &register), expected);
+        }
+    }
+}
