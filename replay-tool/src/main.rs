@@ -78,9 +78,10 @@ enum Command {
         /// The backup file.
         file: PathBuf,
         /// How to bring the projections up to date: `fold` folds each batch as it is stored;
-        /// `rebuild` stores the events first and rebuilds the projections once (much faster for
-        /// large imports); `auto` rebuilds for 10,000+ new events that are at least as many as
-        /// the events already held.
+        /// `bulk` folds in memory while storing and writes the case views once per many events;
+        /// `rebuild` stores the events first and rebuilds the projections once; `auto` is `bulk`
+        /// into a new data dir and for 10,000+ new events at least as many as those held, else
+        /// `fold`.
         #[arg(long, value_enum, default_value_t = cmd::import::Projections::Auto)]
         projections: cmd::import::Projections,
     },

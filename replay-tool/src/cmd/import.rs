@@ -202,7 +202,7 @@ fn store_batches(
 /// How an import brings the projections up to date.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Projections {
-    /// `bulk` for large imports, else `fold`.
+    /// `bulk` into a new data dir and for large imports, else `fold`.
     Auto,
     /// Fold each stored batch into the projections.
     Fold,
