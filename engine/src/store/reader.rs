@@ -2,7 +2,7 @@
 //! iterate RocksDB lazily, so a million-event catch-up never sits in memory.
 
 use casesync_proto::v1 as pb;
-use rocksdb::{DBIteratorWithThreadMode, Direction, IteratorMode, ReadOptions, DB};
+use rocksdb::{DBRawIteratorWithThreadMode, ReadOptions, DB};
 
 use super::key_layout::{be_u64, event_key, parse_arrival_run, parse_event_key, CF_ARRIVAL, CF_EVENTS};
 use super::Store;
@@ -16,19 +16,18 @@ pub struct EventsAfter<'a> {
     store: &'a Store,
     space: SpaceId,
     ranges: std::vec::IntoIter<SeqRange>,
-    current: Option<(SeqRange, u64, DBIteratorWithThreadMode<'a, DB>)>,
+    /// The range being read, the seq expected next, and a raw iterator over it (its slices are
+    /// copied once, into the message: no boxed key and value per event).
+    current: Option<(SeqRange, u64, DBRawIteratorWithThreadMode<'a, DB>)>,
 }
 
 impl<'a> EventsAfter<'a> {
-    fn open_range(&self, range: SeqRange) -> DBIteratorWithThreadMode<'a, DB> {
+    fn open_range(&self, range: SeqRange) -> DBRawIteratorWithThreadMode<'a, DB> {
         let mut options = ReadOptions::default();
         options.set_iterate_upper_bound(event_key(&self.space, &range.author, range.last + 1).to_vec());
-        let start = event_key(&self.space, &range.author, range.first);
-        self.store.db().iterator_cf_opt(
-            self.store.cf(CF_EVENTS),
-            options,
-            IteratorMode::From(&start, Direction::Forward),
-        )
+        let mut iter = self.store.db().raw_iterator_cf_opt(self.store.cf(CF_EVENTS), options);
+        iter.seek(event_key(&self.space, &range.author, range.first));
+        iter
     }
 
     fn corrupt(&self, author: AuthorId, seq: u64, reason: &str) -> StoreError {
@@ -48,33 +47,30 @@ impl Iterator for EventsAfter<'_> {
             }
             let (range, expected, iter) = self.current.as_mut()?;
             let (range, expected_seq) = (*range, *expected);
-            match iter.next() {
-                None => {
-                    self.current = None;
-                    if expected_seq <= range.last {
-                        return Some(Err(self.corrupt(range.author, expected_seq, "event missing below the head")));
-                    }
-                }
-                Some(Err(e)) => {
-                    self.current = None;
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                // Past the range's end, or a read error.
+                let status = iter.status();
+                self.current = None;
+                if let Err(e) = status {
                     return Some(Err(e.into()));
                 }
-                Some(Ok((key, value))) => {
-                    let seq = parse_event_key(&key).map(|(_, _, seq)| seq);
-                    if seq != Some(expected_seq) || value.len() < SIGNATURE_BYTES {
-                        self.current = None;
-                        return Some(Err(self.corrupt(range.author, expected_seq, "event record out of place")));
-                    }
-                    if let Some((_, next, _)) = self.current.as_mut() {
-                        *next += 1;
-                    }
-                    let message = pb::SignedEvent {
-                        event: bytes::Bytes::copy_from_slice(&value[SIGNATURE_BYTES..]),
-                        signature: bytes::Bytes::copy_from_slice(&value[..SIGNATURE_BYTES]),
-                    };
-                    return Some(Ok((range.author, expected_seq, message)));
+                if expected_seq <= range.last {
+                    return Some(Err(self.corrupt(range.author, expected_seq, "event missing below the head")));
                 }
+                continue;
+            };
+            let seq = parse_event_key(key).map(|(_, _, seq)| seq);
+            if seq != Some(expected_seq) || value.len() < SIGNATURE_BYTES {
+                self.current = None;
+                return Some(Err(self.corrupt(range.author, expected_seq, "event record out of place")));
             }
+            // The stored record is the signature followed by the event bytes: one copy, two slices.
+            let stored = bytes::Bytes::copy_from_slice(value);
+            let message =
+                pb::SignedEvent { event: stored.slice(SIGNATURE_BYTES..), signature: stored.slice(..SIGNATURE_BYTES) };
+            *expected += 1;
+            iter.next();
+            return Some(Ok((range.author, expected_seq, message)));
         }
     }
 }
