@@ -441,8 +441,11 @@ fn lock_data_dir(data: &Path) -> anyhow::Result<Option<File>> {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.finished {
-            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove the staging store");
+            match std::fs::remove_dir_all(&self.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove the staging store");
+                }
+                _ => {}
             }
             if self.created_data {
                 // Only if empty: whatever else is there stays.
