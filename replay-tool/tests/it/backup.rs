@@ -2,8 +2,21 @@
 
 use casesync_engine::projection::CaseFilter;
 use casesync_engine::store::{Store, StoreOptions};
+use casesync_engine::vector_clock::VersionVector;
 
 use crate::support::*;
+
+/// An office node with `cases` cases and `edits` edits each, exported to `b.csbackup` in `tmp`:
+/// the node's state hash and vector, and the backup file.
+fn exported_office(tmp: &std::path::Path, cases: u32, edits: u32) -> (String, VersionVector, std::path::PathBuf) {
+    let node = busy_node(&tmp.join("office"), cases, edits);
+    let (hash, vector) = (node.hash(), node.vector());
+    let dir = node.close();
+    let backup = tmp.join("b.csbackup");
+    let (code, report) = replay_json(&["export", "--data", s(&dir), "--out", s(&backup)]);
+    assert_eq!(code, 0, "{report:#}");
+    (hash, vector, backup)
+}
 
 #[test]
 fn verify_and_rebuild_on_a_good_dir() {
@@ -166,12 +179,7 @@ fn incremental_exports_chain_up() {
 #[test]
 fn an_import_into_a_new_data_dir_replaces_a_crashed_one_and_refuses_a_concurrent_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let node = busy_node(&tmp.path().join("office"), 8, 2);
-    let hash = node.hash();
-    let dir = node.close();
-    let backup = tmp.path().join("b.csbackup");
-    let (code, _) = replay_json(&["export", "--data", s(&dir), "--out", s(&backup)]);
-    assert_eq!(code, 0);
+    let (hash, _, backup) = exported_office(tmp.path(), 8, 2);
     let new = tmp.path().join("new");
     let staging = new.join("db.importing");
     std::fs::create_dir_all(&staging).unwrap();
@@ -207,13 +215,26 @@ fn an_import_into_a_new_data_dir_replaces_a_crashed_one_and_refuses_a_concurrent
 }
 
 #[test]
+fn a_relay_restored_from_a_backup_holds_the_log_without_views() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, vector, backup) = exported_office(tmp.path(), 6, 2);
+    // A relay's data dir as `casesync init --relay` writes it, before its store exists.
+    let relay = tmp.path().join("relay");
+    std::fs::create_dir_all(&relay).unwrap();
+    std::fs::write(relay.join("casesync.toml"), format!("space = \"{}\"\nrelay = true\n", SPACE.to_hex())).unwrap();
+    let (code, report) = replay_json(&["import", "--data", s(&relay), s(&backup)]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["projections"], "none");
+    assert!(report["state_hash"].is_null(), "{report:#}");
+    let store = Store::open(&relay.join("db"), StoreOptions { projections: false }).unwrap();
+    assert_eq!(store.vector(&SPACE), vector);
+    assert!(std::fs::read_to_string(relay.join("casesync.toml")).unwrap().contains("relay = true"));
+}
+
+#[test]
 fn tampered_or_truncated_backups_store_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let node = busy_node(&tmp.path().join("office"), 8, 2);
-    let dir = node.close();
-    let backup = tmp.path().join("b.csbackup");
-    let (code, _) = replay_json(&["export", "--data", s(&dir), "--out", s(&backup)]);
-    assert_eq!(code, 0);
+    let (_, _, backup) = exported_office(tmp.path(), 8, 2);
     let bytes = std::fs::read(&backup).unwrap();
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
