@@ -772,6 +772,15 @@ mod tests {
         store
     }
 
+    /// A busy source store with `cases` cases and an empty store to catch up into (with their
+    /// directories, which must outlive them).
+    fn a_busy_store_and_an_empty_one(cases: u8) -> (tempfile::TempDir, Store, tempfile::TempDir, Store) {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = a_busy_store(a_dir.path(), cases);
+        let b = Store::open(b_dir.path(), StoreOptions::default()).unwrap();
+        (a_dir, a, b_dir, b)
+    }
+
     fn catch_up(from: &Store, to: &Store, batch: usize) {
         let space = SpaceId([1; 16]);
         let events: Vec<_> = from.events_after(&space, &to.vector(&space)).map(|r| r.unwrap().2).collect();
@@ -810,9 +819,7 @@ mod tests {
     #[test]
     fn a_bulk_catch_up_folds_while_ingesting_and_spills_deltas_beside_the_events() {
         let space = SpaceId([1; 16]);
-        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let a = a_busy_store(a_dir.path(), 12);
-        let b = Store::open(b_dir.path(), StoreOptions::default()).unwrap();
+        let (_a_dir, a, _b_dir, b) = a_busy_store_and_an_empty_one(12);
         b.defer_projections();
         // Batches of 5 over 12 cases (4 held in memory in unit tests): deltas of the same case
         // are spilled several times and joined by RocksDB.
@@ -832,9 +839,7 @@ mod tests {
     #[test]
     fn a_bulk_load_without_syncs_folds_beside_its_writes_to_the_same_views() {
         let space = SpaceId([1; 16]);
-        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let a = a_busy_store(a_dir.path(), 12);
-        let b = Store::open(b_dir.path(), StoreOptions::default()).unwrap();
+        let (_a_dir, a, b_dir, b) = a_busy_store_and_an_empty_one(12);
         b.defer_projections();
         b.defer_syncs();
         catch_up(&a, &b, 7);
@@ -850,9 +855,7 @@ mod tests {
     #[test]
     fn a_bulk_catch_up_rebuilds_when_its_deltas_cannot_complete_the_views() {
         let space = SpaceId([1; 16]);
-        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let a = a_busy_store(a_dir.path(), 6);
-        let b = Store::open(b_dir.path(), StoreOptions::default()).unwrap();
+        let (_a_dir, a, _b_dir, b) = a_busy_store_and_an_empty_one(6);
         // A rebuild in the middle of the catch-up drops the deltas folded so far; the rest are
         // folded from the rebuilt views.
         b.defer_projections();

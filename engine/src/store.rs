@@ -468,10 +468,7 @@ impl Store {
     /// Flushes every family to SST files and waits for it: every write so far is durable and
     /// consistent. Ends [`Store::write_without_wal`] and [`Store::defer_syncs`].
     pub fn persist(&self) -> Result<(), StoreError> {
-        self.flush_families(&ALL_CFS).inspect_err(|e| {
-            self.poisoned.store(true, Ordering::Release);
-            tracing::error!(error = %e, "flush failed: the store refuses writes until reopened");
-        })?;
+        self.flush_families(&ALL_CFS).map_err(|e| self.poison("flush", e))?;
         self.wal_skipped.store(false, Ordering::Release);
         self.sync()
     }
@@ -484,11 +481,15 @@ impl Store {
 
     /// Waits until every write so far is on disk (syncs the WAL). A failure poisons the store.
     fn sync_wal(&self) -> Result<(), StoreError> {
-        self.db.flush_wal(true).map_err(|e| {
-            self.poisoned.store(true, Ordering::Release);
-            tracing::error!(error = %e, "WAL sync failed: the store refuses writes until reopened");
-            StoreError::Rocks(e)
-        })
+        self.db.flush_wal(true).map_err(|e| self.poison("WAL sync", e))
+    }
+
+    /// Marks the store unusable after a failed write, WAL sync or flush: it refuses writes until
+    /// reopened (the open replays or rebuilds what is consistent).
+    fn poison(&self, what: &str, error: rocksdb::Error) -> StoreError {
+        self.poisoned.store(true, Ordering::Release);
+        tracing::error!(error = %error, "{what} failed: the store refuses writes until reopened");
+        StoreError::Rocks(error)
     }
 
     /// Writes a batch without the WAL (bulk rebuilds: made durable by [`Store::flush_families`]
@@ -503,19 +504,15 @@ impl Store {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StoreError::Poisoned);
         }
-        self.db.write_opt(batch, options).map_err(|e| {
-            self.poisoned.store(true, Ordering::Release);
-            tracing::error!(error = %e, "write failed: the store refuses writes until reopened");
-            StoreError::Rocks(e)
-        })
+        self.db.write_opt(batch, options).map_err(|e| self.poison("write", e))
     }
 
     /// Flushes the memtables of these column families to SST files and waits for it.
-    pub(crate) fn flush_families(&self, names: &[&str]) -> Result<(), StoreError> {
+    pub(crate) fn flush_families(&self, names: &[&str]) -> Result<(), rocksdb::Error> {
         let mut flush = rocksdb::FlushOptions::default();
         flush.set_wait(true);
         let families: Vec<&ColumnFamily> = names.iter().map(|name| self.cf(name)).collect();
-        self.db.flush_cfs_opt(&families, &flush).map_err(StoreError::Rocks)
+        self.db.flush_cfs_opt(&families, &flush)
     }
 
     /// Stages accepted events (already verified, contiguous per author), their arrival records,

@@ -199,6 +199,43 @@ fn store_batches(
     Ok((accepted, skipped))
 }
 
+/// The storing pass: the file is read, decoded and hashed on a second thread while this one
+/// stores its batches. A refusal ends it with `refusal`'s error (the reader stops with it), a
+/// file that does not read to its verified trailer with `unreadable`'s. Returns the file's
+/// summary and (accepted, already held).
+fn store_file(
+    store: &Store,
+    reader: BackupReader<BufReader<File>>,
+    space: SpaceId,
+    bar: &indicatif::ProgressBar,
+    refusal: impl Fn(&Rejection) -> anyhow::Error,
+    unreadable: impl Fn(BackupError) -> anyhow::Error,
+) -> anyhow::Result<(BackupSummary, (u64, u64))> {
+    std::thread::scope(|scope| {
+        let (batches, prepared) = std::sync::mpsc::sync_channel(PREPARED_BATCHES_QUEUED);
+        let reader = scope.spawn(move || read_batches(reader, space, batches));
+        let stored = store_batches(store, prepared, bar, refusal);
+        let read = reader.join().map_err(|_| anyhow::anyhow!("the import's reader thread panicked"))?;
+        let stored = stored?;
+        match read {
+            Ok(Some(summary)) => Ok((summary, stored)),
+            Ok(None) => bail!("the import stopped"),
+            Err(e) => Err(unreadable(e)),
+        }
+    })
+}
+
+/// Opens the store an import writes into: without projections when they are rebuilt once at
+/// the end, holding case deltas in memory for `bulk`.
+fn open_for_import(path: &Path, projections: bool, bulk: bool, rebuild: bool) -> anyhow::Result<Store> {
+    let store =
+        Store::open(path, StoreOptions { projections: projections && !rebuild }).context("opening the store")?;
+    if bulk {
+        store.defer_projections_holding(IMPORT_CASES_IN_MEMORY);
+    }
+    Ok(store)
+}
+
 /// How an import brings the projections up to date.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Projections {
@@ -246,10 +283,7 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
     let rebuild = projections && mode == Projections::Rebuild;
     drop(existing);
     let db = data_dir::db_path(data);
-    let store = Store::open(&db, StoreOptions { projections: projections && !rebuild }).context("opening the store")?;
-    if bulk {
-        store.defer_projections_holding(IMPORT_CASES_IN_MEMORY);
-    }
+    let store = open_for_import(&db, projections, bulk, rebuild)?;
     // Commits wait for the disk once, at the end, before anything is reported: an import cut
     // short by a crash or power loss keeps a consistent prefix and is simply run again.
     store.defer_syncs();
@@ -258,24 +292,15 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
     let changed = |why: &dyn std::fmt::Display| {
         anyhow::anyhow!("{} changed during the import: {why} (what was stored verified)", file.display())
     };
-    let (summary, (accepted, skipped)) = std::thread::scope(|scope| -> anyhow::Result<_> {
-        // The file is read, decoded and hashed on a second thread while this one stores.
-        let (batches, prepared) = std::sync::mpsc::sync_channel(PREPARED_BATCHES_QUEUED);
-        let reader = scope.spawn(move || read_batches(reader, space, batches));
-        let stored = store_batches(&store, prepared, &bar, |rejection| {
-            changed(&format_args!(
-                "the store refused author {} seq {}: {}",
-                rejection.author.map(|a| a.device_id()).unwrap_or_default(),
-                rejection.seq,
-                rejection.reason
-            ))
-        })?;
-        match reader.join().map_err(|_| anyhow::anyhow!("the import's reader thread panicked"))? {
-            Ok(Some(summary)) => Ok((summary, stored)),
-            Ok(None) => bail!("the import stopped"),
-            Err(e) => Err(changed(&e)),
-        }
-    })?;
+    let refusal = |rejection: &Rejection| {
+        changed(&format_args!(
+            "the store refused author {} seq {}: {}",
+            rejection.author.map(|a| a.device_id()).unwrap_or_default(),
+            rejection.seq,
+            rejection.reason
+        ))
+    };
+    let (summary, (accepted, skipped)) = store_file(&store, reader, space, &bar, refusal, |e| changed(&e))?;
     bar.finish_and_clear();
     if summary.blake3 != checked.blake3 {
         return Err(changed(&"its hash is not the one checked"));
@@ -326,38 +351,22 @@ fn import_into_new_store(
     let rebuild = projections && mode == Projections::Rebuild;
     let bulk = projections && matches!(mode, Projections::Auto | Projections::Bulk);
     let staging = Staging::begin(data)?;
-    let store = Store::open(staging.path(), StoreOptions { projections: projections && !rebuild })
-        .context("opening the store")?;
-    if bulk {
-        store.defer_projections_holding(IMPORT_CASES_IN_MEMORY);
-    }
+    let store = open_for_import(staging.path(), projections, bulk, rebuild)?;
     // Nothing becomes visible before the final rename, and a crash leaves only a staging store
     // the next import removes: nothing needs the WAL. Everything is flushed once at the end.
     store.write_without_wal();
     let bar = progress::bar(0, "import");
     let incremental = !header.base.is_empty();
-    let (summary, (accepted, skipped)) = std::thread::scope(|scope| -> anyhow::Result<_> {
-        let (batches, prepared) = std::sync::mpsc::sync_channel(PREPARED_BATCHES_QUEUED);
-        let reader = scope.spawn(move || read_batches(reader, space, batches));
-        let stored = store_batches(&store, prepared, &bar, |rejection| {
-            let hint = if incremental && matches!(rejection.reason, RejectReason::Gap { expected: 1, .. }) {
-                " (this is an incremental backup: import the backup it continues first)"
-            } else {
-                ""
-            };
-            let who = rejection.author.map(|a| format!("author {} seq {}: ", a.device_id(), rejection.seq));
-            refused(file, format_args!("{}{}{hint}", who.unwrap_or_default(), rejection.reason))
-        });
-        // The reader ends with the file's summary, or with why the file is not usable (a
-        // refusal above stops it first: its error is the one to report).
-        let read = reader.join().map_err(|_| anyhow::anyhow!("the import's reader thread panicked"))?;
-        let stored = stored?;
-        match read {
-            Ok(Some(summary)) => Ok((summary, stored)),
-            Ok(None) => bail!("the import stopped"),
-            Err(e) => Err(refused(file, e)),
-        }
-    })?;
+    let refusal = |rejection: &Rejection| {
+        let hint = if incremental && matches!(rejection.reason, RejectReason::Gap { expected: 1, .. }) {
+            " (this is an incremental backup: import the backup it continues first)"
+        } else {
+            ""
+        };
+        let who = rejection.author.map(|a| format!("author {} seq {}: ", a.device_id(), rejection.seq));
+        refused(file, format_args!("{}{}{hint}", who.unwrap_or_default(), rejection.reason))
+    };
+    let (summary, (accepted, skipped)) = store_file(&store, reader, space, &bar, refusal, |e| refused(file, e))?;
     bar.finish_and_clear();
     if bulk {
         store.resume_projections().context("completing the projections")?;
