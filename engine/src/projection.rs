@@ -16,14 +16,14 @@ use crate::event::{stored_header_and_body, BodyEncoding, EventHeader, SignedEven
 use crate::ids::{AuthorId, CaseId, SpaceId};
 use crate::operation::{Dot, Operation};
 use crate::store::key_layout::{
-    case_event_key, case_key, case_part_key, meta_watermark, parse_case_part_key, prefix_end, CF_CASES, CF_CASE_EVENTS,
-    CF_EVENTS, CF_META,
+    case_event_key, case_key, case_part_key, meta_state_hash, meta_watermark, parse_case_part_key, prefix_end,
+    CF_CASES, CF_CASE_EVENTS, CF_EVENTS, CF_META,
 };
-use crate::store::{encode_vector, Store, WriterState};
+use crate::store::{decode_vector, encode_vector, Store, WriterState};
 use crate::vector_clock::VersionVector;
 use crate::wire;
 use case_state::CaseState;
-use state_hash::StateHasher;
+use state_hash::{CaseDigest, CaseDigester, StateHasher};
 use views::{CaseView, ConflictView};
 
 /// Decodes an event's operation, if it has a readable and valid one. Events whose body is
@@ -386,22 +386,28 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     store.commit(clear)?;
 
     let mut fold = Fold::store_deltas();
+    // The projections are empty now: each case written out once is complete as written.
+    let mut digests = WrittenDigests::new();
     let mut batch = WriteBatch::default();
     fold_stored_events(store, space, |header, operation| {
         fold.apply_operation(header, operation, |_| Ok::<_, StoreError>(None))?;
         if fold.case_count() >= REBUILD_CASES_IN_MEMORY {
-            write_cases(store, space, &mut batch, fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4))?;
+            let evicted = fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4);
+            write_cases(store, space, &mut batch, evicted, &mut digests)?;
             store.write_unlogged(std::mem::take(&mut batch))?;
         }
         Ok(())
     })?;
-    write_cases(store, space, &mut batch, fold.take_all())?;
+    write_cases(store, space, &mut batch, fold.take_all(), &mut digests)?;
     store.write_unlogged(batch)?;
     store.flush_families(&[CF_CASES, CF_CASE_EVENTS])?;
+    let hash = digests.state_hash(store, space)?;
+    let vector = state.vector(space);
     let mut done = WriteBatch::default();
-    done.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(&state.vector(space)));
+    done.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(&vector));
+    stage_state_hash(store, &mut done, space, &vector, &hash);
     store.commit(done)?;
-    store.state_hash(space)
+    Ok(hash)
 }
 
 /// Hands `f` the header and body of every stored event of a space, in key order (author, seq),
@@ -477,17 +483,23 @@ fn fold_stored_events(
 }
 
 /// Stages these case states and their history in `batch`, handing it to `write` whenever it
-/// holds `records_max` records (bounded write batches; what is left stays in `batch`).
+/// holds `records_max` records (bounded write batches; what is left stays in `batch`), and notes
+/// each case written in `digests`, if given.
 fn stage_cases(
     store: &Store,
     space: &SpaceId,
     batch: &mut WriteBatch,
     cases: Vec<HeldCase>,
     records_max: usize,
+    mut digests: Option<&mut WrittenDigests>,
     write: impl Fn(WriteBatch) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     for held in cases {
-        stage_case(store, space, batch, &held);
+        if stage_case(store, space, batch, &held) {
+            if let Some(digests) = digests.as_deref_mut() {
+                digests.note(&held.state);
+            }
+        }
         if batch.len() >= records_max {
             write(std::mem::take(batch))?;
         }
@@ -496,24 +508,111 @@ fn stage_cases(
 }
 
 /// A rebuild's bounded write: unlogged (made durable by the flush before the watermark).
-fn write_cases(store: &Store, space: &SpaceId, batch: &mut WriteBatch, cases: Vec<HeldCase>) -> Result<(), StoreError> {
-    stage_cases(store, space, batch, cases, REBUILD_BATCH_RECORDS, |full| store.write_unlogged(full))
+fn write_cases(
+    store: &Store,
+    space: &SpaceId,
+    batch: &mut WriteBatch,
+    cases: Vec<HeldCase>,
+    digests: &mut WrittenDigests,
+) -> Result<(), StoreError> {
+    stage_cases(store, space, batch, cases, REBUILD_BATCH_RECORDS, Some(digests), |full| store.write_unlogged(full))
 }
 
 /// Stages every non-empty part of a (delta) case state as a merge operand, and the history
-/// index records of the events folded into it.
-fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, held: &HeldCase) {
+/// index records of the events folded into it. Returns whether it staged any part (a case with
+/// none is not in the projections).
+fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, held: &HeldCase) -> bool {
     let (cf_cases, cf_history) = (store.cf(CF_CASES), store.cf(CF_CASE_EVENTS));
     let case_state = &held.state;
+    let mut staged = false;
     for part in wire::case_parts(case_state) {
         if let Some(value) = wire::encode_case_part(case_state, &part) {
             batch.merge_cf(cf_cases, case_part_key(space, &case_state.id, &part), value);
+            staged = true;
         }
     }
     for (author, seq, hlc) in &held.history {
         batch.put_cf(cf_history, case_event_key(space, &case_state.id, author, *seq), hlc.to_be_bytes());
     }
+    staged
 }
+
+/// Digests a bulk fold over empty projections (a rebuild, or a bulk catch-up or import into a
+/// space with none) takes of the case states it writes out, so that it knows the state hash of
+/// what it wrote without reading it all back. A case written out once was complete as written
+/// (nothing was stored before it, and no later event touched it); one written out again (touched
+/// after it was) is stored as several merge operands and read back. Bounded: past
+/// [`WRITTEN_DIGESTS_MAX`] cases written, the hash is computed by a scan instead.
+pub(crate) struct WrittenDigests {
+    written: Vec<(CaseId, CaseDigest)>,
+    digester: CaseDigester,
+    /// False once the bound was passed (`written` is then emptied).
+    complete: bool,
+}
+
+/// Cases a [`WrittenDigests`] notes at most (48 bytes each: 24 MiB).
+const WRITTEN_DIGESTS_MAX: usize = if cfg!(test) { 64 } else { 1 << 19 };
+
+impl WrittenDigests {
+    pub(crate) fn new() -> WrittenDigests {
+        WrittenDigests { written: Vec::new(), digester: CaseDigester::default(), complete: true }
+    }
+
+    /// Notes a case state as it is written out.
+    fn note(&mut self, state: &CaseState) {
+        if !self.complete {
+            return;
+        }
+        if self.written.len() >= WRITTEN_DIGESTS_MAX {
+            self.complete = false;
+            self.written = Vec::new();
+            return;
+        }
+        self.written.push((state.id, self.digester.digest(state)));
+    }
+
+    /// The state hash of the space once everything noted is written: each case written once by
+    /// its digest, each case written several times read back (all by a scan when more than a
+    /// sixteenth of them were).
+    pub(crate) fn state_hash(self, store: &Store, space: &SpaceId) -> Result<String, StoreError> {
+        let mut written = self.written;
+        written.sort_by_key(|(case, _)| *case);
+        let cases = written.chunk_by(|a, b| a.0 == b.0);
+        let rewritten = cases.clone().filter(|same| same.len() > 1).count();
+        if !self.complete || rewritten * 16 > written.len() {
+            return store.scanned_state_hash(space);
+        }
+        let mut hasher = StateHasher::new();
+        for same in cases {
+            match same {
+                [(case, digest)] => hasher.add_digest(case, digest),
+                [(case, _), ..] => {
+                    if let Some(state) = load_case(store, space, case)? {
+                        hasher.add(&state);
+                    }
+                }
+                [] => {}
+            }
+        }
+        Ok(hasher.finish())
+    }
+}
+
+/// Stages the state hash of a space's projections at the watermark `vector`, to be committed with
+/// that watermark ([`Store::state_hash`] returns it while the watermark stays there).
+fn stage_state_hash(store: &Store, batch: &mut WriteBatch, space: &SpaceId, vector: &VersionVector, hash: &str) {
+    let Ok(hash) = <[u8; 32]>::try_from(hex::decode(hash).unwrap_or_default()) else {
+        return;
+    };
+    let mut value = Vec::with_capacity(1 + 32 + vector.len() * 40);
+    value.push(STATE_HASH_RECORD_VERSION);
+    value.extend_from_slice(&hash);
+    value.extend_from_slice(&encode_vector(vector));
+    batch.put_cf(store.cf(CF_META), meta_state_hash(space), value);
+}
+
+/// The version of the state hash record: its layout and the state hash's definition (v2).
+const STATE_HASH_RECORD_VERSION: u8 = 2;
 
 /// Case states a node's bulk catch-up keeps in memory before staging the least recently touched
 /// quarter as deltas with the batch. Measured at 1M events (100k cases, each author cycling over
@@ -533,6 +632,8 @@ pub(crate) struct DeferredFold {
     /// False if the projections lagged when the catch-up began, or a commit failed after its
     /// events were folded: the end rebuilds instead.
     pub(crate) usable: bool,
+    /// When the space had no projections as the catch-up began: the digests of what it wrote out.
+    digests: Option<WrittenDigests>,
 }
 
 /// Folds a batch ingested during a bulk catch-up into the space's deferred deltas; returns the
@@ -554,7 +655,11 @@ pub(crate) fn fold_deferred(
     }
     let mut batch = WriteBatch::default();
     for held in deferred.fold.evict_least_recent(cases_max / 4) {
-        stage_case(store, space, &mut batch, &held);
+        if stage_case(store, space, &mut batch, &held) {
+            if let Some(digests) = &mut deferred.digests {
+                digests.note(&held.state);
+            }
+        }
     }
     Some(batch)
 }
@@ -563,8 +668,11 @@ pub(crate) fn fold_deferred(
 pub(crate) fn begin_deferred(store: &Store, state: &mut WriterState, space: &SpaceId) -> Result<(), StoreError> {
     if !state.deferred.contains_key(space) {
         // Deltas can only complete views that were current when the catch-up began.
-        let usable = store.projection_watermark(space)? == state.vector(space);
-        state.deferred.insert(*space, DeferredFold { fold: Fold::store_deltas(), usable });
+        let watermark = store.projection_watermark(space)?;
+        let usable = watermark == state.vector(space);
+        let empty = usable && watermark.is_empty() && !store.has_case_parts(space)?;
+        let digests = empty.then(WrittenDigests::new);
+        state.deferred.insert(*space, DeferredFold { fold: Fold::store_deltas(), usable, digests });
     }
     Ok(())
 }
@@ -576,7 +684,9 @@ const FINISH_BATCH_RECORDS: usize = if cfg!(test) { 4 } else { 8_192 };
 /// Ends the bulk catch-up of a space: writes its remaining deltas (in bounded writes, without
 /// the WAL like the spills before them), flushes them and every spill to SST files, and stages
 /// the watermark `vector` in `batch` (to be committed synced: until then a crash is repaired by a
-/// rebuild at the next open). Returns false if its deltas are not usable (the caller rebuilds).
+/// rebuild at the next open), with the state hash when the catch-up began with no projections
+/// (known from the digests of what it wrote). Returns false if its deltas are not usable (the
+/// caller rebuilds).
 pub(crate) fn finish_deferred(
     store: &Store,
     deferred: Option<DeferredFold>,
@@ -588,12 +698,16 @@ pub(crate) fn finish_deferred(
         return Ok(false);
     };
     let mut parts = WriteBatch::default();
-    stage_cases(store, space, &mut parts, deferred.fold.take_all(), FINISH_BATCH_RECORDS, |full| {
+    let cases = deferred.fold.take_all();
+    stage_cases(store, space, &mut parts, cases, FINISH_BATCH_RECORDS, deferred.digests.as_mut(), |full| {
         store.write_unlogged(full)
     })?;
     store.write_unlogged(parts)?;
     store.flush_families(&[CF_CASES, CF_CASE_EVENTS])?;
     batch.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(vector));
+    if let Some(digests) = deferred.digests {
+        stage_state_hash(store, batch, space, vector, &digests.state_hash(store, space)?);
+    }
     Ok(true)
 }
 
@@ -706,11 +820,51 @@ impl Store {
         Ok(out)
     }
 
-    /// The state hash of a space's stored projections.
+    /// The state hash of a space's stored projections: the one a rebuild or bulk load computed,
+    /// while the projections are still at the watermark it was computed for (the projections are
+    /// a function of the events they include), else [`Store::scanned_state_hash`].
     pub fn state_hash(&self, space: &SpaceId) -> Result<String, StoreError> {
+        match self.remembered_state_hash(space)? {
+            Some(hash) => Ok(hash),
+            None => self.scanned_state_hash(space),
+        }
+    }
+
+    /// The state hash of a space's stored projections, computed from every stored case (what
+    /// `replay-tool verify` compares with a fresh replay).
+    pub fn scanned_state_hash(&self, space: &SpaceId) -> Result<String, StoreError> {
         let mut hasher = StateHasher::new();
         self.scan_cases(space, false, |state| hasher.add(&state))?;
         Ok(hasher.finish())
+    }
+
+    /// The state hash recorded with the current projection watermark, if one was.
+    fn remembered_state_hash(&self, space: &SpaceId) -> Result<Option<String>, StoreError> {
+        let Some(record) = self.db().get_cf(self.cf(CF_META), meta_state_hash(space))? else {
+            return Ok(None);
+        };
+        // A record this build cannot read is only a lost shortcut: the hash is scanned.
+        let remembered = match record.split_first() {
+            Some((&STATE_HASH_RECORD_VERSION, rest)) if rest.len() >= 32 => {
+                decode_vector(&rest[32..]).map(|vector| (hex::encode(&rest[..32]), vector))
+            }
+            _ => None,
+        };
+        Ok(match remembered {
+            Some((hash, vector)) if vector == self.projection_watermark(space)? => Some(hash),
+            _ => None,
+        })
+    }
+
+    /// Whether the space has any stored case part.
+    pub(crate) fn has_case_parts(&self, space: &SpaceId) -> Result<bool, StoreError> {
+        let mut read = crate::store::total_order();
+        read.set_iterate_upper_bound(prefix_end(space.as_bytes()));
+        let mut iter = self.db().raw_iterator_cf_opt(self.cf(CF_CASES), read);
+        iter.seek(space.as_bytes());
+        let found = iter.valid();
+        iter.status()?;
+        Ok(found)
     }
 }
 
@@ -955,5 +1109,85 @@ mod tests {
         let views = store.list_cases(&space, &Default::default()).unwrap();
         assert_eq!(store.rebuild_projections(&space).unwrap(), incremental);
         assert_eq!(store.list_cases(&space, &Default::default()).unwrap(), views);
+    }
+
+    #[test]
+    fn written_digests_hash_the_cases_written_once_and_read_back_the_rest() {
+        use super::WrittenDigests;
+        let dir = tempfile::tempdir().unwrap();
+        let store = a_busy_store(dir.path(), 40);
+        let space = SpaceId([1; 16]);
+        let scanned = store.scanned_state_hash(&space).unwrap();
+        let states = store.fold_log(&space, |_| true).unwrap().into_sorted_cases();
+        // Case 0's digest taken of another state: only a hash that uses the digests sees it.
+        let mut wrong = states[1].clone();
+        wrong.id = states[0].id;
+        let noted = |rewritten: &[usize], first: &super::CaseState| {
+            let mut digests = WrittenDigests::new();
+            digests.note(first);
+            states[1..].iter().for_each(|state| digests.note(state));
+            rewritten.iter().for_each(|n| digests.note(&states[*n]));
+            digests.state_hash(&store, &space).unwrap()
+        };
+        assert_eq!(noted(&[], &states[0]), scanned);
+        assert_ne!(noted(&[], &wrong), scanned, "a case written once is hashed by its digest");
+        assert_eq!(noted(&[0, 7], &wrong), scanned, "a case written again is read back");
+        assert_ne!(noted(&[7], &wrong), scanned);
+        assert_eq!(noted(&[1, 2, 3], &wrong), scanned, "more than a sixteenth written again: scanned");
+        // Past the bound (64 cases in unit tests): scanned.
+        let mut digests = WrittenDigests::new();
+        digests.note(&wrong);
+        (0..70).for_each(|n| digests.note(&states[1 + n % 39]));
+        assert_eq!(digests.state_hash(&store, &space).unwrap(), scanned);
+    }
+
+    #[test]
+    fn the_state_hash_a_rebuild_remembers_holds_until_the_projections_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = a_busy_store(dir.path(), 3); // fits in the rebuild's memory: every case written once
+        let space = SpaceId([1; 16]);
+        let scanned = store.scanned_state_hash(&space).unwrap();
+        assert_eq!(store.rebuild_projections(&space).unwrap(), scanned);
+        assert_eq!(store.state_hash(&space).unwrap(), scanned);
+        // The record holds the hash and the watermark it is for...
+        use crate::store::key_layout::{meta_state_hash, CF_META};
+        let record = store.db().get_cf(store.cf(CF_META), meta_state_hash(&space)).unwrap().unwrap();
+        assert_eq!(hex::encode(&record[1..33]), scanned);
+        // ...and once the projections move past its watermark it is not.
+        let key = DeviceKey::from_secret([1; 32]);
+        let fields = vec![("f".into(), FieldValue::Text("later".into()))];
+        store.execute(&space, &key, 999, Command::SetFields { case: CaseId([1; 16]), fields }).unwrap();
+        let moved = store.scanned_state_hash(&space).unwrap();
+        assert_ne!(moved, scanned);
+        assert_eq!(store.state_hash(&space).unwrap(), moved);
+        // An unreadable record is ignored.
+        store.db().put_cf(store.cf(CF_META), meta_state_hash(&space), b"\x09junk").unwrap();
+        assert_eq!(store.state_hash(&space).unwrap(), moved);
+    }
+
+    #[test]
+    fn a_bulk_catch_up_into_empty_projections_remembers_the_state_hash_it_wrote() {
+        let space = SpaceId([1; 16]);
+        for (cases, batch) in [(3u8, 100), (12, 5), (40, 7)] {
+            let (_a_dir, a, _b_dir, b) = a_busy_store_and_an_empty_one(cases);
+            b.defer_projections();
+            catch_up(&a, &b, batch);
+            b.resume_projections().unwrap();
+            use crate::store::key_layout::{meta_state_hash, CF_META};
+            assert!(b.db().get_cf(b.cf(CF_META), meta_state_hash(&space)).unwrap().is_some());
+            let expected = a.scanned_state_hash(&space).unwrap();
+            assert_eq!(b.state_hash(&space).unwrap(), expected, "{cases} cases");
+            assert_eq!(b.scanned_state_hash(&space).unwrap(), expected, "{cases} cases");
+        }
+        // Into projections that already hold something: no remembered hash (it would need them read).
+        let (_a_dir, a, _b_dir, b) = a_busy_store_and_an_empty_one(12);
+        let events: Vec<_> = a.events_after(&space, &Default::default()).map(|r| r.unwrap().2).collect();
+        b.ingest(&space, events[..4].to_vec()).unwrap();
+        b.defer_projections();
+        catch_up(&a, &b, 5);
+        b.resume_projections().unwrap();
+        use crate::store::key_layout::{meta_state_hash, CF_META};
+        assert!(b.db().get_cf(b.cf(CF_META), meta_state_hash(&space)).unwrap().is_none());
+        assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
     }
 }

@@ -44,6 +44,12 @@ pub fn meta_watermark(space: &SpaceId) -> Vec<u8> {
     [b"watermark/".as_slice(), space.as_bytes()].concat()
 }
 
+/// Meta key of a space's state hash as last computed in full (by a rebuild or a bulk load), with
+/// the projection watermark it holds for.
+pub fn meta_state_hash(space: &SpaceId) -> Vec<u8> {
+    [b"state_hash/".as_slice(), space.as_bytes()].concat()
+}
+
 /// Meta key of a fence: the highest seq of an author seen at a peer.
 pub fn meta_fence(space: &SpaceId, author: &AuthorId) -> Vec<u8> {
     [b"fence/".as_slice(), space.as_bytes(), author.as_bytes()].concat()
