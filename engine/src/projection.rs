@@ -16,8 +16,8 @@ use crate::event::{stored_header_and_body, BodyEncoding, EventHeader, SignedEven
 use crate::ids::{AuthorId, CaseId, SpaceId};
 use crate::operation::{Dot, Operation};
 use crate::store::key_layout::{
-    case_event_key, case_key, case_part_key, meta_state_hash, meta_watermark, parse_case_part_key, prefix_end,
-    CF_CASES, CF_CASE_EVENTS, CF_EVENTS, CF_META,
+    case_event_key, case_key, case_part_key, history_record_value, meta_state_hash, meta_watermark,
+    parse_case_part_key, prefix_end, CF_CASES, CF_CASE_EVENTS, CF_EVENTS, CF_META, HISTORY_ENTRIES_PER_RECORD,
 };
 use crate::store::{decode_vector, encode_vector, Store, WriterState};
 use crate::vector_clock::VersionVector;
@@ -531,8 +531,13 @@ fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, held: &Hel
             staged = true;
         }
     }
-    for (author, seq, hlc) in &held.history {
-        batch.put_cf(cf_history, case_event_key(space, &case_state.id, author, *seq), hlc.to_be_bytes());
+    // The case's events in records of up to HISTORY_ENTRIES_PER_RECORD, each keyed by its first:
+    // one record per case for a bulk fold instead of one per event.
+    for chunk in held.history.chunks(HISTORY_ENTRIES_PER_RECORD) {
+        if let [(author, seq, hlc), rest @ ..] = chunk {
+            let key = case_event_key(space, &case_state.id, author, *seq);
+            batch.put_cf(cf_history, key, history_record_value(*hlc, rest));
+        }
     }
     staged
 }
@@ -1189,5 +1194,36 @@ mod tests {
         use crate::store::key_layout::{meta_state_hash, CF_META};
         assert!(b.db().get_cf(b.cf(CF_META), meta_state_hash(&space)).unwrap().is_none());
         assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
+    }
+
+    #[test]
+    fn a_case_with_many_events_keeps_its_whole_history_in_bounded_records() {
+        use crate::store::key_layout::{CF_CASE_EVENTS, HISTORY_ENTRIES_PER_RECORD};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let (space, case, key) = (SpaceId([1; 16]), CaseId([1; 16]), DeviceKey::from_secret([1; 32]));
+        store.execute(&space, &key, 1, Command::CreateCase { id: case, fields: vec![] }).unwrap();
+        for n in 0..300u64 {
+            let fields = vec![("f".into(), FieldValue::Integer(n as i64))];
+            store.execute(&space, &key, 2 + n, Command::SetFields { case, fields }).unwrap();
+        }
+        let history = store.history(&space, &case).unwrap();
+        assert_eq!(history.len(), 301);
+        store.rebuild_projections(&space).unwrap();
+        assert_eq!(store.history(&space, &case).unwrap(), history);
+        let records = store.db().iterator_cf(store.cf(CF_CASE_EVENTS), rocksdb::IteratorMode::Start);
+        let lengths: Vec<usize> = records.map(|r| r.unwrap().1.len()).collect();
+        assert_eq!(
+            lengths,
+            vec![8 + 48 * (HISTORY_ENTRIES_PER_RECORD - 1), 8 + 48 * (301 - HISTORY_ENTRIES_PER_RECORD - 1)]
+        );
+        // A malformed record: a clear error, not a short history.
+        let first = store.db().iterator_cf(store.cf(CF_CASE_EVENTS), rocksdb::IteratorMode::Start).next();
+        let (first_key, _) = first.unwrap().unwrap();
+        store.db().put_cf(store.cf(CF_CASE_EVENTS), first_key, b"short").unwrap();
+        match store.history(&space, &case) {
+            Err(crate::error::StoreError::Corrupt { reason, .. }) => assert!(reason.contains("history record")),
+            other => panic!("expected a corrupt history record, got {other:?}"),
+        }
     }
 }

@@ -30,7 +30,7 @@ use crate::vector_clock::VersionVector;
 use key_layout::*;
 
 /// The on-disk format this build writes and reads. See `docs/log-format.md`.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Column family options any direct open of a store's RocksDB (tools, tests) must use: the
 /// `case_parts` family needs its merge operator. Without it RocksDB cannot read, flush or compact the
@@ -306,8 +306,10 @@ impl Store {
     /// one record per register; version 3 writes those records as merge operands into a new
     /// column family (the old one is dropped after this): from 1 and 2 only derived data changed,
     /// so the watermarks are dropped (in the synced batch with the new version) and the
-    /// projections rebuilt from the log. Version 4 writes arrival records per run of events; the
-    /// reader still reads the single-event records of version 3, so from 3 only the version moves.
+    /// projections rebuilt from the log. Version 4 writes arrival records per run of events, and
+    /// version 5 history records of several entries; the readers still read the single-event
+    /// records before them, so from 3 and 4 only the version moves (an older build refuses the
+    /// newer version instead of misreading its records).
     fn upgrade_format(&self, found: u32) -> Result<(), OpenError> {
         let mut batch = WriteBatch::default();
         let meta = self.cf(CF_META);

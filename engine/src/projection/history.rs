@@ -7,7 +7,7 @@ use crate::error::StoreError;
 use crate::ids::{AuthorId, CaseId, SpaceId};
 use crate::operation::FieldValue;
 use crate::projection::operation_of;
-use crate::store::key_layout::{case_key, CF_CASE_EVENTS};
+use crate::store::key_layout::{case_key, parse_history_record, CF_CASE_EVENTS};
 use crate::store::Store;
 
 /// One event in a case's history.
@@ -45,13 +45,17 @@ impl Store {
         let mut dots = Vec::new();
         let iter = self.db().iterator_cf(self.cf(CF_CASE_EVENTS), IteratorMode::From(&prefix, Direction::Forward));
         for item in iter {
-            let (key, _) = item?;
-            if !key.starts_with(&prefix) || key.len() != 72 {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
                 break;
             }
-            let author = AuthorId::from_slice(&key[32..64]).unwrap_or_default();
-            let seq = crate::store::key_layout::be_u64(&key[64..]).unwrap_or(0);
-            dots.push((author, seq));
+            let entries = parse_history_record(&key, &value).ok_or_else(|| StoreError::Corrupt {
+                space: *space,
+                author: AuthorId::default(),
+                seq: 0,
+                reason: format!("case {}: a history record is malformed", case.short()),
+            })?;
+            dots.extend(entries.into_iter().map(|(author, seq, _)| (author, seq)));
         }
         let mut items = Vec::with_capacity(dots.len());
         for (author, seq) in dots {

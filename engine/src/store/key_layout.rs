@@ -172,6 +172,36 @@ pub fn case_event_key(space: &SpaceId, case: &CaseId, author: &AuthorId, seq: u6
     key
 }
 
+/// History index entries one record holds at most.
+pub const HISTORY_ENTRIES_PER_RECORD: usize = 256;
+
+/// The value of a history record: the hlc of the event its key names, then (author(32) seq(8)
+/// hlc(8)) of each further event of the case written with it (format 5; a record of one entry
+/// is the format 4 record).
+pub fn history_record_value(first_hlc: u64, rest: &[(AuthorId, u64, u64)]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + 48 * rest.len());
+    value.extend_from_slice(&first_hlc.to_be_bytes());
+    for (author, seq, hlc) in rest {
+        value.extend_from_slice(author.as_bytes());
+        value.extend_from_slice(&seq.to_be_bytes());
+        value.extend_from_slice(&hlc.to_be_bytes());
+    }
+    value
+}
+
+/// The (author, seq, hlc) entries of one history record of `case`, or `None` if it is malformed.
+pub fn parse_history_record(key: &[u8], value: &[u8]) -> Option<Vec<(AuthorId, u64, u64)>> {
+    if key.len() != 72 || value.len() < 8 || !(value.len() - 8).is_multiple_of(48) {
+        return None;
+    }
+    let mut entries = Vec::with_capacity(1 + (value.len() - 8) / 48);
+    entries.push((AuthorId::from_slice(&key[32..64]).ok()?, be_u64(&key[64..])?, be_u64(&value[..8])?));
+    for entry in value[8..].chunks_exact(48) {
+        entries.push((AuthorId::from_slice(&entry[..32]).ok()?, be_u64(&entry[32..40])?, be_u64(&entry[40..])?));
+    }
+    Some(entries)
+}
+
 /// Reads a big-endian u64 from exactly 8 bytes.
 pub fn be_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
@@ -192,6 +222,24 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_records_hold_one_event_or_several_and_refuse_other_lengths() {
+        let (space, case) = (SpaceId([1; 16]), CaseId([2; 16]));
+        let key = case_event_key(&space, &case, &AuthorId([3; 32]), 7);
+        let rest = [(AuthorId([3; 32]), 9, 1_000), (AuthorId([4; 32]), 1, 999)];
+        let value = history_record_value(500, &rest);
+        assert_eq!(value.len(), 8 + 2 * 48);
+        let expected = vec![(AuthorId([3; 32]), 7, 500), rest[0], rest[1]];
+        assert_eq!(parse_history_record(&key, &value), Some(expected));
+        // A format 4 record: the key's event and its hlc.
+        assert_eq!(parse_history_record(&key, &42u64.to_be_bytes()), Some(vec![(AuthorId([3; 32]), 7, 42)]));
+        assert_eq!(history_record_value(42, &[]), 42u64.to_be_bytes());
+        for bad in [&value[..7], &value[..8 + 47], &value[..value.len() - 1]] {
+            assert_eq!(parse_history_record(&key, bad), None, "{} bytes", bad.len());
+        }
+        assert_eq!(parse_history_record(&key[..71], &value), None);
+    }
 
     #[test]
     fn event_keys_round_trip_and_sort_by_seq() {

@@ -133,3 +133,39 @@ fn a_format_3_store_keeps_its_views_and_its_single_event_arrival_records() {
     let stored = db.get_cf(db.cf_handle(CF_META).unwrap(), META_FORMAT_VERSION).unwrap().unwrap();
     assert_eq!(stored, FORMAT_VERSION.to_be_bytes());
 }
+
+#[test]
+fn a_format_4_store_keeps_its_one_event_history_records_beside_new_ones() {
+    use casesync_engine::store::key_layout::CF_CASE_EVENTS;
+    let dir = tempfile::tempdir().unwrap();
+    let hash = a_store_with_cases(dir.path());
+    let case = CaseId([1; 16]);
+    {
+        let store = open(dir.path());
+        let fields = vec![("name".into(), FieldValue::Text("renamed".into()))];
+        store.execute(&SPACE, &device(2), 2, Command::SetFields { case, fields }).unwrap();
+    }
+    let history_before = open(dir.path()).history(&SPACE, &case).unwrap();
+    assert_eq!(history_before.len(), 2);
+    {
+        // Format 4 wrote these same records (one per event, value the hlc), so only the version
+        // needs to look older.
+        let db = raw(dir.path());
+        let records = db.iterator_cf(db.cf_handle(CF_CASE_EVENTS).unwrap(), rocksdb::IteratorMode::Start);
+        assert!(records.map(|r| r.unwrap()).all(|(_, value)| value.len() == 8));
+        db.put_cf(db.cf_handle(CF_META).unwrap(), META_FORMAT_VERSION, 4u32.to_be_bytes()).unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.history(&SPACE, &case).unwrap(), history_before);
+    assert_ne!(store.state_hash(&SPACE).unwrap(), hash, "the views kept the later change");
+    // A rebuild writes the case's history as one record of both events: read the same.
+    store.rebuild_projections(&SPACE).unwrap();
+    assert_eq!(store.history(&SPACE, &case).unwrap(), history_before);
+    drop(store);
+    let db = raw(dir.path());
+    let stored = db.get_cf(db.cf_handle(CF_META).unwrap(), META_FORMAT_VERSION).unwrap().unwrap();
+    assert_eq!(stored, FORMAT_VERSION.to_be_bytes());
+    let records = db.iterator_cf(db.cf_handle(CF_CASE_EVENTS).unwrap(), rocksdb::IteratorMode::Start);
+    let lengths: Vec<usize> = records.map(|r| r.unwrap().1.len()).collect();
+    assert!(lengths.contains(&(8 + 48)), "one record of two events: {lengths:?}");
+}
