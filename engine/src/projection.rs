@@ -372,6 +372,7 @@ const REBUILD_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -> Result<String, StoreError> {
     // Deltas folded during a bulk catch-up start from the old watermark: drop them.
     state.deferred.remove(space);
+    let _compactions = store.hold_compactions();
     // The watermark goes first (a crash from here on rebuilds at the next open); then the old
     // projections' files are dropped whole, so compactions never rewrite them; then a range
     // deletion covers what files shared with other spaces still hold. (In this order no file
@@ -1225,5 +1226,34 @@ mod tests {
             Err(crate::error::StoreError::Corrupt { reason, .. }) => assert!(reason.contains("history record")),
             other => panic!("expected a corrupt history record, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_bulk_catch_up_holds_the_projection_compactions_until_it_ends() {
+        use crate::store::key_layout::CF_CASES;
+        use crate::store::CASE_PARTS_L0_FILES_TO_COMPACT;
+        let space = SpaceId([1; 16]);
+        let (_a_dir, a, _b_dir, b) = a_busy_store_and_an_empty_one(12);
+        let l0_files = |store: &Store| {
+            let property = store.db().property_int_value_cf(store.cf(CF_CASES), "rocksdb.num-files-at-level0");
+            property.unwrap().unwrap_or(0)
+        };
+        b.defer_projections();
+        // One flushed file of case parts per spilling batch (4 cases held in unit tests).
+        let events: Vec<_> = a.events_after(&space, &Default::default()).map(|r| r.unwrap().2).collect();
+        for chunk in events.chunks(2) {
+            b.ingest(&space, chunk.to_vec()).unwrap();
+            b.flush_families(&[CF_CASES]).unwrap();
+        }
+        let held = l0_files(&b);
+        assert!(held > CASE_PARTS_L0_FILES_TO_COMPACT as u64, "{held} files, none compacted while held");
+        b.resume_projections().unwrap();
+        // Then they run again, in the background: polled with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while l0_files(&b) > CASE_PARTS_L0_FILES_TO_COMPACT as u64 {
+            assert!(std::time::Instant::now() < deadline, "the held compaction never ran");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
     }
 }

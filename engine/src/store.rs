@@ -737,7 +737,31 @@ impl Store {
             let mut state = self.lock_writer();
             state.deferrals += 1;
             state.deferred_cases_max = cases.max(4);
+            if state.deferrals == 1 {
+                self.hold_projection_compactions(true);
+            }
         }
+    }
+
+    /// Holds (or lets go) the automatic compactions of the projection families. A bulk catch-up
+    /// or a rebuild writes every case once, in files that all overlap (random keys): compacting
+    /// them while they are written rewrote most of them once more (a 1.2 s compaction of 125 MB
+    /// in a 1M-event sync, beside the ingest). Held, they wait until the bulk write ends and
+    /// then run in the background, once. (RocksDB applies no L0 write stall to a family whose
+    /// compactions are off.) Only a knob: a failure is logged, nothing else.
+    fn hold_projection_compactions(&self, hold: bool) {
+        let value = if hold { "true" } else { "false" };
+        for name in [CF_CASES, CF_CASE_EVENTS] {
+            if let Err(error) = self.db.set_options_cf(self.cf(name), &[("disable_auto_compactions", value)]) {
+                tracing::warn!(family = name, %error, "could not change automatic compactions");
+            }
+        }
+    }
+
+    /// Holds the projection families' compactions until the guard is dropped (a rebuild).
+    pub(crate) fn hold_compactions(&self) -> CompactionsHeld<'_> {
+        self.hold_projection_compactions(true);
+        CompactionsHeld(self)
     }
 
     /// Ends a bulk catch-up; the last one to end writes each space's remaining deltas and its
@@ -755,6 +779,8 @@ impl Store {
         let spaces: Vec<SpaceId> = state.heads.keys().copied().collect();
         let mut deferred = std::mem::take(&mut state.deferred);
         let mut rebuilt = 0;
+        // However this ends, compactions run again once it has.
+        let _compactions = CompactionsHeld(self);
         for space in spaces {
             let vector = state.vector(&space);
             if self.projection_watermark(&space)? == vector {
@@ -843,6 +869,15 @@ impl Store {
         }
         iter.status()?;
         Ok(out)
+    }
+}
+
+/// Lets the projection families' compactions run again when dropped.
+pub(crate) struct CompactionsHeld<'a>(&'a Store);
+
+impl Drop for CompactionsHeld<'_> {
+    fn drop(&mut self) {
+        self.0.hold_projection_compactions(false);
     }
 }
 
