@@ -676,7 +676,7 @@ pub(crate) fn begin_deferred(store: &Store, state: &mut WriterState, space: &Spa
         // Deltas can only complete views that were current when the catch-up began.
         let watermark = store.projection_watermark(space)?;
         let usable = watermark == state.vector(space);
-        let empty = usable && watermark.is_empty() && !store.has_case_parts(space)?;
+        let empty = state.deferred_digests && usable && watermark.is_empty() && !store.has_case_parts(space)?;
         let digests = empty.then(WrittenDigests::new);
         state.deferred.insert(*space, DeferredFold { fold: Fold::store_deltas(), usable, digests });
     }
@@ -1176,7 +1176,7 @@ mod tests {
         let space = SpaceId([1; 16]);
         for (cases, batch) in [(3u8, 100), (12, 5), (40, 7)] {
             let (_a_dir, a, _b_dir, b) = a_busy_store_and_an_empty_one(cases);
-            b.defer_projections();
+            b.defer_projections_holding(4, true);
             catch_up(&a, &b, batch);
             b.resume_projections().unwrap();
             use crate::store::key_layout::{meta_state_hash, CF_META};
@@ -1189,10 +1189,17 @@ mod tests {
         let (_a_dir, a, _b_dir, b) = a_busy_store_and_an_empty_one(12);
         let events: Vec<_> = a.events_after(&space, &Default::default()).map(|r| r.unwrap().2).collect();
         b.ingest(&space, events[..4].to_vec()).unwrap();
-        b.defer_projections();
+        b.defer_projections_holding(4, true);
         catch_up(&a, &b, 5);
         b.resume_projections().unwrap();
         use crate::store::key_layout::{meta_state_hash, CF_META};
+        assert!(b.db().get_cf(b.cf(CF_META), meta_state_hash(&space)).unwrap().is_none());
+        assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
+        // A node's catch-up does not take the digests (nobody waits for the hash).
+        let (_a_dir, a, _b_dir, b) = a_busy_store_and_an_empty_one(3);
+        b.defer_projections();
+        catch_up(&a, &b, 100);
+        b.resume_projections().unwrap();
         assert!(b.db().get_cf(b.cf(CF_META), meta_state_hash(&space)).unwrap().is_none());
         assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
     }

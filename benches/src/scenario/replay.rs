@@ -131,5 +131,6 @@ pub fn run(h: &mut Harness, o: ReplayOptions) -> anyhow::Result<ScenarioReport> 
 
 fn open_and_hash(db: &Path, h: &Harness) -> anyhow::Result<(u64, String)> {
     let store = Store::open(db, StoreOptions::default()).with_context(|| format!("opening {}", db.display()))?;
-    Ok((store.vector(&h.space).total(), store.state_hash(&h.space)?))
+    // Scanned: the stored projections themselves, not the hash a bulk load remembered.
+    Ok((store.vector(&h.space).total(), store.scanned_state_hash(&h.space)?))
 }

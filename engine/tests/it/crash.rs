@@ -95,7 +95,7 @@ fn child_catches_up_in_bulk_until_killed() {
     let dir = std::path::Path::new(&dir);
     let source = open(&dir.join("source"));
     let target = open(&dir.join("target"));
-    target.defer_projections_holding(4);
+    target.defer_projections_holding(4, false);
     let events: Vec<_> = source.events_after(&SPACE, &target.vector(&SPACE)).map(|r| r.unwrap().2).collect();
     let mut stdout = std::io::stdout();
     for batch in events.chunks(9) {
@@ -143,7 +143,7 @@ fn sigkill_during_a_bulk_catch_up_leaves_views_equal_to_the_log() {
 
         // Finish the catch-up in bulk again: the source's views.
         let source = open(&dir.path().join("source"));
-        target.defer_projections_holding(4);
+        target.defer_projections_holding(4, false);
         let rest: Vec<_> = source.events_after(&SPACE, &target.vector(&SPACE)).map(|r| r.unwrap().2).collect();
         for batch in rest.chunks(9) {
             assert!(target.ingest(&SPACE, batch.to_vec()).unwrap().rejected.is_empty());

@@ -231,7 +231,8 @@ fn open_for_import(path: &Path, projections: bool, bulk: bool, rebuild: bool) ->
     let store =
         Store::open(path, StoreOptions { projections: projections && !rebuild }).context("opening the store")?;
     if bulk {
-        store.defer_projections_holding(IMPORT_CASES_IN_MEMORY);
+        // The import reports the state hash: the bulk load takes it as it writes.
+        store.defer_projections_holding(IMPORT_CASES_IN_MEMORY, true);
     }
     Ok(store)
 }
