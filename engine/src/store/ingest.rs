@@ -95,16 +95,19 @@ impl PreparedBatch {
     /// Decodes and hashes a received batch for `space` (events of another space are refused).
     pub fn new(space: SpaceId, batch: Vec<pb::SignedEvent>) -> PreparedBatch {
         let mut prepared = PreparedBatch { space, runs: BTreeMap::new(), rejected: Vec::new(), events: 0 };
+        let count = batch.len();
         for message in batch {
             match SignedEvent::from_wire(message) {
-                Ok(event) => prepared.add(event),
+                Ok(event) => prepared.add(event, count),
                 Err(error) => prepared.rejected.push(Rejection { author: None, seq: 0, reason: error.into() }),
             }
         }
         prepared
     }
 
-    fn add(&mut self, event: SignedEvent) {
+    /// Adds one event; a new author's run is sized for `expected` events (a received batch is
+    /// mostly one author's run: no regrowth).
+    fn add(&mut self, event: SignedEvent, expected: usize) {
         if event.header.space != self.space {
             self.rejected.push(Rejection {
                 author: Some(event.header.author),
@@ -113,15 +116,29 @@ impl PreparedBatch {
             });
         } else {
             self.events += 1;
-            self.runs.entry(event.header.author).or_default().push(event);
+            let run = self.runs.entry(event.header.author).or_insert_with(|| Vec::with_capacity(expected));
+            run.push(event);
         }
     }
 
-    /// Adds the events of a batch received after this one (of another space: refused).
+    /// Adds the events of a batch received after this one (of another space: refused). An
+    /// author's run this batch does not have is taken over whole.
     pub fn append(&mut self, later: PreparedBatch) {
         self.rejected.extend(later.rejected);
-        for event in later.runs.into_values().flatten() {
-            self.add(event);
+        if later.space != self.space {
+            for event in later.runs.into_values().flatten() {
+                self.add(event, 0);
+            }
+            return;
+        }
+        self.events += later.events;
+        for (author, run) in later.runs {
+            match self.runs.entry(author) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(run);
+                }
+                std::collections::btree_map::Entry::Occupied(mut held) => held.get_mut().extend(run),
+            }
         }
     }
 
