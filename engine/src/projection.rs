@@ -253,7 +253,7 @@ pub(crate) fn fold_into_batch(
     let mut fold = Fold::store_deltas();
     fold_events(&mut fold, events);
     for held in fold.take_all() {
-        stage_case(store, space, batch, &held);
+        stage_case(store, space, batch, &held, None);
     }
     Ok(())
 }
@@ -496,11 +496,7 @@ fn stage_cases(
     write: impl Fn(WriteBatch) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     for held in cases {
-        if stage_case(store, space, batch, &held) {
-            if let Some(digests) = digests.as_deref_mut() {
-                digests.note(&held.state);
-            }
-        }
+        stage_case(store, space, batch, &held, digests.as_deref_mut());
         if batch.len() >= records_max {
             write(std::mem::take(batch))?;
         }
@@ -520,9 +516,15 @@ fn write_cases(
 }
 
 /// Stages every non-empty part of a (delta) case state as a merge operand, and the history
-/// index records of the events folded into it. Returns whether it staged any part (a case with
-/// none is not in the projections).
-fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, held: &HeldCase) -> bool {
+/// index records of the events folded into it; notes the case in `digests`, if given, when it
+/// staged any part (a case with none is not in the projections).
+fn stage_case(
+    store: &Store,
+    space: &SpaceId,
+    batch: &mut WriteBatch,
+    held: &HeldCase,
+    digests: Option<&mut WrittenDigests>,
+) {
     let (cf_cases, cf_history) = (store.cf(CF_CASES), store.cf(CF_CASE_EVENTS));
     let case_state = &held.state;
     let mut staged = false;
@@ -540,7 +542,9 @@ fn stage_case(store: &Store, space: &SpaceId, batch: &mut WriteBatch, held: &Hel
             batch.put_cf(cf_history, key, history_record_value(*hlc, rest));
         }
     }
-    staged
+    if let Some(digests) = digests.filter(|_| staged) {
+        digests.note(case_state);
+    }
 }
 
 /// Digests a bulk fold over empty projections (a rebuild, or a bulk catch-up or import into a
@@ -661,11 +665,7 @@ pub(crate) fn fold_deferred(
     }
     let mut batch = WriteBatch::default();
     for held in deferred.fold.evict_least_recent(cases_max / 4) {
-        if stage_case(store, space, &mut batch, &held) {
-            if let Some(digests) = &mut deferred.digests {
-                digests.note(&held.state);
-            }
-        }
+        stage_case(store, space, &mut batch, &held, deferred.digests.as_mut());
     }
     Some(batch)
 }
@@ -1246,6 +1246,8 @@ mod tests {
             property.unwrap().unwrap_or(0)
         };
         b.defer_projections();
+        // A rebuild during the catch-up takes and gives back its own hold: the catch-up's stays.
+        b.rebuild_projections(&space).unwrap();
         // One flushed file of case parts per spilling batch (4 cases held in unit tests).
         let events: Vec<_> = a.events_after(&space, &Default::default()).map(|r| r.unwrap().2).collect();
         for chunk in events.chunks(2) {

@@ -13,7 +13,7 @@ mod reader;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
@@ -160,6 +160,8 @@ pub struct Store {
     syncs_deferred: AtomicBool,
     /// Whether writes skip the WAL until [`Store::persist`] ([`Store::write_without_wal`]).
     wal_skipped: AtomicBool,
+    /// Bulk writes holding the projection families' compactions ([`Store::hold_compactions`]).
+    compaction_holds: AtomicUsize,
     /// Commands waiting for the writer (see [`Store::execute`]).
     pub(crate) queued: Mutex<Vec<std::sync::Arc<crate::commands::QueuedCommand>>>,
 }
@@ -229,6 +231,10 @@ impl Store {
         // Formats 1 and 2: opened only to be dropped once the format is upgraded.
         let legacy = has_legacy_cases.then(|| ColumnFamilyDescriptor::new(CF_CASES_LEGACY, Options::default()));
         let db = DB::open_cf_descriptors(&db_options, path, descriptors.chain(legacy))?;
+        // `Store::cf` relies on every family being open: checked here, once, against the disk.
+        if let Some(missing) = ALL_CFS.iter().find(|name| db.cf_handle(name).is_none()) {
+            return Err(OpenError::Damaged(format!("column family {missing} did not open")));
+        }
         let mut store = Store {
             db,
             path: path.to_path_buf(),
@@ -237,6 +243,7 @@ impl Store {
             poisoned: AtomicBool::new(false),
             syncs_deferred: AtomicBool::new(false),
             wal_skipped: AtomicBool::new(false),
+            compaction_holds: AtomicUsize::new(0),
             queued: Mutex::new(Vec::new()),
         };
         store.check_format()?;
@@ -264,7 +271,8 @@ impl Store {
     }
 
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
-        // Every name in ALL_CFS is created at open; a missing one is a programming error.
+        // Every name in ALL_CFS is opened (or created) and checked by `Store::open`; callers only
+        // pass those constants, so no input or disk state reaches this expect.
         #[allow(clippy::expect_used)]
         self.db.cf_handle(name).expect("column family created at open")
     }
@@ -746,19 +754,20 @@ impl Store {
             state.deferred_cases_max = cases.max(4);
             state.deferred_digests |= state_hash;
             if state.deferrals == 1 {
-                self.hold_projection_compactions(true);
+                // Released by the `resume_projections` that ends the catch-up.
+                self.take_compaction_hold();
             }
         }
     }
 
-    /// Holds (or lets go) the automatic compactions of the projection families. A bulk catch-up
-    /// or a rebuild writes every case once, in files that all overlap (random keys): compacting
-    /// them while they are written rewrote most of them once more (a 1.2 s compaction of 125 MB
-    /// in a 1M-event sync, beside the ingest). Held, they wait until the bulk write ends and
-    /// then run in the background, once. (RocksDB applies no L0 write stall to a family whose
-    /// compactions are off.) Only a knob: a failure is logged, nothing else.
-    fn hold_projection_compactions(&self, hold: bool) {
-        let value = if hold { "true" } else { "false" };
+    /// Switches the automatic compactions of the projection families off (or on again). A bulk
+    /// catch-up or a rebuild writes every case once, in files that all overlap (random keys):
+    /// compacting them while they are written rewrote most of them once more (a 1.2 s compaction
+    /// of 125 MB in a 1M-event sync, beside the ingest). Held, they wait until the bulk write
+    /// ends and then run in the background, once. (RocksDB applies no L0 write stall to a family
+    /// whose compactions are off.) Only a knob: a failure is logged, nothing else.
+    fn set_projection_compactions_held(&self, held: bool) {
+        let value = if held { "true" } else { "false" };
         for name in [CF_CASES, CF_CASE_EVENTS] {
             if let Err(error) = self.db.set_options_cf(self.cf(name), &[("disable_auto_compactions", value)]) {
                 tracing::warn!(family = name, %error, "could not change automatic compactions");
@@ -766,10 +775,19 @@ impl Store {
         }
     }
 
-    /// Holds the projection families' compactions until the guard is dropped (a rebuild).
+    /// Holds the projection families' compactions until the guard is dropped (a rebuild). Holds
+    /// nest: compactions run again when the last one ends (a rebuild during a held catch-up does
+    /// not let them go early).
     pub(crate) fn hold_compactions(&self) -> CompactionsHeld<'_> {
-        self.hold_projection_compactions(true);
+        self.take_compaction_hold();
         CompactionsHeld(self)
+    }
+
+    /// Takes one hold on the projection families' compactions; a [`CompactionsHeld`] gives it back.
+    fn take_compaction_hold(&self) {
+        if self.compaction_holds.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.set_projection_compactions_held(true);
+        }
     }
 
     /// Ends a bulk catch-up; the last one to end writes each space's remaining deltas and its
@@ -780,6 +798,7 @@ impl Store {
             return Ok(0);
         }
         let mut state = self.lock_writer();
+        let was_deferring = state.deferrals > 0;
         state.deferrals = state.deferrals.saturating_sub(1);
         if state.deferrals > 0 {
             return Ok(0);
@@ -788,8 +807,8 @@ impl Store {
         let spaces: Vec<SpaceId> = state.heads.keys().copied().collect();
         let mut deferred = std::mem::take(&mut state.deferred);
         let mut rebuilt = 0;
-        // However this ends, compactions run again once it has.
-        let _compactions = CompactionsHeld(self);
+        // The catch-up's hold on compactions ends with this, however this ends.
+        let _compactions = was_deferring.then_some(CompactionsHeld(self));
         for space in spaces {
             let vector = state.vector(&space);
             if self.projection_watermark(&space)? == vector {
@@ -881,12 +900,15 @@ impl Store {
     }
 }
 
-/// Lets the projection families' compactions run again when dropped.
+/// One hold on the projection families' compactions, given back when dropped (the last one lets
+/// them run again).
 pub(crate) struct CompactionsHeld<'a>(&'a Store);
 
 impl Drop for CompactionsHeld<'_> {
     fn drop(&mut self) {
-        self.0.hold_projection_compactions(false);
+        if self.0.compaction_holds.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.set_projection_compactions_held(false);
+        }
     }
 }
 

@@ -95,19 +95,16 @@ impl PreparedBatch {
     /// Decodes and hashes a received batch for `space` (events of another space are refused).
     pub fn new(space: SpaceId, batch: Vec<pb::SignedEvent>) -> PreparedBatch {
         let mut prepared = PreparedBatch { space, runs: BTreeMap::new(), rejected: Vec::new(), events: 0 };
-        let count = batch.len();
         for message in batch {
             match SignedEvent::from_wire(message) {
-                Ok(event) => prepared.add(event, count),
+                Ok(event) => prepared.add(event),
                 Err(error) => prepared.rejected.push(Rejection { author: None, seq: 0, reason: error.into() }),
             }
         }
         prepared
     }
 
-    /// Adds one event; a new author's run is sized for `expected` events (a received batch is
-    /// mostly one author's run: no regrowth).
-    fn add(&mut self, event: SignedEvent, expected: usize) {
+    fn add(&mut self, event: SignedEvent) {
         if event.header.space != self.space {
             self.rejected.push(Rejection {
                 author: Some(event.header.author),
@@ -116,8 +113,7 @@ impl PreparedBatch {
             });
         } else {
             self.events += 1;
-            let run = self.runs.entry(event.header.author).or_insert_with(|| Vec::with_capacity(expected));
-            run.push(event);
+            self.runs.entry(event.header.author).or_default().push(event);
         }
     }
 
@@ -127,7 +123,7 @@ impl PreparedBatch {
         self.rejected.extend(later.rejected);
         if later.space != self.space {
             for event in later.runs.into_values().flatten() {
-                self.add(event, 0);
+                self.add(event);
             }
             return;
         }

@@ -318,7 +318,7 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
         store
     };
     let imported = Imported { space, accepted, skipped: skipped.max(duplicates), summary };
-    report(data, file, &store, &header, imported, projections_label(projections, bulk, rebuild), started)
+    report(data, file, &store, &header, imported, Projected::of(projections, bulk, rebuild), started)
 }
 
 /// Where an import into a data dir without a store builds it, beside `db/`.
@@ -384,7 +384,7 @@ fn import_into_new_store(
     }
     let store = Store::open(&db, StoreOptions { projections }).context("opening the imported store")?;
     let imported = Imported { space, accepted, skipped, summary };
-    report(data, file, &store, &header, imported, projections_label(projections, bulk, rebuild), started)
+    report(data, file, &store, &header, imported, Projected::of(projections, bulk, rebuild), started)
 }
 
 /// The staging store of an import into a new data dir. Holds a lock on the data dir (a second
@@ -465,15 +465,34 @@ impl Drop for Staging {
     }
 }
 
-fn projections_label(projections: bool, bulk: bool, rebuild: bool) -> &'static str {
-    if rebuild {
-        "rebuilt"
-    } else if bulk {
-        "bulk"
-    } else if projections {
-        "folded"
-    } else {
-        "none"
+/// How the import left the projections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Projected {
+    /// A relay: none kept.
+    None,
+    Folded,
+    Bulk,
+    Rebuilt,
+}
+
+impl Projected {
+    fn of(projections: bool, bulk: bool, rebuild: bool) -> Projected {
+        match (projections, bulk, rebuild) {
+            (false, ..) => Projected::None,
+            (true, _, true) => Projected::Rebuilt,
+            (true, true, false) => Projected::Bulk,
+            (true, false, false) => Projected::Folded,
+        }
+    }
+
+    /// The report's `projections` value.
+    fn label(self) -> &'static str {
+        match self {
+            Projected::None => "none",
+            Projected::Folded => "folded",
+            Projected::Bulk => "bulk",
+            Projected::Rebuilt => "rebuilt",
+        }
     }
 }
 
@@ -492,7 +511,7 @@ fn report(
     store: &Store,
     header: &BackupHeader,
     imported: Imported,
-    projections: &'static str,
+    projections: Projected,
     started: Instant,
 ) -> anyhow::Result<Outcome> {
     let Imported { space, accepted, skipped, summary } = imported;
@@ -503,7 +522,7 @@ fn report(
             members_added += 1;
         }
     }
-    let state_hash = if projections != "none" { Some(store.state_hash(&space)?) } else { None };
+    let state_hash = if projections != Projected::None { Some(store.state_hash(&space)?) } else { None };
     let seconds = started.elapsed().as_secs_f64();
     let json = json!({
         "data": data.display().to_string(),
@@ -516,7 +535,7 @@ fn report(
         "blake3": summary.blake3,
         "vector": vector_json(&store.vector(&space)),
         "state_hash": state_hash,
-        "projections": projections,
+        "projections": projections.label(),
         "seconds": seconds,
         "events_per_s": rate(summary.events, seconds),
     });
