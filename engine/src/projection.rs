@@ -651,14 +651,14 @@ pub(crate) struct DeferredFold {
 /// lags until [`finish_deferred`] has flushed them, so a crash before is repaired by the rebuild
 /// at the next open like any other lagging projection. (Written apart from the events, so this
 /// fold can run while the events' own write is on its way; see `Store::stage_and_commit`.)
+/// `cases_max`: the case states it holds before spilling.
 pub(crate) fn fold_deferred(
     store: &Store,
-    state: &mut WriterState,
+    deferred: &mut DeferredFold,
+    cases_max: usize,
     space: &SpaceId,
     events: &[SignedEvent],
 ) -> Option<WriteBatch> {
-    let cases_max = state.deferred_cases_max;
-    let deferred = state.deferred.get_mut(space).filter(|d| d.usable)?;
     fold_events(&mut deferred.fold, events);
     if deferred.fold.case_count() < cases_max {
         return None;

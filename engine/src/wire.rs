@@ -13,6 +13,7 @@ use crate::projection::case_state::{CaseState, Record, Register, StatusValue, Ve
 use crate::store::key_layout::CasePart;
 use crate::vector_clock::VersionVector;
 
+mod body_decoding;
 mod register_encoding;
 
 fn bytes(slice: &[u8]) -> Bytes {
@@ -183,6 +184,16 @@ pub fn encode_operation(operation: &Operation) -> Vec<u8> {
 
 /// Decodes and validates `Body` bytes.
 pub fn decode_operation(body: &[u8]) -> Result<Operation, OperationError> {
+    // The plain encoding without building the message; anything else through prost.
+    if let Some(operation) = body_decoding::decode_plain_body(body) {
+        return Ok(operation);
+    }
+    decode_operation_message(body)
+}
+
+/// [`decode_operation`] through the generated message: every encoding prost reads, and the
+/// error of a body that is not a valid operation.
+fn decode_operation_message(body: &[u8]) -> Result<Operation, OperationError> {
     use pb::body::Op;
     let message = pb::Body::decode(body).map_err(|_| OperationError::Malformed("body does not decode"))?;
     let operation = match message.op.ok_or(OperationError::Malformed("body names no operation"))? {
