@@ -152,9 +152,25 @@ pub struct CommitSummary {
 /// Events staged in a write batch by [`Store::stage_events`], and the writer state after them.
 struct StagedEvents {
     batch: WriteBatch,
+    after: StateAfter,
+}
+
+/// What the writer state of a space becomes once staged events are committed.
+struct StateAfter {
     heads: HashMap<AuthorId, Head>,
     next_position: u64,
     max_hlc: u64,
+    events: u64,
+}
+
+impl StateAfter {
+    /// Moves the writer state to this, after the commit.
+    fn apply(self, state: &mut WriterState, space: &SpaceId) -> CommitSummary {
+        state.heads.entry(*space).or_default().extend(self.heads);
+        state.next_position = self.next_position;
+        state.max_hlc = self.max_hlc;
+        CommitSummary { events: self.events, next_position: self.next_position }
+    }
 }
 
 /// The log store.
@@ -553,21 +569,17 @@ impl Store {
             projection::begin_deferred(self, state, space)?;
             return self.stage_and_commit_deferring(state, space, events);
         }
-        let mut staged = self.stage_events(state, space, events);
+        let StagedEvents { mut batch, after } = self.stage_events(state, space, events);
         if self.options.projections {
-            projection::fold_into_batch(self, &mut staged.batch, space, events)?;
+            projection::fold_into_batch(self, &mut batch, space, events)?;
             let mut vector_after = state.vector(space);
-            for (author, head) in &staged.heads {
+            for (author, head) in &after.heads {
                 vector_after.set(*author, head.seq);
             }
-            staged.batch.put_cf(self.cf(CF_META), meta_watermark(space), encode_vector(&vector_after));
+            batch.put_cf(self.cf(CF_META), meta_watermark(space), encode_vector(&vector_after));
         }
-        let StagedEvents { batch, heads, next_position, max_hlc } = staged;
         self.commit(batch)?;
-        state.heads.entry(*space).or_default().extend(heads);
-        state.next_position = next_position;
-        state.max_hlc = max_hlc;
-        Ok(CommitSummary { events: events.len() as u64, next_position })
+        Ok(after.apply(state, space))
     }
 
     /// [`Store::stage_and_commit`] during a bulk catch-up: the events are committed without
@@ -578,20 +590,16 @@ impl Store {
         space: &SpaceId,
         events: &[SignedEvent],
     ) -> Result<CommitSummary, StoreError> {
+        let StagedEvents { batch, after } = self.stage_events(state, space, events);
         let cases_max = state.deferred_cases_max;
-        // Out of the writer state while it is folded (the staging reads the state).
-        let mut deferred = state.deferred.remove(space);
-        let fold = |deferred: &mut Option<projection::DeferredFold>| {
-            let usable = deferred.as_mut().filter(|d| d.usable);
-            usable.and_then(|d| projection::fold_deferred(self, d, cases_max, space, events))
-        };
+        let deferred = state.deferred.get_mut(space).filter(|d| d.usable);
+        let fold = || deferred.and_then(|d| projection::fold_deferred(self, d, cases_max, space, events));
         let (committed, spilled) = if self.syncs_deferred.load(Ordering::Acquire) {
             // A bulk load that waits for no disk (`replay-tool import`): its thread is the
             // bottleneck of its own pipeline, so the fold stays on it. (On a scoped thread
             // beside the write it gained nothing measurable: 166k vs 173k events/s.)
-            let staged = self.stage_events(state, space, events);
-            let committed = self.commit(staged.batch).map(|()| (staged.heads, staged.next_position, staged.max_hlc));
-            let spilled = if committed.is_ok() { fold(&mut deferred) } else { None };
+            let committed = self.commit(batch);
+            let spilled = if committed.is_ok() { fold() } else { None };
             (committed, spilled)
         } else {
             // A bulk catch-up: the events are written without waiting for the disk, then a
@@ -602,30 +610,27 @@ impl Store {
             // thread allocates nothing (with the write itself on a new thread each time, glibc
             // spread RocksDB's memtable blocks over its per-thread arenas and node B peaked 50
             // MiB higher). Durable before this returns, as a synced write.
-            let staged = self.stage_events(state, space, events);
-            match self.write(staged.batch, &WriteOptions::default()) {
+            match self.write(batch, &WriteOptions::default()) {
                 Err(error) => (Err(error), None),
                 Ok(()) => std::thread::scope(|scope| {
                     let synced = scope.spawn(|| self.sync_wal());
-                    let spilled = fold(&mut deferred);
-                    let synced = synced.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    (synced.map(|()| (staged.heads, staged.next_position, staged.max_hlc)), spilled)
+                    let spilled = fold();
+                    (synced.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), spilled)
                 }),
             }
         };
         let folded = spilled.map_or(Ok(()), |spill| self.write_unlogged(spill));
-        if let Some(mut deferred) = deferred {
-            // Events in the deltas but not stored, or stored but not all in the deltas: the
-            // end must rebuild.
-            deferred.usable &= committed.is_ok() && folded.is_ok();
-            state.deferred.insert(*space, deferred);
+        if committed.is_err() || folded.is_err() {
+            // Events in the deltas but not stored, or stored but not all in the deltas: the end
+            // must rebuild.
+            if let Some(deferred) = state.deferred.get_mut(space) {
+                deferred.usable = false;
+            }
         }
-        let (heads, next_position, max_hlc) = committed?;
-        state.heads.entry(*space).or_default().extend(heads);
-        state.next_position = next_position;
-        state.max_hlc = max_hlc;
+        committed?;
+        let summary = after.apply(state, space);
         folded?;
-        Ok(CommitSummary { events: events.len() as u64, next_position })
+        Ok(summary)
     }
 
     /// Stages accepted events in a new batch: each event, its arrival record, the new heads and
@@ -673,7 +678,8 @@ impl Store {
         let meta = self.cf(CF_META);
         batch.put_cf(meta, META_NEXT_POSITION, position.to_be_bytes());
         batch.put_cf(meta, META_MAX_HLC, max_hlc.to_be_bytes());
-        StagedEvents { batch, heads: new_heads, next_position: position, max_hlc }
+        let after = StateAfter { heads: new_heads, next_position: position, max_hlc, events: events.len() as u64 };
+        StagedEvents { batch, after }
     }
 
     /// The version vector of a space: what this node holds.

@@ -98,8 +98,8 @@ pub(crate) fn decode_plain_body(body: &[u8]) -> Option<Operation> {
     }
     let operation = match tag {
         1 | 2 => {
-            let (case, _, fields, _) = op_message(message, false, Payload::FieldWrites)?;
-            let case = case_id(case?)?;
+            let op = op_message(message, false, Payload::FieldWrites)?;
+            let (case, fields) = (case_id(op.case?)?, op.writes);
             if tag == 1 {
                 Operation::CreateCase { case, fields }
             } else {
@@ -107,18 +107,18 @@ pub(crate) fn decode_plain_body(body: &[u8]) -> Option<Operation> {
             }
         }
         3..=6 => {
-            let (case, _, _, status) = op_message(message, false, Payload::StatusWrite)?;
+            let op = op_message(message, false, Payload::StatusWrite)?;
             let change = match tag {
                 3 => StatusChange::Delete,
                 4 => StatusChange::Archive,
                 5 => StatusChange::Unarchive,
                 _ => StatusChange::Restore,
             };
-            Operation::ChangeStatus { case: case_id(case?)?, change, write: status_write(status?)? }
+            Operation::ChangeStatus { case: case_id(op.case?)?, change, write: status_write(op.status?)? }
         }
         7 | 8 => {
-            let (case, entry, fields, _) = op_message(message, true, Payload::FieldWrites)?;
-            let (case, entry) = (case_id(case?)?, entry_id(entry?)?);
+            let op = op_message(message, true, Payload::FieldWrites)?;
+            let (case, entry, fields) = (case_id(op.case?)?, entry_id(op.entry?)?, op.writes);
             if tag == 7 {
                 Operation::AddEntry { case, entry, fields }
             } else {
@@ -126,8 +126,9 @@ pub(crate) fn decode_plain_body(body: &[u8]) -> Option<Operation> {
             }
         }
         9 => {
-            let (case, entry, _, status) = op_message(message, true, Payload::StatusWrite)?;
-            Operation::RemoveEntry { case: case_id(case?)?, entry: entry_id(entry?)?, write: status_write(status?)? }
+            let op = op_message(message, true, Payload::StatusWrite)?;
+            let (case, entry) = (case_id(op.case?)?, entry_id(op.entry?)?);
+            Operation::RemoveEntry { case, entry, write: status_write(op.status?)? }
         }
         _ => return None,
     };
@@ -142,15 +143,19 @@ enum Payload {
     StatusWrite,
 }
 
-/// The fields of an operation message: case id (1); with `entry`, the entry id (2); then, at the
-/// next tag, the field writes or the status write `payload` names.
-#[allow(clippy::type_complexity)]
-fn op_message(
-    message: &[u8],
-    entry: bool,
-    payload: Payload,
-) -> Option<(Option<&[u8]>, Option<&[u8]>, Vec<FieldWrite>, Option<&[u8]>)> {
-    let (mut case, mut entry_id, mut writes, mut status) = (None, None, Vec::new(), None);
+/// The fields of an operation message (each `None` or empty when absent).
+#[derive(Default)]
+struct OpFields<'a> {
+    case: Option<&'a [u8]>,
+    entry: Option<&'a [u8]>,
+    writes: Vec<FieldWrite>,
+    status: Option<&'a [u8]>,
+}
+
+/// Reads an operation message: case id (1); with `entry`, the entry id (2); then, at the next
+/// tag, the field writes or the status write `payload` names.
+fn op_message(message: &[u8], entry: bool, payload: Payload) -> Option<OpFields<'_>> {
+    let mut op = OpFields::default();
     let payload_tag = if entry { 3 } else { 2 };
     let mut fields = Fields::new(message);
     while let Some((tag, value)) = fields.next()? {
@@ -158,14 +163,14 @@ fn op_message(
             return None;
         };
         match tag {
-            1 => once(&mut case, bytes)?,
-            2 if entry => once(&mut entry_id, bytes)?,
-            tag if tag == payload_tag && payload == Payload::FieldWrites => writes.push(field_write(bytes)?),
-            tag if tag == payload_tag => once(&mut status, bytes)?,
+            1 => once(&mut op.case, bytes)?,
+            2 if entry => once(&mut op.entry, bytes)?,
+            tag if tag == payload_tag && payload == Payload::FieldWrites => op.writes.push(field_write(bytes)?),
+            tag if tag == payload_tag => once(&mut op.status, bytes)?,
             _ => return None,
         }
     }
-    Some((case, entry_id, writes, status))
+    Some(op)
 }
 
 fn case_id(bytes: &[u8]) -> Option<CaseId> {
