@@ -141,6 +141,9 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A file the store writes beside RocksDB's own (a bulk fold's spill files) failed.
+    #[error("i/o error in the store's directory: {0}")]
+    Io(std::io::Error),
 }
 
 /// Why a local append was refused.

@@ -3,6 +3,8 @@
 //! Nothing here re-encodes a decoded event: ids and signatures always cover the bytes as they
 //! were built, stored and sent.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use casesync_proto::v1 as pb;
 use prost::Message;
@@ -11,6 +13,7 @@ use crate::error::EventError;
 use crate::ids::{AuthorId, EventId, SpaceId};
 use crate::limits::{EVENT_BYTES_MAX, SIGNATURE_BYTES};
 use crate::signing::{DeviceKey, VerifyingKey};
+use crate::wire;
 
 /// How an event's body is to be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +68,18 @@ pub fn link_hash(id: &EventId, signature: &[u8; SIGNATURE_BYTES]) -> EventId {
     EventId(*hasher.finalize().as_bytes())
 }
 
-/// Decodes the header and body of event bytes, checking the header's shape (no hashing).
-fn parse_event(bytes: Bytes) -> Result<(EventHeader, Bytes), EventError> {
+/// Decodes the header and body of event bytes, checking the header's shape (no hashing). The
+/// plain encoding is read in place; anything else goes through prost (which words the error).
+pub(crate) fn parse_event(bytes: Bytes) -> Result<(EventHeader, Bytes), EventError> {
+    if let Some((header, body)) = wire::decode_plain_header(&bytes) {
+        return Ok((header, bytes.slice(body)));
+    }
+    parse_event_message(bytes)
+}
+
+/// [`parse_event`] through the generated message: every encoding prost reads, and the error of
+/// bytes that are not a valid event.
+fn parse_event_message(bytes: Bytes) -> Result<(EventHeader, Bytes), EventError> {
     let message = pb::Event::decode(bytes).map_err(|_| EventError::Malformed("event does not decode"))?;
     let space = SpaceId::from_slice(&message.space).map_err(|_| EventError::Malformed("space must be 16 bytes"))?;
     let author = AuthorId::from_slice(&message.author).map_err(|_| EventError::Malformed("author must be 32 bytes"))?;
@@ -86,12 +99,18 @@ fn parse_event(bytes: Bytes) -> Result<(EventHeader, Bytes), EventError> {
 }
 
 /// The header and body of a stored record, without hashing or verifying anything: for folding a
-/// log into projections, where the chain was verified when the events were stored.
-pub fn stored_header_and_body(value: &[u8]) -> Result<(EventHeader, Bytes), EventError> {
+/// log into projections, where the chain was verified when the events were stored. The plain
+/// encoding is read in place (the body borrowed from `value`); anything else through prost.
+pub fn stored_header_and_body(value: &[u8]) -> Result<(EventHeader, Cow<'_, [u8]>), EventError> {
     if value.len() < SIGNATURE_BYTES {
         return Err(EventError::Malformed("stored record shorter than a signature"));
     }
-    parse_event(Bytes::copy_from_slice(&value[SIGNATURE_BYTES..]))
+    let event = &value[SIGNATURE_BYTES..];
+    if let Some((header, body)) = wire::decode_plain_header(event) {
+        return Ok((header, Cow::Borrowed(&event[body])));
+    }
+    let (header, body) = parse_event_message(Bytes::copy_from_slice(event))?;
+    Ok((header, Cow::Owned(body.to_vec())))
 }
 
 impl SignedEvent {

@@ -13,7 +13,7 @@ mod reader;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
@@ -42,6 +42,56 @@ pub fn column_family_options(name: &str) -> Options {
         options.set_merge_operator_associative(projection::CASE_PART_MERGE, projection::merge_case_part);
     }
     options
+}
+
+/// A column family's options as a store opens it: [`column_family_options`] plus compression,
+/// table format, filters and memtable sizes. The SST files a bulk load writes itself use the
+/// same (`cache`: none), so they read like the files RocksDB writes.
+pub(crate) fn tuned_family_options(name: &str, cache: Option<&rocksdb::Cache>) -> Options {
+    let mut cf_options = column_family_options(name);
+    // Events are not compressed: each holds a signature, hashes and (once bodies are
+    // sealed) ciphertext, which LZ4 barely shrinks (16 MiB memtables flushed to 11 MiB
+    // files) while it was the largest share of every flush of a bulk catch-up.
+    cf_options.set_compression_type(if name == CF_EVENTS {
+        rocksdb::DBCompressionType::None
+    } else {
+        rocksdb::DBCompressionType::Lz4
+    });
+    if name == CF_CASES {
+        // Case parts have random keys, so every flushed file overlaps all the others and
+        // each L0 -> L1 compaction rewrites the whole family (through the merge operator).
+        // Compacting 12 files at a time instead of 4 rewrites it a third as often; a case
+        // read still touches one file per L0 file only where its prefix Bloom filter says so.
+        cf_options.set_level_zero_file_num_compaction_trigger(CASE_PARTS_L0_FILES_TO_COMPACT);
+    }
+    if matches!(name, CF_CASES | CF_CASE_EVENTS) {
+        // A bulk fold ingests its spills as L0 files all at once (one per 4096 cases it wrote
+        // out: 25 for 1M events, 250 for 10M). RocksDB's write stalls for many L0 files (20
+        // slow down, 36 stop) apply to the whole database, so they would hold up every write
+        // until the compaction after the ingest is done; these families are small merge
+        // operands otherwise, and reads skip files by their Bloom filters. Past these, writes
+        // still wait for compactions.
+        cf_options.set_level_zero_slowdown_writes_trigger(PROJECTION_L0_FILES_SLOWDOWN);
+        cf_options.set_level_zero_stop_writes_trigger(PROJECTION_L0_FILES_STOP);
+    }
+    let mut table = rocksdb::BlockBasedOptions::default();
+    if let Some(cache) = cache {
+        table.set_block_cache(cache);
+    }
+    if name == CF_CASES {
+        // A case is read as all records under space(16) case(16): a prefix Bloom filter
+        // lets that seek skip every file without the case (most reads are of cases in
+        // no or one file). Iterators across cases must ask for total order.
+        table.set_bloom_filter(10.0, false);
+        table.set_whole_key_filtering(false);
+        cf_options.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(CASE_PREFIX_BYTES));
+        cf_options.set_memtable_prefix_bloom_ratio(0.05);
+    }
+    cf_options.set_block_based_table_factory(&table);
+    let big = matches!(name, CF_EVENTS | CF_CASES | CF_CASE_EVENTS | CF_ARRIVAL);
+    cf_options.set_write_buffer_size(if big { 16 << 20 } else { 2 << 20 });
+    cf_options.set_max_write_buffer_number(2);
+    cf_options
 }
 
 /// Database options for a direct open or a repair: with the `cases` merge operator as the
@@ -84,6 +134,12 @@ pub const WAL_BYTES_MAX: u64 = 128 << 20;
 /// slowdown trigger, 20, stays above it). Measured with the full-sync benchmark together with
 /// uncompressed events: node B 10.4-10.9 -> 8.4 CPU s for 1M events.
 pub const CASE_PARTS_L0_FILES_TO_COMPACT: i32 = 12;
+
+/// L0 files of a projection family past which RocksDB slows (stops) writes: far above the
+/// default 20 (36), since a bulk fold ingests its spills as L0 files at once.
+pub const PROJECTION_L0_FILES_SLOWDOWN: i32 = 400;
+/// See [`PROJECTION_L0_FILES_SLOWDOWN`].
+pub const PROJECTION_L0_FILES_STOP: i32 = 1000;
 
 /// Block cache shared by all column families, in bytes.
 pub const BLOCK_CACHE_BYTES: usize = 64 << 20;
@@ -184,8 +240,6 @@ pub struct Store {
     syncs_deferred: AtomicBool,
     /// Whether writes skip the WAL until [`Store::persist`] ([`Store::write_without_wal`]).
     wal_skipped: AtomicBool,
-    /// Bulk writes holding the projection families' compactions ([`Store::hold_compactions`]).
-    compaction_holds: AtomicUsize,
     /// Commands waiting for the writer (see [`Store::execute`]).
     pub(crate) queued: Mutex<Vec<std::sync::Arc<crate::commands::QueuedCommand>>>,
 }
@@ -218,43 +272,13 @@ impl Store {
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let existing = known_families(path)?;
         let has_legacy_cases = existing.iter().any(|name| name == CF_CASES_LEGACY);
-        let descriptors = ALL_CFS.iter().map(|name| {
-            let mut cf_options = column_family_options(name);
-            // Events are not compressed: each holds a signature, hashes and (once bodies are
-            // sealed) ciphertext, which LZ4 barely shrinks (16 MiB memtables flushed to 11 MiB
-            // files) while it was the largest share of every flush of a bulk catch-up.
-            cf_options.set_compression_type(if *name == CF_EVENTS {
-                rocksdb::DBCompressionType::None
-            } else {
-                rocksdb::DBCompressionType::Lz4
-            });
-            if *name == CF_CASES {
-                // Case parts have random keys, so every flushed file overlaps all the others and
-                // each L0 -> L1 compaction rewrites the whole family (through the merge operator).
-                // Compacting 12 files at a time instead of 4 rewrites it a third as often; a case
-                // read still touches one file per L0 file only where its prefix Bloom filter says so.
-                cf_options.set_level_zero_file_num_compaction_trigger(CASE_PARTS_L0_FILES_TO_COMPACT);
-            }
-            let mut table = rocksdb::BlockBasedOptions::default();
-            table.set_block_cache(&cache);
-            if *name == CF_CASES {
-                // A case is read as all records under space(16) case(16): a prefix Bloom filter
-                // lets that seek skip every file without the case (most reads are of cases in
-                // no or one file). Iterators across cases must ask for total order.
-                table.set_bloom_filter(10.0, false);
-                table.set_whole_key_filtering(false);
-                cf_options.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(CASE_PREFIX_BYTES));
-                cf_options.set_memtable_prefix_bloom_ratio(0.05);
-            }
-            cf_options.set_block_based_table_factory(&table);
-            let big = matches!(*name, CF_EVENTS | CF_CASES | CF_CASE_EVENTS | CF_ARRIVAL);
-            cf_options.set_write_buffer_size(if big { 16 << 20 } else { 2 << 20 });
-            cf_options.set_max_write_buffer_number(2);
-            ColumnFamilyDescriptor::new(*name, cf_options)
-        });
+        let descriptors =
+            ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, tuned_family_options(name, Some(&cache))));
         // Formats 1 and 2: opened only to be dropped once the format is upgraded.
         let legacy = has_legacy_cases.then(|| ColumnFamilyDescriptor::new(CF_CASES_LEGACY, Options::default()));
         let db = DB::open_cf_descriptors(&db_options, path, descriptors.chain(legacy))?;
+        // Only once the store is ours (RocksDB's lock): spill files a crash left are not wanted.
+        projection::spill_files::remove_stale(path)?;
         // `Store::cf` relies on every family being open: checked here, once, against the disk.
         if let Some(missing) = ALL_CFS.iter().find(|name| db.cf_handle(name).is_none()) {
             return Err(OpenError::Damaged(format!("column family {missing} did not open")));
@@ -267,7 +291,6 @@ impl Store {
             poisoned: AtomicBool::new(false),
             syncs_deferred: AtomicBool::new(false),
             wal_skipped: AtomicBool::new(false),
-            compaction_holds: AtomicUsize::new(0),
             queued: Mutex::new(Vec::new()),
         };
         store.check_format()?;
@@ -529,14 +552,6 @@ impl Store {
         StoreError::Rocks(error)
     }
 
-    /// Writes a batch without the WAL (bulk rebuilds: made durable by [`Store::flush_families`]
-    /// before anything refers to them). A failure poisons the store.
-    pub(crate) fn write_unlogged(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let mut write = WriteOptions::default();
-        write.disable_wal(true);
-        self.write(batch, &write)
-    }
-
     fn write(&self, batch: WriteBatch, options: &WriteOptions) -> Result<(), StoreError> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StoreError::Poisoned);
@@ -593,33 +608,33 @@ impl Store {
         let StagedEvents { batch, after } = self.stage_events(state, space, events);
         let cases_max = state.deferred_cases_max;
         let deferred = state.deferred.get_mut(space).filter(|d| d.usable);
-        let fold = || deferred.and_then(|d| projection::fold_deferred(self, d, cases_max, space, events));
-        let (committed, spilled) = if self.syncs_deferred.load(Ordering::Acquire) {
-            // A bulk load that waits for no disk (`replay-tool import`): its thread is the
-            // bottleneck of its own pipeline, so the fold stays on it. (On a scoped thread
-            // beside the write it gained nothing measurable: 166k vs 173k events/s.)
-            let committed = self.commit(batch);
-            let spilled = if committed.is_ok() { fold() } else { None };
-            (committed, spilled)
+        let (committed, folded) = if self.syncs_deferred.load(Ordering::Acquire) {
+            // A bulk load that waits for no disk (`replay-tool import`): the events are written
+            // (without syncing) and then folded on this thread, the last spill written beside.
+            match deferred {
+                None => (self.commit(batch), Ok(())),
+                Some(deferred) => {
+                    let ((), committed, written) =
+                        deferred.fold_beside(cases_max, events, || (), || self.commit(batch));
+                    (committed, written)
+                }
+            }
         } else {
-            // A bulk catch-up: the events are written without waiting for the disk, then a
-            // scoped thread waits for the WAL sync while this one folds them into the deferred
-            // deltas. The fold stays on this long-lived thread: on a new scoped thread for each
-            // batch (beside the staging and the write) node B took 0.7-0.9 CPU s more and
-            // peaked 30-40 MiB higher (each new thread starts a fresh allocator heap). The sync
-            // thread allocates nothing (with the write itself on a new thread each time, glibc
-            // spread RocksDB's memtable blocks over its per-thread arenas and node B peaked 50
-            // MiB higher). Durable before this returns, as a synced write.
-            match self.write(batch, &WriteOptions::default()) {
-                Err(error) => (Err(error), None),
-                Ok(()) => std::thread::scope(|scope| {
-                    let synced = scope.spawn(|| self.sync_wal());
-                    let spilled = fold();
-                    (synced.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), spilled)
-                }),
+            // A bulk catch-up: the events are written without waiting for the disk (on this
+            // thread: with the write on a new thread each time, glibc spread RocksDB's memtable
+            // blocks over its per-thread arenas and node B peaked 50 MiB higher), then a scoped
+            // thread waits for the WAL sync and writes the last spill while this one folds them
+            // into the deferred deltas. Durable before this returns, as a synced write.
+            match (self.write(batch, &WriteOptions::default()), deferred) {
+                (Err(error), _) => (Err(error), Ok(())),
+                (Ok(()), None) => (self.sync_wal(), Ok(())),
+                (Ok(()), Some(deferred)) => {
+                    let (synced, folded, written) =
+                        deferred.fold_beside(cases_max, events, || self.sync_wal(), || Ok(()));
+                    (synced, folded.and(written))
+                }
             }
         };
-        let folded = spilled.map_or(Ok(()), |spill| self.write_unlogged(spill));
         if committed.is_err() || folded.is_err() {
             // Events in the deltas but not stored, or stored but not all in the deltas: the end
             // must rebuild.
@@ -797,40 +812,6 @@ impl Store {
             state.deferrals += 1;
             state.deferred_cases_max = cases.max(4);
             state.deferred_digests |= state_hash;
-            if state.deferrals == 1 {
-                // Released by the `resume_projections` that ends the catch-up.
-                self.take_compaction_hold();
-            }
-        }
-    }
-
-    /// Switches the automatic compactions of the projection families off (or on again). A bulk
-    /// catch-up or a rebuild writes every case once, in files that all overlap (random keys):
-    /// compacting them while they are written rewrote most of them once more (a 1.2 s compaction
-    /// of 125 MB in a 1M-event sync, beside the ingest). Held, they wait until the bulk write
-    /// ends and then run in the background, once. (RocksDB applies no L0 write stall to a family
-    /// whose compactions are off.) Only a knob: a failure is logged, nothing else.
-    fn set_projection_compactions_held(&self, held: bool) {
-        let value = if held { "true" } else { "false" };
-        for name in [CF_CASES, CF_CASE_EVENTS] {
-            if let Err(error) = self.db.set_options_cf(self.cf(name), &[("disable_auto_compactions", value)]) {
-                tracing::warn!(family = name, %error, "could not change automatic compactions");
-            }
-        }
-    }
-
-    /// Holds the projection families' compactions until the guard is dropped (a rebuild). Holds
-    /// nest: compactions run again when the last one ends (a rebuild during a held catch-up does
-    /// not let them go early).
-    pub(crate) fn hold_compactions(&self) -> CompactionsHeld<'_> {
-        self.take_compaction_hold();
-        CompactionsHeld(self)
-    }
-
-    /// Takes one hold on the projection families' compactions; a [`CompactionsHeld`] gives it back.
-    fn take_compaction_hold(&self) {
-        if self.compaction_holds.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.set_projection_compactions_held(true);
         }
     }
 
@@ -842,7 +823,6 @@ impl Store {
             return Ok(0);
         }
         let mut state = self.lock_writer();
-        let was_deferring = state.deferrals > 0;
         state.deferrals = state.deferrals.saturating_sub(1);
         if state.deferrals > 0 {
             return Ok(0);
@@ -851,8 +831,6 @@ impl Store {
         let spaces: Vec<SpaceId> = state.heads.keys().copied().collect();
         let mut deferred = std::mem::take(&mut state.deferred);
         let mut rebuilt = 0;
-        // The catch-up's hold on compactions ends with this, however this ends.
-        let _compactions = was_deferring.then_some(CompactionsHeld(self));
         for space in spaces {
             let vector = state.vector(&space);
             if self.projection_watermark(&space)? == vector {
@@ -941,18 +919,6 @@ impl Store {
         }
         iter.status()?;
         Ok(out)
-    }
-}
-
-/// One hold on the projection families' compactions, given back when dropped (the last one lets
-/// them run again).
-pub(crate) struct CompactionsHeld<'a>(&'a Store);
-
-impl Drop for CompactionsHeld<'_> {
-    fn drop(&mut self) {
-        if self.0.compaction_holds.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.set_projection_compactions_held(false);
-        }
     }
 }
 

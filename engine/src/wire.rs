@@ -14,7 +14,11 @@ use crate::store::key_layout::CasePart;
 use crate::vector_clock::VersionVector;
 
 mod body_decoding;
+mod header_decoding;
+mod plain_fields;
 mod register_encoding;
+
+pub(crate) use header_decoding::decode_plain_header;
 
 fn bytes(slice: &[u8]) -> Bytes {
     Bytes::copy_from_slice(slice)
