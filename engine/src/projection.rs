@@ -24,7 +24,7 @@ use crate::store::{decode_vector, encode_vector, Store, WriterState};
 use crate::vector_clock::VersionVector;
 use crate::wire;
 use case_state::CaseState;
-use spill_files::SpillFiles;
+use spill_files::{SpillFiles, SpillWriters};
 use state_hash::{CaseDigest, CaseDigester, StateHasher};
 use views::{CaseView, ConflictView};
 
@@ -386,20 +386,21 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
 
     // The projections are empty now: each case written out once is complete as written. The
     // fold spills on this thread; a scoped thread builds the spills into SST files meanwhile.
-    let files = SpillFiles::new(store, space)?;
-    let digests = fold_spilling(&files, Some(WrittenDigests::new()), |spill| {
-        let mut fold = Fold::store_deltas();
-        fold_stored_events(store, space, |header, operation| {
-            fold.apply_operation(header, operation, |_| Ok::<_, StoreError>(None))?;
-            if fold.case_count() >= REBUILD_CASES_IN_MEMORY {
-                spill(fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4))?;
-            }
-            Ok(())
-        })?;
-        spill_halves(spill, fold.take_all())
-    })?
-    .unwrap_or_else(WrittenDigests::new);
+    let writers = SpillWriters::start(SpillFiles::new(store, space)?, true)?;
+    let mut fold = Fold::store_deltas();
+    let folded = fold_stored_events(store, space, |header, operation| {
+        fold.apply_operation(header, operation, |_| Ok::<_, StoreError>(None))?;
+        if fold.case_count() >= REBUILD_CASES_IN_MEMORY {
+            writers.spill(fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4))?;
+        }
+        Ok(())
+    });
+    let last = if folded.is_ok() { fold.take_all() } else { Vec::new() };
+    // A writer's error first: a failed hand-over is its consequence.
+    let (files, digests) = writers.finish(last)?;
+    folded?;
     files.ingest(store)?;
+    let digests = digests.unwrap_or_else(WrittenDigests::new);
     let hash = digests.state_hash(store, space)?;
     let vector = state.vector(space);
     let mut done = WriteBatch::default();
@@ -408,62 +409,6 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     store.commit(done)?;
 
     Ok(hash)
-}
-
-/// Threads that write a bulk fold's spills: the fold hands them on and goes on; at its end the
-/// last spill (every case still held, a sixth of them in a rebuild of 1M events) is written by
-/// two at once instead of one after the other.
-const SPILL_WRITERS: usize = 2;
-
-/// Spills handed on and not yet taken by a writer.
-const SPILLS_QUEUED: usize = 2;
-
-/// Runs `fold`, which hands each spill (case states in case id order) to the function it is
-/// given, while [`SPILL_WRITERS`] scoped threads write the spills into `files`. Returns
-/// `digests` with the digests of the cases written added, when given; the writers' error, if one
-/// failed.
-fn fold_spilling(
-    files: &SpillFiles,
-    digests: Option<WrittenDigests>,
-    fold: impl FnOnce(&mut dyn FnMut(Vec<HeldCase>) -> Result<(), StoreError>) -> Result<(), StoreError>,
-) -> Result<Option<WrittenDigests>, StoreError> {
-    let (spills, spilled) = std::sync::mpsc::sync_channel::<Vec<HeldCase>>(SPILLS_QUEUED);
-    let spilled = std::sync::Mutex::new(spilled);
-    std::thread::scope(|scope| {
-        let take = || spilled.lock().unwrap_or_else(|poison| poison.into_inner()).recv().ok();
-        let writers: Vec<_> = (0..SPILL_WRITERS)
-            .map(|_| {
-                let mut digests = digests.as_ref().map(|_| WrittenDigests::new());
-                scope.spawn(move || -> Result<Option<WrittenDigests>, StoreError> {
-                    while let Some(cases) = take() {
-                        files.write(&cases, digests.as_mut())?;
-                    }
-                    Ok(digests)
-                })
-            })
-            .collect();
-        // A send fails only when every writer stopped, with an error of its own (returned below).
-        let folded = fold(&mut |cases| spills.send(cases).map_err(|_| StoreError::Poisoned));
-        drop(spills);
-        let mut all = digests;
-        for writer in writers {
-            let written = writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-            if let (Some(all), Some(written)) = (all.as_mut(), written) {
-                all.extend(written);
-            }
-        }
-        folded.map(|()| all)
-    })
-}
-
-/// Hands the last spill of a bulk fold on in two halves, one for each writer.
-fn spill_halves(
-    spill: &mut dyn FnMut(Vec<HeldCase>) -> Result<(), StoreError>,
-    mut cases: Vec<HeldCase>,
-) -> Result<(), StoreError> {
-    let second = cases.split_off(cases.len() / 2);
-    spill(cases)?;
-    spill(second)
 }
 
 /// Hands `f` the header and body of every stored event of a space, in key order (author, seq),
@@ -672,60 +617,36 @@ const STATE_HASH_RECORD_VERSION: u8 = 2;
 pub(crate) const DEFERRED_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 
 /// The case deltas of a space folded during a bulk catch-up ([`Store::defer_projections`]):
-/// folded from the events as they are ingested, written into spill files whenever more than the
+/// folded from the events as they are ingested, spilled into SST files whenever more than the
 /// limit of cases are held (the least recently touched quarter, as merge operands, each case with
-/// the history records of its events), and ingested with the rest when the catch-up ends — so
-/// the end needs no rebuild and no second pass over the log.
+/// the history records of its events, by the fold's writer threads while the ingests go on), and
+/// ingested with the rest when the catch-up ends — so the end needs no rebuild and no second
+/// pass over the log.
 pub(crate) struct DeferredFold {
     fold: Fold,
-    /// The spills so far, not yet in the store.
-    files: SpillFiles,
-    /// Cases the last fold took out, to be written beside the next batch (or at the end).
-    spill: Vec<HeldCase>,
+    /// The writers of the spills, and the files written so far (not yet in the store).
+    writers: SpillWriters,
     /// False if the projections lagged when the catch-up began, or a commit or spill failed after
     /// its events were folded: the end rebuilds instead.
     pub(crate) usable: bool,
-    /// When the space had no projections as the catch-up began: the digests of what it wrote out.
-    digests: Option<WrittenDigests>,
 }
 
-impl DeferredFold {
-    /// Runs `beside` (the batch's own write or WAL sync) and then writes the spill the previous
-    /// batch took out, on a scoped thread, while this thread runs `before_fold` and, if it
-    /// succeeds, folds `events` into the deltas and takes out the least recently touched quarter
-    /// when more than `cases_max` cases are held (written beside the next batch, or at the end).
-    /// Nothing reaches the store's projections before [`finish_deferred`]: the watermark lags
-    /// until then, so a crash before is repaired by the rebuild at the next open like any other
-    /// lagging projection. The fold stays on this long-lived thread: on a new scoped thread for
-    /// each batch node B took 0.7-0.9 CPU s more and peaked 30-40 MiB higher (each new thread
-    /// starts a fresh allocator heap); a spill (one per 4096 new cases) is rare enough. Returns
-    /// what `beside` and `before_fold` returned, and whether the spill was written.
-    pub(crate) fn fold_beside<B: Send, F>(
-        &mut self,
-        cases_max: usize,
-        events: &[SignedEvent],
-        beside: impl FnOnce() -> B + Send,
-        before_fold: impl FnOnce() -> Result<F, StoreError>,
-    ) -> (B, Result<F, StoreError>, Result<(), StoreError>) {
-        let DeferredFold { fold, files, spill, digests, .. } = self;
-        let pending = std::mem::take(spill);
-        std::thread::scope(|scope| {
-            let side = scope.spawn(move || {
-                let done = beside();
-                let written = if pending.is_empty() { Ok(()) } else { files.write(&pending, digests.as_mut()) };
-                (done, written)
-            });
-            let before = before_fold();
-            if before.is_ok() {
-                fold_events(fold, events);
-                if fold.case_count() >= cases_max {
-                    *spill = fold.evict_least_recent(cases_max / 4);
-                }
-            }
-            let (done, written) = side.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (done, before, written)
-        })
+/// Folds a batch ingested during a bulk catch-up into the space's deferred deltas, and hands the
+/// least recently touched quarter to the spill writers when more than `cases_max` are held.
+/// Nothing reaches the store's projections before [`finish_deferred`]: the watermark lags until
+/// then, so a crash before is repaired by the rebuild at the next open like any other lagging
+/// projection. (Apart from the events' own write, so this fold can run while that write is on
+/// its way; see `Store::stage_and_commit`.)
+pub(crate) fn fold_deferred(
+    deferred: &mut DeferredFold,
+    cases_max: usize,
+    events: &[SignedEvent],
+) -> Result<(), StoreError> {
+    fold_events(&mut deferred.fold, events);
+    if deferred.fold.case_count() < cases_max {
+        return Ok(());
     }
+    deferred.writers.spill(deferred.fold.evict_least_recent(cases_max / 4))
 }
 
 /// Starts the deferred fold of a space at its first batch of a bulk catch-up.
@@ -735,19 +656,17 @@ pub(crate) fn begin_deferred(store: &Store, state: &mut WriterState, space: &Spa
         let watermark = store.projection_watermark(space)?;
         let usable = watermark == state.vector(space);
         let empty = state.deferred_digests && usable && watermark.is_empty() && !store.has_case_parts(space)?;
-        let digests = empty.then(WrittenDigests::new);
-        let files = SpillFiles::new(store, space)?;
-        let fold = Fold::store_deltas();
-        state.deferred.insert(*space, DeferredFold { fold, files, spill: Vec::new(), usable, digests });
+        let writers = SpillWriters::start(SpillFiles::new(store, space)?, empty)?;
+        state.deferred.insert(*space, DeferredFold { fold: Fold::store_deltas(), writers, usable });
     }
     Ok(())
 }
 
-/// Ends the bulk catch-up of a space: writes its remaining deltas into spill files (two writers
-/// at once), ingests every spill into the store, and stages the watermark `vector` in `batch` (to
-/// be committed synced: until then a crash is repaired by a rebuild at the next open), with the
-/// state hash when the catch-up began with no projections (known from the digests of what it
-/// wrote). Returns false if its deltas are not usable (the caller rebuilds).
+/// Ends the bulk catch-up of a space: spills its remaining deltas (two writers at once), ingests
+/// every spill into the store, and stages the watermark `vector` in `batch` (to be committed
+/// synced: until then a crash is repaired by a rebuild at the next open), with the state hash
+/// when the catch-up began with no projections (known from the digests of what it wrote).
+/// Returns false if its deltas are not usable (the caller rebuilds).
 pub(crate) fn finish_deferred(
     store: &Store,
     deferred: Option<DeferredFold>,
@@ -755,13 +674,10 @@ pub(crate) fn finish_deferred(
     space: &SpaceId,
     vector: &VersionVector,
 ) -> Result<bool, StoreError> {
-    let Some(DeferredFold { mut fold, files, spill: pending, digests, .. }) = deferred.filter(|d| d.usable) else {
+    let Some(DeferredFold { mut fold, writers, .. }) = deferred.filter(|d| d.usable) else {
         return Ok(false);
     };
-    let digests = fold_spilling(&files, digests, |spill| {
-        spill(pending)?;
-        spill_halves(spill, fold.take_all())
-    })?;
+    let (files, digests) = writers.finish(fold.take_all())?;
     files.ingest(store)?;
     batch.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(vector));
     if let Some(digests) = digests {
@@ -1321,5 +1237,41 @@ mod tests {
         let b = Store::open(&path, StoreOptions::default()).unwrap();
         assert!(!path.join(SPILL_DIR).exists());
         assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
+    }
+
+    #[test]
+    fn a_spill_writer_that_fails_reports_its_own_error_and_leaves_no_files() {
+        use super::spill_files::{SpillFiles, SpillWriters, SPILL_DIR};
+        use super::{fold_events, Fold};
+        use crate::error::StoreError;
+        let dir = tempfile::tempdir().unwrap();
+        let store = a_busy_store(dir.path(), 6);
+        let space = SpaceId([1; 16]);
+        let events: Vec<_> = store
+            .events_after(&space, &Default::default())
+            .map(|r| crate::event::SignedEvent::from_wire(r.unwrap().2).unwrap())
+            .collect();
+        let cases = || {
+            let mut fold = Fold::store_deltas();
+            fold_events(&mut fold, &events);
+            fold.take_all()
+        };
+        // Written and finished: the files are there until they are ingested (or dropped).
+        let writers = SpillWriters::start(SpillFiles::new(&store, &space).unwrap(), true).unwrap();
+        writers.spill(cases()).unwrap();
+        let (files, digests) = writers.finish(cases()).unwrap();
+        assert_eq!(digests.map(|d| d.written.len()), Some(12), "each case noted once per spill");
+        assert!(std::fs::read_dir(dir.path().join(SPILL_DIR)).unwrap().count() == 1);
+        drop(files);
+        assert_eq!(std::fs::read_dir(dir.path().join(SPILL_DIR)).unwrap().count(), 0, "dropped files are removed");
+        // A writer that cannot create its file: its error, not the failed hand-over's.
+        let writers = SpillWriters::start(SpillFiles::new(&store, &space).unwrap(), false).unwrap();
+        std::fs::remove_dir_all(dir.path().join(SPILL_DIR)).unwrap();
+        let _ = writers.spill(cases());
+        match writers.finish(cases()) {
+            Err(StoreError::Rocks(_)) => {}
+            Err(other) => panic!("expected the writer's RocksDB error, got {other}"),
+            Ok(_) => panic!("expected the writer's error"),
+        }
     }
 }

@@ -13,7 +13,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use rocksdb::{IngestExternalFileOptions, Options, SstFileWriter};
 
@@ -153,6 +155,106 @@ impl Drop for SpillFiles {
             if error.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %self.dir.display(), %error, "could not remove spill files");
             }
+        }
+    }
+}
+
+/// Threads that write a bulk fold's spills: the fold hands each spill on and goes on folding
+/// while it is encoded and written. They live as long as the fold (a rebuild, or a bulk catch-up
+/// across many ingests) and are joined by [`SpillWriters::finish`], or when dropped. The last
+/// spill of a fold (every case still held: a sixth of all cases in a rebuild of 1M events) is
+/// handed on in halves, so both write at once.
+pub(crate) struct SpillWriters {
+    /// Shared with the writer threads (taken back by [`SpillWriters::finish`]).
+    files: Option<Arc<SpillFiles>>,
+    spills: Option<SyncSender<Vec<HeldCase>>>,
+    threads: Vec<JoinHandle<Result<Option<WrittenDigests>, StoreError>>>,
+}
+
+/// Writer threads of one bulk fold.
+const SPILL_WRITERS: usize = 2;
+
+/// Spills handed on and not yet taken by a writer (each of up to 4096 case states: a few MiB).
+const SPILLS_QUEUED: usize = 1;
+
+impl SpillWriters {
+    /// Starts the writers of `files`; each notes the digests of the cases it writes when
+    /// `digests` is set.
+    pub(crate) fn start(files: SpillFiles, digests: bool) -> Result<SpillWriters, StoreError> {
+        let files = Arc::new(files);
+        let (spills, spilled) = sync_channel::<Vec<HeldCase>>(SPILLS_QUEUED);
+        let spilled = Arc::new(Mutex::new(spilled));
+        let mut writers = SpillWriters { files: Some(files.clone()), spills: Some(spills), threads: Vec::new() };
+        for n in 0..SPILL_WRITERS {
+            let (files, spilled) = (files.clone(), spilled.clone());
+            let thread = std::thread::Builder::new().name(format!("casesync-spill-{n}")).spawn(move || {
+                let mut digests = digests.then(WrittenDigests::new);
+                // One spill at a time; the lock is held only while waiting for the next.
+                while let Ok(cases) = spilled.lock().unwrap_or_else(|poison| poison.into_inner()).recv() {
+                    files.write(&cases, digests.as_mut())?;
+                }
+                Ok(digests)
+            });
+            writers.threads.push(thread.map_err(StoreError::Io)?);
+        }
+        Ok(writers)
+    }
+
+    /// Hands a spill (case states in case id order) to the writers, waiting while they are busy
+    /// with the ones before. Fails only if every writer stopped (its error comes from
+    /// [`SpillWriters::finish`]).
+    pub(crate) fn spill(&self, cases: Vec<HeldCase>) -> Result<(), StoreError> {
+        if cases.is_empty() {
+            return Ok(());
+        }
+        match &self.spills {
+            Some(spills) if spills.send(cases).is_ok() => Ok(()),
+            _ => Err(StoreError::Poisoned),
+        }
+    }
+
+    /// Hands the last spill on in two halves (one for each writer), waits until everything is
+    /// written, and returns the files with the digests the writers noted (when they took them).
+    /// The first error a writer met, if any.
+    pub(crate) fn finish(
+        mut self,
+        mut last: Vec<HeldCase>,
+    ) -> Result<(SpillFiles, Option<WrittenDigests>), StoreError> {
+        let second = last.split_off(last.len() / 2);
+        let handed = self.spill(last).and_then(|()| self.spill(second));
+        let digests = self.join()?;
+        handed?;
+        // Every writer thread ended, so this is the last handle of the files.
+        let files = self.files.take().and_then(|files| Arc::try_unwrap(files).ok());
+        Ok((files.ok_or(StoreError::Poisoned)?, digests))
+    }
+
+    /// Closes the queue and joins every writer: the digests they noted, or the first error.
+    fn join(&mut self) -> Result<Option<WrittenDigests>, StoreError> {
+        self.spills = None;
+        let mut all: Result<Option<WrittenDigests>, StoreError> = Ok(None);
+        for thread in self.threads.drain(..) {
+            let written = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            all = match (all, written) {
+                (Err(error), _) | (Ok(_), Err(error)) => Err(error),
+                (Ok(None), Ok(written)) => Ok(written),
+                (Ok(Some(mut noted)), Ok(written)) => {
+                    if let Some(written) = written {
+                        noted.extend(written);
+                    }
+                    Ok(Some(noted))
+                }
+            };
+        }
+        all
+    }
+}
+
+impl Drop for SpillWriters {
+    fn drop(&mut self) {
+        // A fold given up (failed, or dropped for a rebuild): its writers end with the queue.
+        if !self.threads.is_empty() {
+            let _ = self.join();
         }
     }
 }
