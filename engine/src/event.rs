@@ -171,9 +171,15 @@ impl SignedEvent {
     /// The stored record: the signature followed by the event bytes.
     pub fn to_stored(&self) -> Vec<u8> {
         let mut value = Vec::with_capacity(SIGNATURE_BYTES + self.bytes.len());
-        value.extend_from_slice(&self.signature);
-        value.extend_from_slice(&self.bytes);
+        self.write_stored(&mut value);
         value
+    }
+
+    /// [`SignedEvent::to_stored`] into `buffer` (cleared first), for a caller that stores many.
+    pub fn write_stored(&self, buffer: &mut Vec<u8>) {
+        buffer.clear();
+        buffer.extend_from_slice(&self.signature);
+        buffer.extend_from_slice(&self.bytes);
     }
 
     /// The wire message.

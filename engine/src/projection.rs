@@ -55,7 +55,7 @@ fn operation_in(header: &EventHeader, body: &[u8]) -> Option<Operation> {
 /// superseded dot it has not seen itself: its states are merge operands that RocksDB joins with
 /// the stored ones (see [`merge_case_part`]), so folding needs no read.
 pub struct Fold {
-    /// What has been folded in.
+    /// What has been folded in (kept by a full fold only: a delta fold never reads it).
     pub seen: VersionVector,
     /// The case states touched, each with its bookkeeping, in the order they were first touched
     /// (which is about the order their memory was allocated in: dropping them in this order is
@@ -152,7 +152,10 @@ impl Fold {
                 full && seen.contains(&d.author, d.seq)
             });
         }
-        self.seen.raise(h.author, h.seq);
+        // A delta fold never reads what it has seen (its states are joined, not completed).
+        if self.full {
+            self.seen.raise(h.author, h.seq);
+        }
         Ok(())
     }
 

@@ -662,14 +662,29 @@ impl Store {
                 batch.put_cf(cf_arrival, at.to_be_bytes(), arrival_run_value(space, &author, first, count));
             }
         };
+        // The head of the author whose events are being staged (events come grouped by author):
+        // looked up when the author changes, noted in `new_heads` when it changes again.
+        let mut current: Option<(AuthorId, Option<Head>)> = None;
+        let mut stored = Vec::new();
         for event in events {
             let h = &event.header;
+            let head = match &mut current {
+                Some((author, head)) if *author == h.author => head,
+                _ => {
+                    if let Some((author, Some(head))) = current.take() {
+                        new_heads.insert(author, head);
+                    }
+                    let head = new_heads.get(&h.author).copied().or_else(|| state.head(space, &h.author));
+                    &mut current.insert((h.author, head)).1
+                }
+            };
             // Assert in pairs: verified before staging, and checked again here against the head.
-            let expected = new_heads.get(&h.author).copied().or_else(|| state.head(space, &h.author));
-            let expected_seq = expected.map_or(1, |head| head.seq + 1);
-            let expected_prev = expected.map_or(EventId::ZERO, |head| head.link);
+            let expected_seq = head.map_or(1, |head| head.seq + 1);
+            let expected_prev = head.map_or(EventId::ZERO, |head| head.link);
             assert!(h.seq == expected_seq && h.prev == expected_prev, "staged event must continue its chain");
-            batch.put_cf(cf_events, event_key(space, &h.author, h.seq), event.to_stored());
+            *head = Some(Head { seq: h.seq, link: event.link });
+            event.write_stored(&mut stored);
+            batch.put_cf(cf_events, event_key(space, &h.author, h.seq), &stored);
             match &mut run {
                 Some((_, author, first, count)) if *author == h.author && *first + *count == h.seq => *count += 1,
                 _ => {
@@ -678,8 +693,10 @@ impl Store {
                 }
             }
             position += 1;
-            new_heads.insert(h.author, Head { seq: h.seq, link: event.link });
             max_hlc = max_hlc.max(h.hlc);
+        }
+        if let Some((author, Some(head))) = current {
+            new_heads.insert(author, head);
         }
         stage_arrival(&mut batch, run);
         let cf_heads = self.cf(CF_HEADS);
