@@ -62,7 +62,8 @@ struct Args {
     /// The replay-tool binary (default: next to this executable, when built).
     #[arg(long)]
     replay_tool: Option<PathBuf>,
-    /// Where data dirs go (default: a temporary directory, removed at the end).
+    /// Where data dirs go (default: a temporary directory, removed at the end). A preloaded log
+    /// an earlier run left complete there (same workload, same store format) is used again.
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// Print the report as JSON instead of a table.
