@@ -113,7 +113,11 @@ impl PreparedBatch {
             });
         } else {
             self.events += 1;
-            self.runs.entry(event.header.author).or_default().push(event);
+            // A sender streams each author's range in turn: the run is nearly always the last.
+            match self.runs.last_entry() {
+                Some(mut last) if *last.key() == event.header.author => last.get_mut().push(event),
+                _ => self.runs.entry(event.header.author).or_default().push(event),
+            }
         }
     }
 
