@@ -70,7 +70,8 @@ impl Harness {
         store.compact().context("compacting the template store")?;
         drop(store);
         let described = TemplateMarker::of(spec, &report);
-        std::fs::write(&marker, serde_json::to_vec(&described)?).with_context(|| format!("writing {}", marker.display()))?;
+        std::fs::write(&marker, serde_json::to_vec(&described)?)
+            .with_context(|| format!("writing {}", marker.display()))?;
         self.templates.insert((spec.events, spec.authors), (dir.clone(), report));
         Ok((dir, report))
     }
