@@ -17,8 +17,8 @@ use crate::event::{stored_header_and_body, BodyEncoding, EventHeader, SignedEven
 use crate::ids::{AuthorId, CaseId, SpaceId};
 use crate::operation::{Dot, Operation};
 use crate::store::key_layout::{
-    case_event_key, case_key, case_part_key, history_record_value, meta_state_hash, meta_watermark,
-    parse_case_part_key, prefix_end, CF_CASES, CF_CASE_EVENTS, CF_EVENTS, CF_META, HISTORY_ENTRIES_PER_RECORD,
+    case_event_key, case_key, history_record_value, meta_state_hash, meta_watermark, parse_case_part_key, prefix_end,
+    CF_CASES, CF_CASE_EVENTS, CF_EVENTS, CF_META, HISTORY_ENTRIES_PER_RECORD,
 };
 use crate::store::{decode_vector, encode_vector, Store, WriterState};
 use crate::vector_clock::VersionVector;
@@ -498,13 +498,12 @@ fn stage_case(
 ) {
     let (cf_cases, cf_history) = (store.cf(CF_CASES), store.cf(CF_CASE_EVENTS));
     let case_state = &held.state;
-    let mut staged = false;
-    for part in wire::case_parts(case_state) {
-        if let Some(value) = wire::encode_case_part(case_state, &part) {
-            batch.merge_cf(cf_cases, case_part_key(space, &case_state.id, &part), value);
-            staged = true;
-        }
-    }
+    let mut buffers = wire::PartBuffers::default();
+    let staged = wire::for_each_case_part(space, case_state, &mut buffers, |key, value| {
+        batch.merge_cf(cf_cases, key, value);
+        Ok::<_, std::convert::Infallible>(())
+    })
+    .unwrap_or_else(|never| match never {});
     // The case's events in records of up to HISTORY_ENTRIES_PER_RECORD, each keyed by its first:
     // one record per case for a bulk fold instead of one per event.
     for chunk in held.history.chunks(HISTORY_ENTRIES_PER_RECORD) {

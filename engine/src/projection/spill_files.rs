@@ -23,7 +23,7 @@ use super::{note_written, HeldCase, WrittenDigests};
 use crate::error::StoreError;
 use crate::ids::SpaceId;
 use crate::store::key_layout::{
-    case_event_key, case_part_key, history_record_value, CF_CASES, CF_CASE_EVENTS, HISTORY_ENTRIES_PER_RECORD,
+    case_event_key, history_record_value, CF_CASES, CF_CASE_EVENTS, HISTORY_ENTRIES_PER_RECORD,
 };
 use crate::store::{tuned_family_options, Store};
 use crate::wire;
@@ -84,15 +84,11 @@ impl SpillFiles {
         let mut history = SstFileWriter::create(&self.history_options);
         history.open(&history_path)?;
         let (mut parts_written, mut history_written) = (false, false);
+        let mut buffers = wire::PartBuffers::default();
         for held in cases {
             let state = &held.state;
-            let mut staged = false;
-            for part in wire::case_parts(state) {
-                if let Some(value) = wire::encode_case_part(state, &part) {
-                    parts.merge(case_part_key(&self.space, &state.id, &part), value)?;
-                    staged = true;
-                }
-            }
+            let staged =
+                wire::for_each_case_part(&self.space, state, &mut buffers, |key, value| parts.merge(key, value))?;
             for chunk in held.history.chunks(HISTORY_ENTRIES_PER_RECORD) {
                 if let [(author, seq, hlc), rest @ ..] = chunk {
                     let key = case_event_key(&self.space, &state.id, author, *seq);

@@ -100,29 +100,36 @@ fn version_len(version: &Version<FieldValue>) -> usize {
 /// The encoded `casesync.v1.store.Register` of a field: name (omitted when empty), the current
 /// versions, the pending dots, in tag order.
 pub(crate) fn encode_register(name: &str, register: &Register<FieldValue>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_register_into(name, register, &mut buf);
+    buf
+}
+
+/// [`encode_register`] into `buf` (cleared first), for a caller that encodes many.
+pub(crate) fn encode_register_into(name: &str, register: &Register<FieldValue>, buf: &mut Vec<u8>) {
     let mut len = if name.is_empty() { 0 } else { delimited_len(name.len()) };
     len += register.current.iter().map(|v| delimited_len(version_len(v))).sum::<usize>();
     len += register.pending.iter().map(|d| delimited_len(dot_len(d))).sum::<usize>();
-    let mut buf = Vec::with_capacity(len);
+    buf.clear();
+    buf.reserve(len);
     if !name.is_empty() {
-        put_delimited(1, name.len(), &mut buf);
+        put_delimited(1, name.len(), buf);
         buf.extend_from_slice(name.as_bytes());
     }
     for version in register.current.iter() {
-        put_delimited(2, version_len(version), &mut buf);
-        put_dot(1, &version.dot, &mut buf);
+        put_delimited(2, version_len(version), buf);
+        put_dot(1, &version.dot, buf);
         if version.hlc != 0 {
-            put_key(2, VARINT, &mut buf);
-            put_varint(version.hlc, &mut buf);
+            put_key(2, VARINT, buf);
+            put_varint(version.hlc, buf);
         }
-        put_delimited(3, value_len(&version.value), &mut buf);
-        put_value(&version.value, &mut buf);
+        put_delimited(3, value_len(&version.value), buf);
+        put_value(&version.value, buf);
     }
     for dot in &register.pending {
-        put_dot(3, dot, &mut buf);
+        put_dot(3, dot, buf);
     }
     debug_assert_eq!(buf.len(), len, "the lengths computed must be the lengths written");
-    buf
 }
 
 #[cfg(test)]
