@@ -211,6 +211,20 @@ impl Held {
     }
 }
 
+impl HeldCase {
+    /// The case's history records, in key order: its events in records of up to
+    /// [`HISTORY_ENTRIES_PER_RECORD`], each keyed by its first (one record per case for a bulk
+    /// fold instead of one per event).
+    fn history_records<'a>(&'a self, space: &'a SpaceId) -> impl Iterator<Item = ([u8; 72], Vec<u8>)> + 'a {
+        self.history.chunks(HISTORY_ENTRIES_PER_RECORD).filter_map(move |chunk| match chunk {
+            [(author, seq, hlc), rest @ ..] => {
+                Some((case_event_key(space, &self.state.id, author, *seq), history_record_value(*hlc, rest)))
+            }
+            [] => None,
+        })
+    }
+}
+
 impl Fold {
     /// Removes and returns the `count` case states touched least recently (a delta fold that
     /// must stay bounded writes them out; a case touched again starts a new delta), in case id
@@ -504,13 +518,8 @@ fn stage_case(
         Ok::<_, std::convert::Infallible>(())
     })
     .unwrap_or_else(|never| match never {});
-    // The case's events in records of up to HISTORY_ENTRIES_PER_RECORD, each keyed by its first:
-    // one record per case for a bulk fold instead of one per event.
-    for chunk in held.history.chunks(HISTORY_ENTRIES_PER_RECORD) {
-        if let [(author, seq, hlc), rest @ ..] = chunk {
-            let key = case_event_key(space, &case_state.id, author, *seq);
-            batch.put_cf(cf_history, key, history_record_value(*hlc, rest));
-        }
+    for (key, value) in held.history_records(space) {
+        batch.put_cf(cf_history, key, value);
     }
     note_written(digests, case_state, staged);
 }

@@ -22,9 +22,7 @@ use rocksdb::{IngestExternalFileOptions, Options, SstFileWriter};
 use super::{note_written, HeldCase, WrittenDigests};
 use crate::error::StoreError;
 use crate::ids::SpaceId;
-use crate::store::key_layout::{
-    case_event_key, history_record_value, CF_CASES, CF_CASE_EVENTS, HISTORY_ENTRIES_PER_RECORD,
-};
+use crate::store::key_layout::{CF_CASES, CF_CASE_EVENTS};
 use crate::store::{tuned_family_options, Store};
 use crate::wire;
 
@@ -74,7 +72,7 @@ impl SpillFiles {
 
     /// Writes one spill (case states in case id order, as [`super::Fold`] gives them out): each
     /// non-empty part as a merge operand, each case's history in records of up to
-    /// [`HISTORY_ENTRIES_PER_RECORD`] events; notes each case written in `digests`, if given.
+    /// `HISTORY_ENTRIES_PER_RECORD` events; notes each case written in `digests`, if given.
     pub(crate) fn write(&self, cases: &[HeldCase], mut digests: Option<&mut WrittenDigests>) -> Result<(), StoreError> {
         let number = self.next_file.fetch_add(1, Ordering::Relaxed);
         let parts_path = self.dir.join(format!("parts-{number:06}.sst"));
@@ -89,12 +87,9 @@ impl SpillFiles {
             let state = &held.state;
             let staged =
                 wire::for_each_case_part(&self.space, state, &mut buffers, |key, value| parts.merge(key, value))?;
-            for chunk in held.history.chunks(HISTORY_ENTRIES_PER_RECORD) {
-                if let [(author, seq, hlc), rest @ ..] = chunk {
-                    let key = case_event_key(&self.space, &state.id, author, *seq);
-                    history.put(key, history_record_value(*hlc, rest))?;
-                    history_written = true;
-                }
+            for (key, value) in held.history_records(&self.space) {
+                history.put(key, value)?;
+                history_written = true;
             }
             parts_written |= staged;
             note_written(digests.as_deref_mut(), state, staged);
