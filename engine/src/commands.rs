@@ -281,7 +281,7 @@ impl Store {
                 Err(error) => *lock(&queued.result) = Some(Err(error)),
             }
         }
-        match self.stage_and_commit(state, space, &events) {
+        match self.stage_and_commit(state, space, &events, None) {
             Ok(summary) => {
                 for (event, (index, view)) in events.into_iter().zip(planned) {
                     *lock(&run[index].result) = Some(Ok((event, view, summary.clone())));

@@ -242,12 +242,21 @@ pub struct Store {
     wal_skipped: AtomicBool,
     /// Commands waiting for the writer (see [`Store::execute`]).
     pub(crate) queued: Mutex<Vec<std::sync::Arc<crate::commands::QueuedCommand>>>,
+    /// Per space, the version vector of the committed events, updated with the writer state:
+    /// readers ([`Store::vector`], a peer's missing ranges) take it without waiting for a
+    /// commit in flight to reach the disk.
+    published: Mutex<HashMap<SpaceId, VersionVector>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each holder leaves the value whole between statements: a panic cannot tear it.
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 impl Store {
@@ -292,6 +301,7 @@ impl Store {
             syncs_deferred: AtomicBool::new(false),
             wal_skipped: AtomicBool::new(false),
             queued: Mutex::new(Vec::new()),
+            published: Mutex::new(HashMap::new()),
         };
         store.check_format()?;
         if has_legacy_cases {
@@ -299,6 +309,7 @@ impl Store {
             store.db.drop_cf(CF_CASES_LEGACY)?;
         }
         let state = store.load_writer_state()?;
+        *lock(&store.published) = state.heads.keys().map(|space| (*space, state.vector(space))).collect();
         *store.lock_writer() = state;
         store.check_heads()?;
         if options.projections {
@@ -570,11 +581,18 @@ impl Store {
     /// Stages accepted events (already verified, contiguous per author), their arrival records,
     /// heads, projections and metadata into one batch, commits it durably, then updates the
     /// writer state.
+    ///
+    /// With `announce` (and commits not deferred), the batch is written without waiting for the
+    /// disk, `announce` is told the commit once the events are readable, and the WAL is synced
+    /// before this returns: durable on return either way, but announced one disk sync sooner.
+    /// Only for events some other node already holds durably (see
+    /// [`Store::ingest_prepared_announcing`]). A bulk catch-up announces after its sync.
     pub(crate) fn stage_and_commit(
         &self,
         state: &mut WriterState,
         space: &SpaceId,
         events: &[SignedEvent],
+        announce: Option<&mut dyn FnMut(&CommitSummary)>,
     ) -> Result<CommitSummary, StoreError> {
         if events.is_empty() {
             return Ok(CommitSummary { next_position: state.next_position, ..CommitSummary::default() });
@@ -593,8 +611,30 @@ impl Store {
             }
             batch.put_cf(self.cf(CF_META), meta_watermark(space), encode_vector(&vector_after));
         }
-        self.commit(batch)?;
-        Ok(after.apply(state, space))
+        match announce {
+            Some(announce) if !self.syncs_deferred.load(Ordering::Acquire) => {
+                // Written and readable first, announced, then durable before this returns.
+                self.write(batch, &WriteOptions::default())?;
+                let summary = self.apply_after(state, space, after);
+                announce(&summary);
+                self.sync_wal()?;
+                Ok(summary)
+            }
+            _ => {
+                self.commit(batch)?;
+                Ok(self.apply_after(state, space, after))
+            }
+        }
+    }
+
+    /// Moves the writer state past committed events and publishes the space's new vector.
+    fn apply_after(&self, state: &mut WriterState, space: &SpaceId, after: StateAfter) -> CommitSummary {
+        let mut published = lock(&self.published);
+        let vector = published.entry(*space).or_default();
+        for (author, head) in &after.heads {
+            vector.raise(*author, head.seq);
+        }
+        after.apply(state, space)
     }
 
     /// [`Store::stage_and_commit`] during a bulk catch-up: the events are committed without
@@ -642,7 +682,7 @@ impl Store {
             }
         }
         committed?;
-        let summary = after.apply(state, space);
+        let summary = self.apply_after(state, space, after);
         folded?;
         Ok(summary)
     }
@@ -715,7 +755,7 @@ impl Store {
 
     /// The version vector of a space: what this node holds.
     pub fn vector(&self, space: &SpaceId) -> VersionVector {
-        self.lock_writer().vector(space)
+        lock(&self.published).get(space).cloned().unwrap_or_default()
     }
 
     /// The head of one author's chain.

@@ -141,8 +141,21 @@ impl Shared {
 
     /// Stores a batch received from `peer` (on the ingest thread): what the peer evidently holds
     /// is raised and the commit announced. Refusals are in the report for the caller to act on.
+    ///
+    /// Other authors' events are announced (to watchers and live streams) as soon as they are
+    /// readable, before this node's disk sync: their authors hold them durably already, so a live
+    /// push shows up one disk sync sooner and a power cut in between loses nothing the network
+    /// lacks. This device's own events coming back are announced only once durable.
     pub fn store_from_peer(&self, peer: &AuthorId, batch: PreparedBatch) -> Result<IngestReport, StoreError> {
-        let report = self.store.ingest_prepared(batch)?;
+        let report = if batch.has_author(&self.identity.author()) {
+            self.store.ingest_prepared(batch)?
+        } else {
+            // Raised first: a live stream back to `peer` must not echo what it just sent.
+            self.store.ingest_prepared_announcing(batch, |commit, holds| {
+                self.raise_known(peer, holds);
+                self.notify(commit.next_position);
+            })?
+        };
         self.raise_known(peer, &report.sender_holds);
         if report.accepted > 0 {
             self.notify(report.commit.next_position);

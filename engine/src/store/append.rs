@@ -56,7 +56,7 @@ impl Store {
             prev = event.link;
             events.push(event);
         }
-        let summary = self.stage_and_commit(state, space, &events)?;
+        let summary = self.stage_and_commit(state, space, &events, None)?;
         Ok((events, summary))
     }
 }

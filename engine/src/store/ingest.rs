@@ -79,6 +79,10 @@ pub struct IngestReport {
     pub sender_holds: VersionVector,
 }
 
+/// Told of an ingest's commit and what the sender holds before the commit reaches the disk
+/// ([`Store::ingest_prepared_announcing`]).
+type Announce<'a> = dyn FnMut(&CommitSummary, &VersionVector) + 'a;
+
 /// A batch of received events decoded, hashed and grouped by author, ready for
 /// [`Store::ingest_prepared`]. Preparing reads nothing from the store, so it can run on the
 /// thread that received the batch while the store is busy with the one before; prepared batches
@@ -142,6 +146,11 @@ impl PreparedBatch {
         }
     }
 
+    /// Whether the batch holds events of `author`.
+    pub fn has_author(&self, author: &AuthorId) -> bool {
+        self.runs.contains_key(author)
+    }
+
     /// Events held (refused ones not counted).
     pub fn len(&self) -> usize {
         self.events
@@ -171,6 +180,30 @@ impl Store {
 
     /// [`Store::ingest`] of a batch prepared beforehand (one synced write for all its events).
     pub fn ingest_prepared(&self, prepared: PreparedBatch) -> Result<IngestReport, StoreError> {
+        self.ingest_prepared_with(prepared, None)
+    }
+
+    /// [`Store::ingest_prepared`] that calls `announce` with the commit and what the sender
+    /// evidently holds as soon as the accepted events are written and readable, before waiting
+    /// for the disk; still durable when it returns. For events of other authors relayed from a
+    /// peer: their author wrote them durably before anyone could receive them, so a crash
+    /// between the announcement and the sync loses nothing the network lacks (they come again).
+    /// Never for this device's own events coming back from a peer: those must be durable before
+    /// anything acts on them. `announce` is not called when nothing is accepted or during a bulk
+    /// catch-up (which announces on return).
+    pub fn ingest_prepared_announcing(
+        &self,
+        prepared: PreparedBatch,
+        mut announce: impl FnMut(&CommitSummary, &VersionVector),
+    ) -> Result<IngestReport, StoreError> {
+        self.ingest_prepared_with(prepared, Some(&mut announce))
+    }
+
+    fn ingest_prepared_with(
+        &self,
+        prepared: PreparedBatch,
+        announce: Option<&mut Announce<'_>>,
+    ) -> Result<IngestReport, StoreError> {
         let PreparedBatch { space, runs, rejected, .. } = prepared;
         let space = &space;
         let mut report = IngestReport { rejected, ..IngestReport::default() };
@@ -198,7 +231,10 @@ impl Store {
             self.commit(batch)?;
         }
         report.accepted = accepted.len() as u64;
-        report.commit = self.stage_and_commit(&mut state, space, &accepted)?;
+        let holds = &report.sender_holds;
+        let mut announce_commit = announce.map(|announce| move |commit: &CommitSummary| announce(commit, holds));
+        let announce_commit = announce_commit.as_mut().map(|f| f as &mut dyn FnMut(&CommitSummary));
+        report.commit = self.stage_and_commit(&mut state, space, &accepted, announce_commit)?;
         Ok(report)
     }
 

@@ -56,6 +56,37 @@ fn prepared_batches_joined_land_in_one_commit_and_refuse_another_space() {
 }
 
 #[test]
+fn an_announcing_ingest_announces_readable_events_once_and_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (chain(&device(1), 4), chain(&device(2), 2));
+    {
+        let store = open(dir.path());
+        let mut announced = Vec::new();
+        let mut batch = wire(&a);
+        batch.extend(wire(&b));
+        let report = store
+            .ingest_prepared_announcing(PreparedBatch::new(SPACE, batch), |commit, holds| {
+                assert_eq!(holds.get(&device(2).author()), 2, "what the sender holds comes with it");
+                // Readable when announced: the vector and the events themselves.
+                let vector = store.vector(&SPACE);
+                let readable = store.get_event(&SPACE, &device(1).author(), 4).unwrap().is_some();
+                announced.push((commit.events, commit.next_position, vector.get(&device(1).author()), readable));
+            })
+            .unwrap();
+        assert_eq!(report.accepted, 6);
+        assert_eq!(announced, vec![(6, report.commit.next_position, 4, true)]);
+        // Nothing new: nothing announced.
+        let again = store
+            .ingest_prepared_announcing(PreparedBatch::new(SPACE, wire(&a)), |_, _| panic!("nothing new to announce"))
+            .unwrap();
+        assert_eq!((again.accepted, again.duplicates), (0, 4));
+    }
+    let store = open(dir.path());
+    assert_eq!(store.vector(&SPACE).get(&device(1).author()), 4);
+    assert_eq!(store.vector(&SPACE).get(&device(2).author()), 2);
+}
+
+#[test]
 fn a_store_written_without_the_wal_holds_everything_once_persisted() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (chain(&device(1), 6), chain(&device(2), 3));
