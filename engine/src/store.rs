@@ -242,21 +242,12 @@ pub struct Store {
     wal_skipped: AtomicBool,
     /// Commands waiting for the writer (see [`Store::execute`]).
     pub(crate) queued: Mutex<Vec<std::sync::Arc<crate::commands::QueuedCommand>>>,
-    /// Per space, the version vector of the committed events, updated with the writer state:
-    /// readers ([`Store::vector`], a peer's missing ranges) take it without waiting for a
-    /// commit in flight to reach the disk.
-    published: Mutex<HashMap<SpaceId, VersionVector>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each holder leaves the value whole between statements: a panic cannot tear it.
-    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 impl Store {
@@ -301,7 +292,6 @@ impl Store {
             syncs_deferred: AtomicBool::new(false),
             wal_skipped: AtomicBool::new(false),
             queued: Mutex::new(Vec::new()),
-            published: Mutex::new(HashMap::new()),
         };
         store.check_format()?;
         if has_legacy_cases {
@@ -309,7 +299,6 @@ impl Store {
             store.db.drop_cf(CF_CASES_LEGACY)?;
         }
         let state = store.load_writer_state()?;
-        *lock(&store.published) = state.heads.keys().map(|space| (*space, state.vector(space))).collect();
         *store.lock_writer() = state;
         store.check_heads()?;
         if options.projections {
@@ -615,26 +604,16 @@ impl Store {
             Some(announce) if !self.syncs_deferred.load(Ordering::Acquire) => {
                 // Written and readable first, announced, then durable before this returns.
                 self.write(batch, &WriteOptions::default())?;
-                let summary = self.apply_after(state, space, after);
+                let summary = after.apply(state, space);
                 announce(&summary);
                 self.sync_wal()?;
                 Ok(summary)
             }
             _ => {
                 self.commit(batch)?;
-                Ok(self.apply_after(state, space, after))
+                Ok(after.apply(state, space))
             }
         }
-    }
-
-    /// Moves the writer state past committed events and publishes the space's new vector.
-    fn apply_after(&self, state: &mut WriterState, space: &SpaceId, after: StateAfter) -> CommitSummary {
-        let mut published = lock(&self.published);
-        let vector = published.entry(*space).or_default();
-        for (author, head) in &after.heads {
-            vector.raise(*author, head.seq);
-        }
-        after.apply(state, space)
     }
 
     /// [`Store::stage_and_commit`] during a bulk catch-up: the events are committed without
@@ -682,7 +661,7 @@ impl Store {
             }
         }
         committed?;
-        let summary = self.apply_after(state, space, after);
+        let summary = after.apply(state, space);
         folded?;
         Ok(summary)
     }
@@ -755,7 +734,7 @@ impl Store {
 
     /// The version vector of a space: what this node holds.
     pub fn vector(&self, space: &SpaceId) -> VersionVector {
-        lock(&self.published).get(space).cloned().unwrap_or_default()
+        self.lock_writer().vector(space)
     }
 
     /// The head of one author's chain.

@@ -262,7 +262,7 @@ impl Cases for CaseService {
         let (tx, rx) = mpsc::channel(64);
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let mut changes = shared.changes.subscribe();
+            let mut changes = shared.visible.subscribe();
             let mut stopping = shared.stopping.subscribe();
             let mut position = *changes.borrow_and_update();
             loop {

@@ -67,8 +67,11 @@ pub struct Shared {
     pub space: SpaceId,
     /// Store-and-forward only.
     pub relay: bool,
-    /// Next arrival position after each commit: wakes live streams and watchers.
+    /// Next arrival position after each durable commit: wakes live streams to peers.
     pub changes: watch::Sender<u64>,
+    /// Next arrival position of what is readable: wakes `Watch` streams, at a commit or, for
+    /// other authors' events, as soon as they are written (before the disk sync).
+    pub visible: watch::Sender<u64>,
     /// Turns true when the node stops: ends live streams so servers can drain.
     pub stopping: watch::Sender<bool>,
     /// Where every ingest of received events runs (one thread, in order).
@@ -77,6 +80,17 @@ pub struct Shared {
     bulk_catch_ups: AtomicU64,
     known: Mutex<HashMap<AuthorId, VersionVector>>,
     peers: Mutex<BTreeMap<String, PeerInfo>>,
+}
+
+/// Moves a position signal forward (never back), waking its receivers only when it moved.
+fn raise(signal: &watch::Sender<u64>, next_position: u64) {
+    signal.send_if_modified(|current| {
+        let newer = next_position > *current;
+        if newer {
+            *current = next_position;
+        }
+        newer
+    });
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,6 +106,7 @@ impl Shared {
         relay: bool,
     ) -> std::io::Result<Arc<Shared>> {
         let (changes, _) = watch::channel(store.next_position());
+        let (visible, _) = watch::channel(store.next_position());
         let (stopping, _) = watch::channel(false);
         Ok(Arc::new(Shared {
             store,
@@ -99,6 +114,7 @@ impl Shared {
             space,
             relay,
             changes,
+            visible,
             stopping,
             ingest: IngestThread::start()?,
             bulk_catch_ups: AtomicU64::new(0),
@@ -107,15 +123,10 @@ impl Shared {
         }))
     }
 
-    /// Announces a commit.
+    /// Announces a durable commit (to live streams and watchers).
     pub fn notify(&self, next_position: u64) {
-        self.changes.send_if_modified(|current| {
-            let newer = next_position > *current;
-            if newer {
-                *current = next_position;
-            }
-            newer
-        });
+        raise(&self.changes, next_position);
+        raise(&self.visible, next_position);
     }
 
     /// Counts a bulk catch-up started.
@@ -142,19 +153,16 @@ impl Shared {
     /// Stores a batch received from `peer` (on the ingest thread): what the peer evidently holds
     /// is raised and the commit announced. Refusals are in the report for the caller to act on.
     ///
-    /// Other authors' events are announced (to watchers and live streams) as soon as they are
-    /// readable, before this node's disk sync: their authors hold them durably already, so a live
-    /// push shows up one disk sync sooner and a power cut in between loses nothing the network
-    /// lacks. This device's own events coming back are announced only once durable.
+    /// Other authors' events are shown to `Watch` streams as soon as they are readable, before
+    /// this node's disk sync: a live push shows one disk sync sooner, and as their authors hold
+    /// them durably already, a power cut in between loses nothing the network lacks. Live
+    /// streams to peers are woken once the batch is durable; this device's own events coming
+    /// back wait for the disk before anyone sees them.
     pub fn store_from_peer(&self, peer: &AuthorId, batch: PreparedBatch) -> Result<IngestReport, StoreError> {
         let report = if batch.has_author(&self.identity.author()) {
             self.store.ingest_prepared(batch)?
         } else {
-            // Raised first: a live stream back to `peer` must not echo what it just sent.
-            self.store.ingest_prepared_announcing(batch, |commit, holds| {
-                self.raise_known(peer, holds);
-                self.notify(commit.next_position);
-            })?
+            self.store.ingest_prepared_announcing(batch, |commit| raise(&self.visible, commit.next_position))?
         };
         self.raise_known(peer, &report.sender_holds);
         if report.accepted > 0 {

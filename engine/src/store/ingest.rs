@@ -79,10 +79,6 @@ pub struct IngestReport {
     pub sender_holds: VersionVector,
 }
 
-/// Told of an ingest's commit and what the sender holds before the commit reaches the disk
-/// ([`Store::ingest_prepared_announcing`]).
-type Announce<'a> = dyn FnMut(&CommitSummary, &VersionVector) + 'a;
-
 /// A batch of received events decoded, hashed and grouped by author, ready for
 /// [`Store::ingest_prepared`]. Preparing reads nothing from the store, so it can run on the
 /// thread that received the batch while the store is busy with the one before; prepared batches
@@ -183,9 +179,9 @@ impl Store {
         self.ingest_prepared_with(prepared, None)
     }
 
-    /// [`Store::ingest_prepared`] that calls `announce` with the commit and what the sender
-    /// evidently holds as soon as the accepted events are written and readable, before waiting
-    /// for the disk; still durable when it returns. For events of other authors relayed from a
+    /// [`Store::ingest_prepared`] that calls `announce` with the commit as soon as the accepted
+    /// events are written and readable, before waiting for the disk; still durable when it
+    /// returns (and until then, the writer stays busy). For events of other authors relayed from a
     /// peer: their author wrote them durably before anyone could receive them, so a crash
     /// between the announcement and the sync loses nothing the network lacks (they come again).
     /// Never for this device's own events coming back from a peer: those must be durable before
@@ -194,7 +190,7 @@ impl Store {
     pub fn ingest_prepared_announcing(
         &self,
         prepared: PreparedBatch,
-        mut announce: impl FnMut(&CommitSummary, &VersionVector),
+        mut announce: impl FnMut(&CommitSummary),
     ) -> Result<IngestReport, StoreError> {
         self.ingest_prepared_with(prepared, Some(&mut announce))
     }
@@ -202,7 +198,7 @@ impl Store {
     fn ingest_prepared_with(
         &self,
         prepared: PreparedBatch,
-        announce: Option<&mut Announce<'_>>,
+        announce: Option<&mut dyn FnMut(&CommitSummary)>,
     ) -> Result<IngestReport, StoreError> {
         let PreparedBatch { space, runs, rejected, .. } = prepared;
         let space = &space;
@@ -231,10 +227,7 @@ impl Store {
             self.commit(batch)?;
         }
         report.accepted = accepted.len() as u64;
-        let holds = &report.sender_holds;
-        let mut announce_commit = announce.map(|announce| move |commit: &CommitSummary| announce(commit, holds));
-        let announce_commit = announce_commit.as_mut().map(|f| f as &mut dyn FnMut(&CommitSummary));
-        report.commit = self.stage_and_commit(&mut state, space, &accepted, announce_commit)?;
+        report.commit = self.stage_and_commit(&mut state, space, &accepted, announce)?;
         Ok(report)
     }
 

@@ -129,29 +129,3 @@ impl Store {
         Ok(out)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use bytes::Bytes;
-
-    use crate::event::BodyEncoding;
-    use crate::ids::SpaceId;
-    use crate::signing::DeviceKey;
-    use crate::store::{Store, StoreOptions};
-    use crate::vector_clock::VersionVector;
-
-    #[test]
-    fn a_peer_s_missing_ranges_are_read_while_the_writer_is_busy() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions { projections: false }).unwrap();
-        let (space, key) = (SpaceId([7; 16]), DeviceKey::from_secret([7; 32]));
-        let bodies = (0..3).map(|n| (BodyEncoding::Sealed, Bytes::from(vec![n; 8]))).collect();
-        store.append(&space, &key, 1, bodies).unwrap();
-        // As while a commit waits for the disk: readers take the published vector, not the
-        // writer (with the writer's lock, this thread would deadlock).
-        let _writer = store.lock_writer();
-        assert_eq!(store.vector(&space).get(&key.author()), 3);
-        let sent: Vec<u64> = store.events_after(&space, &VersionVector::new()).map(|e| e.unwrap().1).collect();
-        assert_eq!(sent, vec![1, 2, 3]);
-    }
-}

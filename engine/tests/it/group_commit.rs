@@ -63,7 +63,7 @@ fn a_bulk_catch_up_defers_projections_and_ends_with_the_same_views() {
     b.defer_projections();
     let events: Vec<_> = a.events_after(&SPACE, &b.vector(&SPACE)).map(|r| r.unwrap().2).collect();
     let batch = casesync_engine::store::PreparedBatch::new(SPACE, events);
-    let report = b.ingest_prepared_announcing(batch, |_, _| panic!("a bulk catch-up announces on return")).unwrap();
+    let report = b.ingest_prepared_announcing(batch, |_| panic!("a bulk catch-up announces on return")).unwrap();
     assert_eq!(report.accepted, 20);
     assert_eq!(b.projections_behind(&SPACE).unwrap(), 20);
     // No command is planned against views that lack the new events.
