@@ -6,7 +6,7 @@
 //! last event's signature must verify. A link hash covers an event's id and its signature, so an
 //! intact chain up to one valid signature authenticates every byte before it, signatures
 //! included. When a run fails, the valid prefix before the failure is found (checking each signature on
-//! this slow path) and lands; nothing from the failure on is stored. One synced write per call.
+//! this slow path) and lands; nothing from the failure on is stored. One durable write per call.
 
 use std::collections::BTreeMap;
 
