@@ -23,8 +23,9 @@ pub struct Version<T> {
     pub value: T,
 }
 
-/// A register's current versions (one, unless in conflict).
-pub type CurrentVersions<T> = Vec<Version<T>>;
+/// A register's current versions (one, unless in conflict), the first inline: a case held by a
+/// fold has no allocation per register, and nothing per register to free when written out.
+pub type CurrentVersions<T> = smallvec::SmallVec<[Version<T>; 1]>;
 
 /// A field's name as a case state keys it: inline up to 24 bytes, so a record's field map is
 /// searched without a pointer chase per name and holds no allocation per field name.
@@ -47,7 +48,7 @@ pub struct Register<T> {
 
 impl<T> Default for Register<T> {
     fn default() -> Self {
-        Register { current: Vec::new(), pending: Vec::new() }
+        Register { current: CurrentVersions::new(), pending: Vec::new() }
     }
 }
 
@@ -79,15 +80,9 @@ impl<T> Register<T> {
             }
             Err(_) => match self.current.binary_search_by(|v| v.dot.cmp(&own)) {
                 Ok(_) => {} // Already folded in (idempotent).
-                Err(index) => {
-                    // A register nearly always holds one version: room for exactly one (a Vec's
-                    // first growth makes room for four, 320 bytes, in every field of every case).
-                    // Superseded versions were removed above, so a replacing write reuses it.
-                    if self.current.capacity() == 0 {
-                        self.current.reserve_exact(1);
-                    }
-                    self.current.insert(index, version)
-                }
+                // Superseded versions were removed above, so a replacing write reuses the inline
+                // slot.
+                Err(index) => self.current.insert(index, version),
             },
         }
     }
@@ -109,7 +104,7 @@ impl<T> Register<T> {
         pending.extend(other.pending.iter().filter(|d| !in_current_mine(d)));
         pending.sort_unstable();
         pending.dedup();
-        let mut current: CurrentVersions<T> = Vec::new();
+        let mut current = CurrentVersions::<T>::new();
         let theirs: CurrentVersions<T> =
             other.current.into_iter().filter(|v| !is_pending_mine(&v.dot) && !in_current_mine(&v.dot)).collect();
         current.extend(current_mine.into_iter().filter(|v| !is_pending_theirs(&v.dot)));
