@@ -134,7 +134,7 @@ impl AuthorStream {
         let field = if round == 0 { 0 } else { (round % FIELDS.len() as u64) as u8 };
         let supersedes = self.last.insert((case_index, field), dot).into_iter().collect();
         let write =
-            FieldWrite { name: FIELDS[field as usize].to_string(), value: FieldValue::Text(self.text()), supersedes };
+            FieldWrite { name: FIELDS[field as usize].into(), value: FieldValue::Text(self.text()), supersedes };
         let operation = if round == 0 {
             Operation::CreateCase { case, fields: vec![write] }
         } else {

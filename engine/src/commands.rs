@@ -75,7 +75,7 @@ fn writes(record: Option<&Record>, fields: Vec<(String, FieldValue)>) -> Vec<Fie
         .map(|(name, value)| {
             let supersedes =
                 record.and_then(|r| r.fields.get(name.as_str())).map(|r| r.current_dots()).unwrap_or_default();
-            FieldWrite { name, value, supersedes }
+            FieldWrite { name: name.into(), value, supersedes }
         })
         .collect()
 }

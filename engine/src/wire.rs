@@ -105,7 +105,7 @@ fn writes_to_pb(writes: &[FieldWrite]) -> Vec<pb::FieldWrite> {
     writes
         .iter()
         .map(|w| pb::FieldWrite {
-            name: w.name.clone(),
+            name: w.name.to_string(),
             value: Some(value_to_pb(&w.value)),
             supersedes: w.supersedes.iter().map(dot_to_pb).collect(),
         })
@@ -119,7 +119,7 @@ fn writes_from_pb(writes: Vec<pb::FieldWrite>) -> Result<Vec<FieldWrite>, Operat
             Ok(FieldWrite {
                 supersedes: dots_from_pb(&w.supersedes)?,
                 value: value_from_pb_owned(w.value)?,
-                name: w.name,
+                name: w.name.into(),
             })
         })
         .collect()

@@ -27,9 +27,7 @@ pub struct Version<T> {
 /// fold has no allocation per register, and nothing per register to free when written out.
 pub type CurrentVersions<T> = smallvec::SmallVec<[Version<T>; 1]>;
 
-/// A field's name as a case state keys it: inline up to 24 bytes, so a record's field map is
-/// searched without a pointer chase per name and holds no allocation per field name.
-pub type FieldName = compact_str::CompactString;
+pub use crate::operation::FieldName;
 
 /// A record's field registers by name, as one sorted vector: a case's fields (a handful) are one
 /// allocation, searched in a cache line or two, and freed at once. A new name shifts the names
@@ -158,7 +156,7 @@ impl Record {
         for FieldWrite { name, value, supersedes } in writes {
             let register = match self.fields.get_mut(name.as_str()) {
                 Some(register) => register,
-                None => self.fields.entry(FieldName::from(name)).or_default(),
+                None => self.fields.entry(name).or_default(),
             };
             register.apply(Version { dot, hlc, value }, &supersedes, seen);
         }

@@ -77,7 +77,7 @@ impl Store {
                 seq,
                 operation: op.name(),
                 entry_id: op.entry().map(|e| e.to_hex()),
-                fields: op.fields().iter().map(|w| (w.name.clone(), w.value.clone())).collect(),
+                fields: op.fields().iter().map(|w| (w.name.to_string(), w.value.clone())).collect(),
             });
         }
         items.sort_by(|a, b| (a.hlc, &a.author, a.seq).cmp(&(b.hlc, &b.author, b.seq)));

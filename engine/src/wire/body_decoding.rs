@@ -10,13 +10,18 @@
 //! depends on which of the two read it (the property test below holds them to that).
 
 use crate::ids::{AuthorId, CaseId, EntryId};
-use crate::operation::{Dot, FieldValue, FieldWrite, Operation, StatusChange, StatusWrite};
+use crate::operation::{Dot, FieldName, FieldValue, FieldWrite, Operation, StatusChange, StatusWrite};
 use crate::vector_clock::VersionVector;
 
 use super::plain_fields::{once, Field, Fields};
 
 fn text(bytes: &[u8]) -> Option<String> {
     std::str::from_utf8(bytes).ok().map(str::to_string)
+}
+
+/// A field name: inline, no allocation, when short (nearly always).
+fn field_name(bytes: &[u8]) -> Option<FieldName> {
+    std::str::from_utf8(bytes).ok().map(FieldName::from)
 }
 
 /// Decodes a `Body` in the plain encoding into a valid operation, or `None` (see the module
@@ -123,7 +128,7 @@ fn field_write(message: &[u8]) -> Option<FieldWrite> {
             return None;
         };
         match tag {
-            1 => once(&mut name, text(bytes)?)?,
+            1 => once(&mut name, field_name(bytes)?)?,
             2 => once(&mut value, field_value(bytes)?)?,
             3 => supersedes.push(dot(bytes)?),
             _ => return None,

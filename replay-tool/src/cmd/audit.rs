@@ -101,11 +101,11 @@ pub fn run(data: &Path, filter: &AuditFilter) -> anyhow::Result<Outcome> {
                 op.name().to_string(),
                 Some(op.case().to_hex()),
                 op.entry().map(|e| e.to_hex()),
-                op.fields().iter().map(|w| w.name.clone()).collect(),
+                op.fields().iter().map(|w| w.name.to_string()).collect(),
                 serde_json::Value::Object(
                     op.fields()
                         .iter()
-                        .map(|w| (w.name.clone(), serde_json::to_value(&w.value).unwrap_or_default()))
+                        .map(|w| (w.name.to_string(), serde_json::to_value(&w.value).unwrap_or_default()))
                         .collect(),
                 ),
             ),
