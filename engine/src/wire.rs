@@ -374,8 +374,7 @@ pub fn for_each_case_part<E>(
         f(key, value)
     };
     if !state.record.status.is_empty() {
-        value.clear();
-        status_register_to_pb(&state.record.status).encode_raw(value);
+        register_encoding::encode_status_register_into(&state.record.status, value);
         part(CASE_PART_STATUS, &[], value)?;
     }
     for (name, register) in state.record.fields.iter().filter(|(_, register)| !register.is_empty()) {
