@@ -180,8 +180,12 @@ impl SpillWriters {
             let (files, spilled) = (files.clone(), spilled.clone());
             let thread = std::thread::Builder::new().name(format!("casesync-spill-{n}")).spawn(move || {
                 let mut digests = digests.then(WrittenDigests::new);
-                // One spill at a time; the lock is held only while waiting for the next.
-                while let Ok(cases) = spilled.lock().unwrap_or_else(|poison| poison.into_inner()).recv() {
+                // One spill at a time; the lock is held only while waiting for the next. (Not
+                // `while let Ok(cases) = spilled.lock()...recv()`: the guard, a temporary of the
+                // condition, would live through the body and let one writer work at a time.)
+                loop {
+                    let next = spilled.lock().unwrap_or_else(|poison| poison.into_inner()).recv();
+                    let Ok(cases) = next else { break };
                     files.write(&cases, digests.as_mut())?;
                 }
                 Ok(digests)
