@@ -15,7 +15,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use crate::error::{CommandError, StoreError};
 use crate::event::{stored_header_and_body, BodyEncoding, EventHeader, SignedEvent};
 use crate::ids::{AuthorId, CaseId, SpaceId};
-use crate::operation::{Dot, Operation};
+use crate::operation::{Dot, FieldValue, Operation};
 use crate::store::key_layout::{
     case_event_key, case_key, history_record_value, meta_state_hash, meta_watermark, parse_case_part_key, prefix_end,
     CF_CASES, CF_CASE_EVENTS, CF_EVENTS, CF_META, HISTORY_ENTRIES_PER_RECORD,
@@ -174,6 +174,40 @@ impl Fold {
         Ok(())
     }
 
+    /// Reads what folding these events will touch of the states already held for their cases (the
+    /// index slot, the bookkeeping, each field's entry), so that folding them finds it in the
+    /// cache. A fold over many cases touches each only every few thousand events, so each of
+    /// those reads misses the cache: here they do not depend on each other and the processor
+    /// overlaps them, where folding event by event waits for each in turn.
+    ///
+    /// In three passes, one per step of the pointer chain (index slot, held state, its field map
+    /// and history), each over the whole run: a pass's reads are independent of each other.
+    pub fn warm(&self, run: &[(EventHeader, Option<Operation>)]) {
+        let mut held = [0usize; FOLD_RUN_EVENTS];
+        let mut count = 0;
+        for case in run.iter().filter_map(|(_, operation)| operation.as_ref().map(Operation::case)) {
+            if let (Some(at), Some(slot)) = (self.index.get(&case), held.get_mut(count)) {
+                *slot = *at;
+                count += 1;
+            }
+        }
+        let held = held.get(..count).unwrap_or_default();
+        let mut touched = 0usize;
+        for held in held.iter().filter_map(|at| self.cases.get(*at)) {
+            touched = touched.wrapping_add(held.tick as usize).wrapping_add(held.history.len());
+            touched = touched.wrapping_add(held.state.record.fields.len());
+        }
+        for held in held.iter().filter_map(|at| self.cases.get(*at)) {
+            if let Some((_, seq, _)) = held.history.last() {
+                touched = touched.wrapping_add(*seq as usize);
+            }
+            for (name, register) in held.state.record.fields.iter() {
+                touched = touched.wrapping_add(name.len()).wrapping_add(register.current.len());
+            }
+        }
+        std::hint::black_box(touched);
+    }
+
     /// The state held for `case`, if the fold touched it.
     pub fn case(&self, case: &CaseId) -> Option<&CaseState> {
         self.index.get(case).and_then(|at| self.cases.get(*at)).map(|held| &held.state)
@@ -212,6 +246,32 @@ impl Held {
 }
 
 impl HeldCase {
+    /// Reads what writing this case out will read (its field names and values, its history), so
+    /// that a writer warming a few cases ahead finds them in the cache (see [`Fold::warm`]: a
+    /// case written out was last touched thousands of events ago). Returns a sum of what it read,
+    /// for the caller to keep (`std::hint::black_box`).
+    pub(crate) fn warm(&self) -> usize {
+        fn ends(bytes: &[u8]) -> usize {
+            usize::from(bytes.first().copied().unwrap_or(0)) + usize::from(bytes.last().copied().unwrap_or(0))
+        }
+        let mut touched = 0usize;
+        for (_, seq, _) in &self.history {
+            touched = touched.wrapping_add(*seq as usize);
+        }
+        for (name, register) in self.state.record.fields.iter() {
+            touched = touched.wrapping_add(name.len());
+            for version in &register.current {
+                touched = touched.wrapping_add(match &version.value {
+                    FieldValue::Text(text) | FieldValue::Decimal(text) | FieldValue::Date(text) => ends(text.as_bytes()),
+                    FieldValue::Bytes(bytes) => ends(bytes),
+                    FieldValue::Integer(n) => *n as usize,
+                    FieldValue::Bool(b) => usize::from(*b),
+                });
+            }
+        }
+        touched
+    }
+
     /// The case's history records, in key order: its events in records of up to
     /// [`HISTORY_ENTRIES_PER_RECORD`], each keyed by its first (one record per case for a bulk
     /// fold instead of one per event).
@@ -405,10 +465,13 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     // thread folds and hands its spills to the writer threads, which build them into SST files.
     let writers = SpillWriters::start(SpillFiles::new(store, space)?, true)?;
     let mut fold = Fold::store_deltas();
-    let folded = fold_stored_events(store, space, |header, operation| {
-        fold.apply_operation(header, operation, |_| Ok::<_, StoreError>(None))?;
-        if fold.case_count() >= REBUILD_CASES_IN_MEMORY {
-            writers.spill(fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4))?;
+    let folded = fold_stored_events(store, space, |run| {
+        fold.warm(run);
+        for (header, operation) in run {
+            fold.apply_operation(header, operation.take(), |_| Ok::<_, StoreError>(None))?;
+            if fold.case_count() >= REBUILD_CASES_IN_MEMORY {
+                writers.spill(fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4))?;
+            }
         }
         Ok(())
     });
@@ -463,14 +526,18 @@ fn for_each_stored_event(
 const READ_BATCH_EVENTS: usize = if cfg!(test) { 16 } else { 1024 };
 const READ_BATCHES_AHEAD: usize = 4;
 
+/// Events a fold is handed at a time, to warm their cases' states before folding them
+/// ([`Fold::warm`]): few enough that those states stay in the core's cache until folded.
+const FOLD_RUN_EVENTS: usize = 32;
+
 /// Folds the stored events of a space in two stages: a scoped thread reads the log (iterates,
-/// parses headers, decodes bodies) while `fold` takes each header and operation, in key order,
-/// on the calling thread. The reader is joined before this returns; the first error either
-/// side meets ends both.
+/// parses headers, decodes bodies) while `fold` takes runs of up to [`FOLD_RUN_EVENTS`] headers
+/// with their operations (to be taken out), in key order, on the calling thread. The reader is
+/// joined before this returns; the first error either side meets ends both.
 fn fold_stored_events(
     store: &Store,
     space: &SpaceId,
-    mut fold: impl FnMut(&EventHeader, Option<Operation>) -> Result<(), StoreError>,
+    mut fold: impl FnMut(&mut [(EventHeader, Option<Operation>)]) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     std::thread::scope(|scope| {
         let (batches, read) =
@@ -492,7 +559,7 @@ fn fold_stored_events(
             }
             Ok(())
         });
-        let folded = read.iter().flatten().try_for_each(|(header, operation)| fold(&header, operation));
+        let folded = read.iter().try_for_each(|mut batch| batch.chunks_mut(FOLD_RUN_EVENTS).try_for_each(&mut fold));
         drop(read);
         let read = reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         folded.and(read)
@@ -580,7 +647,7 @@ impl WrittenDigests {
     /// sixteenth of them were).
     pub(crate) fn state_hash(self, store: &Store, space: &SpaceId) -> Result<String, StoreError> {
         let mut written = self.written;
-        written.sort_by_key(|(case, _)| *case);
+        written.sort_unstable_by_key(|(case, _)| *case);
         let cases = written.chunk_by(|a, b| a.0 == b.0);
         let rewritten = cases.clone().filter(|same| same.len() > 1).count();
         if !self.complete || rewritten * 16 > written.len() {
@@ -714,9 +781,12 @@ impl Store {
     /// (author, seq). Holds every case it folds.
     pub fn fold_log(&self, space: &SpaceId, mut include: impl FnMut(&EventHeader) -> bool) -> Result<Fold, StoreError> {
         let mut fold = Fold::new(VersionVector::new());
-        fold_stored_events(self, space, |header, operation| {
-            if include(header) {
-                fold.apply_operation(header, operation, |_| Ok::<_, StoreError>(None))?;
+        fold_stored_events(self, space, |run| {
+            fold.warm(run);
+            for (header, operation) in run {
+                if include(header) {
+                    fold.apply_operation(header, operation.take(), |_| Ok::<_, StoreError>(None))?;
+                }
             }
             Ok(())
         })?;

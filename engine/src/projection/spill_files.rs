@@ -54,6 +54,9 @@ pub(crate) struct SpillFiles {
     written: Mutex<(Vec<PathBuf>, Vec<PathBuf>)>,
 }
 
+/// Cases a spill writer warms at a time before writing them out ([`HeldCase::warm`]).
+const WARM_AHEAD_CASES: usize = 8;
+
 impl SpillFiles {
     /// Starts the spill files of a bulk fold of `space` into `store` (creating their directory).
     pub(crate) fn new(store: &Store, space: &SpaceId) -> Result<SpillFiles, StoreError> {
@@ -83,7 +86,11 @@ impl SpillFiles {
         history.open(&history_path)?;
         let (mut parts_written, mut history_written) = (false, false);
         let mut buffers = wire::PartBuffers::default();
-        for held in cases {
+        for (at, held) in cases.iter().enumerate() {
+            if at % WARM_AHEAD_CASES == 0 {
+                let ahead = cases.get(at..).unwrap_or_default().iter().take(WARM_AHEAD_CASES);
+                std::hint::black_box(ahead.map(HeldCase::warm).fold(0usize, usize::wrapping_add));
+            }
             let state = &held.state;
             let staged =
                 wire::for_each_case_part(&self.space, state, &mut buffers, |key, value| parts.merge(key, value))?;
