@@ -262,7 +262,9 @@ impl HeldCase {
             touched = touched.wrapping_add(name.len());
             for version in &register.current {
                 touched = touched.wrapping_add(match &version.value {
-                    FieldValue::Text(text) | FieldValue::Decimal(text) | FieldValue::Date(text) => ends(text.as_bytes()),
+                    FieldValue::Text(text) | FieldValue::Decimal(text) | FieldValue::Date(text) => {
+                        ends(text.as_bytes())
+                    }
                     FieldValue::Bytes(bytes) => ends(bytes),
                     FieldValue::Integer(n) => *n as usize,
                     FieldValue::Bool(b) => usize::from(*b),

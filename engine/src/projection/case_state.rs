@@ -285,7 +285,7 @@ mod tests {
         assert_eq!(b.pending, vec![v1.dot]);
         b.apply(v1.clone(), &[], &|d| *d == v2.dot);
         assert_eq!(a.current, b.current);
-        assert_eq!(b.current, vec![v2]);
+        assert_eq!(b.current.as_slice(), [v2]);
         assert!(b.pending.is_empty());
     }
 }

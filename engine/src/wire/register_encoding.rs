@@ -144,7 +144,12 @@ fn status_version_len(version: &Version<StatusValue>) -> usize {
     delimited_len(dot_len(&version.dot))
         + if version.hlc != 0 { 1 + varint_len(version.hlc) } else { 0 }
         + if status != 0 { 1 + varint_len(status) } else { 0 }
-        + version.value.seen.iter().map(|(author, seq)| delimited_len(dot_len(&Dot { author: *author, seq: *seq }))).sum::<usize>()
+        + version
+            .value
+            .seen
+            .iter()
+            .map(|(author, seq)| delimited_len(dot_len(&Dot { author: *author, seq: *seq })))
+            .sum::<usize>()
 }
 
 /// The encoded `casesync.v1.store.StatusRegister` of a record, into `buf` (cleared first): the

@@ -351,8 +351,8 @@ proptest! {
             let Some(op) = operation_of(e) else { continue };
             let dot = Dot { author: e.header.author, seq: e.header.seq };
             for w in op.fields() {
-                written.push((dot, w.name.clone(), op.entry(), op.case()));
-                for s in &w.supersedes { superseded.push((*s, w.name.clone(), op.entry())); }
+                written.push((dot, w.name.to_string(), op.entry(), op.case()));
+                for s in &w.supersedes { superseded.push((*s, w.name.to_string(), op.entry())); }
             }
         }
         for (dot, name, entry, case) in written {
