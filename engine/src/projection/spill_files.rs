@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -175,6 +175,21 @@ const SPILL_WRITERS: usize = 2;
 /// Spills handed on and not yet taken by a writer (each of up to 4096 case states: a few MiB).
 const SPILLS_QUEUED: usize = 1;
 
+/// Takes spills off a queue shared by several writers and hands each to `write`, until the queue
+/// is closed or `write` fails. The lock is held only while waiting for the next spill, so the
+/// writers write at once. (Not `while let Ok(cases) = queue.lock()...recv()`: the guard, a
+/// temporary of the condition, would live through the body and let one writer work at a time.)
+fn take_each<T>(
+    queue: &Mutex<Receiver<T>>,
+    mut write: impl FnMut(T) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    loop {
+        let next = queue.lock().unwrap_or_else(|poison| poison.into_inner()).recv();
+        let Ok(spill) = next else { return Ok(()) };
+        write(spill)?;
+    }
+}
+
 impl SpillWriters {
     /// Starts the writers of `files`; each notes the digests of the cases it writes when
     /// `digests` is set.
@@ -187,14 +202,7 @@ impl SpillWriters {
             let (files, spilled) = (files.clone(), spilled.clone());
             let thread = std::thread::Builder::new().name(format!("casesync-spill-{n}")).spawn(move || {
                 let mut digests = digests.then(WrittenDigests::new);
-                // One spill at a time; the lock is held only while waiting for the next. (Not
-                // `while let Ok(cases) = spilled.lock()...recv()`: the guard, a temporary of the
-                // condition, would live through the body and let one writer work at a time.)
-                loop {
-                    let next = spilled.lock().unwrap_or_else(|poison| poison.into_inner()).recv();
-                    let Ok(cases) = next else { break };
-                    files.write(&cases, digests.as_mut())?;
-                }
+                take_each(&spilled, |cases| files.write(&cases, digests.as_mut()))?;
                 Ok(digests)
             });
             writers.threads.push(thread.map_err(StoreError::Io)?);
@@ -257,6 +265,51 @@ impl Drop for SpillWriters {
         // A fold given up (failed, or dropped for a rebuild): its writers end with the queue.
         if !self.threads.is_empty() {
             let _ = self.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::sync_channel;
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+
+    use super::take_each;
+
+    /// Two writers on one queue each hold a spill at the same time: each, on taking one, waits
+    /// (bounded) until two have been taken. Writers that took turns would never both hold one:
+    /// the first would give up waiting, and the other would take none.
+    #[test]
+    fn writers_on_one_queue_write_at_once() {
+        let (spills, queue) = sync_channel::<u32>(2);
+        let queue = Arc::new(Mutex::new(queue));
+        let taken = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let (queue, taken) = (queue.clone(), taken.clone());
+                std::thread::spawn(move || {
+                    let mut saw_both = false;
+                    take_each(&queue, |_| {
+                        let (count, changed) = &*taken;
+                        let mut count = count.lock().unwrap_or_else(|poison| poison.into_inner());
+                        *count += 1;
+                        changed.notify_all();
+                        let (count, _) = changed
+                            .wait_timeout_while(count, Duration::from_secs(20), |count| *count < 2)
+                            .unwrap_or_else(|poison| poison.into_inner());
+                        saw_both |= *count >= 2;
+                        Ok(())
+                    })
+                    .map(|()| saw_both)
+                })
+            })
+            .collect();
+        spills.send(1).unwrap();
+        spills.send(2).unwrap();
+        drop(spills);
+        for writer in writers {
+            assert!(writer.join().unwrap().unwrap(), "a writer held a spill alone: the writers took turns");
         }
     }
 }
