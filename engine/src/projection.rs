@@ -183,21 +183,21 @@ impl Fold {
     /// In three passes, one per step of the pointer chain (index slot, held state, its field map
     /// and history), each over the whole run: a pass's reads are independent of each other.
     pub fn warm(&self, run: &[(EventHeader, Option<Operation>)]) {
-        let mut held = [0usize; FOLD_RUN_EVENTS];
+        let mut positions = [0usize; FOLD_RUN_EVENTS];
         let mut count = 0;
         for case in run.iter().filter_map(|(_, operation)| operation.as_ref().map(Operation::case)) {
-            if let (Some(at), Some(slot)) = (self.index.get(&case), held.get_mut(count)) {
+            if let (Some(at), Some(slot)) = (self.index.get(&case), positions.get_mut(count)) {
                 *slot = *at;
                 count += 1;
             }
         }
-        let held = held.get(..count).unwrap_or_default();
+        let held_cases = || positions.get(..count).unwrap_or_default().iter().filter_map(|at| self.cases.get(*at));
         let mut touched = 0usize;
-        for held in held.iter().filter_map(|at| self.cases.get(*at)) {
+        for held in held_cases() {
             touched = touched.wrapping_add(held.tick as usize).wrapping_add(held.history.len());
             touched = touched.wrapping_add(held.state.record.fields.len());
         }
-        for held in held.iter().filter_map(|at| self.cases.get(*at)) {
+        for held in held_cases() {
             if let Some((_, seq, _)) = held.history.last() {
                 touched = touched.wrapping_add(*seq as usize);
             }
