@@ -182,10 +182,11 @@ impl Fold {
     ///
     /// In three passes, one per step of the pointer chain (index slot, held state, its field map
     /// and history), each over the whole run: a pass's reads are independent of each other.
-    pub fn warm(&self, run: &[(EventHeader, Option<Operation>)]) {
+    /// Reads at most [`FOLD_RUN_EVENTS`] cases (the first operations of a longer run).
+    pub fn warm<'a>(&self, run: impl IntoIterator<Item = &'a Option<Operation>>) {
         let mut positions = [0usize; FOLD_RUN_EVENTS];
         let mut count = 0;
-        for case in run.iter().filter_map(|(_, operation)| operation.as_ref().map(Operation::case)) {
+        for case in run.into_iter().filter_map(|operation| operation.as_ref().map(Operation::case)) {
             if let (Some(at), Some(slot)) = (self.index.get(&case), positions.get_mut(count)) {
                 *slot = *at;
                 count += 1;
@@ -339,10 +340,17 @@ pub(crate) fn fold_into_batch(
     Ok(())
 }
 
-/// Folds events into a delta fold (which reads nothing, so it cannot fail).
+/// Folds events into a delta fold (which reads nothing, so it cannot fail), in runs of
+/// [`FOLD_RUN_EVENTS`]: each run's bodies decoded, then its cases warmed ([`Fold::warm`]), then
+/// folded.
 fn fold_events(fold: &mut Fold, events: &[SignedEvent]) {
-    for event in events {
-        let _ = fold.apply(event, |_| Ok::<_, std::convert::Infallible>(None));
+    let mut operations = Vec::with_capacity(FOLD_RUN_EVENTS.min(events.len()));
+    for run in events.chunks(FOLD_RUN_EVENTS) {
+        operations.extend(run.iter().map(|event| operation_in(&event.header, &event.body)));
+        fold.warm(&operations);
+        for (event, operation) in run.iter().zip(operations.drain(..)) {
+            let _ = fold.apply_operation(&event.header, operation, |_| Ok::<_, std::convert::Infallible>(None));
+        }
     }
 }
 
@@ -468,7 +476,7 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     let writers = SpillWriters::start(SpillFiles::new(store, space)?, true)?;
     let mut fold = Fold::store_deltas();
     let folded = fold_stored_events(store, space, |run| {
-        fold.warm(run);
+        fold.warm(run.iter().map(|(_, operation)| operation));
         for (header, operation) in run {
             fold.apply_operation(header, operation.take(), |_| Ok::<_, StoreError>(None))?;
             if fold.case_count() >= REBUILD_CASES_IN_MEMORY {
@@ -784,7 +792,7 @@ impl Store {
     pub fn fold_log(&self, space: &SpaceId, mut include: impl FnMut(&EventHeader) -> bool) -> Result<Fold, StoreError> {
         let mut fold = Fold::new(VersionVector::new());
         fold_stored_events(self, space, |run| {
-            fold.warm(run);
+            fold.warm(run.iter().map(|(_, operation)| operation));
             for (header, operation) in run {
                 if include(header) {
                     fold.apply_operation(header, operation.take(), |_| Ok::<_, StoreError>(None))?;
