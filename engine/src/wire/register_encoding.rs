@@ -90,11 +90,25 @@ fn put_value(value: &FieldValue, buf: &mut Vec<u8>) {
     }
 }
 
+/// The fields every stored version begins with, a `Version` and a `StatusVersion` alike: dot (1)
+/// and hlc (2, omitted when 0).
+fn version_head_len<T>(version: &Version<T>) -> usize {
+    delimited_len(dot_len(&version.dot)) + if version.hlc != 0 { 1 + varint_len(version.hlc) } else { 0 }
+}
+
+/// Opens a version of `len` bytes as field `tag` and writes its head ([`version_head_len`]).
+fn put_version_head<T>(tag: u8, len: usize, version: &Version<T>, buf: &mut Vec<u8>) {
+    put_delimited(tag, len, buf);
+    put_dot(1, &version.dot, buf);
+    if version.hlc != 0 {
+        put_key(2, VARINT, buf);
+        put_varint(version.hlc, buf);
+    }
+}
+
 /// `casesync.v1.store.Version`: dot, hlc (omitted when 0), value.
 fn version_len(version: &Version<FieldValue>) -> usize {
-    delimited_len(dot_len(&version.dot))
-        + if version.hlc != 0 { 1 + varint_len(version.hlc) } else { 0 }
-        + delimited_len(value_len(&version.value))
+    version_head_len(version) + delimited_len(value_len(&version.value))
 }
 
 /// The encoded `casesync.v1.store.Register` of a field: name (omitted when empty), the current
@@ -117,12 +131,7 @@ pub(crate) fn encode_register_into(name: &str, register: &Register<FieldValue>, 
         buf.extend_from_slice(name.as_bytes());
     }
     for version in register.current.iter() {
-        put_delimited(2, version_len(version), buf);
-        put_dot(1, &version.dot, buf);
-        if version.hlc != 0 {
-            put_key(2, VARINT, buf);
-            put_varint(version.hlc, buf);
-        }
+        put_version_head(2, version_len(version), version, buf);
         put_delimited(3, value_len(&version.value), buf);
         put_value(&version.value, buf);
     }
@@ -141,8 +150,7 @@ fn status_number(value: &StatusValue) -> u64 {
 /// `casesync.v1.store.StatusVersion`: dot, hlc and status (each omitted when 0), the seen dots.
 fn status_version_len(version: &Version<StatusValue>) -> usize {
     let status = status_number(&version.value);
-    delimited_len(dot_len(&version.dot))
-        + if version.hlc != 0 { 1 + varint_len(version.hlc) } else { 0 }
+    version_head_len(version)
         + if status != 0 { 1 + varint_len(status) } else { 0 }
         + version
             .value
@@ -160,12 +168,7 @@ pub(crate) fn encode_status_register_into(register: &Register<StatusValue>, buf:
     buf.clear();
     buf.reserve(len);
     for version in register.current.iter() {
-        put_delimited(1, status_version_len(version), buf);
-        put_dot(1, &version.dot, buf);
-        if version.hlc != 0 {
-            put_key(2, VARINT, buf);
-            put_varint(version.hlc, buf);
-        }
+        put_version_head(1, status_version_len(version), version, buf);
         let status = status_number(&version.value);
         if status != 0 {
             put_key(3, VARINT, buf);
