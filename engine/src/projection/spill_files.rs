@@ -86,20 +86,19 @@ impl SpillFiles {
         history.open(&history_path)?;
         let (mut parts_written, mut history_written) = (false, false);
         let mut buffers = wire::PartBuffers::default();
-        for (at, held) in cases.iter().enumerate() {
-            if at % WARM_AHEAD_CASES == 0 {
-                let ahead = cases.get(at..).unwrap_or_default().iter().take(WARM_AHEAD_CASES);
-                std::hint::black_box(ahead.map(HeldCase::warm).fold(0usize, usize::wrapping_add));
+        for run in cases.chunks(WARM_AHEAD_CASES) {
+            std::hint::black_box(run.iter().map(HeldCase::warm).fold(0usize, usize::wrapping_add));
+            for held in run {
+                let state = &held.state;
+                let staged =
+                    wire::for_each_case_part(&self.space, state, &mut buffers, |key, value| parts.merge(key, value))?;
+                for (key, value) in held.history_records(&self.space) {
+                    history.put(key, value)?;
+                    history_written = true;
+                }
+                parts_written |= staged;
+                note_written(digests.as_deref_mut(), state, staged);
             }
-            let state = &held.state;
-            let staged =
-                wire::for_each_case_part(&self.space, state, &mut buffers, |key, value| parts.merge(key, value))?;
-            for (key, value) in held.history_records(&self.space) {
-                history.put(key, value)?;
-                history_written = true;
-            }
-            parts_written |= staged;
-            note_written(digests.as_deref_mut(), state, staged);
         }
         let parts = finish(parts, parts_written, parts_path)?;
         let history = finish(history, history_written, history_path)?;
