@@ -137,11 +137,23 @@ fn spill_options(family: &str) -> Options {
 fn finish(mut writer: SstFileWriter<'_>, written: bool, path: PathBuf) -> Result<Option<PathBuf>, StoreError> {
     if written {
         writer.finish()?;
+        prefetch(&path);
         Ok(Some(path))
     } else {
         drop(writer);
         std::fs::remove_file(&path).map_err(StoreError::Io)?;
         Ok(None)
+    }
+}
+
+/// Asks the kernel to read a finished file back into the page cache, in the background.
+/// RocksDB's `SstFileWriter` drops a file's pages from the cache as it writes it, so the ingest at
+/// a fold's end read every file's footer and index back from the disk, one file after the other
+/// (0.13-0.16 s of a 1.4 s rebuild of 1M events); read ahead while the fold goes on, they are in
+/// the cache by then (0.03 s). The compaction after the ingest reads the files whole anyway.
+fn prefetch(path: &Path) {
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
     }
 }
 
