@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use casesync_engine::event::{BodyEncoding, EventHeader, SignedEvent};
 use casesync_engine::ids::{AuthorId, CaseId, EventId, SpaceId};
-use casesync_engine::operation::{Dot, FieldValue, FieldWrite, Operation};
+use casesync_engine::operation::{smallvec, Dot, FieldValue, FieldWrite, Operation};
 use casesync_engine::signing::DeviceKey;
 use casesync_engine::store::Store;
 use casesync_engine::wire;
@@ -136,9 +136,9 @@ impl AuthorStream {
         let write =
             FieldWrite { name: FIELDS[field as usize].into(), value: FieldValue::Text(self.text()), supersedes };
         let operation = if round == 0 {
-            Operation::CreateCase { case, fields: vec![write] }
+            Operation::CreateCase { case, fields: smallvec![write] }
         } else {
-            Operation::SetFields { case, fields: vec![write] }
+            Operation::SetFields { case, fields: smallvec![write] }
         };
         let body = Bytes::from(wire::encode_operation(&operation));
         let header = EventHeader {

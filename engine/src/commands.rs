@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::error::{AppendError, CommandError, Error, StoreError};
 use crate::event::{BodyEncoding, EventHeader, SignedEvent};
 use crate::ids::{CaseId, EntryId, EventId, SpaceId};
-use crate::operation::{FieldValue, FieldWrite, Operation, Status, StatusChange, StatusWrite};
+use crate::operation::{FieldValue, FieldWrite, FieldWrites, Operation, Status, StatusChange, StatusWrite};
 use crate::projection::case_state::{CaseState, Record};
 use crate::projection::views::CaseView;
 use crate::projection::Fold;
@@ -69,7 +69,7 @@ pub enum Command {
     },
 }
 
-fn writes(record: Option<&Record>, fields: Vec<(String, FieldValue)>) -> Vec<FieldWrite> {
+fn writes(record: Option<&Record>, fields: Vec<(String, FieldValue)>) -> FieldWrites {
     fields
         .into_iter()
         .map(|(name, value)| {

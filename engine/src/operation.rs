@@ -2,6 +2,9 @@
 //! as plain domain data. `wire` converts them to and from the `Body` message.
 
 use serde::Serialize;
+/// Builds [`FieldWrites`] and [`Dots`] (`smallvec![a, b]`), re-exported for the engine's users.
+pub use smallvec::smallvec;
+use smallvec::SmallVec;
 
 use crate::error::OperationError;
 use crate::ids::{AuthorId, CaseId, EntryId};
@@ -131,6 +134,15 @@ pub fn validate_field_name(name: &str) -> Result<(), OperationError> {
 /// a case state's field map is searched without a pointer chase per name.
 pub type FieldName = compact_str::CompactString;
 
+/// The versions a field write supersedes: inline when one or none (nearly always: a field has one
+/// current version unless it is in conflict), so decoding a write allocates nothing for them.
+pub type Dots = SmallVec<[Dot; 1]>;
+
+/// An operation's field writes: inline when one (the common edit), so decoding an event's body
+/// allocates nothing for the list. A bulk fold decodes a body per event on one thread and drops
+/// its lists on another, where each allocation was a cross-thread free.
+pub type FieldWrites = SmallVec<[FieldWrite; 1]>;
+
 /// One field write: the new value and the versions it supersedes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldWrite {
@@ -139,7 +151,7 @@ pub struct FieldWrite {
     /// New value.
     pub value: FieldValue,
     /// Versions of this field the writer had seen as current.
-    pub supersedes: Vec<Dot>,
+    pub supersedes: Dots,
 }
 
 /// A status: of a case (active, archived, deleted) or of an entry (present, removed).
@@ -175,7 +187,7 @@ impl Status {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct StatusWrite {
     /// Status versions the writer had seen as current.
-    pub supersedes: Vec<Dot>,
+    pub supersedes: Dots,
     /// The writer's version vector when it wrote.
     pub seen: VersionVector,
 }
@@ -212,14 +224,14 @@ pub enum Operation {
         /// The new case.
         case: CaseId,
         /// Initial fields.
-        fields: Vec<FieldWrite>,
+        fields: FieldWrites,
     },
     /// Sets fields of a case.
     SetFields {
         /// The case.
         case: CaseId,
         /// The writes.
-        fields: Vec<FieldWrite>,
+        fields: FieldWrites,
     },
     /// Deletes, archives, unarchives or restores a case.
     ChangeStatus {
@@ -237,7 +249,7 @@ pub enum Operation {
         /// The new entry.
         entry: EntryId,
         /// Its fields.
-        fields: Vec<FieldWrite>,
+        fields: FieldWrites,
     },
     /// Updates fields of an entry.
     UpdateEntry {
@@ -246,7 +258,7 @@ pub enum Operation {
         /// The entry.
         entry: EntryId,
         /// The writes.
-        fields: Vec<FieldWrite>,
+        fields: FieldWrites,
     },
     /// Removes an entry.
     RemoveEntry {

@@ -534,6 +534,9 @@ fn for_each_stored_event(
     let mut read = rocksdb::ReadOptions::default();
     read.fill_cache(false);
     read.set_readahead_size(4 << 20);
+    // The readahead is given: RocksDB need not look up the block cache for every block read to
+    // size it (2% of the reader's work).
+    read.set_auto_readahead_size(false);
     read.set_iterate_upper_bound(prefix_end(space.as_bytes()));
     // A raw iterator: the records are read in place (no owned copy of every key and value).
     let mut iter = store.db().raw_iterator_cf_opt(store.cf(CF_EVENTS), read);

@@ -9,7 +9,7 @@ use prost::Message;
 use crate::error::OperationError;
 use crate::ids::SpaceId;
 use crate::ids::{AuthorId, CaseId, EntryId};
-use crate::operation::{Dot, FieldValue, FieldWrite, Operation, Status, StatusChange, StatusWrite};
+use crate::operation::{Dot, Dots, FieldValue, FieldWrite, FieldWrites, Operation, Status, StatusChange, StatusWrite};
 use crate::projection::case_state::{CaseState, Record, Register, StatusValue, Version};
 use crate::store::key_layout::{case_key, CasePart, CASE_PART_ENTRY, CASE_PART_FIELD, CASE_PART_STATUS};
 use crate::vector_clock::VersionVector;
@@ -40,8 +40,8 @@ pub fn dot_from_pb(dot: &pb::Dot) -> Result<Dot, OperationError> {
     Ok(Dot { author, seq: dot.seq })
 }
 
-fn dots_from_pb(dots: &[pb::Dot]) -> Result<Vec<Dot>, OperationError> {
-    let mut out = dots.iter().map(dot_from_pb).collect::<Result<Vec<_>, _>>()?;
+fn dots_from_pb(dots: &[pb::Dot]) -> Result<Dots, OperationError> {
+    let mut out = dots.iter().map(dot_from_pb).collect::<Result<Dots, _>>()?;
     out.sort();
     out.dedup();
     Ok(out)
@@ -112,7 +112,7 @@ fn writes_to_pb(writes: &[FieldWrite]) -> Vec<pb::FieldWrite> {
         .collect()
 }
 
-fn writes_from_pb(writes: Vec<pb::FieldWrite>) -> Result<Vec<FieldWrite>, OperationError> {
+fn writes_from_pb(writes: Vec<pb::FieldWrite>) -> Result<FieldWrites, OperationError> {
     writes
         .into_iter()
         .map(|w| {
@@ -449,6 +449,7 @@ pub fn decode_case_state(value: &[u8]) -> Result<CaseState, OperationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operation::smallvec;
 
     #[test]
     fn parts_encoded_through_buffers_are_the_parts_encoded_one_by_one() {
@@ -457,17 +458,17 @@ mod tests {
         let write = |name: &str, text: &str, supersedes: Vec<Dot>| FieldWrite {
             name: name.into(),
             value: FieldValue::Text(text.into()),
-            supersedes,
+            supersedes: supersedes.into(),
         };
         let mut state = CaseState::new(case);
         let never = |_: &Dot| false;
         let ops = [
-            Operation::CreateCase { case, fields: vec![write("b", "1", vec![]), write("a", "2", vec![])] },
-            Operation::SetFields { case, fields: vec![write("b", "3", vec![Dot { author, seq: 1 }])] },
-            Operation::AddEntry { case, entry: EntryId([5; 16]), fields: vec![write("x", "4", vec![])] },
-            Operation::AddEntry { case, entry: EntryId([2; 16]), fields: vec![] },
+            Operation::CreateCase { case, fields: smallvec![write("b", "1", vec![]), write("a", "2", vec![])] },
+            Operation::SetFields { case, fields: smallvec![write("b", "3", vec![Dot { author, seq: 1 }])] },
+            Operation::AddEntry { case, entry: EntryId([5; 16]), fields: smallvec![write("x", "4", vec![])] },
+            Operation::AddEntry { case, entry: EntryId([2; 16]), fields: smallvec![] },
             // A pending dot only: a register with no current version still holds something.
-            Operation::SetFields { case, fields: vec![write("c", "5", vec![Dot { author, seq: 9 }])] },
+            Operation::SetFields { case, fields: smallvec![write("c", "5", vec![Dot { author, seq: 9 }])] },
         ];
         for (seq, op) in ops.into_iter().enumerate() {
             state.apply(op, Dot { author, seq: seq as u64 + 1 }, 10 + seq as u64, &never);
@@ -496,21 +497,21 @@ mod tests {
         let ops = vec![
             Operation::CreateCase {
                 case: CaseId([1; 16]),
-                fields: vec![FieldWrite {
+                fields: smallvec![FieldWrite {
                     name: "name".into(),
                     value: FieldValue::Text("Ann".into()),
-                    supersedes: vec![],
+                    supersedes: smallvec![],
                 }],
             },
             Operation::ChangeStatus {
                 case: CaseId([1; 16]),
                 change: StatusChange::Delete,
-                write: StatusWrite { supersedes: vec![dot], seen: [(author, 4)].into_iter().collect() },
+                write: StatusWrite { supersedes: smallvec![dot], seen: [(author, 4)].into_iter().collect() },
             },
             Operation::RemoveEntry {
                 case: CaseId([1; 16]),
                 entry: EntryId([2; 16]),
-                write: StatusWrite { supersedes: vec![dot], seen: VersionVector::new() },
+                write: StatusWrite { supersedes: smallvec![dot], seen: VersionVector::new() },
             },
         ];
         for op in ops {

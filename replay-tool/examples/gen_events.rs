@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use casesync_engine::event::BodyEncoding;
 use casesync_engine::ids::{CaseId, SpaceId};
-use casesync_engine::operation::{Dot, FieldValue, FieldWrite, Operation};
+use casesync_engine::operation::{smallvec, Dot, FieldValue, FieldWrite, Operation};
 use casesync_engine::signing::DeviceKey;
 use casesync_engine::store::{Store, StoreOptions};
 use casesync_engine::wire;
@@ -48,13 +48,13 @@ fn main() -> anyhow::Result<()> {
             let operation = if this_seq <= cases {
                 Operation::CreateCase {
                     case: case_id(n),
-                    fields: vec![
+                    fields: smallvec![
                         FieldWrite {
                             name: "name".into(),
                             value: FieldValue::Text(format!("client {n}")),
-                            supersedes: vec![],
+                            supersedes: smallvec![],
                         },
-                        FieldWrite { name: "note".into(), value: FieldValue::Text(note), supersedes: vec![] },
+                        FieldWrite { name: "note".into(), value: FieldValue::Text(note), supersedes: smallvec![] },
                     ],
                 }
             } else {
@@ -62,10 +62,10 @@ fn main() -> anyhow::Result<()> {
                 let previous = Dot { author, seq: this_seq - cases };
                 Operation::SetFields {
                     case: case_id(n),
-                    fields: vec![FieldWrite {
+                    fields: smallvec![FieldWrite {
                         name: "note".into(),
                         value: FieldValue::Text(note),
-                        supersedes: vec![previous],
+                        supersedes: smallvec![previous],
                     }],
                 }
             };

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::ids::{CaseId, EntryId};
-use crate::operation::{Dot, FieldValue, FieldWrite, Operation, Status, StatusWrite};
+use crate::operation::{Dot, Dots, FieldValue, FieldWrite, FieldWrites, Operation, Status, StatusWrite};
 use crate::store::key_layout::CasePart;
 use crate::vector_clock::VersionVector;
 
@@ -118,7 +118,7 @@ impl<T> Register<T> {
     }
 
     /// The dots of the current versions (what a new write supersedes).
-    pub fn current_dots(&self) -> Vec<Dot> {
+    pub fn current_dots(&self) -> Dots {
         self.current.iter().map(|v| v.dot).collect()
     }
 
@@ -152,12 +152,10 @@ pub struct Record {
 }
 
 impl Record {
-    fn apply_fields(&mut self, writes: Vec<FieldWrite>, dot: Dot, hlc: u64, seen: &dyn Fn(&Dot) -> bool) {
+    fn apply_fields(&mut self, writes: FieldWrites, dot: Dot, hlc: u64, seen: &dyn Fn(&Dot) -> bool) {
         for FieldWrite { name, value, supersedes } in writes {
-            let register = match self.fields.get_mut(name.as_str()) {
-                Some(register) => register,
-                None => self.fields.entry(name).or_default(),
-            };
+            // One search, whether the field is new or not.
+            let register = self.fields.entry(name).or_default();
             register.apply(Version { dot, hlc, value }, &supersedes, seen);
         }
     }

@@ -181,7 +181,11 @@ mod tests {
                 let fields = values
                     .into_iter()
                     .enumerate()
-                    .map(|(i, value)| FieldWrite { name: format!("f{i}").into(), value, supersedes: Vec::new() })
+                    .map(|(i, value)| FieldWrite {
+                        name: format!("f{i}").into(),
+                        value,
+                        supersedes: Default::default(),
+                    })
                     .collect();
                 let dot = Dot { author: AuthorId([7; 32]), seq: u64::from(n) + 1 };
                 state.apply(Operation::CreateCase { case, fields }, dot, 1000 + u64::from(n), &|_| false);

@@ -10,7 +10,9 @@
 //! depends on which of the two read it (the property test below holds them to that).
 
 use crate::ids::{AuthorId, CaseId, EntryId};
-use crate::operation::{Dot, FieldName, FieldValue, FieldWrite, Operation, StatusChange, StatusWrite};
+use crate::operation::{
+    Dot, Dots, FieldName, FieldValue, FieldWrite, FieldWrites, Operation, StatusChange, StatusWrite,
+};
 use crate::vector_clock::VersionVector;
 
 use super::plain_fields::{once, Field, Fields};
@@ -86,7 +88,7 @@ enum Payload {
 struct OpFields<'a> {
     case: Option<&'a [u8]>,
     entry: Option<&'a [u8]>,
-    writes: Vec<FieldWrite>,
+    writes: FieldWrites,
     status: Option<&'a [u8]>,
 }
 
@@ -121,7 +123,7 @@ fn entry_id(bytes: &[u8]) -> Option<EntryId> {
 
 /// A `FieldWrite`: name (1), value (2), superseded dots (3), sorted and deduplicated.
 fn field_write(message: &[u8]) -> Option<FieldWrite> {
-    let (mut name, mut value, mut supersedes) = (None, None, Vec::new());
+    let (mut name, mut value, mut supersedes) = (None, None, Dots::new());
     let mut fields = Fields::new(message);
     while let Some((tag, field)) = fields.next()? {
         let Field::Bytes(bytes) = field else {
@@ -176,7 +178,7 @@ fn dot_fields(message: &[u8]) -> Option<(AuthorId, u64)> {
 
 /// A `StatusWrite`: superseded dots (1), sorted and deduplicated, and the writer's vector (2).
 fn status_write(message: &[u8]) -> Option<StatusWrite> {
-    let (mut supersedes, mut seen) = (Vec::new(), VersionVector::new());
+    let (mut supersedes, mut seen) = (Dots::new(), VersionVector::new());
     let mut fields = Fields::new(message);
     while let Some((tag, field)) = fields.next()? {
         let Field::Bytes(bytes) = field else {

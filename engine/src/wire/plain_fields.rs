@@ -23,7 +23,15 @@ impl<'a> Fields<'a> {
         Fields { rest: bytes }
     }
 
+    #[inline]
     pub(crate) fn varint(&mut self) -> Option<u64> {
+        // Nearly every tag and length fits one byte.
+        if let Some((&byte, rest)) = self.rest.split_first() {
+            if byte < 0x80 {
+                self.rest = rest;
+                return Some(u64::from(byte));
+            }
+        }
         let mut value: u64 = 0;
         for (index, byte) in self.rest.iter().enumerate().take(10) {
             let bits = u64::from(byte & 0x7f);
@@ -41,6 +49,7 @@ impl<'a> Fields<'a> {
 
     /// The next field (tag, value); `Some(None)` at the end; `None` if it is malformed or of a
     /// wire type this reader does not take.
+    #[inline]
     pub(crate) fn next(&mut self) -> Option<Option<(u64, Field<'a>)>> {
         if self.rest.is_empty() {
             return Some(None);

@@ -2,7 +2,7 @@
 
 use casesync_engine::commands::Command;
 use casesync_engine::error::AppendError;
-use casesync_engine::operation::StatusChange;
+use casesync_engine::operation::{smallvec, StatusChange};
 use casesync_node::demo::edit;
 use casesync_node::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -279,10 +279,10 @@ fn create_bodies(from: u64, to: u64) -> Vec<(casesync_engine::event::BodyEncodin
             id[..8].copy_from_slice(&i.to_be_bytes());
             let op = casesync_engine::operation::Operation::CreateCase {
                 case: casesync_engine::ids::CaseId(id),
-                fields: vec![casesync_engine::operation::FieldWrite {
+                fields: smallvec![casesync_engine::operation::FieldWrite {
                     name: "name".into(),
                     value: text(&format!("client {i}")),
-                    supersedes: vec![],
+                    supersedes: smallvec![],
                 }],
             };
             let body = bytes::Bytes::from(casesync_engine::wire::encode_operation(&op));
