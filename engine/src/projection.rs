@@ -719,8 +719,9 @@ fn stage_state_hash(store: &Store, batch: &mut WriteBatch, space: &SpaceId, vect
     batch.put_cf(store.cf(CF_META), meta_state_hash(space), value);
 }
 
-/// The version of the state hash record: its layout and the state hash's definition (v2).
-const STATE_HASH_RECORD_VERSION: u8 = 2;
+/// The version of the state hash record: its layout and the state hash's definition (v3: case
+/// digests are SHA-256).
+const STATE_HASH_RECORD_VERSION: u8 = 3;
 
 /// Case states a node's bulk catch-up keeps in memory before staging the least recently touched
 /// quarter as deltas with the batch. Measured at 1M events (100k cases, each author cycling over

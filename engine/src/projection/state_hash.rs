@@ -1,18 +1,27 @@
-//! The state hash: blake3 over every case's id and **case digest** (blake3 over a canonical
+//! The state hash: blake3 over every case's id and **case digest** (SHA-256 over a canonical
 //! encoding of the case's current versions), in case id order. Two nodes holding the same events
 //! have the same hash whatever order the events came in. Pending bookkeeping, arrival order and
 //! local timestamps are not part of it.
 //!
+//! Why SHA-256 for the digests: a case (~2 KB) is hashed on its own, and blake3's speed comes from
+//! hashing many 1 KiB chunks of one input at once (SIMD lanes), which one short message cannot
+//! use: it runs one compression after another. SHA-256 has instructions of its own on current x86
+//! (SHA extensions) and ARM processors: 100k digests of 1.75 KB took 92 ms against blake3's
+//! 242 ms on the benchmark VM, where digests were a tenth of a rebuild's work (BENCHMARKS.md,
+//! session 14). Event ids, chains and everything else stay blake3.
+//!
 //! A case digest depends on that case alone, so a bulk fold over empty projections (a rebuild, an
 //! import into a new store, a node's first catch-up) digests each case as it writes it out and
 //! needs no scan of what it wrote to know the hash (`projection::WrittenDigests`).
+
+use sha2::Digest;
 
 use crate::ids::CaseId;
 use crate::operation::{Dot, FieldValue};
 use crate::projection::case_state::{CaseState, Record};
 use crate::stream_hash::StreamHasher;
 
-/// blake3 over one case's canonical encoding ([`CaseDigester`]).
+/// SHA-256 over one case's canonical encoding ([`CaseDigester`]).
 pub type CaseDigest = [u8; 32];
 
 /// Feeds cases, in case id order, into one hash (gathered into large slices: see
@@ -33,7 +42,7 @@ impl StateHasher {
     /// A hasher over nothing yet.
     pub fn new() -> StateHasher {
         let mut hasher = StreamHasher::new();
-        hasher.update(b"casesync-state-v2");
+        hasher.update(b"casesync-state-v3");
         StateHasher { hasher, cases: 0, digester: CaseDigester::default() }
     }
 
@@ -71,12 +80,12 @@ pub struct CaseDigester {
 }
 
 impl CaseDigester {
-    /// The digest of one case state: blake3 over its id and current versions (status, shown
+    /// The digest of one case state: SHA-256 over its id and current versions (status, shown
     /// fields, entries), each length-prefixed.
     pub fn digest(&mut self, state: &CaseState) -> CaseDigest {
         self.buffer.clear();
         let mut encoder = CaseEncoder { out: &mut self.buffer };
-        encoder.bytes(b"casesync-case-v1");
+        encoder.bytes(b"casesync-case-v2");
         encoder.bytes(state.id.as_bytes());
         encoder.record(&state.record);
         encoder.u64(state.entries.len() as u64);
@@ -84,7 +93,7 @@ impl CaseDigester {
             encoder.bytes(id.as_bytes());
             encoder.record(record);
         }
-        *blake3::hash(&self.buffer).as_bytes()
+        sha2::Sha256::digest(&self.buffer).into()
     }
 }
 
@@ -199,7 +208,7 @@ mod tests {
         let cases = cases();
         // The ids and digests cross the buffer a few times (4000 cases of 48 bytes).
         // This value pins the encoding: a change here changes every node's state hash.
-        assert_eq!(StateHasher::of(&cases), "8add5d842ad3af4fd2acbb28cabaf1c67cbb67b4212da61fd6715838f22909c0");
+        assert_eq!(StateHasher::of(&cases), "cdf39ea4e3f63c7653628b7f99f26ab7206af70801c0c70eb154b374a71afbae");
     }
 
     #[test]
