@@ -459,7 +459,8 @@ const REBUILD_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -> Result<String, StoreError> {
     // Deltas folded during a bulk catch-up start from the old watermark: drop them.
     state.deferred.remove(space);
-    let started = std::time::Instant::now();
+    // Phases at debug level: the subscriber stamps each with the time (the engine reads no clock).
+    tracing::debug!(space = %space.short(), "rebuild: started");
     // The watermark goes first: a crash from here on rebuilds at the next open.
     let mut unmark = WriteBatch::default();
     unmark.delete_cf(store.cf(CF_META), meta_watermark(space));
@@ -475,9 +476,9 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
         cleared?;
         Ok::<_, StoreError>(written)
     })?;
-    tracing::debug!(ms = started.elapsed().as_millis(), "rebuild: the log is folded into spill files");
+    tracing::debug!(space = %space.short(), "rebuild: the log is folded into spill files");
     files.ingest(store)?;
-    tracing::debug!(ms = started.elapsed().as_millis(), "rebuild: the spill files are ingested");
+    tracing::debug!(space = %space.short(), "rebuild: the spill files are ingested");
     let digests = digests.unwrap_or_else(WrittenDigests::new);
     let hash = digests.state_hash(store, space)?;
     let vector = state.vector(space);
@@ -485,7 +486,7 @@ pub(crate) fn rebuild(store: &Store, state: &mut WriterState, space: &SpaceId) -
     done.put_cf(store.cf(CF_META), meta_watermark(space), encode_vector(&vector));
     stage_state_hash(store, &mut done, space, &vector, &hash);
     store.commit(done)?;
-    tracing::debug!(ms = started.elapsed().as_millis(), "rebuild: done");
+    tracing::debug!(space = %space.short(), "rebuild: done");
     Ok(hash)
 }
 
