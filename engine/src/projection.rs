@@ -1257,6 +1257,22 @@ mod tests {
         // An unreadable record is ignored.
         store.db().put_cf(store.cf(CF_META), meta_state_hash(&space), b"\x09junk").unwrap();
         assert_eq!(store.state_hash(&space).unwrap(), moved);
+        // So is one of an older definition (version 2: blake3 case digests), even at the current
+        // watermark: its hash is not this build's.
+        use super::STATE_HASH_RECORD_VERSION;
+        use crate::store::encode_vector;
+        let watermark = store.projection_watermark(&space).unwrap();
+        let mut older = vec![STATE_HASH_RECORD_VERSION - 1];
+        older.extend_from_slice(&[7; 32]);
+        older.extend_from_slice(&encode_vector(&watermark));
+        store.db().put_cf(store.cf(CF_META), meta_state_hash(&space), older).unwrap();
+        assert_eq!(store.state_hash(&space).unwrap(), moved);
+        // The same record in this build's version would be taken as it is.
+        let mut current = vec![STATE_HASH_RECORD_VERSION];
+        current.extend_from_slice(&[7; 32]);
+        current.extend_from_slice(&encode_vector(&watermark));
+        store.db().put_cf(store.cf(CF_META), meta_state_hash(&space), current).unwrap();
+        assert_eq!(store.state_hash(&space).unwrap(), hex::encode([7; 32]));
     }
 
     #[test]
