@@ -340,7 +340,11 @@ fn record_from_pb(record: st::Record) -> Result<Record, OperationError> {
 /// Encodes one stored part of a case state (`None` when the state has no such part).
 pub fn encode_case_part(state: &CaseState, part: &CasePart) -> Option<Vec<u8>> {
     match part {
-        CasePart::Status => Some(status_register_to_pb(&state.record.status).encode_to_vec()),
+        CasePart::Status => {
+            let mut value = Vec::new();
+            register_encoding::encode_status_register_into(&state.record.status, &mut value);
+            Some(value)
+        }
         CasePart::Field(name) => state.record.fields.get(name).map(|r| register_encoding::encode_register(name, r)),
         CasePart::Entry(id) => state.entries.get(id).map(|r| record_to_pb(id.as_bytes(), r).encode_to_vec()),
     }
