@@ -5,9 +5,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
-use casesync_engine::event::BodyEncoding;
-use casesync_engine::ids::SpaceId;
-use casesync_engine::signing::{DeviceKey, VerifyingKey};
+use casesync_engine::model::event::BodyEncoding;
+use casesync_engine::model::ids::SpaceId;
+use casesync_engine::model::signing::{DeviceKey, VerifyingKey};
 use casesync_engine::store::{Store, StoreOptions};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use casesync_benches::workload::{self, WorkloadSpec};
-use casesync_engine::event::SignedEvent;
-use casesync_engine::ids::SpaceId;
+use casesync_engine::model::event::SignedEvent;
+use casesync_engine::model::ids::SpaceId;
 use casesync_engine::store::{Store, StoreOptions};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use casesync_benches::workload::{self, WorkloadSpec};
-use casesync_engine::ids::SpaceId;
-use casesync_engine::projection::Fold;
+use casesync_engine::model::ids::SpaceId;
+use casesync_engine::model::vector_clock::VersionVector;
+use casesync_engine::projection::fold::Fold;
 use casesync_engine::store::{Store, StoreOptions};
-use casesync_engine::vector_clock::VersionVector;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// The binaries' allocator (node/src/main.rs), so the benches measure what they run.

@@ -5,8 +5,8 @@
 //! cargo run --release -p casesync-benches --example case_state_memory -- [EVENTS]
 
 use casesync_benches::workload::{self, WorkloadSpec};
-use casesync_engine::ids::SpaceId;
-use casesync_engine::projection::Fold;
+use casesync_engine::model::ids::SpaceId;
+use casesync_engine::projection::fold::Fold;
 
 fn resident_kib() -> anyhow::Result<i64> {
     let status = std::fs::read_to_string("/proc/self/status")?;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use casesync_engine::ids::SpaceId;
+use casesync_engine::model::ids::SpaceId;
 use casesync_engine::store::{Store, StoreOptions};
 
 use crate::casesync_bin::{copy_flat_dir, Binaries};
@@ -114,7 +114,7 @@ struct TemplateMarker {
 impl TemplateMarker {
     fn of(spec: WorkloadSpec, report: &PreloadReport) -> TemplateMarker {
         TemplateMarker {
-            format_version: casesync_engine::store::FORMAT_VERSION,
+            format_version: casesync_engine::storage::format::FORMAT_VERSION,
             events: spec.events,
             authors: spec.authors,
             seed: spec.seed,

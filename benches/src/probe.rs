@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use casesync_engine::ids::{AuthorId, SpaceId};
-use casesync_engine::signing::DeviceKey;
-use casesync_engine::vector_clock::VersionVector;
-use casesync_engine::wire;
+use casesync_engine::codec::wire;
+use casesync_engine::model::ids::{AuthorId, SpaceId};
+use casesync_engine::model::signing::DeviceKey;
+use casesync_engine::model::vector_clock::VersionVector;
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::cases_client::CasesClient;
 use casesync_proto::v1::sync_client::SyncClient;

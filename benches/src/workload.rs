@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use casesync_engine::event::{BodyEncoding, EventHeader, SignedEvent};
-use casesync_engine::ids::{AuthorId, CaseId, EventId, SpaceId};
-use casesync_engine::operation::{smallvec, Dot, FieldValue, FieldWrite, Operation};
-use casesync_engine::signing::DeviceKey;
+use casesync_engine::codec::wire;
+use casesync_engine::model::event::{BodyEncoding, EventHeader, SignedEvent};
+use casesync_engine::model::ids::{AuthorId, CaseId, EventId, SpaceId};
+use casesync_engine::model::operation::{smallvec, Dot, FieldValue, FieldWrite, Operation};
+use casesync_engine::model::signing::DeviceKey;
 use casesync_engine::store::Store;
-use casesync_engine::wire;
 use casesync_proto::v1 as pb;
 
 /// Events per ingested batch (below the engine's `BATCH_EVENTS_MAX`).

@@ -6,17 +6,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use crate::codec::wire;
 use crate::error::{AppendError, CommandError, Error, StoreError};
-use crate::event::{BodyEncoding, EventHeader, SignedEvent};
-use crate::ids::{CaseId, EntryId, EventId, SpaceId};
-use crate::operation::{FieldValue, FieldWrite, FieldWrites, Operation, Status, StatusChange, StatusWrite};
-use crate::projection::case_state::{CaseState, Record};
-use crate::projection::views::CaseView;
-use crate::projection::Fold;
-use crate::signing::DeviceKey;
-use crate::store::{next_hlc, CommitSummary, Store, WriterState};
-use crate::vector_clock::VersionVector;
-use crate::wire;
+use crate::log::CommitSummary;
+use crate::model::event::{BodyEncoding, SignedEvent};
+use crate::model::ids::{CaseId, EntryId, SpaceId};
+use crate::model::merge::{CaseState, Record};
+use crate::model::operation::{FieldValue, FieldWrite, FieldWrites, Operation, Status, StatusChange, StatusWrite};
+use crate::model::signing::DeviceKey;
+use crate::model::vector_clock::VersionVector;
+use crate::model::views::CaseView;
+use crate::projection::fold::Fold;
+use crate::projection::queries;
+use crate::storage::Db;
+use crate::writer::Writer;
 
 /// A user's request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +70,13 @@ pub enum Command {
         /// The entry.
         entry: EntryId,
     },
+    /// Bring a removed entry back.
+    RestoreEntry {
+        /// The case.
+        case: CaseId,
+        /// The entry.
+        entry: EntryId,
+    },
 }
 
 fn writes(record: Option<&Record>, fields: Vec<(String, FieldValue)>) -> FieldWrites {
@@ -93,7 +103,8 @@ impl Command {
             | Command::ChangeStatus { case, .. }
             | Command::AddEntry { case, .. }
             | Command::UpdateEntry { case, .. }
-            | Command::RemoveEntry { case, .. } => *case,
+            | Command::RemoveEntry { case, .. }
+            | Command::RestoreEntry { case, .. } => *case,
         }
     }
 }
@@ -173,27 +184,40 @@ fn plan(command: Command, seen: &VersionVector, current: Option<&CaseState>) -> 
             let record = current.entries.get(&entry).ok_or_else(|| CommandError::UnknownEntry(entry.to_hex()))?;
             Operation::RemoveEntry { case, entry, write: status_write(record) }
         }
+        Command::RestoreEntry { case, entry } => {
+            let current = existing(current, &case)?;
+            let record = current.entries.get(&entry).ok_or_else(|| CommandError::UnknownEntry(entry.to_hex()))?;
+            if !record.status.current.iter().any(|v| v.value.status == Status::Removed) {
+                return Err(CommandError::Invalid("the entry is not removed").into());
+            }
+            Operation::RestoreEntry { case, entry, write: status_write(record) }
+        }
     };
     operation.validate().map_err(CommandError::from)?;
     Ok(operation)
 }
 
-impl Store {
+/// Commands waiting for the writer (see [`CommandQueue::execute`]).
+#[derive(Default)]
+pub(crate) struct CommandQueue {
+    waiting: Mutex<Vec<Arc<QueuedCommand>>>,
+}
+
+impl CommandQueue {
     /// Carries out a command as this device: one signed event, durable before it returns.
     ///
     /// Commands issued concurrently (from several threads) are committed together: each waits
     /// for the writer, and the first to get it plans, signs and commits every waiting command in
     /// one synced write. Each command still sees the effect of the ones before it.
-    pub fn execute(
+    pub(crate) fn execute(
         &self,
+        db: &Db,
+        writer: &Mutex<Writer>,
         space: &SpaceId,
         key: &DeviceKey,
         now_ms: u64,
         command: Command,
     ) -> Result<(SignedEvent, CaseView, CommitSummary), Error> {
-        if !self.has_projections() {
-            return Err(CommandError::Invalid("a relay holds no cases").into());
-        }
         let mine = Arc::new(QueuedCommand {
             space: *space,
             key: key.clone(),
@@ -201,17 +225,17 @@ impl Store {
             command: Mutex::new(Some(command)),
             result: Mutex::new(None),
         });
-        lock(&self.queued).push(mine.clone());
-        let mut state = self.lock_writer();
+        lock(&self.waiting).push(mine.clone());
+        let mut writer = lock(writer);
         if let Some(done) = lock(&mine.result).take() {
             return done;
         }
-        if state.deferrals > 0 {
-            lock(&self.queued).retain(|queued| !Arc::ptr_eq(queued, &mine));
-            let behind = self.projections_behind_locked(&state, space).unwrap_or(0);
+        if writer.bulk.is_active() {
+            lock(&self.waiting).retain(|queued| !Arc::ptr_eq(queued, &mine));
+            let behind = writer.projections_behind(db, space).unwrap_or(0);
             return Err(CommandError::CatchingUp(behind).into());
         }
-        let group = std::mem::take(&mut *lock(&self.queued));
+        let group = std::mem::take(&mut *lock(&self.waiting));
         // Runs of the same space and author share one commit (in practice: all of them).
         let mut start = 0;
         while start < group.len() {
@@ -220,79 +244,68 @@ impl Store {
                 .iter()
                 .position(|q| q.space != run_space || q.key.author() != run_author)
                 .map_or(group.len(), |n| start + n);
-            self.execute_run(&mut state, &group[start..end]);
+            execute_run(db, &mut writer, &group[start..end]);
             start = end;
         }
-        drop(state);
+        drop(writer);
         let done = lock(&mine.result).take();
         done.unwrap_or_else(|| Err(StoreError::Poisoned.into()))
     }
+}
 
-    /// Plans, signs and commits one run of queued commands of one space and author.
-    fn execute_run(&self, state: &mut WriterState, run: &[Arc<QueuedCommand>]) {
-        let Some(first) = run.first() else { return };
-        let (space, key) = (&first.space, &first.key);
-        let author = key.author();
-        let head = state.head(space, &author);
-        let local = head.map_or(0, |h| h.seq);
-        let fence = state.fences.get(&(*space, author)).copied().unwrap_or(0);
-        if fence > local {
+/// Plans, signs and commits one run of queued commands of one space and author.
+fn execute_run(db: &Db, writer: &mut Writer, run: &[Arc<QueuedCommand>]) {
+    let Some(first) = run.first() else { return };
+    let (space, key) = (&first.space, &first.key);
+    let mut tail = match writer.log.tail(space, &key.author()) {
+        Ok(tail) => tail,
+        Err(_) => {
             for queued in run {
-                *lock(&queued.result) = Some(Err(AppendError::Fenced { local, remote: fence }.into()));
+                if let Err(error) = writer.log.tail(space, &key.author()) {
+                    *lock(&queued.result) = Some(Err(error.into()));
+                }
             }
             return;
         }
-        let mut overlay = Fold::new(state.vector(space));
-        let mut seq = local;
-        let mut prev = head.map_or(EventId::ZERO, |h| h.link);
-        let mut hlc = state.max_hlc;
-        let mut events = Vec::with_capacity(run.len());
-        let mut planned: Vec<(usize, CaseView)> = Vec::with_capacity(run.len());
-        for (index, queued) in run.iter().enumerate() {
-            let Some(command) = lock(&queued.command).take() else { continue };
-            let outcome = (|| -> Result<(SignedEvent, CaseView), Error> {
-                // Read the case once: into the overlay, where planning and folding find it.
-                let case = command.case();
-                overlay.hold(case, |case| self.case_state(space, case))?;
-                let operation = plan(command, &overlay.seen, overlay.case(&case))?;
-                let body = Bytes::from(wire::encode_operation(&operation));
-                let header = EventHeader {
-                    space: *space,
-                    author,
-                    seq: seq + 1,
-                    prev,
-                    hlc: next_hlc(queued.now_ms, hlc),
-                    encoding: BodyEncoding::Plain,
-                };
-                let event = SignedEvent::build(key, &header, body).map_err(AppendError::from)?;
-                overlay.apply(&event, |_| Ok::<_, Error>(None))?;
-                let view = overlay.case(&case).map(CaseView::of);
-                let view = view.ok_or_else(|| CommandError::UnknownCase(case.to_hex()))?;
-                Ok((event, view))
-            })();
-            match outcome {
-                Ok((event, view)) => {
-                    seq = event.header.seq;
-                    prev = event.link;
-                    hlc = event.header.hlc;
-                    events.push(event);
-                    planned.push((index, view));
-                }
-                Err(error) => *lock(&queued.result) = Some(Err(error)),
+    };
+    let mut overlay = Fold::new(writer.log.vector(space));
+    let mut events = Vec::with_capacity(run.len());
+    let mut planned: Vec<(usize, CaseView)> = Vec::with_capacity(run.len());
+    for (index, queued) in run.iter().enumerate() {
+        let Some(command) = lock(&queued.command).take() else { continue };
+        let outcome = (|| -> Result<(SignedEvent, CaseView), Error> {
+            // Read the case once: into the overlay, where planning and folding find it.
+            let case = command.case();
+            overlay.hold(case, |case| queries::load_case(db, space, case))?;
+            let operation = plan(command, &overlay.seen, overlay.case(&case))?;
+            let body = Bytes::from(wire::encode_operation(&operation));
+            let header = tail.next_header(queued.now_ms, BodyEncoding::Plain);
+            let event = SignedEvent::build(key, &header, body).map_err(AppendError::from)?;
+            overlay.apply(&event, |_| Ok::<_, Error>(None))?;
+            let view = overlay.case(&case).map(CaseView::of);
+            let view = view.ok_or_else(|| CommandError::UnknownCase(case.to_hex()))?;
+            Ok((event, view))
+        })();
+        match outcome {
+            Ok((event, view)) => {
+                tail.advance(&event);
+                events.push(event);
+                planned.push((index, view));
+            }
+            Err(error) => *lock(&queued.result) = Some(Err(error)),
+        }
+    }
+    match writer.commit_events(db, true, space, &events, None) {
+        Ok(summary) => {
+            for (event, (index, view)) in events.into_iter().zip(planned) {
+                *lock(&run[index].result) = Some(Ok((event, view, summary.clone())));
             }
         }
-        match self.stage_and_commit(state, space, &events, None) {
-            Ok(summary) => {
-                for (event, (index, view)) in events.into_iter().zip(planned) {
-                    *lock(&run[index].result) = Some(Ok((event, view, summary.clone())));
-                }
-            }
-            Err(error) => {
-                let mut error = Some(error);
-                for (_, (index, _)) in events.into_iter().zip(planned) {
-                    let this = error.take().unwrap_or(StoreError::Poisoned);
-                    *lock(&run[index].result) = Some(Err(AppendError::from(this).into()));
-                }
+        Err(error) => {
+            let mut error = Some(error);
+            for (_, (index, _)) in events.into_iter().zip(planned) {
+                let this = error.take().unwrap_or(StoreError::Poisoned);
+                *lock(&run[index].result) = Some(Err(AppendError::from(this).into()));
             }
         }
     }

@@ -5,9 +5,9 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use crate::ids::AuthorId;
-use crate::limits::DEVICE_NAME_BYTES_MAX;
-use crate::signing::DeviceKey;
+use crate::model::ids::AuthorId;
+use crate::model::limits::DEVICE_NAME_BYTES_MAX;
+use crate::model::signing::DeviceKey;
 
 /// File holding the 32 secret key bytes.
 pub const KEY_FILE: &str = "device.key";

@@ -2,18 +2,19 @@
 //!
 //! Every add, change, delete and archive of a case becomes a signed event (ed25519 over the
 //! blake3 hash of its exact bytes), hash-chained per device, appended to a RocksDB log
-//! ([`store::Store`]). Nodes summarise what they hold as [`vector_clock::VersionVector`]s and
-//! exchange the ranges the other lacks ([`store::Store::events_after`], [`store::Store::ingest`]).
-//! Projections fold events into case views with a merge that loses no write
-//! ([`projection::case_state`]).
+//! ([`store::Store`]). Nodes summarise what they hold as [`model::vector_clock::VersionVector`]s
+//! and exchange the ranges the other lacks ([`store::Store::events_after`],
+//! [`store::Store::ingest`]). Projections fold events into case views with a merge that loses no
+//! write ([`model::merge`]).
 //!
 //! The engine never opens a socket, reads the clock or spawns a task (a rebuild reads the log on a
 //! scoped thread, joined before it returns): time and randomness come in as arguments, so two
 //! stores can sync inside one plain test:
 //!
 //! ```
-//! use casesync_engine::{commands::Command, ids::{CaseId, SpaceId}, operation::FieldValue,
-//!     signing::DeviceKey, store::{Store, StoreOptions}, vector_clock::VersionVector};
+//! use casesync_engine::commands::Command;
+//! use casesync_engine::model::{ids::{CaseId, SpaceId}, operation::FieldValue, signing::DeviceKey};
+//! use casesync_engine::store::{Store, StoreOptions};
 //! let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
 //! let a = Store::open(dir_a.path(), StoreOptions::default())?;
 //! let b = Store::open(dir_b.path(), StoreOptions::default())?;
@@ -33,20 +34,26 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod backup_format;
-pub mod commands;
+// The layers, each importing only the ones above it in this list (the `tidy` crate's test
+// keeps it so): the model, pure; its codecs; storage (RocksDB); the log and the projections, side by
+// side and unaware of each other; the writer that commits them together; commands; and the
+// store, the public face that delegates to all of them.
+// 0
 pub mod error;
-pub mod event;
+pub mod model;
+// 1
+pub mod codec;
+// 2
 pub mod identity;
-pub mod ids;
-pub mod limits;
-pub mod operation;
+pub mod storage;
+// 3
+pub mod log;
 pub mod projection;
-pub mod signing;
+// 4
+pub(crate) mod writer;
+// 5
+pub mod commands;
+// 6
 pub mod store;
-mod stream_hash;
-pub mod vector_clock;
-pub mod verify;
-pub mod wire;
 
 pub use error::Error;

@@ -2,8 +2,8 @@
 //! signature over them bound to the server's own key, so a captured header cannot be replayed to
 //! another node and expires after a few minutes.
 
-use casesync_engine::ids::{AuthorId, SpaceId};
-use casesync_engine::signing::{DeviceKey, VerifyingKey};
+use casesync_engine::model::ids::{AuthorId, SpaceId};
+use casesync_engine::model::signing::{DeviceKey, VerifyingKey};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::Status;
 

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use casesync_engine::codec::wire::value_from_pb;
 use casesync_engine::commands::Command;
-use casesync_engine::ids::{CaseId, EntryId};
-use casesync_engine::operation::{FieldValue, Status, StatusChange};
-use casesync_engine::projection::CaseFilter;
-use casesync_engine::wire::value_from_pb;
+use casesync_engine::model::ids::{CaseId, EntryId};
+use casesync_engine::model::operation::{FieldValue, Status, StatusChange};
+use casesync_engine::projection::queries::CaseFilter;
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::cases_server::Cases;
 use rand::RngCore;
@@ -100,9 +100,9 @@ impl CaseService {
 impl Cases for CaseService {
     async fn add_device(&self, request: Request<pb::AddDeviceRequest>) -> Result<Response<pb::DeviceList>, GrpcStatus> {
         let message = request.into_inner();
-        let author = casesync_engine::ids::AuthorId::from_hex(&message.device_key)
+        let author = casesync_engine::model::ids::AuthorId::from_hex(&message.device_key)
             .map_err(|e| GrpcStatus::invalid_argument(format!("device key: {e}")))?;
-        casesync_engine::signing::VerifyingKey::new(&author)
+        casesync_engine::model::signing::VerifyingKey::new(&author)
             .map_err(|_| GrpcStatus::invalid_argument("device key is not a valid ed25519 key"))?;
         let name = if message.name.is_empty() { author.device_id() } else { message.name };
         casesync_engine::identity::validate_name(&name).map_err(|e| GrpcStatus::invalid_argument(e.to_string()))?;

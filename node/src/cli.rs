@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use casesync_engine::ids::SpaceId;
-use casesync_engine::operation::FieldValue;
-use casesync_engine::wire::value_to_pb;
+use casesync_engine::codec::wire::value_to_pb;
+use casesync_engine::model::ids::SpaceId;
+use casesync_engine::model::operation::FieldValue;
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::cases_client::CasesClient;
 use clap::{Args, Parser, Subcommand};

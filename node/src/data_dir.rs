@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use casesync_engine::identity::DeviceIdentity;
-use casesync_engine::ids::SpaceId;
+use casesync_engine::model::ids::SpaceId;
 use casesync_engine::store::{Store, StoreOptions};
 use rand::RngCore;
 use serde::Serialize;

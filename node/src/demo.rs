@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use casesync_engine::commands::Command;
-use casesync_engine::ids::{CaseId, SpaceId};
-use casesync_engine::operation::{FieldValue, StatusChange};
-use casesync_engine::projection::views::CaseView;
-use casesync_engine::projection::CaseFilter;
+use casesync_engine::model::ids::{CaseId, SpaceId};
+use casesync_engine::model::operation::{FieldValue, StatusChange};
+use casesync_engine::model::views::CaseView;
+use casesync_engine::projection::queries::CaseFilter;
 use rand::RngCore;
 use serde::Serialize;
 
@@ -98,7 +98,7 @@ pub fn create_devices(root: &Path, devices: &[(&str, bool)]) -> anyhow::Result<V
     for dir in &dirs {
         let opened = data_dir::open(dir, false)?;
         for (key, name) in &keys {
-            let author = casesync_engine::ids::AuthorId::from_hex(key)?;
+            let author = casesync_engine::model::ids::AuthorId::from_hex(key)?;
             opened.store.add_member(&space, &author, name)?;
         }
     }
@@ -198,7 +198,7 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
         laptop.shared(),
         Command::AddEntry {
             case: anna,
-            entry: casesync_engine::ids::EntryId(random_case().0),
+            entry: casesync_engine::model::ids::EntryId(random_case().0),
             fields: vec![("note".into(), text("first session, 50 min"))],
         },
     )

@@ -1,7 +1,8 @@
 //! Engine errors and ingest refusals to gRPC statuses, in one place.
 
-use casesync_engine::error::{AppendError, CommandError, EventError, StoreError};
-use casesync_engine::store::{RejectReason, Rejection};
+use casesync_engine::error::{AppendError, CommandError, StoreError};
+use casesync_engine::log::ingest::{RejectReason, Rejection};
+use casesync_engine::model::error::EventError;
 use casesync_engine::Error;
 use tonic::Status;
 

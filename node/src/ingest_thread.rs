@@ -11,8 +11,8 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use casesync_engine::limits::BATCH_EVENTS_MAX;
-use casesync_engine::store::PreparedBatch;
+use casesync_engine::log::ingest::PreparedBatch;
+use casesync_engine::model::limits::BATCH_EVENTS_MAX;
 use tokio::sync::{mpsc, oneshot};
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -199,7 +199,7 @@ mod tests {
             job_calls.fetch_add(1, Ordering::SeqCst);
             batch.len()
         });
-        let space = casesync_engine::ids::SpaceId([1; 16]);
+        let space = casesync_engine::model::ids::SpaceId([1; 16]);
         let closed = gate.lock().unwrap();
         // The first ingest starts at once and blocks on the gate; the next two wait.
         for _ in 0..3 {

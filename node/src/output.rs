@@ -32,7 +32,7 @@ pub fn utc(ms: u64) -> String {
 
 /// Time of a hybrid logical clock value.
 pub fn hlc_time(hlc: u64) -> String {
-    utc(hlc >> 16)
+    utc(casesync_engine::model::hlc::millis(hlc))
 }
 
 fn version_line(v: &pb::VersionView) -> String {

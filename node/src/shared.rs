@@ -8,9 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use casesync_engine::error::StoreError;
 use casesync_engine::identity::DeviceIdentity;
-use casesync_engine::ids::{AuthorId, SpaceId};
-use casesync_engine::store::{IngestReport, PreparedBatch, Store};
-use casesync_engine::vector_clock::VersionVector;
+use casesync_engine::log::ingest::{IngestReport, PreparedBatch};
+use casesync_engine::model::ids::{AuthorId, SpaceId};
+use casesync_engine::model::vector_clock::VersionVector;
+use casesync_engine::store::Store;
 use tokio::sync::{watch, Notify};
 
 use crate::ingest_thread::IngestThread;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use casesync_engine::ids::AuthorId;
-use casesync_engine::vector_clock::VersionVector;
-use casesync_engine::wire;
+use casesync_engine::codec::wire;
+use casesync_engine::model::ids::AuthorId;
+use casesync_engine::model::vector_clock::VersionVector;
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::sync_client::SyncClient;
 use tokio::sync::{mpsc, watch};
@@ -21,8 +21,8 @@ use crate::auth;
 use crate::ingest_thread::Pipeline;
 use crate::shared::{now_ms, PeerState, Shared};
 use crate::sync_server::{stream_events, GRPC_MESSAGE_BYTES_MAX};
-use casesync_engine::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
-use casesync_engine::store::PreparedBatch;
+use casesync_engine::log::ingest::PreparedBatch;
+use casesync_engine::model::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
 
 /// Connects to a peer URL with keep-alive, so a connection through a healed partition is noticed
 /// in seconds rather than minutes.
@@ -71,7 +71,7 @@ impl BulkCatchUp {
             return BulkCatchUp { shared: None };
         }
         tracing::info!(missing, held, "far behind: catching up in bulk, case views completed at the end");
-        shared.store.defer_projections();
+        shared.store.begin_bulk_catch_up();
         shared.note_bulk_catch_up();
         BulkCatchUp { shared: Some(shared.clone()) }
     }
@@ -79,7 +79,7 @@ impl BulkCatchUp {
     /// Starts one on the ingest thread, in order with the ingests queued before and after it.
     pub async fn start_on_ingest_thread(shared: &Arc<Shared>) -> anyhow::Result<BulkCatchUp> {
         let store = shared.store.clone();
-        shared.ingest.run(move || store.defer_projections()).await?;
+        shared.ingest.run(move || store.begin_bulk_catch_up()).await?;
         shared.note_bulk_catch_up();
         Ok(BulkCatchUp { shared: Some(shared.clone()) })
     }
@@ -94,7 +94,7 @@ impl BulkCatchUp {
         if let Some(shared) = self.shared.take() {
             // On the ingest thread, after every batch of the catch-up, and in its malloc arena.
             let store = shared.store.clone();
-            shared.ingest.run(move || store.resume_projections()).await??;
+            shared.ingest.run(move || store.end_bulk_catch_up()).await??;
             shared.notify(shared.store.next_position());
         }
         Ok(())
@@ -107,7 +107,7 @@ impl Drop for BulkCatchUp {
             // The session failed before catching up: complete the views from what arrived.
             let store = shared.store.clone();
             std::thread::spawn(move || {
-                if let Err(error) = store.resume_projections() {
+                if let Err(error) = store.end_bulk_catch_up() {
                     tracing::error!(%error, "completing the case views after a bulk catch-up failed");
                 }
                 shared.notify(shared.store.next_position());

@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use casesync_engine::ids::{AuthorId, SpaceId};
-use casesync_engine::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
-use casesync_engine::store::{PreparedBatch, Store};
-use casesync_engine::vector_clock::VersionVector;
-use casesync_engine::wire;
+use casesync_engine::codec::wire;
+use casesync_engine::log::ingest::PreparedBatch;
+use casesync_engine::model::ids::{AuthorId, SpaceId};
+use casesync_engine::model::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
+use casesync_engine::model::vector_clock::VersionVector;
+use casesync_engine::store::Store;
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::sync_server::Sync;
 use tokio::sync::mpsc;

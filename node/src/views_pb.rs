@@ -1,9 +1,9 @@
 //! Engine read models to the case service's messages.
 
-use casesync_engine::operation::{FieldValue, Status};
+use casesync_engine::codec::wire::value_to_pb;
+use casesync_engine::model::operation::{FieldValue, Status};
+use casesync_engine::model::views::{CaseView, ConflictView, EntryView, FieldView, VersionView};
 use casesync_engine::projection::history::HistoryItem;
-use casesync_engine::projection::views::{CaseView, ConflictView, EntryView, FieldView, VersionView};
-use casesync_engine::wire::value_to_pb;
 use casesync_proto::v1 as pb;
 
 fn version(v: &VersionView<FieldValue>) -> pb::VersionView {

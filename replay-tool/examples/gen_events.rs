@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
-use casesync_engine::event::BodyEncoding;
-use casesync_engine::ids::{CaseId, SpaceId};
-use casesync_engine::operation::{smallvec, Dot, FieldValue, FieldWrite, Operation};
-use casesync_engine::signing::DeviceKey;
+use casesync_engine::codec::wire;
+use casesync_engine::model::event::BodyEncoding;
+use casesync_engine::model::ids::{CaseId, SpaceId};
+use casesync_engine::model::operation::{smallvec, Dot, FieldValue, FieldWrite, Operation};
+use casesync_engine::model::signing::DeviceKey;
 use casesync_engine::store::{Store, StoreOptions};
-use casesync_engine::wire;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

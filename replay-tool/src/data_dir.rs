@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use casesync_engine::error::OpenError;
-use casesync_engine::ids::SpaceId;
+use casesync_engine::model::ids::SpaceId;
 use casesync_engine::store::{Store, StoreOptions};
 use serde::Deserialize;
 

@@ -8,13 +8,19 @@ pub const EXIT_ERROR: i32 = 1;
 /// broken chain, or salvage lost events.
 pub const EXIT_DAMAGED: i32 = 3;
 
+/// `verify`: no damage, but the stored views lag the log (an interrupted bulk catch-up or
+/// rebuild); the next open of the node, or `replay-tool rebuild`, rebuilds them.
+pub const EXIT_VIEWS_BEHIND: i32 = 4;
+
 /// The exit codes, for `--help`.
 pub const EXIT_CODES_HELP: &str = "Exit codes:
   0  ok
   1  the command could not run (bad argument value, I/O error, store in use by casesync, ...)
   2  usage error
   3  damage found: verify failed, import refused a truncated or tampered backup (nothing stored),
-     export met a broken chain, or salvage could not recover every event";
+     export met a broken chain, or salvage could not recover every event
+  4  verify found no damage, but the views lag the log (an interrupted bulk catch-up or rebuild):
+     the next start of the node, or `replay-tool rebuild`, rebuilds them";
 
 /// A finished command.
 pub struct Outcome {

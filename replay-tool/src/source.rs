@@ -6,14 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use casesync_engine::event::SignedEvent;
-use casesync_engine::ids::{AuthorId, EventId, SpaceId};
-use casesync_engine::limits::SIGNATURE_BYTES;
-use casesync_engine::store::key_layout::{
+use casesync_engine::codec::keys::{
     author_key, be_u64, event_key, parse_event_key, prefix_end, ALL_CFS, CF_EVENTS, CF_HEADS, CF_MEMBERS,
 };
-use casesync_engine::store::{Head, Store};
-use casesync_engine::vector_clock::VersionVector;
+use casesync_engine::model::event::SignedEvent;
+use casesync_engine::model::ids::{AuthorId, EventId, SpaceId};
+use casesync_engine::model::limits::SIGNATURE_BYTES;
+use casesync_engine::model::vector_clock::Head;
+use casesync_engine::model::vector_clock::VersionVector;
+use casesync_engine::store::Store;
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, DB};
 
 /// One item of a tolerant scan, per space and author in seq order.
@@ -75,7 +76,7 @@ pub enum Source {
 }
 
 fn raw_options() -> Options {
-    let mut options = casesync_engine::store::direct_open_options();
+    let mut options = casesync_engine::storage::families::direct_open_options();
     options.set_paranoid_checks(false);
     options.set_skip_stats_update_on_db_open(true);
     options
@@ -98,7 +99,7 @@ fn descriptors(path: &Path) -> Vec<ColumnFamilyDescriptor> {
     existing_cfs(path)
         .into_iter()
         .map(|name| {
-            let options = casesync_engine::store::column_family_options(&name);
+            let options = casesync_engine::storage::families::column_family_options(&name);
             ColumnFamilyDescriptor::new(name, options)
         })
         .collect()

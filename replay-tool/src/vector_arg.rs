@@ -3,8 +3,8 @@
 //! `--json` report with a `vector` member is accepted too).
 
 use anyhow::{bail, Context};
-use casesync_engine::ids::AuthorId;
-use casesync_engine::vector_clock::VersionVector;
+use casesync_engine::model::ids::AuthorId;
+use casesync_engine::model::vector_clock::VersionVector;
 
 /// Parses a vector in either form.
 pub fn parse_vector(text: &str) -> anyhow::Result<VersionVector> {

@@ -35,7 +35,7 @@ pub fn run(h: &mut Harness, runtime: &Runtime, o: CatchUpOptions) -> anyhow::Res
     let b = h.node(name, "b", false, None)?;
     let timeout = Duration::from_secs(120 + o.events / 5_000);
     // How often B's heads, then its views, are polled: the end of the sync is known to within
-    // this (at 50 ms, sessions 1-11 overstated every run by up to two intervals).
+    // this (polling every 50 ms overstated every run by up to two intervals).
     let every = Duration::from_millis(10);
 
     let (elapsed, usages, hashes) = if o.relay {

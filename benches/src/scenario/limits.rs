@@ -5,12 +5,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use casesync_engine::event::SignedEvent;
-use casesync_engine::ids::SpaceId;
-use casesync_engine::projection::Fold;
-use casesync_engine::signing::{DeviceKey, VerifyingKey};
+use casesync_engine::model::event::SignedEvent;
+use casesync_engine::model::ids::SpaceId;
+use casesync_engine::model::signing::{DeviceKey, VerifyingKey};
+use casesync_engine::model::vector_clock::VersionVector;
+use casesync_engine::projection::fold::Fold;
 use casesync_engine::store::{Store, StoreOptions};
-use casesync_engine::vector_clock::VersionVector;
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::sync_client::SyncClient;
 use casesync_proto::v1::sync_server::{Sync, SyncServer};

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use casesync_engine::projection::state_hash::StateHasher;
+use casesync_engine::model::state_hash::StateHasher;
 use casesync_engine::store::{Store, StoreOptions};
 
 use crate::casesync_bin::copy_flat_dir;

@@ -3,12 +3,13 @@
 use rocksdb::{Direction, IteratorMode};
 use serde::Serialize;
 
+use crate::codec::keys::{case_key, parse_history_record, CF_CASE_EVENTS};
 use crate::error::StoreError;
-use crate::ids::{AuthorId, CaseId, SpaceId};
-use crate::operation::FieldValue;
+use crate::model::event::SignedEvent;
+use crate::model::ids::{AuthorId, CaseId, SpaceId};
+use crate::model::operation::FieldValue;
 use crate::projection::operation_of;
-use crate::store::key_layout::{case_key, parse_history_record, CF_CASE_EVENTS};
-use crate::store::Store;
+use crate::storage::Db;
 
 /// One event in a case's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -33,54 +34,54 @@ pub struct HistoryItem {
     pub fields: Vec<(String, FieldValue)>,
 }
 
-/// Milliseconds since the Unix epoch of a hybrid logical clock value.
-pub fn hlc_millis(hlc: u64) -> u64 {
-    hlc >> 16
-}
-
-impl Store {
-    /// The history of a case, ordered by (hlc, author, seq).
-    pub fn history(&self, space: &SpaceId, case: &CaseId) -> Result<Vec<HistoryItem>, StoreError> {
-        let prefix = case_key(space, case);
-        let mut dots = Vec::new();
-        let iter = self.db().iterator_cf(self.cf(CF_CASE_EVENTS), IteratorMode::From(&prefix, Direction::Forward));
-        for item in iter {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let entries = parse_history_record(&key, &value).ok_or_else(|| StoreError::Corrupt {
-                space: *space,
-                author: AuthorId::default(),
-                seq: 0,
-                reason: format!("case {}: a history record is malformed", case.short()),
-            })?;
-            dots.extend(entries.into_iter().map(|(author, seq, _)| (author, seq)));
+/// The history of a case, ordered by (hlc, author, seq): its events from the history index,
+/// each read with `event` and its device named by `device_name`.
+pub(crate) fn history(
+    db: &Db,
+    space: &SpaceId,
+    case: &CaseId,
+    event: impl Fn(&AuthorId, u64) -> Result<Option<SignedEvent>, StoreError>,
+    device_name: impl Fn(&AuthorId) -> Result<Option<String>, StoreError>,
+) -> Result<Vec<HistoryItem>, StoreError> {
+    let prefix = case_key(space, case);
+    let mut dots = Vec::new();
+    let iter = db.rocks().iterator_cf(db.cf(CF_CASE_EVENTS), IteratorMode::From(&prefix, Direction::Forward));
+    for item in iter {
+        let (key, value) = item?;
+        if !key.starts_with(&prefix) {
+            break;
         }
-        let mut items = Vec::with_capacity(dots.len());
-        for (author, seq) in dots {
-            let Some(event) = self.get_event(space, &author, seq)? else {
-                return Err(StoreError::Corrupt {
-                    space: *space,
-                    author,
-                    seq,
-                    reason: "history names a missing event".into(),
-                });
-            };
-            let Some(op) = operation_of(&event) else { continue };
-            items.push(HistoryItem {
-                event_id: event.id.to_hex(),
-                hlc: event.header.hlc,
-                author: author.to_hex(),
-                device: author.device_id(),
-                device_name: self.member(space, &author)?.unwrap_or_default(),
-                seq,
-                operation: op.name(),
-                entry_id: op.entry().map(|e| e.to_hex()),
-                fields: op.fields().iter().map(|w| (w.name.to_string(), w.value.clone())).collect(),
-            });
-        }
-        items.sort_by(|a, b| (a.hlc, &a.author, a.seq).cmp(&(b.hlc, &b.author, b.seq)));
-        Ok(items)
+        let entries = parse_history_record(&key, &value).ok_or_else(|| StoreError::Corrupt {
+            space: *space,
+            author: AuthorId::default(),
+            seq: 0,
+            reason: format!("case {}: a history record is malformed", case.short()),
+        })?;
+        dots.extend(entries.into_iter().map(|(author, seq, _)| (author, seq)));
     }
+    let mut items = Vec::with_capacity(dots.len());
+    for (author, seq) in dots {
+        let Some(event) = event(&author, seq)? else {
+            return Err(StoreError::Corrupt {
+                space: *space,
+                author,
+                seq,
+                reason: "history names a missing event".into(),
+            });
+        };
+        let Some(op) = operation_of(&event) else { continue };
+        items.push(HistoryItem {
+            event_id: event.id.to_hex(),
+            hlc: event.header.hlc,
+            author: author.to_hex(),
+            device: author.device_id(),
+            device_name: device_name(&author)?.unwrap_or_default(),
+            seq,
+            operation: op.name(),
+            entry_id: op.entry().map(|e| e.to_hex()),
+            fields: op.fields().iter().map(|w| (w.name.to_string(), w.value.clone())).collect(),
+        });
+    }
+    items.sort_by(|a, b| (a.hlc, &a.author, a.seq).cmp(&(b.hlc, &b.author, b.seq)));
+    Ok(items)
 }

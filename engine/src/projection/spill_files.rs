@@ -17,14 +17,17 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use rocksdb::{IngestExternalFileOptions, Options, SstFileWriter};
+use rocksdb::{Options, SstFileWriter};
 
-use super::{note_written, HeldCase, WrittenDigests};
+use super::fold::HeldCase;
+use super::incremental::note_written;
+use super::written_digests::WrittenDigests;
+use crate::codec::keys::{CF_CASES, CF_CASE_EVENTS};
+use crate::codec::wire;
 use crate::error::StoreError;
-use crate::ids::SpaceId;
-use crate::store::key_layout::{CF_CASES, CF_CASE_EVENTS};
-use crate::store::{tuned_family_options, Store};
-use crate::wire;
+use crate::model::ids::SpaceId;
+use crate::storage::families::tuned_family_options;
+use crate::storage::Db;
 
 /// The directory, inside a store's, where spill files wait for their ingest.
 pub(crate) const SPILL_DIR: &str = "spill-files";
@@ -59,9 +62,9 @@ const WARM_AHEAD_CASES: usize = 8;
 
 impl SpillFiles {
     /// Starts the spill files of a bulk fold of `space` into `store` (creating their directory).
-    pub(crate) fn new(store: &Store, space: &SpaceId) -> Result<SpillFiles, StoreError> {
+    pub(crate) fn new(db: &Db, space: &SpaceId) -> Result<SpillFiles, StoreError> {
         let number = NEXT_SPILL_DIR.fetch_add(1, Ordering::Relaxed);
-        let dir = store.path().join(SPILL_DIR).join(format!("{}-{number}", space.short()));
+        let dir = db.path().join(SPILL_DIR).join(format!("{}-{number}", space.short()));
         std::fs::create_dir_all(&dir).map_err(StoreError::Io)?;
         Ok(SpillFiles {
             space: *space,
@@ -109,13 +112,11 @@ impl SpillFiles {
     }
 
     /// Moves every file written into `store`, each family's files in one ingest.
-    pub(crate) fn ingest(self, store: &Store) -> Result<(), StoreError> {
-        let mut options = IngestExternalFileOptions::default();
-        options.set_move_files(true);
+    pub(crate) fn ingest(self, db: &Db) -> Result<(), StoreError> {
         let (parts, history) = std::mem::take(&mut *self.written.lock().unwrap_or_else(|poison| poison.into_inner()));
         for (family, files) in [(CF_CASES, parts), (CF_CASE_EVENTS, history)] {
             if !files.is_empty() {
-                store.db().ingest_external_file_cf_opts(store.cf(family), &options, files)?;
+                db.ingest_files(family, files)?;
             }
         }
         Ok(())

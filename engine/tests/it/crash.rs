@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
-use casesync_engine::event::{BodyEncoding, SignedEvent};
-use casesync_engine::ids::EventId;
+use casesync_engine::model::event::{BodyEncoding, SignedEvent};
+use casesync_engine::model::ids::EventId;
 
 use crate::support::*;
 
@@ -67,8 +67,8 @@ const BULK_CHILD_ENV: &str = "CASESYNC_BULK_CRASH_CHILD_DIR";
 /// A source store with `cases` cases, each created and then changed by two devices in turn.
 fn busy_source(dir: &std::path::Path, cases: u8) {
     use casesync_engine::commands::Command;
-    use casesync_engine::ids::CaseId;
-    use casesync_engine::operation::FieldValue;
+    use casesync_engine::model::ids::CaseId;
+    use casesync_engine::model::operation::FieldValue;
     let store = open(dir);
     let keys = [device(1), device(2)];
     for round in 0..12u8 {
@@ -95,7 +95,7 @@ fn child_catches_up_in_bulk_until_killed() {
     let dir = std::path::Path::new(&dir);
     let source = open(&dir.join("source"));
     let target = open(&dir.join("target"));
-    target.defer_projections_holding(4, false);
+    target.begin_bulk_catch_up_holding(4, false);
     let events: Vec<_> = source.events_after(&SPACE, &target.vector(&SPACE)).map(|r| r.unwrap().2).collect();
     let mut stdout = std::io::stdout();
     for batch in events.chunks(9) {
@@ -115,7 +115,7 @@ fn child_catches_up_in_bulk_until_killed() {
 /// give the source's state hash.
 #[test]
 fn sigkill_during_a_bulk_catch_up_leaves_views_equal_to_the_log() {
-    use casesync_engine::projection::state_hash::StateHasher;
+    use casesync_engine::model::state_hash::StateHasher;
     let dir = tempfile::tempdir().unwrap();
     busy_source(&dir.path().join("source"), 60);
     let source_hash = open(&dir.path().join("source")).state_hash(&SPACE).unwrap();
@@ -143,12 +143,12 @@ fn sigkill_during_a_bulk_catch_up_leaves_views_equal_to_the_log() {
 
         // Finish the catch-up in bulk again: the source's views.
         let source = open(&dir.path().join("source"));
-        target.defer_projections_holding(4, false);
+        target.begin_bulk_catch_up_holding(4, false);
         let rest: Vec<_> = source.events_after(&SPACE, &target.vector(&SPACE)).map(|r| r.unwrap().2).collect();
         for batch in rest.chunks(9) {
             assert!(target.ingest(&SPACE, batch.to_vec()).unwrap().rejected.is_empty());
         }
-        assert_eq!(target.resume_projections().unwrap(), 0, "kill {kill}: no rebuild needed");
+        assert_eq!(target.end_bulk_catch_up().unwrap(), 0, "kill {kill}: no rebuild needed");
         assert_eq!(target.state_hash(&SPACE).unwrap(), source_hash, "kill {kill}");
     }
 }

@@ -1,16 +1,17 @@
 //! The on-disk format version: newer formats are refused, older ones upgraded in place.
 
+use casesync_engine::codec::keys::{case_key, CF_CASES, CF_CASES_LEGACY, CF_META, META_FORMAT_VERSION};
 use casesync_engine::commands::Command;
 use casesync_engine::error::OpenError;
-use casesync_engine::ids::CaseId;
-use casesync_engine::operation::FieldValue;
-use casesync_engine::store::key_layout::{case_key, CF_CASES, CF_CASES_LEGACY, CF_META, META_FORMAT_VERSION};
-use casesync_engine::store::{Store, StoreOptions, FORMAT_VERSION};
+use casesync_engine::model::ids::CaseId;
+use casesync_engine::model::operation::FieldValue;
+use casesync_engine::storage::format::FORMAT_VERSION;
+use casesync_engine::store::{Store, StoreOptions};
 
 use crate::support::*;
 
 fn raw(dir: &std::path::Path) -> rocksdb::DB {
-    casesync_engine::store::open_direct(dir).unwrap()
+    casesync_engine::storage::families::open_direct(dir).unwrap()
 }
 
 fn a_store_with_cases(dir: &std::path::Path) -> String {
@@ -85,11 +86,11 @@ fn a_store_with_an_unknown_column_family_is_refused_before_its_log_is_replayed()
     }
     // Nothing changed: without the new family the store opens as before.
     {
-        let names = casesync_engine::store::key_layout::ALL_CFS.iter().copied().chain(["from_the_future"]);
+        let names = casesync_engine::codec::keys::ALL_CFS.iter().copied().chain(["from_the_future"]);
         let descriptors = names.map(|name| {
-            rocksdb::ColumnFamilyDescriptor::new(name, casesync_engine::store::column_family_options(name))
+            rocksdb::ColumnFamilyDescriptor::new(name, casesync_engine::storage::families::column_family_options(name))
         });
-        let options = casesync_engine::store::direct_open_options();
+        let options = casesync_engine::storage::families::direct_open_options();
         let mut db = rocksdb::DB::open_cf_descriptors(&options, dir.path(), descriptors).unwrap();
         db.drop_cf("from_the_future").unwrap();
     }
@@ -98,7 +99,7 @@ fn a_store_with_an_unknown_column_family_is_refused_before_its_log_is_replayed()
 
 #[test]
 fn a_format_3_store_keeps_its_views_and_its_single_event_arrival_records() {
-    use casesync_engine::store::key_layout::{
+    use casesync_engine::codec::keys::{
         arrival_run_value, case_event_key, event_key, parse_arrival_run, CF_ARRIVAL, CF_CASE_EVENTS,
     };
     let dir = tempfile::tempdir().unwrap();
@@ -136,7 +137,7 @@ fn a_format_3_store_keeps_its_views_and_its_single_event_arrival_records() {
 
 #[test]
 fn a_format_4_store_keeps_its_one_event_history_records_beside_new_ones() {
-    use casesync_engine::store::key_layout::CF_CASE_EVENTS;
+    use casesync_engine::codec::keys::CF_CASE_EVENTS;
     let dir = tempfile::tempdir().unwrap();
     let hash = a_store_with_cases(dir.path());
     let case = CaseId([1; 16]);

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use casesync_engine::commands::Command;
-use casesync_engine::ids::CaseId;
-use casesync_engine::operation::FieldValue;
+use casesync_engine::model::ids::CaseId;
+use casesync_engine::model::operation::FieldValue;
 
 use crate::support::*;
 
@@ -60,9 +60,9 @@ fn a_bulk_catch_up_defers_projections_and_ends_with_the_same_views() {
     }
     b.execute(&SPACE, &kb, 1, Command::CreateCase { id: CaseId([99; 16]), fields: vec![] }).unwrap();
 
-    b.defer_projections();
+    b.begin_bulk_catch_up();
     let events: Vec<_> = a.events_after(&SPACE, &b.vector(&SPACE)).map(|r| r.unwrap().2).collect();
-    let batch = casesync_engine::store::PreparedBatch::new(SPACE, events);
+    let batch = casesync_engine::log::ingest::PreparedBatch::new(SPACE, events);
     let report = b.ingest_prepared_announcing(batch, |_| panic!("a bulk catch-up announces on return")).unwrap();
     assert_eq!(report.accepted, 20);
     assert_eq!(b.projections_behind(&SPACE).unwrap(), 20);
@@ -74,7 +74,7 @@ fn a_bulk_catch_up_defers_projections_and_ends_with_the_same_views() {
     ));
 
     // The deltas folded while ingesting complete the views: no rebuild.
-    assert_eq!(b.resume_projections().unwrap(), 0);
+    assert_eq!(b.end_bulk_catch_up().unwrap(), 0);
     assert_eq!(b.projections_behind(&SPACE).unwrap(), 0);
     assert_eq!(b.list_cases(&SPACE, &Default::default()).unwrap().len(), 21);
     b.execute(&SPACE, &kb, 2, Command::CreateCase { id: CaseId([98; 16]), fields: vec![] }).unwrap();
@@ -93,7 +93,7 @@ fn a_crash_during_a_bulk_catch_up_is_repaired_at_the_next_open() {
     }
     {
         let b = open(b_dir.path());
-        b.defer_projections();
+        b.begin_bulk_catch_up();
         let events: Vec<_> = a.events_after(&SPACE, &b.vector(&SPACE)).map(|r| r.unwrap().2).collect();
         b.ingest(&SPACE, events).unwrap();
         // Dropped without resuming: as if the process died.

@@ -2,10 +2,10 @@
 //! chains are refused with nothing stored from the failure on.
 
 use bytes::Bytes;
-use casesync_engine::error::EventError;
-use casesync_engine::event::SignedEvent;
-use casesync_engine::ids::SpaceId;
-use casesync_engine::store::{PreparedBatch, RejectReason};
+use casesync_engine::log::ingest::{PreparedBatch, RejectReason};
+use casesync_engine::model::error::EventError;
+use casesync_engine::model::event::SignedEvent;
+use casesync_engine::model::ids::SpaceId;
 use proptest::prelude::*;
 
 use crate::support::*;
@@ -192,7 +192,7 @@ fn wrong_space_and_malformed_bytes_are_refused() {
     let a = chain(&device(1), 1);
     let mut junk = a[0].to_wire();
     junk.event = Bytes::from_static(b"\xff\xff\xff");
-    let report = store.ingest(&casesync_engine::ids::SpaceId([1; 16]), wire(&a)).unwrap();
+    let report = store.ingest(&casesync_engine::model::ids::SpaceId([1; 16]), wire(&a)).unwrap();
     assert_eq!(report.rejected[0].reason, RejectReason::WrongSpace);
     let report = store.ingest(&SPACE, vec![junk]).unwrap();
     assert!(matches!(report.rejected[0].reason, RejectReason::Event(EventError::Malformed(_))));

@@ -4,15 +4,15 @@
 use std::collections::BTreeMap;
 
 use casesync_engine::commands::Command;
-use casesync_engine::event::SignedEvent;
-use casesync_engine::ids::{CaseId, EntryId};
-use casesync_engine::operation::{Dot, FieldValue, Status, StatusChange};
-use casesync_engine::projection::state_hash::StateHasher;
-use casesync_engine::projection::views::CaseView;
-use casesync_engine::projection::{operation_of, Fold};
-use casesync_engine::signing::DeviceKey;
+use casesync_engine::model::event::SignedEvent;
+use casesync_engine::model::ids::{CaseId, EntryId};
+use casesync_engine::model::operation::{Dot, FieldValue, Status, StatusChange};
+use casesync_engine::model::signing::DeviceKey;
+use casesync_engine::model::state_hash::StateHasher;
+use casesync_engine::model::vector_clock::VersionVector;
+use casesync_engine::model::views::CaseView;
+use casesync_engine::projection::{fold::Fold, operation_of};
 use casesync_engine::store::Store;
-use casesync_engine::vector_clock::VersionVector;
 use proptest::prelude::*;
 
 use crate::support::*;
@@ -277,7 +277,7 @@ fn delta_join_hash(events: &[SignedEvent], mut seed: u64) -> String {
         let k = next() % chunks;
         folds[k].apply(e, |_| Ok::<_, ()>(None)).unwrap();
     }
-    let mut joined: BTreeMap<CaseId, casesync_engine::projection::case_state::CaseState> = BTreeMap::new();
+    let mut joined: BTreeMap<CaseId, casesync_engine::model::merge::CaseState> = BTreeMap::new();
     for fold in folds.into_iter().rev() {
         for (case, state) in fold.into_cases() {
             match joined.get_mut(&case) {

@@ -1,9 +1,9 @@
 //! Shared helpers: stores in temp dirs, devices, events, deterministic seeds.
 
 use bytes::Bytes;
-use casesync_engine::event::{BodyEncoding, EventHeader, SignedEvent};
-use casesync_engine::ids::{EventId, SpaceId};
-use casesync_engine::signing::DeviceKey;
+use casesync_engine::model::event::{BodyEncoding, EventHeader, SignedEvent};
+use casesync_engine::model::ids::{EventId, SpaceId};
+use casesync_engine::model::signing::DeviceKey;
 use casesync_engine::store::{Store, StoreOptions};
 use casesync_proto::v1 as pb;
 

@@ -2,10 +2,10 @@
 //! nothing stored, and the node keeps serving.
 
 use bytes::Bytes;
-use casesync_engine::event::{BodyEncoding, EventHeader, SignedEvent};
-use casesync_engine::ids::EventId;
-use casesync_engine::limits::BATCH_EVENTS_MAX;
-use casesync_engine::signing::DeviceKey;
+use casesync_engine::model::event::{BodyEncoding, EventHeader, SignedEvent};
+use casesync_engine::model::ids::EventId;
+use casesync_engine::model::limits::BATCH_EVENTS_MAX;
+use casesync_engine::model::signing::DeviceKey;
 use casesync_node::auth;
 use casesync_node::shared::now_ms;
 use casesync_node::Node;

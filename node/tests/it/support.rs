@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use casesync_engine::commands::Command;
-use casesync_engine::ids::CaseId;
-use casesync_engine::operation::FieldValue;
+use casesync_engine::model::ids::CaseId;
+use casesync_engine::model::operation::FieldValue;
 use casesync_node::demo::{create_devices, edit, wait_converged};
 use casesync_node::shared::Shared;
 use casesync_node::{Node, NodeConfig};

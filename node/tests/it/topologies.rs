@@ -2,7 +2,7 @@
 
 use casesync_engine::commands::Command;
 use casesync_engine::error::AppendError;
-use casesync_engine::operation::{smallvec, StatusChange};
+use casesync_engine::model::operation::{smallvec, StatusChange};
 use casesync_node::demo::edit;
 use casesync_node::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -151,7 +151,7 @@ async fn a_connection_cut_mid_stream_resumes_without_loss_or_duplicates() {
         for batch in 0..3u8 {
             let commands: Vec<_> = (0..1000u32).collect();
             for i in commands {
-                let id = casesync_engine::ids::CaseId([
+                let id = casesync_engine::model::ids::CaseId([
                     batch,
                     (i >> 8) as u8,
                     i as u8,
@@ -272,21 +272,21 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 /// Bodies creating cases `from..to` (one "name" field each).
-fn create_bodies(from: u64, to: u64) -> Vec<(casesync_engine::event::BodyEncoding, bytes::Bytes)> {
+fn create_bodies(from: u64, to: u64) -> Vec<(casesync_engine::model::event::BodyEncoding, bytes::Bytes)> {
     (from..to)
         .map(|i| {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&i.to_be_bytes());
-            let op = casesync_engine::operation::Operation::CreateCase {
-                case: casesync_engine::ids::CaseId(id),
-                fields: smallvec![casesync_engine::operation::FieldWrite {
+            let op = casesync_engine::model::operation::Operation::CreateCase {
+                case: casesync_engine::model::ids::CaseId(id),
+                fields: smallvec![casesync_engine::model::operation::FieldWrite {
                     name: "name".into(),
                     value: text(&format!("client {i}")),
                     supersedes: smallvec![],
                 }],
             };
-            let body = bytes::Bytes::from(casesync_engine::wire::encode_operation(&op));
-            (casesync_engine::event::BodyEncoding::Plain, body)
+            let body = bytes::Bytes::from(casesync_engine::codec::wire::encode_operation(&op));
+            (casesync_engine::model::event::BodyEncoding::Plain, body)
         })
         .collect()
 }
@@ -355,7 +355,7 @@ async fn a_flood_on_a_live_connection_is_caught_up_in_bulk_with_the_same_views()
     // Then the office stores a backlog at once (as a relay does when another device uploads):
     // more full batches in a row than the flood threshold, ending on a full batch (only the
     // caught-up marker says it ended).
-    let batch = casesync_engine::limits::BATCH_EVENTS_MAX as u64;
+    let batch = casesync_engine::model::limits::BATCH_EVENTS_MAX as u64;
     let count = batch * u64::from(casesync_node::sync_client::FLOOD_FULL_BATCHES + 2);
     store_a_backlog(&office, 100, count).await;
     views_complete_and_writable(&office, &laptop, count + 1, 1).await;

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use casesync_engine::projection::history::hlc_millis;
-use casesync_engine::projection::state_hash::StateHasher;
-use casesync_engine::projection::views::CaseView;
-use casesync_engine::vector_clock::VersionVector;
+use casesync_engine::model::hlc;
+use casesync_engine::model::state_hash::StateHasher;
+use casesync_engine::model::vector_clock::VersionVector;
+use casesync_engine::model::views::CaseView;
 use serde_json::json;
 
 use crate::data_dir;
@@ -37,7 +37,7 @@ pub fn run(data: &Path, point: &Point) -> anyhow::Result<Outcome> {
         let included = match point {
             Point::Vector(vector) => vector.contains(&header.author, header.seq),
             // An author's hlc only grows, but a cut per event is just as cheap and simpler.
-            Point::Time(time) => hlc_millis(header.hlc) <= time.end(),
+            Point::Time(time) => hlc::millis(header.hlc) <= time.end(),
         };
         events += u64::from(included);
         included

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::bail;
-use casesync_engine::event::{BodyEncoding, SignedEvent};
-use casesync_engine::ids::{AuthorId, CaseId, SpaceId};
-use casesync_engine::projection::history::hlc_millis;
+use casesync_engine::model::event::{BodyEncoding, SignedEvent};
+use casesync_engine::model::hlc;
+use casesync_engine::model::ids::{AuthorId, CaseId, SpaceId};
+use casesync_engine::model::vector_clock::VersionVector;
 use casesync_engine::projection::operation_of;
 use casesync_engine::store::Store;
-use casesync_engine::vector_clock::VersionVector;
 use serde::Serialize;
 use serde_json::json;
 
@@ -86,7 +86,7 @@ pub fn run(data: &Path, filter: &AuditFilter) -> anyhow::Result<Outcome> {
         }
         let event = SignedEvent::from_wire(message)
             .map_err(|e| anyhow::anyhow!("author {} seq {seq} does not decode: {e}", author.device_id()))?;
-        let ms = hlc_millis(event.header.hlc);
+        let ms = hlc::millis(event.header.hlc);
         if ms < from || ms > to {
             continue;
         }

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use casesync_engine::backup_format::{BackupHeader, BackupWriter, BACKUP_FORMAT_VERSION};
-use casesync_engine::event::SignedEvent;
-use casesync_engine::store::Head;
-use casesync_engine::vector_clock::VersionVector;
-use casesync_engine::verify::{ChainVerifier, SignatureCheck};
+use casesync_engine::codec::backup_format::{BackupHeader, BackupWriter, BACKUP_FORMAT_VERSION};
+use casesync_engine::model::event::SignedEvent;
+use casesync_engine::model::vector_clock::Head;
+use casesync_engine::model::vector_clock::VersionVector;
+use casesync_engine::model::verify::{ChainVerifier, SignatureCheck};
 use serde_json::json;
 
 use crate::data_dir;

@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use casesync_engine::backup_format::{BackupError, BackupHeader, BackupReader, BackupRecord, BackupSummary};
-use casesync_engine::error::EventError;
-use casesync_engine::event::SignedEvent;
-use casesync_engine::ids::SpaceId;
-use casesync_engine::limits::SIGNATURE_BYTES;
-use casesync_engine::store::{PreparedBatch, RejectReason, Rejection, Store, StoreOptions};
-use casesync_engine::verify::{ChainVerifier, SignatureCheck};
+use casesync_engine::codec::backup_format::{BackupError, BackupHeader, BackupReader, BackupRecord, BackupSummary};
+use casesync_engine::log::ingest::{PreparedBatch, RejectReason, Rejection};
+use casesync_engine::model::error::EventError;
+use casesync_engine::model::event::SignedEvent;
+use casesync_engine::model::ids::SpaceId;
+use casesync_engine::model::limits::SIGNATURE_BYTES;
+use casesync_engine::model::verify::{ChainVerifier, SignatureCheck};
+use casesync_engine::store::{Store, StoreOptions};
 use casesync_proto::v1 as pb;
 use serde_json::json;
 
@@ -232,7 +233,7 @@ fn open_for_import(path: &Path, projections: bool, bulk: bool, rebuild: bool) ->
         Store::open(path, StoreOptions { projections: projections && !rebuild }).context("opening the store")?;
     if bulk {
         // The import reports the state hash: the bulk load takes it as it writes.
-        store.defer_projections_holding(IMPORT_CASES_IN_MEMORY, true);
+        store.begin_bulk_catch_up_holding(IMPORT_CASES_IN_MEMORY, true);
     }
     Ok(store)
 }
@@ -307,7 +308,7 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
         return Err(changed(&"its hash is not the one checked"));
     }
     if bulk {
-        store.resume_projections().context("completing the projections")?;
+        store.end_bulk_catch_up().context("completing the projections")?;
     }
     store.sync().context("making the import durable")?;
     let store = if rebuild {
@@ -370,7 +371,7 @@ fn import_into_new_store(
     let (summary, (accepted, skipped)) = store_file(&store, reader, space, &bar, refusal, |e| refused(file, e))?;
     bar.finish_and_clear();
     if bulk {
-        store.resume_projections().context("completing the projections")?;
+        store.end_bulk_catch_up().context("completing the projections")?;
     }
     store.persist().context("making the import durable")?;
     drop(store);

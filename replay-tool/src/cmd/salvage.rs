@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use casesync_engine::ids::{AuthorId, SpaceId};
-use casesync_engine::signing::DeviceKey;
+use casesync_engine::model::ids::{AuthorId, SpaceId};
+use casesync_engine::model::signing::DeviceKey;
 use casesync_engine::store::{Store, StoreOptions};
 use casesync_proto::v1 as pb;
 use serde_json::json;

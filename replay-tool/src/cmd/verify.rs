@@ -5,17 +5,18 @@ use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::path::Path;
 
-use casesync_engine::ids::{AuthorId, CaseId, SpaceId};
-use casesync_engine::projection::case_state::CaseState;
-use casesync_engine::projection::state_hash::StateHasher;
-use casesync_engine::projection::Fold;
-use casesync_engine::store::{Head, Store};
-use casesync_engine::vector_clock::VersionVector;
-use casesync_engine::verify::{ChainFault, ChainReport, ChainVerifier, SignatureCheck};
+use casesync_engine::model::ids::{AuthorId, CaseId, SpaceId};
+use casesync_engine::model::merge::CaseState;
+use casesync_engine::model::state_hash::StateHasher;
+use casesync_engine::model::vector_clock::Head;
+use casesync_engine::model::vector_clock::VersionVector;
+use casesync_engine::model::verify::{ChainFault, ChainReport, ChainVerifier, SignatureCheck};
+use casesync_engine::projection::fold::Fold;
+use casesync_engine::store::Store;
 use serde_json::json;
 
 use crate::data_dir::{self, OpenFailure};
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, EXIT_VIEWS_BEHIND};
 use crate::progress;
 use crate::source::{self, Scanned, Source};
 use crate::vector_arg::vector_json;
@@ -179,15 +180,35 @@ fn finish_space(
         };
         let watermark_ok = watermark == vector;
         let equal = stored_hash.as_deref() == Some(replayed_hash.as_str()) && differences.is_empty();
-        ok &= equal && watermark_ok;
-        json!({
-            "checked": true,
-            "equal": equal,
-            "stored_hash": stored_hash,
-            "replayed_hash": replayed_hash,
-            "watermark_matches_log": watermark_ok,
-            "differences": differences,
-        })
+        if watermark_ok {
+            ok &= equal;
+            json!({
+                "checked": true,
+                "equal": equal,
+                "lagging": false,
+                "stored_hash": stored_hash,
+                "replayed_hash": replayed_hash,
+                "watermark_matches_log": true,
+                "differences": differences,
+            })
+        } else {
+            // The views say they lack events (a bulk catch-up or a rebuild was interrupted):
+            // not damage, since the next open of the node rebuilds them. What they hold is
+            // compared with a replay of the events their watermark names.
+            let at_watermark = store.fold_log(&space, |h| watermark.contains(&h.author, h.seq))?.into_sorted_cases();
+            let at_watermark_hash = StateHasher::of(&at_watermark);
+            json!({
+                "checked": true,
+                "equal": false,
+                "lagging": true,
+                "events_behind": vector.total().saturating_sub(watermark.total()),
+                "equal_at_watermark": stored_hash.as_deref() == Some(at_watermark_hash.as_str()),
+                "stored_hash": stored_hash,
+                "replayed_hash": replayed_hash,
+                "watermark_matches_log": false,
+                "differences": [],
+            })
+        }
     };
     Ok((space_json(space, &chains, projections), ok))
 }
@@ -230,8 +251,14 @@ fn outcome(
         SignatureCheck::Range => "range",
         SignatureCheck::Every => "every",
     };
+    let lagging = spaces.iter().any(|space| space["projections"]["lagging"] == true);
     let mut text = String::new();
-    text.push_str(&format!("verify {}: {}\n", data.display(), if ok { "OK" } else { "DAMAGED" }));
+    let verdict = match (ok, lagging) {
+        (false, _) => "DAMAGED",
+        (true, true) => "OK, VIEWS BEHIND",
+        (true, false) => "OK",
+    };
+    text.push_str(&format!("verify {}: {verdict}\n", data.display()));
     if let Some(e) = &open_error {
         text.push_str(&format!("  the store does not open: {e}\n  (events read directly from RocksDB, read-only)\n"));
     }
@@ -255,7 +282,13 @@ fn outcome(
             ));
         }
         let projections = get("projections");
-        if projections["checked"] == true {
+        if projections["lagging"] == true {
+            text.push_str(&format!(
+                "  projections lag the log by {} events (an interrupted bulk catch-up or rebuild): the next\n  \
+                 `casesync serve` or `casesync` command rebuilds them from the log, or run `replay-tool rebuild`\n",
+                projections["events_behind"]
+            ));
+        } else if projections["checked"] == true {
             if projections["equal"] == true && projections["watermark_matches_log"] == true {
                 text.push_str(&format!(
                     "  projections equal a fresh replay (state hash {})\n",
@@ -294,5 +327,9 @@ fn outcome(
         "spaces": spaces,
         "unreadable_regions": regions,
     });
-    Outcome::new(ok, json, text.trim_end().to_string())
+    let mut outcome = Outcome::new(ok, json, text.trim_end().to_string());
+    if ok && lagging {
+        outcome.code = EXIT_VIEWS_BEHIND;
+    }
+    outcome
 }

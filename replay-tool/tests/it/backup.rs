@@ -1,8 +1,8 @@
 //! Export, import, incremental chains, the migration path, and refused backups.
 
-use casesync_engine::projection::CaseFilter;
+use casesync_engine::model::vector_clock::VersionVector;
+use casesync_engine::projection::queries::CaseFilter;
 use casesync_engine::store::{Store, StoreOptions};
-use casesync_engine::vector_clock::VersionVector;
 
 use crate::support::*;
 
@@ -117,7 +117,7 @@ fn migration_export_import_gives_the_same_state_hash() {
         assert!(me != device(1).author() && me != device(2).author(), "the new computer has its own key");
         assert_eq!(node.store.state_hash(&SPACE).unwrap(), hash);
         let command = casesync_engine::commands::Command::CreateCase {
-            id: casesync_engine::ids::CaseId([0xee; 16]),
+            id: casesync_engine::model::ids::CaseId([0xee; 16]),
             fields: vec![],
         };
         node.store.execute(&SPACE, &node.identity.key, T0_MS + 60_000, command).unwrap();

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use casesync_engine::store::key_layout::event_key;
+use casesync_engine::codec::keys::event_key;
 use casesync_engine::store::{Store, StoreOptions};
 use serde_json::Value;
 
@@ -170,4 +170,42 @@ fn export_refuses_a_damaged_log() {
     assert_eq!(code, 3, "{report:#}");
     assert!(!out.exists());
     assert!(!tmp.path().join("b.csbackup.partial").exists());
+}
+
+/// A bulk catch-up interrupted before its end (a crash, a kill -9, a full disk) leaves views
+/// behind the log and says so with their watermark. That is no damage: verify says the views
+/// lag, how they get repaired, and exits 4 (not 3, and it recommends no salvage); the next open
+/// rebuilds them, after which verify passes.
+#[test]
+fn verify_reports_views_behind_the_log_as_lagging_not_as_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let office = busy_node(&tmp.path().join("office"), 10, 2);
+    let laptop = Node::create(&tmp.path().join("laptop"), 2, "laptop");
+    laptop.store.begin_bulk_catch_up();
+    laptop.pull(&office);
+    // Ended neither by `end_bulk_catch_up` nor by a clean close of the views: as a crash leaves it.
+    let dir = laptop.close();
+    for full in [false, true] {
+        let mut args = vec!["verify", "--data", s(&dir)];
+        if full {
+            args.push("--full");
+        }
+        let (code, report) = replay_json(&args);
+        assert_eq!(code, 4, "{report:#}");
+        let projections = &report["spaces"][0]["projections"];
+        assert_eq!(projections["lagging"], true, "{report:#}");
+        assert_eq!(projections["events_behind"], office.vector().total(), "{report:#}");
+        assert_eq!(projections["equal_at_watermark"], true, "{report:#}");
+        assert!(faults(&report).is_empty(), "{report:#}");
+    }
+    let (code, text, _) = replay(&["verify", "--data", s(&dir)]);
+    assert_eq!(code, 4, "{text}");
+    assert!(text.contains("VIEWS BEHIND") && text.contains("rebuilds them"), "{text}");
+    assert!(!text.contains("salvage") && !text.contains("DAMAGED"), "{text}");
+
+    // The next open rebuilds the views; then nothing lags.
+    drop(Store::open(&dir.join("db"), StoreOptions::default()).unwrap());
+    let (code, report) = replay_json(&["verify", "--data", s(&dir)]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["spaces"][0]["projections"]["equal"], true, "{report:#}");
 }

@@ -2,12 +2,12 @@
 //! audit trail with its filters.
 
 use casesync_engine::commands::Command;
-use casesync_engine::operation::{FieldValue, StatusChange};
+use casesync_engine::model::operation::{FieldValue, StatusChange};
 use serde_json::Value;
 
 use crate::support::*;
 
-fn vector_arg(vector: &casesync_engine::vector_clock::VersionVector) -> String {
+fn vector_arg(vector: &casesync_engine::model::vector_clock::VersionVector) -> String {
     vector.iter().map(|(a, s)| format!("{}:{s}", a.to_hex())).collect::<Vec<_>>().join(",")
 }
 

@@ -3,14 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
+use casesync_engine::codec::keys::ALL_CFS;
 use casesync_engine::commands::Command;
-use casesync_engine::ids::{CaseId, EntryId, SpaceId};
-use casesync_engine::operation::{FieldValue, StatusChange};
-use casesync_engine::projection::CaseFilter;
-use casesync_engine::signing::DeviceKey;
-use casesync_engine::store::key_layout::ALL_CFS;
+use casesync_engine::model::ids::{CaseId, EntryId, SpaceId};
+use casesync_engine::model::operation::{FieldValue, StatusChange};
+use casesync_engine::model::signing::DeviceKey;
+use casesync_engine::model::vector_clock::VersionVector;
+use casesync_engine::projection::queries::CaseFilter;
 use casesync_engine::store::{Store, StoreOptions};
-use casesync_engine::vector_clock::VersionVector;
 use serde_json::Value;
 
 pub const SPACE: SpaceId = SpaceId([0x5a; 16]);
@@ -158,7 +158,7 @@ pub fn s(path: &Path) -> &str {
 
 /// Opens the RocksDB of a closed store directly, with every column family.
 pub fn raw_db(dir: &Path) -> rocksdb::DB {
-    casesync_engine::store::open_direct(&dir.join("db")).unwrap()
+    casesync_engine::storage::families::open_direct(&dir.join("db")).unwrap()
 }
 
 /// Flushes every column family of a closed store to SST files (opening may already have flushed

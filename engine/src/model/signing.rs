@@ -4,8 +4,8 @@ use std::fmt;
 
 use ed25519_dalek::Signer;
 
-use crate::error::EventError;
-use crate::ids::{AuthorId, EventId};
+use crate::model::error::EventError;
+use crate::model::ids::{AuthorId, EventId};
 
 /// A device's ed25519 signing key. `Debug` never prints the secret.
 #[derive(Clone)]

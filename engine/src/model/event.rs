@@ -9,11 +9,12 @@ use bytes::Bytes;
 use casesync_proto::v1 as pb;
 use prost::Message;
 
-use crate::error::EventError;
-use crate::ids::{AuthorId, EventId, SpaceId};
-use crate::limits::{EVENT_BYTES_MAX, SIGNATURE_BYTES};
-use crate::signing::{DeviceKey, VerifyingKey};
-use crate::wire;
+use crate::model::error::EventError;
+use crate::model::ids::{AuthorId, EventId, SpaceId};
+use crate::model::limits::{EVENT_BYTES_MAX, SIGNATURE_BYTES};
+use crate::model::signing::{DeviceKey, VerifyingKey};
+
+mod plain_header;
 
 /// How an event's body is to be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +72,7 @@ pub fn link_hash(id: &EventId, signature: &[u8; SIGNATURE_BYTES]) -> EventId {
 /// Decodes the header and body of event bytes, checking the header's shape (no hashing). The
 /// plain encoding is read in place; anything else goes through prost (which words the error).
 pub(crate) fn parse_event(bytes: Bytes) -> Result<(EventHeader, Bytes), EventError> {
-    if let Some((header, body)) = wire::decode_plain_header(&bytes) {
+    if let Some((header, body)) = plain_header::decode_plain_header(&bytes) {
         return Ok((header, bytes.slice(body)));
     }
     parse_event_message(bytes)
@@ -106,7 +107,7 @@ pub fn stored_header_and_body(value: &[u8]) -> Result<(EventHeader, Cow<'_, [u8]
         return Err(EventError::Malformed("stored record shorter than a signature"));
     }
     let event = &value[SIGNATURE_BYTES..];
-    if let Some((header, body)) = wire::decode_plain_header(event) {
+    if let Some((header, body)) = plain_header::decode_plain_header(event) {
         return Ok((header, Cow::Borrowed(&event[body])));
     }
     let (header, body) = parse_event_message(Bytes::copy_from_slice(event))?;

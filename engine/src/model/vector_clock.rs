@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use crate::ids::AuthorId;
+use crate::model::ids::{AuthorId, EventId};
 
 /// How two version vectors relate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +142,15 @@ impl FromIterator<(AuthorId, u64)> for VersionVector {
         }
         vector
     }
+}
+
+/// The head of one author's chain in one space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Highest contiguous seq stored.
+    pub seq: u64,
+    /// Link hash of the event at that seq: what the next event's `prev` must be.
+    pub link: EventId,
 }
 
 #[cfg(test)]

@@ -11,13 +11,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::error::EventError;
-use crate::event::SignedEvent;
-use crate::ids::{AuthorId, EventId, SpaceId};
-use crate::limits::SIGNATURE_BYTES;
-use crate::signing::VerifyingKey;
-use crate::store::Head;
-use crate::vector_clock::VersionVector;
+use crate::model::error::EventError;
+use crate::model::event::SignedEvent;
+use crate::model::ids::{AuthorId, EventId, SpaceId};
+use crate::model::limits::SIGNATURE_BYTES;
+use crate::model::signing::VerifyingKey;
+use crate::model::vector_clock::{Head, VersionVector};
 
 /// Which signatures to check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -381,8 +380,8 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::event::{BodyEncoding, EventHeader};
-    use crate::signing::DeviceKey;
+    use crate::model::event::{BodyEncoding, EventHeader};
+    use crate::model::signing::DeviceKey;
 
     const SPACE: SpaceId = SpaceId([4; 16]);
 

@@ -9,13 +9,13 @@
 //! `None` and is decoded by prost, which also words its error: so what a body means never
 //! depends on which of the two read it (the property test below holds them to that).
 
-use crate::ids::{AuthorId, CaseId, EntryId};
-use crate::operation::{
+use crate::model::ids::{AuthorId, CaseId, EntryId};
+use crate::model::operation::{
     Dot, Dots, FieldName, FieldValue, FieldWrite, FieldWrites, Operation, StatusChange, StatusWrite,
 };
-use crate::vector_clock::VersionVector;
+use crate::model::vector_clock::VersionVector;
 
-use super::plain_fields::{once, Field, Fields};
+use crate::model::plain_fields::{once, Field, Fields};
 
 fn text(bytes: &[u8]) -> Option<String> {
     std::str::from_utf8(bytes).ok().map(str::to_string)
@@ -65,10 +65,14 @@ pub(crate) fn decode_plain_body(body: &[u8]) -> Option<Operation> {
                 Operation::UpdateEntry { case, entry, fields }
             }
         }
-        9 => {
+        9 | 10 => {
             let op = op_message(message, true, Payload::StatusWrite)?;
-            let (case, entry) = (case_id(op.case?)?, entry_id(op.entry?)?);
-            Operation::RemoveEntry { case, entry, write: status_write(op.status?)? }
+            let (case, entry, write) = (case_id(op.case?)?, entry_id(op.entry?)?, status_write(op.status?)?);
+            if tag == 9 {
+                Operation::RemoveEntry { case, entry, write }
+            } else {
+                Operation::RestoreEntry { case, entry, write }
+            }
         }
         _ => return None,
     };
@@ -201,7 +205,7 @@ fn status_write(message: &[u8]) -> Option<StatusWrite> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::decode_operation_message;
+    use crate::codec::wire::decode_operation_message;
     use bytes::Bytes;
     use casesync_proto::v1 as pb;
     use proptest::prelude::*;
@@ -259,7 +263,9 @@ mod tests {
                 .prop_map(|(case_id, entry_id, fields)| Op::AddEntry(pb::AddEntry { case_id, entry_id, fields })),
             (case.clone(), entry.clone(), writes())
                 .prop_map(|(case_id, entry_id, fields)| Op::UpdateEntry(pb::UpdateEntry { case_id, entry_id, fields })),
-            (case, entry, status()).prop_map(|(case_id, entry_id, status)| Op::RemoveEntry(pb::RemoveEntry {
+            (case.clone(), entry.clone(), status())
+                .prop_map(|(case_id, entry_id, status)| Op::RemoveEntry(pb::RemoveEntry { case_id, entry_id, status })),
+            (case, entry, status()).prop_map(|(case_id, entry_id, status)| Op::RestoreEntry(pb::RestoreEntry {
                 case_id,
                 entry_id,
                 status

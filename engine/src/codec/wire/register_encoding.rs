@@ -2,11 +2,11 @@
 //! `casesync.v1.store.Register` message first. Every fold that writes case parts encodes one per
 //! field it touched; building the message copied the name, each dot's author and each value
 //! (those copies were 5-10% of a rebuild's fold thread; without them the thread took ~7% fewer
-//! samples, BENCHMARKS.md session 8). The bytes are exactly prost's for the same message (tested
+//! samples). The bytes are exactly prost's for the same message (tested
 //! against it), so readers decode them with the generated code.
 
-use crate::operation::{Dot, FieldValue};
-use crate::projection::case_state::{Register, StatusValue, Version};
+use crate::model::merge::{Register, StatusValue, Version};
+use crate::model::operation::{Dot, FieldValue};
 
 const AUTHOR_BYTES: usize = 32;
 /// Protobuf wire types.
@@ -190,7 +190,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::ids::AuthorId;
+    use crate::model::ids::AuthorId;
 
     #[test]
     fn varint_lengths_match_the_bytes_written() {
@@ -241,8 +241,8 @@ mod tests {
             ),
             pending in proptest::collection::vec(dot(), 0..4),
         ) {
-            use crate::operation::Status;
-            use crate::vector_clock::VersionVector;
+            use crate::model::operation::Status;
+            use crate::model::vector_clock::VersionVector;
             let statuses = [Status::Active, Status::Archived, Status::Deleted, Status::Present, Status::Removed];
             let mut register = Register::<StatusValue>::default();
             for (dot, hlc, status, seen) in versions {

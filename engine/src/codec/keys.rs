@@ -1,7 +1,8 @@
 //! Column families and key encodings. All integers are big-endian so keys sort numerically.
 //! `docs/log-format.md` draws the same layout byte by byte.
 
-use crate::ids::{AuthorId, CaseId, EntryId, SpaceId};
+use crate::model::ids::{AuthorId, CaseId, EntryId, SpaceId};
+use crate::model::merge::CasePart;
 
 /// Events: space(16) author(32) seq(8) -> signature(64) event bytes.
 pub const CF_EVENTS: &str = "events";
@@ -17,7 +18,7 @@ pub const CF_META: &str = "meta";
 pub const CF_FORKS: &str = "forks";
 /// Case projections, one record per part: space(16) case(16) 0x00 -> `store.StatusRegister`;
 /// ... 0x01 field name -> `store.Register`; ... 0x02 entry(16) -> `store.Record` (see [`CasePart`]).
-/// Written as merge operands (format 3): every open needs [`crate::store::column_family_options`].
+/// Written as merge operands (format 3): every open needs `storage::families::column_family_options`.
 /// The name is new in format 3 so that a build without the merge operator refuses the store at
 /// open (an unknown column family) instead of replaying its WAL without it.
 pub const CF_CASES: &str = "case_parts";
@@ -108,18 +109,6 @@ pub fn case_key(space: &SpaceId, case: &CaseId) -> [u8; 32] {
     key[..16].copy_from_slice(space.as_bytes());
     key[16..].copy_from_slice(case.as_bytes());
     key
-}
-
-/// One stored part of a case projection: parts are written only when an event touches them, so
-/// an event rewrites one register rather than the whole case.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum CasePart {
-    /// The case's status register.
-    Status,
-    /// One field register of the case.
-    Field(crate::projection::case_state::FieldName),
-    /// One entry (its status and fields).
-    Entry(EntryId),
 }
 
 /// Length of the `cases` key prefix that names one case: space(16) case(16).

@@ -4,19 +4,19 @@
 use casesync_proto::v1 as pb;
 use rocksdb::{DBRawIteratorWithThreadMode, ReadOptions, DB};
 
-use super::key_layout::{be_u64, event_key, parse_arrival_run, parse_event_key, CF_ARRIVAL, CF_EVENTS};
-use super::Store;
+use crate::codec::keys::{be_u64, event_key, parse_arrival_run, parse_event_key, CF_ARRIVAL, CF_EVENTS};
 use crate::error::StoreError;
-use crate::ids::{AuthorId, SpaceId};
-use crate::limits::SIGNATURE_BYTES;
-use crate::vector_clock::{SeqRange, VersionVector};
+use crate::model::ids::{AuthorId, SpaceId};
+use crate::model::limits::SIGNATURE_BYTES;
+use crate::model::vector_clock::{SeqRange, VersionVector};
+use crate::storage::Db;
 
 /// Ranges at least this long are read without filling the block cache.
 const UNCACHED_RANGE_EVENTS: u64 = 4096;
 
 /// Iterator over the events a peer lacks: `(author, seq, wire message)`.
 pub struct EventsAfter<'a> {
-    store: &'a Store,
+    db: &'a Db,
     space: SpaceId,
     ranges: std::vec::IntoIter<SeqRange>,
     /// The range being read, the seq expected next, and a raw iterator over it (its slices are
@@ -33,7 +33,7 @@ impl<'a> EventsAfter<'a> {
         // per block (a tenth of the sender's time in a 1M-event sync). Short ranges (live
         // pushes, small syncs) are recent and read through it.
         options.fill_cache(range.len() < UNCACHED_RANGE_EVENTS);
-        let mut iter = self.store.db().raw_iterator_cf_opt(self.store.cf(CF_EVENTS), options);
+        let mut iter = self.db.rocks().raw_iterator_cf_opt(self.db.cf(CF_EVENTS), options);
         iter.seek(event_key(&self.space, &range.author, range.first));
         iter
     }
@@ -96,36 +96,39 @@ pub struct Arrival {
     pub seq: u64,
 }
 
-impl Store {
-    /// Every event this node holds beyond `have`, per author in seq order, read lazily.
-    pub fn events_after(&self, space: &SpaceId, have: &VersionVector) -> EventsAfter<'_> {
-        let ranges = self.vector(space).missing_in(have);
-        EventsAfter { store: self, space: *space, ranges: ranges.into_iter(), current: None }
-    }
+/// Every event this node holds beyond `have`, per author in seq order, read lazily.
+pub(crate) fn events_after<'a>(
+    db: &'a Db,
+    space: &SpaceId,
+    held: &VersionVector,
+    have: &VersionVector,
+) -> EventsAfter<'a> {
+    let ranges = held.missing_in(have);
+    EventsAfter { db, space: *space, ranges: ranges.into_iter(), current: None }
+}
 
-    /// Arrival records from `position` on, at most `limit`, one per event (runs are expanded).
-    pub fn arrivals_from(&self, position: u64, limit: usize) -> Result<Vec<Arrival>, StoreError> {
-        let mut out = Vec::new();
-        let mut iter = self.db().raw_iterator_cf(self.cf(CF_ARRIVAL));
-        // The run holding `position` starts at or before it.
-        iter.seek_for_prev(position.to_be_bytes());
-        if !iter.valid() {
-            iter.seek(position.to_be_bytes());
-        }
-        while out.len() < limit {
-            let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
-            if let (Some(at), Some((space, author, first, count))) = (be_u64(key), parse_arrival_run(value)) {
-                let skip = position.saturating_sub(at).min(count);
-                for offset in skip..count {
-                    if out.len() >= limit {
-                        break;
-                    }
-                    out.push(Arrival { position: at + offset, space, author, seq: first + offset });
-                }
-            }
-            iter.next();
-        }
-        iter.status()?;
-        Ok(out)
+/// Arrival records from `position` on, at most `limit`, one per event (runs are expanded).
+pub fn arrivals_from(db: &Db, position: u64, limit: usize) -> Result<Vec<Arrival>, StoreError> {
+    let mut out = Vec::new();
+    let mut iter = db.rocks().raw_iterator_cf(db.cf(CF_ARRIVAL));
+    // The run holding `position` starts at or before it.
+    iter.seek_for_prev(position.to_be_bytes());
+    if !iter.valid() {
+        iter.seek(position.to_be_bytes());
     }
+    while out.len() < limit {
+        let (Some(key), Some(value)) = (iter.key(), iter.value()) else { break };
+        if let (Some(at), Some((space, author, first, count))) = (be_u64(key), parse_arrival_run(value)) {
+            let skip = position.saturating_sub(at).min(count);
+            for offset in skip..count {
+                if out.len() >= limit {
+                    break;
+                }
+                out.push(Arrival { position: at + offset, space, author, seq: first + offset });
+            }
+        }
+        iter.next();
+    }
+    iter.status()?;
+    Ok(out)
 }

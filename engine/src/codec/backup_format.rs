@@ -5,14 +5,14 @@
 //! Both sides stream: [`BackupWriter`] and [`BackupReader`] hold one record at a time, so a
 //! backup of a million events never sits in memory. The trailer proves the file is complete and
 //! unchanged; the signatures and hash links inside the events prove who wrote them (see
-//! [`crate::verify`]).
+//! [`crate::model::verify`]).
 
 use std::io::{self, Read, Write};
 
-use crate::ids::{AuthorId, SpaceId};
-use crate::limits::{DEVICE_NAME_BYTES_MAX, EVENT_BYTES_MAX, SIGNATURE_BYTES};
-use crate::stream_hash::StreamHasher;
-use crate::vector_clock::VersionVector;
+use crate::model::ids::{AuthorId, SpaceId};
+use crate::model::limits::{DEVICE_NAME_BYTES_MAX, EVENT_BYTES_MAX, SIGNATURE_BYTES};
+use crate::model::stream_hash::StreamHasher;
+use crate::model::vector_clock::VersionVector;
 
 /// The first 8 bytes of every backup file.
 pub const MAGIC: [u8; 8] = *b"CSBACKUP";

@@ -2,10 +2,10 @@
 
 use serde::Serialize;
 
-use crate::ids::{AuthorId, CaseId, EntryId};
-use crate::operation::{Dot, FieldValue, Status};
-use crate::projection::case_state::{CaseState, Record, Register, Version};
-use crate::vector_clock::VersionVector;
+use crate::model::ids::{AuthorId, CaseId, EntryId};
+use crate::model::merge::{CaseState, Record, Register, Version};
+use crate::model::operation::{Dot, FieldValue, Status};
+use crate::model::vector_clock::VersionVector;
 
 /// One current version of a field or status, with who wrote it and when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -126,7 +126,7 @@ fn fields_view(record: &Record) -> Vec<FieldView> {
 
 /// The status of a record: empty means the default; a delete or remove among the current
 /// versions wins (a delete on one device is a delete everywhere); else the shown version.
-fn effective_status(register: &Register<crate::projection::case_state::StatusValue>, default: Status) -> Status {
+fn effective_status(register: &Register<crate::model::merge::StatusValue>, default: Status) -> Status {
     let current = &register.current;
     if let Some(tomb) = current.iter().find(|v| matches!(v.value.status, Status::Deleted | Status::Removed)) {
         return tomb.value.status;
@@ -178,15 +178,10 @@ impl CaseView {
         let mut concurrent_with_delete = false;
         let mut entries = Vec::new();
         for (id, record) in &state.entries {
-            let entry_status = effective_status(&record.status, Status::Present);
             if let Some(h) = &case_horizon {
                 concurrent_with_delete |= record.current_dots().any(|d| unseen_by(h, &d));
             }
-            let removed_concurrent = entry_status == Status::Removed
-                && tombstone_horizon(record).is_some_and(|h| {
-                    record.fields.values().flat_map(|r| r.current.iter()).any(|v| unseen_by(&h, &v.dot))
-                });
-            if entry_status == Status::Present || removed_concurrent {
+            if let Some((entry_status, removed_concurrent)) = entry_shown(record) {
                 entries.push(EntryView {
                     entry_id: id.to_hex(),
                     status: entry_status,
@@ -261,10 +256,23 @@ pub fn conflicts_of(state: &CaseState) -> Vec<ConflictView> {
         }
     };
     push_record(None, &state.record);
-    for (id, record) in &state.entries {
+    // Only the entries a case view shows: a conflict inside a removed entry that nobody changed
+    // concurrently with its removal is as hidden as the entry.
+    for (id, record) in state.entries.iter().filter(|(_, record)| entry_shown(record).is_some()) {
         push_record(Some(id), record);
     }
     out
+}
+
+/// Whether a case view shows an entry, and how: its status, and whether it was removed while
+/// someone changed it concurrently (then it stays visible, like a case deleted with concurrent
+/// changes). `None` for a removed entry nobody changed concurrently.
+fn entry_shown(record: &Record) -> Option<(Status, bool)> {
+    let status = effective_status(&record.status, Status::Present);
+    let removed_concurrent = status == Status::Removed
+        && tombstone_horizon(record)
+            .is_some_and(|h| record.fields.values().flat_map(|r| r.current.iter()).any(|v| unseen_by(&h, &v.dot)));
+    (status == Status::Present || removed_concurrent).then_some((status, removed_concurrent))
 }
 
 /// Short device id of an author, for tables.
@@ -275,4 +283,58 @@ pub fn device_label(author: &AuthorId) -> String {
 /// Case id from a view (hex), for callers that hold views.
 pub fn case_id_of(view: &CaseView) -> Option<CaseId> {
     CaseId::from_hex(&view.case_id).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::merge::CaseState;
+    use crate::model::operation::{FieldWrite, Operation, StatusWrite};
+
+    fn dot(author: u8, seq: u64) -> Dot {
+        Dot { author: AuthorId([author; 32]), seq }
+    }
+
+    fn write(name: &str, value: &str, supersedes: &[Dot]) -> FieldWrite {
+        FieldWrite {
+            name: name.into(),
+            value: FieldValue::Text(value.into()),
+            supersedes: supersedes.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn conflicts_listed_are_the_conflicts_shown_and_a_removed_entry_comes_back_with_its_own() {
+        let (case, entry) = (CaseId([1; 16]), EntryId([2; 16]));
+        let mut state = CaseState::new(case);
+        let never = |_: &Dot| false;
+        let apply = |state: &mut CaseState, op: Operation, dot: Dot| state.apply(op, dot, dot.seq, &never);
+        apply(&mut state, Operation::CreateCase { case, fields: Default::default() }, dot(1, 1));
+        let fields = [write("note", "first", &[])].into_iter().collect();
+        apply(&mut state, Operation::AddEntry { case, entry, fields }, dot(1, 2));
+        // Two devices change the note concurrently: a conflict inside the entry.
+        for author in [2, 3] {
+            let fields = [write("note", &format!("by {author}"), &[dot(1, 2)])].into_iter().collect();
+            apply(&mut state, Operation::UpdateEntry { case, entry, fields }, dot(author, 1));
+        }
+        assert_eq!(conflicts_of(&state).len(), 1);
+        assert_eq!(CaseView::of(&state).entries.len(), 1);
+        // Removed by a device that had seen both: hidden, and so is its conflict.
+        let seen: VersionVector =
+            [(AuthorId([1; 32]), 2), (AuthorId([2; 32]), 1), (AuthorId([3; 32]), 1)].into_iter().collect();
+        let write_removed = StatusWrite { supersedes: [dot(1, 2)].into_iter().collect(), seen: seen.clone() };
+        apply(&mut state, Operation::RemoveEntry { case, entry, write: write_removed }, dot(1, 3));
+        let view = CaseView::of(&state);
+        assert!(view.entries.is_empty(), "{view:?}");
+        assert!(!view.has_conflicts());
+        assert!(conflicts_of(&state).is_empty(), "a hidden entry's conflict is not listed");
+        // Restored: the entry is back, with its conflict, shown and listed alike.
+        let write_restored = StatusWrite { supersedes: [dot(1, 3)].into_iter().collect(), seen };
+        apply(&mut state, Operation::RestoreEntry { case, entry, write: write_restored }, dot(1, 4));
+        let view = CaseView::of(&state);
+        assert_eq!(view.entries.len(), 1);
+        assert_eq!(view.entries[0].status, Status::Present);
+        assert!(view.has_conflicts());
+        assert_eq!(conflicts_of(&state).len(), 1);
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::error::ParseIdError;
+use crate::model::error::ParseIdError;
 
 macro_rules! fixed_id {
     ($(#[$doc:meta])* $name:ident, $len:expr) => {

@@ -6,10 +6,10 @@ use serde::Serialize;
 pub use smallvec::smallvec;
 use smallvec::SmallVec;
 
-use crate::error::OperationError;
-use crate::ids::{AuthorId, CaseId, EntryId};
-use crate::limits::{DOTS_PER_WRITE_MAX, FIELDS_PER_OP_MAX, FIELD_NAME_BYTES_MAX};
-use crate::vector_clock::VersionVector;
+use crate::model::error::OperationError;
+use crate::model::ids::{AuthorId, CaseId, EntryId};
+use crate::model::limits::{DOTS_PER_WRITE_MAX, FIELDS_PER_OP_MAX, FIELD_NAME_BYTES_MAX};
+use crate::model::vector_clock::VersionVector;
 
 /// An event's identity by position: (author, seq). Writes name what they supersede by dot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -269,6 +269,15 @@ pub enum Operation {
         /// The status write.
         write: StatusWrite,
     },
+    /// Brings a removed entry back.
+    RestoreEntry {
+        /// The case.
+        case: CaseId,
+        /// The entry.
+        entry: EntryId,
+        /// The status write.
+        write: StatusWrite,
+    },
 }
 
 impl Operation {
@@ -280,7 +289,8 @@ impl Operation {
             | Operation::ChangeStatus { case, .. }
             | Operation::AddEntry { case, .. }
             | Operation::UpdateEntry { case, .. }
-            | Operation::RemoveEntry { case, .. } => *case,
+            | Operation::RemoveEntry { case, .. }
+            | Operation::RestoreEntry { case, .. } => *case,
         }
     }
 
@@ -289,13 +299,14 @@ impl Operation {
         match self {
             Operation::AddEntry { entry, .. }
             | Operation::UpdateEntry { entry, .. }
-            | Operation::RemoveEntry { entry, .. } => Some(*entry),
+            | Operation::RemoveEntry { entry, .. }
+            | Operation::RestoreEntry { entry, .. } => Some(*entry),
             _ => None,
         }
     }
 
     /// A short name: `create`, `set`, `delete`, `archive`, `unarchive`, `restore`, `entry-add`,
-    /// `entry-update`, `entry-remove`.
+    /// `entry-update`, `entry-remove`, `entry-restore`.
     pub fn name(&self) -> &'static str {
         match self {
             Operation::CreateCase { .. } => "create",
@@ -307,6 +318,7 @@ impl Operation {
             Operation::AddEntry { .. } => "entry-add",
             Operation::UpdateEntry { .. } => "entry-update",
             Operation::RemoveEntry { .. } => "entry-remove",
+            Operation::RestoreEntry { .. } => "entry-restore",
         }
     }
 
@@ -321,9 +333,14 @@ impl Operation {
         }
     }
 
-    /// Checks limits, names and values.
+    /// Checks limits, names and values. A `SetFields` or `UpdateEntry` must write a field: an
+    /// empty one would change nothing stored, so every fold treats its event as one whose body
+    /// is not valid (kept in the log, ignored by the views).
     pub fn validate(&self) -> Result<(), OperationError> {
         let fields = self.fields();
+        if fields.is_empty() && matches!(self, Operation::SetFields { .. } | Operation::UpdateEntry { .. }) {
+            return Err(OperationError::Malformed("an operation that sets fields names none"));
+        }
         if fields.len() > FIELDS_PER_OP_MAX {
             return Err(OperationError::TooLarge("too many fields in one operation"));
         }
@@ -337,7 +354,10 @@ impl Operation {
                 return Err(OperationError::Malformed("a field is written twice in one operation"));
             }
         }
-        if let Operation::ChangeStatus { write, .. } | Operation::RemoveEntry { write, .. } = self {
+        if let Operation::ChangeStatus { write, .. }
+        | Operation::RemoveEntry { write, .. }
+        | Operation::RestoreEntry { write, .. } = self
+        {
             if write.supersedes.len() > DOTS_PER_WRITE_MAX || write.seen.len() > DOTS_PER_WRITE_MAX {
                 return Err(OperationError::TooLarge("too many dots in a status write"));
             }

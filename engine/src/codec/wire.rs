@@ -6,20 +6,18 @@ use casesync_proto::v1 as pb;
 use casesync_proto::v1::store as st;
 use prost::Message;
 
-use crate::error::OperationError;
-use crate::ids::SpaceId;
-use crate::ids::{AuthorId, CaseId, EntryId};
-use crate::operation::{Dot, Dots, FieldValue, FieldWrite, FieldWrites, Operation, Status, StatusChange, StatusWrite};
-use crate::projection::case_state::{CaseState, Record, Register, StatusValue, Version};
-use crate::store::key_layout::{case_key, CasePart, CASE_PART_ENTRY, CASE_PART_FIELD, CASE_PART_STATUS};
-use crate::vector_clock::VersionVector;
+use crate::codec::keys::{case_key, CASE_PART_ENTRY, CASE_PART_FIELD, CASE_PART_STATUS};
+use crate::model::error::OperationError;
+use crate::model::ids::SpaceId;
+use crate::model::ids::{AuthorId, CaseId, EntryId};
+use crate::model::merge::{CasePart, CaseState, Record, Register, StatusValue, Version};
+use crate::model::operation::{
+    Dot, Dots, FieldValue, FieldWrite, FieldWrites, Operation, Status, StatusChange, StatusWrite,
+};
+use crate::model::vector_clock::VersionVector;
 
 mod body_decoding;
-mod header_decoding;
-mod plain_fields;
 mod register_encoding;
-
-pub(crate) use header_decoding::decode_plain_header;
 
 fn bytes(slice: &[u8]) -> Bytes {
     Bytes::copy_from_slice(slice)
@@ -183,6 +181,11 @@ pub fn encode_operation(operation: &Operation) -> Vec<u8> {
             entry_id: bytes(entry.as_bytes()),
             status: Some(status_write_to_pb(write)),
         }),
+        Operation::RestoreEntry { case, entry, write } => Op::RestoreEntry(pb::RestoreEntry {
+            case_id: bytes(case.as_bytes()),
+            entry_id: bytes(entry.as_bytes()),
+            status: Some(status_write_to_pb(write)),
+        }),
     };
     pb::Body { op: Some(op) }.encode_to_vec()
 }
@@ -219,6 +222,11 @@ fn decode_operation_message(body: &[u8]) -> Result<Operation, OperationError> {
             fields: writes_from_pb(m.fields)?,
         },
         Op::RemoveEntry(m) => Operation::RemoveEntry {
+            case: case_id(&m.case_id)?,
+            entry: entry_id(&m.entry_id)?,
+            write: status_write_from_pb(m.status.as_ref())?,
+        },
+        Op::RestoreEntry(m) => Operation::RestoreEntry {
             case: case_id(&m.case_id)?,
             entry: entry_id(&m.entry_id)?,
             write: status_write_from_pb(m.status.as_ref())?,
@@ -453,11 +461,11 @@ pub fn decode_case_state(value: &[u8]) -> Result<CaseState, OperationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operation::smallvec;
+    use crate::model::operation::smallvec;
 
     #[test]
     fn parts_encoded_through_buffers_are_the_parts_encoded_one_by_one() {
-        use crate::store::key_layout::case_part_key;
+        use crate::codec::keys::case_part_key;
         let (space, case, author) = (SpaceId([9; 16]), CaseId([1; 16]), AuthorId([3; 32]));
         let write = |name: &str, text: &str, supersedes: Vec<Dot>| FieldWrite {
             name: name.into(),
@@ -517,11 +525,24 @@ mod tests {
                 entry: EntryId([2; 16]),
                 write: StatusWrite { supersedes: smallvec![dot], seen: VersionVector::new() },
             },
+            Operation::RestoreEntry {
+                case: CaseId([1; 16]),
+                entry: EntryId([2; 16]),
+                write: StatusWrite { supersedes: smallvec![Dot { author, seq: 5 }], seen: VersionVector::new() },
+            },
         ];
         for op in ops {
             assert_eq!(decode_operation(&encode_operation(&op)).unwrap(), op);
         }
         assert!(decode_operation(b"\xff\xff").is_err());
         assert!(matches!(decode_operation(&[]), Err(OperationError::Malformed("body names no operation"))));
+        // An operation that sets no field is not valid, however it is encoded.
+        for empty in [
+            Operation::SetFields { case: CaseId([1; 16]), fields: smallvec![] },
+            Operation::UpdateEntry { case: CaseId([1; 16]), entry: EntryId([2; 16]), fields: smallvec![] },
+        ] {
+            assert!(decode_operation(&encode_operation(&empty)).is_err(), "{empty:?}");
+            assert!(decode_operation_message(&encode_operation(&empty)).is_err(), "{empty:?}");
+        }
     }
 }

@@ -10,9 +10,9 @@
 
 use std::ops::Range;
 
-use super::plain_fields::{once, Field, Fields};
-use crate::event::{BodyEncoding, EventHeader};
-use crate::ids::{AuthorId, EventId, SpaceId};
+use crate::model::event::{BodyEncoding, EventHeader};
+use crate::model::ids::{AuthorId, EventId, SpaceId};
+use crate::model::plain_fields::{once, Field, Fields};
 
 /// The header of event bytes in the plain encoding and where its body lies in them, or `None`
 /// (see the module documentation).
@@ -53,7 +53,7 @@ pub(crate) fn decode_plain_header(event: &[u8]) -> Option<(EventHeader, Range<us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::parse_event;
+    use crate::model::event::parse_event;
     use bytes::Bytes;
     use casesync_proto::v1 as pb;
     use proptest::prelude::*;

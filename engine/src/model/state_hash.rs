@@ -7,8 +7,8 @@
 //! hashing many 1 KiB chunks of one input at once (SIMD lanes), which one short message cannot
 //! use: it runs one compression after another. SHA-256 has instructions of its own on current x86
 //! (SHA extensions) and ARM processors: 100k digests of 1.75 KB took 92 ms against blake3's
-//! 242 ms on the benchmark VM, where digests were a tenth of a rebuild's work (BENCHMARKS.md,
-//! session 14). Event ids, chains and everything else stay blake3.
+//! 242 ms on the benchmark VM, where digests were a tenth of a rebuild's work (BENCHMARKS.md).
+//! Event ids, chains and everything else stay blake3.
 //!
 //! A case digest depends on that case alone, so a bulk fold over empty projections (a rebuild, an
 //! import into a new store, a node's first catch-up) digests each case as it writes it out and
@@ -16,10 +16,10 @@
 
 use sha2::Digest;
 
-use crate::ids::CaseId;
-use crate::operation::{Dot, FieldValue};
-use crate::projection::case_state::{CaseState, Record};
-use crate::stream_hash::StreamHasher;
+use crate::model::ids::CaseId;
+use crate::model::merge::{CaseState, Record};
+use crate::model::operation::{Dot, FieldValue};
+use crate::model::stream_hash::StreamHasher;
 
 /// SHA-256 over one case's canonical encoding ([`CaseDigester`]).
 pub type CaseDigest = [u8; 32];
@@ -167,8 +167,8 @@ impl CaseEncoder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{AuthorId, CaseId};
-    use crate::operation::{FieldWrite, Operation};
+    use crate::model::ids::{AuthorId, CaseId};
+    use crate::model::operation::{FieldWrite, Operation};
 
     /// Cases with every kind of value, enough that the buffer of ids and digests is hashed
     /// several times.

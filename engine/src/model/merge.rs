@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::ids::{CaseId, EntryId};
-use crate::operation::{Dot, Dots, FieldValue, FieldWrite, FieldWrites, Operation, Status, StatusWrite};
-use crate::store::key_layout::CasePart;
-use crate::vector_clock::VersionVector;
+use crate::model::ids::{CaseId, EntryId};
+use crate::model::operation::{
+    Dot, Dots, FieldName, FieldValue, FieldWrite, FieldWrites, Operation, Status, StatusWrite,
+};
+use crate::model::vector_clock::VersionVector;
 
 /// One version of a register: who wrote it, when, and the value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +28,17 @@ pub struct Version<T> {
 /// fold has no allocation per register, and nothing per register to free when written out.
 pub type CurrentVersions<T> = smallvec::SmallVec<[Version<T>; 1]>;
 
-pub use crate::operation::FieldName;
+/// One stored part of a case projection: parts are written only when an event touches them, so
+/// an event rewrites one register rather than the whole case.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CasePart {
+    /// The case's status register.
+    Status,
+    /// One field register of the case.
+    Field(FieldName),
+    /// One entry (its status and fields).
+    Entry(EntryId),
+}
 
 /// A record's field registers by name, as one sorted vector: a case's fields (a handful) are one
 /// allocation, searched in a cache line or two, and freed at once. A new name shifts the names
@@ -207,6 +218,14 @@ impl CaseState {
         CaseState { id, record: Record::default(), entries: BTreeMap::new() }
     }
 
+    /// Whether the state holds any part a store would write (a status, a field register or an
+    /// entry): a state without one is not in the stored projections, so no fold shows it.
+    pub fn holds_anything(&self) -> bool {
+        !self.record.status.is_empty()
+            || self.record.fields.iter().any(|(_, register)| !register.is_empty())
+            || !self.entries.is_empty()
+    }
+
     /// Joins another state of the same case, folded from a disjoint set of events.
     pub fn join(&mut self, other: CaseState) {
         self.record.join(other.record);
@@ -256,6 +275,9 @@ impl CaseState {
             Operation::RemoveEntry { entry, write, .. } => {
                 self.entries.entry(entry).or_default().apply_status(Status::Removed, write, dot, hlc, seen)
             }
+            Operation::RestoreEntry { entry, write, .. } => {
+                self.entries.entry(entry).or_default().apply_status(Status::Present, write, dot, hlc, seen)
+            }
         }
     }
 }
@@ -263,7 +285,7 @@ impl CaseState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::AuthorId;
+    use crate::model::ids::AuthorId;
 
     fn dot(a: u8, seq: u64) -> Dot {
         Dot { author: AuthorId([a; 32]), seq }

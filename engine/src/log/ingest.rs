@@ -1,0 +1,310 @@
+//! Ingest of events from other nodes: stage, verify, then commit.
+//!
+//! Each author's events in a batch form a run. A run is accepted only as the contiguous
+//! continuation of the stored chain: the first event's `prev` must equal the stored head's link
+//! hash (anchoring the range), every later `prev` the link hash of the event before it, and the
+//! last event's signature must verify. A link hash covers an event's id and its signature, so an
+//! intact chain up to one valid signature authenticates every byte before it, signatures
+//! included. When a run fails, the valid prefix before the failure is found (checking each signature on
+//! this slow path) and lands; nothing from the failure on is stored. One durable write per call.
+
+use std::collections::BTreeMap;
+
+use casesync_proto::v1 as pb;
+use rocksdb::WriteBatch;
+
+use super::{get_event, CommitSummary, LogState};
+use crate::codec::keys::{event_key, CF_FORKS};
+use crate::error::StoreError;
+use crate::model::error::EventError;
+use crate::model::event::SignedEvent;
+use crate::model::ids::{AuthorId, EventId, SpaceId};
+use crate::model::signing::VerifyingKey;
+use crate::model::vector_clock::VersionVector;
+use crate::storage::Db;
+
+/// Why (part of) an author's run was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The event is malformed or too large.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// The event belongs to another space than the batch.
+    #[error("event belongs to another space")]
+    WrongSpace,
+    /// A seq is missing before this one.
+    #[error("gap: expected seq {expected}, got {got}")]
+    Gap {
+        /// The seq that should come next.
+        expected: u64,
+        /// The seq that came.
+        got: u64,
+    },
+    /// `prev` does not name the previous event.
+    #[error("broken chain: prev does not match the previous event")]
+    BrokenChain,
+    /// The author signed two different events at one seq. Both are kept as evidence.
+    #[error("fork: the author signed two different events at this seq (stored {stored}, offered {offered})")]
+    Fork {
+        /// Id of the stored event.
+        stored: EventId,
+        /// Id of the offered event.
+        offered: EventId,
+    },
+}
+
+/// One refusal: which author and seq, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The author, when the event decoded far enough to tell.
+    pub author: Option<AuthorId>,
+    /// The seq (0 when unknown).
+    pub seq: u64,
+    /// Why.
+    pub reason: RejectReason,
+}
+
+/// What an ingest did.
+#[derive(Clone, Debug, Default)]
+pub struct IngestReport {
+    /// Events stored.
+    pub accepted: u64,
+    /// Events already held (same id), skipped.
+    pub duplicates: u64,
+    /// Refusals; honest runs of the same batch still landed.
+    pub rejected: Vec<Rejection>,
+    /// What the commit changed.
+    pub commit: CommitSummary,
+    /// What the sender evidently holds: per author, the highest seq it sent that is now stored
+    /// here (accepted or duplicate).
+    pub sender_holds: VersionVector,
+}
+
+/// A batch of received events decoded, hashed and grouped by author, ready for
+/// [`Store::ingest_prepared`]. Preparing reads nothing from the store, so it can run on the
+/// thread that received the batch while the store is busy with the one before; prepared batches
+/// of one space can be joined and ingested in one commit.
+#[derive(Debug)]
+pub struct PreparedBatch {
+    space: SpaceId,
+    runs: BTreeMap<AuthorId, Vec<SignedEvent>>,
+    rejected: Vec<Rejection>,
+    events: usize,
+}
+
+impl PreparedBatch {
+    /// Decodes and hashes a received batch for `space` (events of another space are refused).
+    pub fn new(space: SpaceId, batch: Vec<pb::SignedEvent>) -> PreparedBatch {
+        let mut prepared = PreparedBatch { space, runs: BTreeMap::new(), rejected: Vec::new(), events: 0 };
+        for message in batch {
+            match SignedEvent::from_wire(message) {
+                Ok(event) => prepared.add(event),
+                Err(error) => prepared.rejected.push(Rejection { author: None, seq: 0, reason: error.into() }),
+            }
+        }
+        prepared
+    }
+
+    fn add(&mut self, event: SignedEvent) {
+        if event.header.space != self.space {
+            self.rejected.push(Rejection {
+                author: Some(event.header.author),
+                seq: event.header.seq,
+                reason: RejectReason::WrongSpace,
+            });
+        } else {
+            self.events += 1;
+            // A sender streams each author's range in turn: the run is nearly always the last.
+            match self.runs.last_entry() {
+                Some(mut last) if *last.key() == event.header.author => last.get_mut().push(event),
+                _ => self.runs.entry(event.header.author).or_default().push(event),
+            }
+        }
+    }
+
+    /// Adds the events of a batch received after this one (of another space: refused). An
+    /// author's run this batch does not have is taken over whole.
+    pub fn append(&mut self, later: PreparedBatch) {
+        self.rejected.extend(later.rejected);
+        if later.space != self.space {
+            for event in later.runs.into_values().flatten() {
+                self.add(event);
+            }
+            return;
+        }
+        self.events += later.events;
+        for (author, run) in later.runs {
+            match self.runs.entry(author) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(run);
+                }
+                std::collections::btree_map::Entry::Occupied(mut held) => held.get_mut().extend(run),
+            }
+        }
+    }
+
+    /// Whether the batch holds events of `author`.
+    pub fn has_author(&self, author: &AuthorId) -> bool {
+        self.runs.contains_key(author)
+    }
+
+    /// Events held (refused ones not counted).
+    pub fn len(&self) -> usize {
+        self.events
+    }
+
+    /// Whether no event is held.
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+}
+
+/// The outcome of checking one author's run.
+struct RunCheck {
+    held_up_to: u64,
+    accepted: Vec<SignedEvent>,
+    duplicates: u64,
+    rejection: Option<Rejection>,
+    forks: Vec<(SignedEvent, EventId)>,
+}
+
+/// A batch checked against the log: the events to commit (each author's as the contiguous
+/// continuation of its stored chain) and the report so far. Fork evidence is already stored.
+pub(crate) struct CheckedBatch {
+    /// The batch's space.
+    pub(crate) space: SpaceId,
+    /// The events to commit, grouped by author.
+    pub(crate) accepted: Vec<SignedEvent>,
+    /// What was refused and held; `accepted` and `commit` are filled in once committed.
+    pub(crate) report: IngestReport,
+}
+
+/// Checks every run of a prepared batch against the stored chains (see the module
+/// documentation) and stores the evidence of any fork it offers.
+pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) -> Result<CheckedBatch, StoreError> {
+    let PreparedBatch { space, runs, rejected, .. } = prepared;
+    let space = &space;
+    let mut report = IngestReport { rejected, ..IngestReport::default() };
+    let state = log;
+    let mut accepted = Vec::new();
+    let mut batch_forks = Vec::new();
+    for (author, mut run) in runs {
+        run.sort_by_key(|e| e.header.seq);
+        let check = check_run(db, state, space, &author, run)?;
+        report.duplicates += check.duplicates;
+        report.sender_holds.raise(author, check.held_up_to);
+        report.rejected.extend(check.rejection);
+        accepted.extend(check.accepted);
+        batch_forks.extend(check.forks);
+    }
+    if !batch_forks.is_empty() {
+        let mut batch = WriteBatch::default();
+        for (offered, stored) in &batch_forks {
+            let h = &offered.header;
+            let mut key = event_key(space, &h.author, h.seq).to_vec();
+            key.extend_from_slice(offered.id.as_bytes());
+            batch.put_cf(db.cf(CF_FORKS), key, offered.to_stored());
+            tracing::warn!(author = %h.author.device_id(), seq = h.seq, stored = %stored.short(), offered = %offered.id.short(), "fork evidence kept");
+        }
+        db.commit(batch)?;
+    }
+    Ok(CheckedBatch { space: *space, accepted, report })
+}
+
+fn check_run(
+    db: &Db,
+    state: &mut LogState,
+    space: &SpaceId,
+    author: &AuthorId,
+    run: Vec<SignedEvent>,
+) -> Result<RunCheck, StoreError> {
+    let mut check = RunCheck { held_up_to: 0, accepted: Vec::new(), duplicates: 0, rejection: None, forks: Vec::new() };
+    let head = state.head(space, author);
+    let (mut seq, mut prev) = head.map_or((0, EventId::ZERO), |h| (h.seq, h.link));
+    let mut failure: Option<(u64, RejectReason)> = None;
+    let mut fresh = Vec::with_capacity(run.len());
+    for event in run {
+        let h = &event.header;
+        if h.seq <= seq {
+            // Already held, or a fork: compare with what is stored.
+            let stored = get_event(db, space, author, h.seq)?;
+            match stored {
+                Some(stored) if stored.id == event.id => {
+                    check.duplicates += 1;
+                    check.held_up_to = check.held_up_to.max(h.seq);
+                }
+                Some(stored) if fresh.is_empty() => {
+                    if event.verify_signature().is_ok() {
+                        check.forks.push((event.clone(), stored.id));
+                        failure = Some((h.seq, RejectReason::Fork { stored: stored.id, offered: event.id }));
+                    } else {
+                        failure = Some((h.seq, EventError::BadSignature.into()));
+                    }
+                    break;
+                }
+                // A repeated seq inside the offered batch after new events: a gap in order.
+                _ => {
+                    failure = Some((h.seq, RejectReason::Gap { expected: seq + 1, got: h.seq }));
+                    break;
+                }
+            }
+            continue;
+        }
+        if h.seq != seq + 1 {
+            failure = Some((h.seq, RejectReason::Gap { expected: seq + 1, got: h.seq }));
+            break;
+        }
+        if h.prev != prev {
+            failure = Some((h.seq, RejectReason::BrokenChain));
+            break;
+        }
+        seq = h.seq;
+        prev = event.link;
+        fresh.push(event);
+    }
+    // The chain is intact from the stored head to the last fresh event: one signature
+    // authenticates the range. If it fails, find the longest prefix that verifies.
+    if let Some(last) = fresh.last() {
+        let key = match state.keys.get(author) {
+            Some(key) => Ok(key.clone()),
+            None => VerifyingKey::new(author),
+        };
+        match key {
+            Ok(key) => {
+                state.keys.entry(*author).or_insert_with(|| key.clone());
+                if key.verify(&last.id.0, &last.signature).is_err() {
+                    let good = fresh.iter().take_while(|e| key.verify(&e.id.0, &e.signature).is_ok()).count();
+                    let bad_seq = fresh[good].header.seq;
+                    fresh.truncate(good);
+                    failure = Some((bad_seq, EventError::BadSignature.into()));
+                }
+            }
+            Err(error) => {
+                failure = Some((fresh[0].header.seq, error.into()));
+                fresh.clear();
+            }
+        }
+    }
+    if let Some(last) = fresh.last() {
+        check.held_up_to = check.held_up_to.max(last.header.seq);
+    }
+    check.accepted = fresh;
+    check.rejection = failure.map(|(seq, reason)| Rejection { author: Some(*author), seq, reason });
+    Ok(check)
+}
+
+/// Fork evidence kept for an author: (seq, offered event).
+pub fn forks(db: &Db, space: &SpaceId) -> Result<Vec<SignedEvent>, StoreError> {
+    let mut out = Vec::new();
+    for item in db.rocks().prefix_iterator_cf(db.cf(CF_FORKS), space.as_bytes()) {
+        let (key, value) = item?;
+        if !key.starts_with(space.as_bytes()) {
+            break;
+        }
+        if let Ok(event) = SignedEvent::from_stored(&value) {
+            out.push(event);
+        }
+    }
+    Ok(out)
+}
