@@ -34,6 +34,8 @@ mod fault_tests;
 #[cfg(test)]
 mod fold_agreement_tests;
 #[cfg(test)]
+mod merge_operator_tests;
+#[cfg(test)]
 mod projection_tests;
 
 /// How to open a store.

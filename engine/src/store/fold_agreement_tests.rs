@@ -18,7 +18,7 @@ use crate::store::{Store, StoreOptions};
 
 const SPACE: SpaceId = SpaceId([4; 16]);
 
-fn key(n: u8) -> DeviceKey {
+pub(super) fn key(n: u8) -> DeviceKey {
     DeviceKey::from_secret([n + 1; 32])
 }
 
@@ -56,7 +56,7 @@ fn status_write() -> impl Strategy<Value = StatusWrite> {
 }
 
 /// A body: an encoded operation (valid or odd), or bytes that decode to none.
-fn body() -> impl Strategy<Value = Bytes> {
+pub(super) fn body() -> impl Strategy<Value = Bytes> {
     let case = (0..3u8).prop_map(|n| CaseId([n; 16]));
     let entry = (0..2u8).prop_map(|n| EntryId([n; 16]));
     let change = prop_oneof![
