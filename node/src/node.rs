@@ -19,9 +19,10 @@ use tonic::transport::Server;
 use crate::case_service::CaseService;
 use crate::config::DAEMON_FILE;
 use crate::data_dir;
+use crate::event_stream::GRPC_MESSAGE_BYTES_MAX;
 use crate::peer_actor::run_peer;
 use crate::shared::Shared;
-use crate::sync_server::{SyncServer, GRPC_MESSAGE_BYTES_MAX};
+use crate::sync_server::SyncServer;
 
 /// How to run a node.
 #[derive(Clone, Debug)]
