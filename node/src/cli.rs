@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 use crate::config::{default_data_dir, parse_duration, FileConfig, DAEMON_FILE};
 use crate::node::{DaemonFile, Node, NodeConfig};
 use crate::output::{self, case_row, case_text, json};
+use crate::peer_actor::distinct_peers;
 use crate::sync_client::sync_once;
 use crate::{data_dir, demo};
 
@@ -263,9 +264,8 @@ fn init(data: &Path, args: InitArgs, as_json: bool) -> anyhow::Result<()> {
 
 async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(data)?;
-    let mut peers = file.peers.clone();
-    peers.extend(args.peers);
-    peers.dedup();
+    // Both lists, as given: `Node::start` runs one task per distinct peer.
+    let peers = file.peers.iter().cloned().chain(args.peers).collect();
     let pull_every = args.pull_every.or(file.pull_every.clone()).map(|d| parse_duration(&d)).transpose()?;
     let config = NodeConfig {
         data: data.to_path_buf(),
@@ -556,7 +556,7 @@ async fn sync(data: &Path, peer: Option<String>, as_json: bool) -> anyhow::Resul
     let peers = match peer {
         Some(p) => vec![p],
         None if file.peers.is_empty() => bail!("no peer: pass --peer URL or add peers to casesync.toml"),
-        None => file.peers.clone(),
+        None => distinct_peers(file.peers.iter().cloned()),
     };
     let node = Node::start(NodeConfig::new(data)).await?;
     let mut results = Vec::new();

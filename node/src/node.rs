@@ -20,7 +20,7 @@ use crate::case_service::CaseService;
 use crate::config::DAEMON_FILE;
 use crate::data_dir;
 use crate::event_stream::GRPC_MESSAGE_BYTES_MAX;
-use crate::peer_actor::run_peer;
+use crate::peer_actor::{distinct_peers, run_peer};
 use crate::shared::Shared;
 use crate::sync_server::SyncServer;
 
@@ -147,8 +147,11 @@ impl Node {
             }
         }));
 
-        for url in &config.peers {
-            tasks.push(tokio::spawn(run_peer(shared.clone(), url.clone(), config.pull_every, shutdown.subscribe())));
+        // One task per peer, however often it was named; each is registered before this returns,
+        // so the node's status lists every peer from the start.
+        for url in distinct_peers(config.peers.iter().cloned()) {
+            let wake = shared.add_peer(&url);
+            tasks.push(tokio::spawn(run_peer(shared.clone(), url, wake, config.pull_every, shutdown.subscribe())));
         }
 
         let daemon_file = if config.announce {
