@@ -460,21 +460,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
                     return json(&history);
                 }
                 for item in &history.items {
-                    let fields: Vec<String> = item
-                        .fields
-                        .iter()
-                        .map(|f| format!("{}={}", f.name, crate::views_pb::value_text(f.value.as_ref())))
-                        .collect();
-                    println!(
-                        "{}  {} ({})  #{}  {:<13} {}  event {}",
-                        output::hlc_time(item.hlc),
-                        item.device,
-                        if item.device_name.is_empty() { "?" } else { &item.device_name },
-                        item.seq,
-                        item.operation,
-                        fields.join(" "),
-                        &item.event_id[..16]
-                    );
+                    println!("{}", output::history_line(item));
                 }
                 Ok(())
             }
@@ -491,17 +477,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
                     println!("no conflicts");
                 }
                 for c in &list.conflicts {
-                    let place =
-                        if c.entry_id.is_empty() { String::new() } else { format!(" entry {}", &c.entry_id[..8]) };
-                    println!("case {}{place} field {}:", &c.case_id[..8], c.field);
-                    for v in &c.versions {
-                        println!(
-                            "    {:?} by {} at {}",
-                            crate::views_pb::value_text(v.value.as_ref()),
-                            v.device,
-                            output::hlc_time(v.hlc)
-                        );
-                    }
+                    print!("{}", output::conflict_text(c));
                 }
                 Ok(())
             }

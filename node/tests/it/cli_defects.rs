@@ -1,4 +1,5 @@
-//! Regressions of the CLI and daemon: one task per peer however often it is named.
+//! Regressions of the CLI and daemon: one task per peer however often it is named, and no panic
+//! on any string the daemon returns.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -6,7 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
 use casesync_node::config::FileConfig;
+use casesync_node::output::{case_row, case_text, conflict_text, history_line, short_id};
 use casesync_node::NodeConfig;
+use casesync_proto::v1 as pb;
+use proptest::prelude::*;
 use serde_json::Value;
 
 use crate::support::*;
@@ -90,4 +94,88 @@ async fn a_node_runs_one_task_per_peer() {
     let peers: Vec<String> = node.shared().peers().into_iter().map(|(url, _)| url).collect();
     node.shutdown().await;
     assert_eq!(peers, ["http://127.0.0.1:9", "http://127.0.0.2:9"]);
+}
+
+fn value(kind: pb::value::Kind) -> Option<pb::Value> {
+    Some(pb::Value { kind: Some(kind) })
+}
+
+fn version(device: &str) -> pb::VersionView {
+    pb::VersionView {
+        value: value(pb::value::Kind::Text("x".into())),
+        status: String::new(),
+        author: device.into(),
+        device: device.into(),
+        seq: 1,
+        hlc: u64::MAX,
+    }
+}
+
+/// A case view, history item and conflict with every id set to `id`.
+fn messages(id: &str) -> (pb::CaseView, pb::HistoryItem, pb::ConflictItem) {
+    let field = pb::FieldView {
+        name: id.into(),
+        value: value(pb::value::Kind::Text(id.into())),
+        conflict: vec![version(id), version(id)],
+    };
+    let view = pb::CaseView {
+        case_id: id.into(),
+        status: id.into(),
+        status_conflict: vec![version(id)],
+        deleted_with_concurrent_changes: true,
+        fields: vec![field.clone()],
+        entries: vec![pb::EntryView {
+            entry_id: id.into(),
+            status: id.into(),
+            removed_with_concurrent_changes: true,
+            fields: vec![field],
+        }],
+        updated_hlc: u64::MAX,
+    };
+    let item = pb::HistoryItem {
+        event_id: id.into(),
+        hlc: u64::MAX,
+        author: id.into(),
+        device: id.into(),
+        device_name: id.into(),
+        seq: 1,
+        operation: id.into(),
+        entry_id: id.into(),
+        fields: vec![pb::NamedValue {
+            name: id.into(),
+            value: value(pb::value::Kind::Blob(id.as_bytes().to_vec().into())),
+        }],
+    };
+    let conflict =
+        pb::ConflictItem { case_id: id.into(), entry_id: id.into(), field: id.into(), versions: vec![version(id)] };
+    (view, item, conflict)
+}
+
+#[test]
+fn short_and_non_ascii_ids_from_the_daemon_are_printed_whole_or_cut_at_characters() {
+    for id in ["", "a", "0123456", "ä", "äääääääääääääääää", "0123456é89", "012345678901234\u{1F600}x"]
+    {
+        let (view, item, conflict) = messages(id);
+        let short = short_id(id, 8);
+        assert!(id.starts_with(short));
+        assert_eq!(short.chars().count(), id.chars().count().min(8));
+        assert!(case_row(&view).starts_with(short), "{id:?}");
+        assert!(case_text(&view).contains(id), "{id:?}");
+        assert!(history_line(&item).ends_with(&format!("event {}", short_id(id, 16))), "{id:?}");
+        let place = if id.is_empty() { String::new() } else { format!(" entry {short}") };
+        assert!(conflict_text(&conflict).starts_with(&format!("case {short}{place} field {id}:")), "{id:?}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn printing_any_daemon_strings_never_panics(id in any::<String>(), chars in 0usize..40) {
+        let short = short_id(&id, chars);
+        prop_assert!(id.starts_with(short));
+        let (view, item, conflict) = messages(&id);
+        prop_assert!(case_row(&view).contains(short_id(&id, 8)));
+        prop_assert!(case_text(&view).contains(&id));
+        prop_assert!(history_line(&item).contains(short_id(&id, 16)));
+        prop_assert!(conflict_text(&conflict).contains(short_id(&id, 8)));
+    }
 }
