@@ -34,6 +34,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backup_format;
+pub mod case_json;
 pub mod commands;
 pub mod error;
 pub mod event;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use casesync_engine::case_json::{CaseJson, CaseListJson};
 use casesync_engine::ids::SpaceId;
 use casesync_engine::operation::FieldValue;
 use casesync_engine::wire::value_to_pb;
@@ -327,7 +328,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
     let mut client = session.client.clone();
     let show = |view: pb::CaseView| -> anyhow::Result<()> {
         if as_json {
-            json(&view)
+            json(&CaseJson::try_from(&view).context("the daemon sent a malformed case view")?)
         } else {
             print!("{}", case_text(&view));
             Ok(())
@@ -447,7 +448,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
                 };
                 let list = client.list_cases(request).await.map_err(status_error)?.into_inner();
                 if as_json {
-                    return json(&list);
+                    return json(&CaseListJson::try_from(&list).context("the daemon sent a malformed case view")?);
                 }
                 for view in &list.cases {
                     println!("{}", case_row(view));

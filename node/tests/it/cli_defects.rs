@@ -1,17 +1,21 @@
-//! Regressions of the CLI and daemon: one task per peer however often it is named, and no panic
-//! on any string the daemon returns.
+//! Regressions of the CLI and daemon: one task per peer however often it is named, no panic on
+//! any string the daemon returns, and the case JSON schema of `docs/case-json.md`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
+use casesync_engine::case_json::CaseJson;
+use casesync_engine::ids::SpaceId;
+use casesync_engine::projection::CaseFilter;
+use casesync_engine::store::{Store, StoreOptions};
 use casesync_node::config::FileConfig;
 use casesync_node::output::{case_row, case_text, conflict_text, history_line, short_id};
 use casesync_node::NodeConfig;
 use casesync_proto::v1 as pb;
 use proptest::prelude::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::support::*;
 
@@ -178,4 +182,62 @@ proptest! {
         prop_assert!(history_line(&item).contains(short_id(&id, 16)));
         prop_assert!(conflict_text(&conflict).contains(short_id(&id, 8)));
     }
+}
+
+#[test]
+fn case_show_and_list_print_the_documented_case_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    json_out(&casesync(&data, &["init", "--name", "office", "--json"]));
+    let typed = [
+        "name=Anna Berg",
+        "born=date:1980-02-01",
+        "visits=int:3",
+        "fee=dec:12.50",
+        "insured=bool:true",
+        "photo=hex:00ff",
+    ];
+    let created = json_out(&casesync(&data, &[&["case", "add"], &typed[..], &["--json"]].concat()));
+    let id = created["case_id"].as_str().unwrap().to_string();
+    json_out(&casesync(&data, &["entry", "add", &id[..8], "note=first session", "--json"]));
+    let shown = json_out(&casesync(&data, &["case", "show", &id[..8], "--json"]));
+
+    let entry_id = shown["entries"][0]["entry_id"].as_str().unwrap();
+    let hlc = shown["updated_hlc"].as_u64().unwrap();
+    let expected = json!({
+        "case_id": id,
+        "status": "active",
+        "status_conflict": [],
+        "deleted_with_concurrent_changes": false,
+        "fields": {
+            "name": {"text": "Anna Berg"},
+            "born": {"date": "1980-02-01"},
+            "visits": {"integer": 3},
+            "fee": {"decimal": "12.50"},
+            "insured": {"boolean": true},
+            "photo": {"blob": "AP8="},
+        },
+        "conflicts": {},
+        "entries": [{
+            "entry_id": entry_id,
+            "status": "present",
+            "removed_with_concurrent_changes": false,
+            "fields": {"note": {"text": "first session"}},
+            "conflicts": {},
+        }],
+        "updated_hlc": hlc,
+    });
+    assert_eq!(shown, expected);
+    assert!(hlc > 0);
+    assert_eq!(created["fields"], expected["fields"], "every command that prints a case uses the schema");
+
+    let list = json_out(&casesync(&data, &["case", "list", "--json"]));
+    assert_eq!(list, json!({ "cases": [expected] }));
+
+    // The same case folded by the engine (the replay tool's path) prints the same document.
+    let space = SpaceId::from_hex(&FileConfig::load(&data).unwrap().space).unwrap();
+    let store = Store::open(&data.join("db"), StoreOptions { projections: true }).unwrap();
+    let views = store.list_cases(&space, &CaseFilter::default()).unwrap();
+    let folded: Vec<Value> = views.iter().map(|v| serde_json::to_value(CaseJson::from(v)).unwrap()).collect();
+    assert_eq!(folded, [expected]);
 }
