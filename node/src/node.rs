@@ -104,17 +104,21 @@ impl Node {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<SyncGrpcServer<SyncServer>>().await;
         health_reporter.set_serving::<CasesServer<CaseService>>().await;
+        // Reflection in both versions: grpcurl and most tools speak `grpc.reflection.v1`, while
+        // Python's grpcio-reflection and older grpcurl speak only `v1alpha`.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(casesync_proto::FILE_DESCRIPTOR_SET)
-                .build_v1()
         };
 
         let sync_service = SyncGrpcServer::new(SyncServer::new(shared.clone()))
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-        let router =
-            server_builder().add_service(health_service.clone()).add_service(reflection()?).add_service(sync_service);
+        let router = server_builder()
+            .add_service(health_service.clone())
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(sync_service);
         let mut stop = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
             let incoming = no_delay(sync_listener);
@@ -132,7 +136,11 @@ impl Node {
         let cases = CasesServer::new(CaseService::new(shared.clone()))
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-        let router = server_builder().add_service(health_service).add_service(reflection()?).add_service(cases);
+        let router = server_builder()
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(cases);
         let mut stop = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
             let incoming = no_delay(api_listener);

@@ -1,5 +1,6 @@
 //! Regressions of the CLI and daemon: one task per peer however often it is named, no panic on
-//! any string the daemon returns, and the case JSON schema of `docs/case-json.md`.
+//! any string the daemon returns, the case JSON schema of `docs/case-json.md`, and server
+//! reflection in both protocol versions.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -240,4 +241,47 @@ fn case_show_and_list_print_the_documented_case_json() {
     let views = store.list_cases(&space, &CaseFilter::default()).unwrap();
     let folded: Vec<Value> = views.iter().map(|v| serde_json::to_value(CaseJson::from(v)).unwrap()).collect();
     assert_eq!(folded, [expected]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services_in_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let cluster = cluster(&["office"]).await;
+    let node = start(&cluster.dirs[0], Vec::new()).await;
+    for (url, service) in
+        [(node.sync_url(), "casesync.v1.Sync"), (format!("http://{}", node.api_addr()), "casesync.v1.Cases")]
+    {
+        let channel = casesync_node::sync_client::connect(&url).await.unwrap();
+
+        let request = v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+        };
+        let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+        let mut replies = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+        let reply = replies.message().await.unwrap().unwrap();
+        let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = reply.message_response
+        else {
+            panic!("v1 at {url}: not a service list: {reply:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.iter().any(|n| n == service), "v1 at {url}: {names:?}");
+
+        let request = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+        };
+        let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+        let mut replies = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+        let reply = replies.message().await.unwrap().unwrap();
+        let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+            reply.message_response
+        else {
+            panic!("v1alpha at {url}: not a service list: {reply:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.iter().any(|n| n == service), "v1alpha at {url}: {names:?}");
+    }
+    node.shutdown().await;
 }
