@@ -4,6 +4,7 @@
 //! Imports only the model.
 
 pub mod backup_format;
+pub mod case_json;
 pub mod keys;
 pub(crate) mod merge_operator;
 pub mod meta;

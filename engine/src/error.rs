@@ -22,7 +22,7 @@ pub enum CommandError {
     /// The operation is not valid.
     #[error(transparent)]
     Operation(#[from] OperationError),
-    /// The store is catching up with a peer in bulk (projections deferred): commands wait until
+    /// The store is catching up with a peer in bulk (its views lag until it ends): commands wait until
     /// the case views are rebuilt, so no write is planned against stale views.
     #[error("catching up with a peer ({0} events not yet in the case views): try again in a moment")]
     CatchingUp(u64),

@@ -192,6 +192,17 @@ impl Cases for CaseService {
         .await
     }
 
+    async fn restore_entry(&self, request: Request<pb::EntryRequest>) -> Result<Response<pb::CaseView>, GrpcStatus> {
+        let message = request.into_inner();
+        self.run(move |shared| {
+            Ok(Command::RestoreEntry {
+                case: Self::resolve(shared, &message.case_id)?,
+                entry: Self::resolve_entry(&message.entry_id)?,
+            })
+        })
+        .await
+    }
+
     async fn get_case(&self, request: Request<pb::CaseRef>) -> Result<Response<pb::CaseView>, GrpcStatus> {
         let text = request.into_inner().case_id;
         let view = self

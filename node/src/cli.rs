@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use casesync_engine::codec::case_json::{CaseJson, CaseListJson};
 use casesync_engine::codec::wire::value_to_pb;
 use casesync_engine::model::ids::SpaceId;
 use casesync_engine::model::operation::FieldValue;
@@ -15,6 +16,7 @@ use tonic::transport::Channel;
 use crate::config::{default_data_dir, parse_duration, FileConfig, DAEMON_FILE};
 use crate::node::{DaemonFile, Node, NodeConfig};
 use crate::output::{self, case_row, case_text, json};
+use crate::peer_actor::distinct_peers;
 use crate::sync_client::sync_once;
 use crate::{data_dir, demo};
 
@@ -210,6 +212,13 @@ pub enum EntryCommand {
         /// Entry id (hex).
         entry: String,
     },
+    /// Bring a removed entry back.
+    Restore {
+        /// Case id or prefix.
+        case: String,
+        /// Entry id (hex).
+        entry: String,
+    },
 }
 
 /// Parses `FIELD=VALUE` arguments.
@@ -263,9 +272,8 @@ fn init(data: &Path, args: InitArgs, as_json: bool) -> anyhow::Result<()> {
 
 async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let file = FileConfig::load(data)?;
-    let mut peers = file.peers.clone();
-    peers.extend(args.peers);
-    peers.dedup();
+    // Both lists, as given: `Node::start` runs one task per distinct peer.
+    let peers = file.peers.iter().cloned().chain(args.peers).collect();
     let pull_every = args.pull_every.or(file.pull_every.clone()).map(|d| parse_duration(&d)).transpose()?;
     let config = NodeConfig {
         data: data.to_path_buf(),
@@ -327,7 +335,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
     let mut client = session.client.clone();
     let show = |view: pb::CaseView| -> anyhow::Result<()> {
         if as_json {
-            json(&view)
+            json(&CaseJson::try_from(&view).context("the daemon sent a malformed case view")?)
         } else {
             print!("{}", case_text(&view));
             Ok(())
@@ -447,7 +455,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
                 };
                 let list = client.list_cases(request).await.map_err(status_error)?.into_inner();
                 if as_json {
-                    return json(&list);
+                    return json(&CaseListJson::try_from(&list).context("the daemon sent a malformed case view")?);
                 }
                 for view in &list.cases {
                     println!("{}", case_row(view));
@@ -460,21 +468,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
                     return json(&history);
                 }
                 for item in &history.items {
-                    let fields: Vec<String> = item
-                        .fields
-                        .iter()
-                        .map(|f| format!("{}={}", f.name, crate::views_pb::value_text(f.value.as_ref())))
-                        .collect();
-                    println!(
-                        "{}  {} ({})  #{}  {:<13} {}  event {}",
-                        output::hlc_time(item.hlc),
-                        item.device,
-                        if item.device_name.is_empty() { "?" } else { &item.device_name },
-                        item.seq,
-                        item.operation,
-                        fields.join(" "),
-                        &item.event_id[..16]
-                    );
+                    println!("{}", output::history_line(item));
                 }
                 Ok(())
             }
@@ -491,17 +485,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
                     println!("no conflicts");
                 }
                 for c in &list.conflicts {
-                    let place =
-                        if c.entry_id.is_empty() { String::new() } else { format!(" entry {}", &c.entry_id[..8]) };
-                    println!("case {}{place} field {}:", &c.case_id[..8], c.field);
-                    for v in &c.versions {
-                        println!(
-                            "    {:?} by {} at {}",
-                            crate::views_pb::value_text(v.value.as_ref()),
-                            v.device,
-                            output::hlc_time(v.hlc)
-                        );
-                    }
+                    print!("{}", output::conflict_text(c));
                 }
                 Ok(())
             }
@@ -528,6 +512,9 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
                 }
                 EntryCommand::Remove { case, entry } => {
                     client.remove_entry(pb::EntryRequest { case_id: case, entry_id: entry, fields: Vec::new() }).await
+                }
+                EntryCommand::Restore { case, entry } => {
+                    client.restore_entry(pb::EntryRequest { case_id: case, entry_id: entry, fields: Vec::new() }).await
                 }
             };
             show(view.map_err(status_error)?.into_inner())
@@ -556,7 +543,7 @@ async fn sync(data: &Path, peer: Option<String>, as_json: bool) -> anyhow::Resul
     let peers = match peer {
         Some(p) => vec![p],
         None if file.peers.is_empty() => bail!("no peer: pass --peer URL or add peers to casesync.toml"),
-        None => file.peers.clone(),
+        None => distinct_peers(file.peers.iter().cloned()),
     };
     let node = Node::start(NodeConfig::new(data)).await?;
     let mut results = Vec::new();

@@ -5,11 +5,13 @@
 //! runs blocking storage work on tokio's blocking pool, and owns time, sockets and randomness.
 
 pub mod auth;
+pub mod bulk_catch_up;
 pub mod case_service;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
 pub mod demo;
+pub mod event_stream;
 pub mod grpc_status;
 pub mod ingest_thread;
 pub mod node;

@@ -19,9 +19,10 @@ use tonic::transport::Server;
 use crate::case_service::CaseService;
 use crate::config::DAEMON_FILE;
 use crate::data_dir;
-use crate::peer_actor::run_peer;
+use crate::event_stream::GRPC_MESSAGE_BYTES_MAX;
+use crate::peer_actor::{distinct_peers, run_peer};
 use crate::shared::Shared;
-use crate::sync_server::{SyncServer, GRPC_MESSAGE_BYTES_MAX};
+use crate::sync_server::SyncServer;
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -103,17 +104,21 @@ impl Node {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<SyncGrpcServer<SyncServer>>().await;
         health_reporter.set_serving::<CasesServer<CaseService>>().await;
+        // Reflection in both versions: grpcurl and most tools speak `grpc.reflection.v1`, while
+        // Python's grpcio-reflection and older grpcurl speak only `v1alpha`.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(casesync_proto::FILE_DESCRIPTOR_SET)
-                .build_v1()
         };
 
         let sync_service = SyncGrpcServer::new(SyncServer::new(shared.clone()))
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-        let router =
-            server_builder().add_service(health_service.clone()).add_service(reflection()?).add_service(sync_service);
+        let router = server_builder()
+            .add_service(health_service.clone())
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(sync_service);
         let mut stop = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
             let incoming = no_delay(sync_listener);
@@ -131,7 +136,11 @@ impl Node {
         let cases = CasesServer::new(CaseService::new(shared.clone()))
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-        let router = server_builder().add_service(health_service).add_service(reflection()?).add_service(cases);
+        let router = server_builder()
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(cases);
         let mut stop = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
             let incoming = no_delay(api_listener);
@@ -146,8 +155,11 @@ impl Node {
             }
         }));
 
-        for url in &config.peers {
-            tasks.push(tokio::spawn(run_peer(shared.clone(), url.clone(), config.pull_every, shutdown.subscribe())));
+        // One task per peer, however often it was named; each is registered before this returns,
+        // so the node's status lists every peer from the start.
+        for url in distinct_peers(config.peers.iter().cloned()) {
+            let wake = shared.add_peer(&url);
+            tasks.push(tokio::spawn(run_peer(shared.clone(), url, wake, config.pull_every, shutdown.subscribe())));
         }
 
         let daemon_file = if config.announce {

@@ -70,6 +70,50 @@ pub fn case_text(view: &pb::CaseView) -> String {
     out
 }
 
+/// Characters of a case or entry id shown in lists.
+pub const ID_SHORT_CHARS: usize = 8;
+/// Characters of an event id shown in history lines.
+pub const EVENT_ID_SHORT_CHARS: usize = 16;
+
+/// The first `chars` characters of an id (all of it when shorter). Ids come from the daemon as
+/// text: a short, empty or non-ASCII one is shown as it is, never cut inside a character.
+pub fn short_id(id: &str, chars: usize) -> &str {
+    match id.char_indices().nth(chars) {
+        Some((end, _)) => id.get(..end).unwrap_or(id),
+        None => id,
+    }
+}
+
+/// One line of a case's history.
+pub fn history_line(item: &pb::HistoryItem) -> String {
+    let fields: Vec<String> =
+        item.fields.iter().map(|f| format!("{}={}", f.name, value_text(f.value.as_ref()))).collect();
+    format!(
+        "{}  {} ({})  #{}  {:<13} {}  event {}",
+        hlc_time(item.hlc),
+        item.device,
+        if item.device_name.is_empty() { "?" } else { &item.device_name },
+        item.seq,
+        item.operation,
+        fields.join(" "),
+        short_id(&item.event_id, EVENT_ID_SHORT_CHARS)
+    )
+}
+
+/// A conflict, as text lines: where, then each current version.
+pub fn conflict_text(conflict: &pb::ConflictItem) -> String {
+    let place = if conflict.entry_id.is_empty() {
+        String::new()
+    } else {
+        format!(" entry {}", short_id(&conflict.entry_id, ID_SHORT_CHARS))
+    };
+    let mut out = format!("case {}{place} field {}:\n", short_id(&conflict.case_id, ID_SHORT_CHARS), conflict.field);
+    for v in &conflict.versions {
+        out.push_str(&format!("    {:?} by {} at {}\n", value_text(v.value.as_ref()), v.device, hlc_time(v.hlc)));
+    }
+    out
+}
+
 /// A one-line summary of a case, for lists.
 pub fn case_row(view: &pb::CaseView) -> String {
     let summary: Vec<String> =
@@ -77,7 +121,7 @@ pub fn case_row(view: &pb::CaseView) -> String {
     let conflict = view.fields.iter().any(|f| !f.conflict.is_empty()) || !view.status_conflict.is_empty();
     format!(
         "{}  {:<8} {}{}{}",
-        &view.case_id[..8.min(view.case_id.len())],
+        short_id(&view.case_id, ID_SHORT_CHARS),
         view.status,
         summary.join("  "),
         if conflict { "  [conflict]" } else { "" },
@@ -100,7 +144,17 @@ pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
 
 #[cfg(test)]
 mod tests {
-    use super::utc;
+    use super::{short_id, utc};
+
+    #[test]
+    fn short_id_cuts_at_characters_and_keeps_short_ids() {
+        assert_eq!(short_id("0123456789abcdef", 8), "01234567");
+        assert_eq!(short_id("0123", 8), "0123");
+        assert_eq!(short_id("", 8), "");
+        assert_eq!(short_id(&"ä".repeat(10), 8), "ä".repeat(8));
+        assert_eq!(short_id("abcdefgé", 8), "abcdefgé");
+        assert_eq!(short_id("abcdefg\u{1F600}x", 8), "abcdefg\u{1F600}");
+    }
 
     #[test]
     fn utc_formats_known_instants() {

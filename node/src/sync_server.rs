@@ -6,9 +6,8 @@ use std::sync::Arc;
 use casesync_engine::codec::wire;
 use casesync_engine::log::ingest::PreparedBatch;
 use casesync_engine::model::ids::{AuthorId, SpaceId};
-use casesync_engine::model::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
+use casesync_engine::model::limits::BATCH_EVENTS_MAX;
 use casesync_engine::model::vector_clock::VersionVector;
-use casesync_engine::store::Store;
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::sync_server::Sync;
 use tokio::sync::mpsc;
@@ -16,15 +15,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
+use crate::bulk_catch_up::{batch_is_full, FloodWatch};
+use crate::event_stream::{stream_events, STREAM_BUFFER_BATCHES};
 use crate::grpc_status;
 use crate::ingest_thread::Pipeline;
 use crate::shared::{now_ms, Shared};
-use crate::sync_client::{batch_is_full, FloodWatch};
-
-/// Largest gRPC message accepted or sent (a batch is bounded well below).
-pub const GRPC_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Batches buffered per outgoing stream.
-const STREAM_BUFFER_BATCHES: usize = 4;
 
 /// The sync service of one node.
 pub struct SyncServer {
@@ -73,91 +68,6 @@ impl SyncServer {
                 .map_err(|e| grpc_status::store(&e))?;
         }
         Ok(())
-    }
-}
-
-/// Reads the next bounded batch of events beyond `from` (blocking: call on the blocking pool).
-pub fn read_batch(
-    store: &Store,
-    space: &SpaceId,
-    from: &VersionVector,
-) -> Result<(Vec<pb::SignedEvent>, VersionVector), Status> {
-    let mut events = Vec::new();
-    let mut bytes = 0usize;
-    let mut upto = VersionVector::new();
-    for item in store.events_after(space, from) {
-        let (author, seq, message) = item.map_err(|e| grpc_status::store(&e))?;
-        let size = message.event.len() + message.signature.len();
-        if !events.is_empty() && bytes + size > BATCH_BYTES_MAX {
-            break;
-        }
-        bytes += size;
-        upto.raise(author, seq);
-        events.push(message);
-        if events.len() >= BATCH_EVENTS_MAX {
-            break;
-        }
-    }
-    Ok((events, upto))
-}
-
-/// Streams every event `device` lacks beyond `have`, then (with `follow`) an empty batch as the
-/// caught-up marker and new events as they are stored, each run of them followed by the marker
-/// again, until the receiver goes away. The marker tells the receiver that nothing more was
-/// waiting: it ends a bulk catch-up there, even when the last batch before it was full.
-pub async fn stream_events(
-    shared: Arc<Shared>,
-    device: AuthorId,
-    have: VersionVector,
-    follow: bool,
-    tx: mpsc::Sender<Result<pb::EventBatch, Status>>,
-) {
-    let mut changes = shared.changes.subscribe();
-    let mut stopping = shared.stopping.subscribe();
-    let mut sent = have;
-    // Whether events were sent since the last caught-up marker (or none was sent yet).
-    let mut unmarked = true;
-    loop {
-        loop {
-            let mut from = sent.clone();
-            from.merge(&shared.known(&device));
-            let (store, space) = (shared.store.clone(), shared.space);
-            let read = tokio::task::spawn_blocking(move || read_batch(&store, &space, &from)).await;
-            let (events, upto) = match read {
-                Ok(Ok(batch)) => batch,
-                Ok(Err(status)) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(grpc_status::join(e))).await;
-                    return;
-                }
-            };
-            if events.is_empty() {
-                break;
-            }
-            sent.merge(&upto);
-            shared.raise_known(&device, &upto);
-            if tx.send(Ok(pb::EventBatch { events })).await.is_err() {
-                return;
-            }
-            unmarked = true;
-        }
-        if !follow {
-            return;
-        }
-        if unmarked {
-            unmarked = false;
-            if tx.send(Ok(pb::EventBatch { events: Vec::new() })).await.is_err() {
-                return;
-            }
-        }
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            _ = tx.closed() => return,
-            _ = stopping.wait_for(|s| *s) => return,
-        }
     }
 }
 

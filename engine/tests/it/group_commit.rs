@@ -50,7 +50,7 @@ fn concurrent_commands_chain_and_supersede_like_sequential_ones() {
 }
 
 #[test]
-fn a_bulk_catch_up_defers_projections_and_ends_with_the_same_views() {
+fn a_bulk_catch_up_lets_the_views_lag_and_ends_with_the_same_views() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (open(a_dir.path()), open(b_dir.path()));
     let (ka, kb) = (device(1), device(2));

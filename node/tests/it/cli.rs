@@ -24,15 +24,22 @@ fn case_commands_work_on_the_data_dir_and_speak_json() {
     json(&casesync(&data, &["case", "set", prefix, "phone=555", "--json"]));
     let entry = json(&casesync(&data, &["entry", "add", prefix, "note=first session", "--json"]));
     assert_eq!(entry["entries"].as_array().unwrap().len(), 1);
+    let entry_id = entry["entries"][0]["entry_id"].as_str().unwrap().to_string();
+    // An entry removed by mistake comes back, as a deleted case does.
+    let removed = json(&casesync(&data, &["entry", "remove", prefix, &entry_id, "--json"]));
+    assert!(removed["entries"].as_array().unwrap().is_empty(), "{removed}");
+    let restored = json(&casesync(&data, &["entry", "restore", prefix, &entry_id, "--json"]));
+    assert_eq!(restored["entries"][0]["entry_id"], entry_id.as_str());
+    assert_eq!(restored["entries"][0]["status"], "present");
     json(&casesync(&data, &["case", "archive", prefix, "--json"]));
     let list = json(&casesync(&data, &["case", "list", "--status", "archived", "--json"]));
     assert_eq!(list["cases"].as_array().unwrap().len(), 1);
     let history = json(&casesync(&data, &["case", "history", prefix, "--json"]));
     let ops: Vec<&str> =
         history["items"].as_array().unwrap().iter().map(|i| i["operation"].as_str().unwrap()).collect();
-    assert_eq!(ops, vec!["create", "set", "entry-add", "archive"]);
+    assert_eq!(ops, vec!["create", "set", "entry-add", "entry-remove", "entry-restore", "archive"]);
     let status = json(&casesync(&data, &["status", "--json"]));
-    assert_eq!(status["events"], 4);
+    assert_eq!(status["events"], 6);
 
     // Bad input: clear errors, non-zero exit, nothing changed.
     for args in [
@@ -41,6 +48,7 @@ fn case_commands_work_on_the_data_dir_and_speak_json() {
         vec!["case", "show", "zzzz"],
         vec!["case", "restore", prefix],
         vec!["entry", "remove", prefix, "not-hex"],
+        vec!["entry", "restore", prefix, &entry_id],
     ] {
         let out = casesync(&data, &args);
         assert!(!out.status.success(), "{args:?} should fail");
@@ -49,7 +57,7 @@ fn case_commands_work_on_the_data_dir_and_speak_json() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
     let status = json(&casesync(&data, &["status", "--json"]));
-    assert_eq!(status["events"], 4);
+    assert_eq!(status["events"], 6);
 }
 
 #[test]

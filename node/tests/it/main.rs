@@ -1,6 +1,7 @@
 //! Node integration tests: real nodes, real RocksDB dirs, real gRPC on 127.0.0.1 port 0.
 
 mod cli;
+mod cli_defects;
 mod refusals;
 mod support;
 mod topologies;

@@ -308,7 +308,7 @@ async fn views_complete_and_writable(office: &Node, laptop: &Node, cases: u64, n
 async fn a_new_device_far_behind_catches_up_in_bulk_with_the_same_views() {
     let c = cluster(&["office", "laptop"]).await;
     // The office already holds more than the bulk threshold (written offline, 1000 per append).
-    let count = casesync_node::sync_client::BULK_CATCH_UP_EVENTS_MIN + 500;
+    let count = casesync_node::bulk_catch_up::BULK_CATCH_UP_EVENTS_MIN + 500;
     {
         let dir = c.dirs[0].clone();
         tokio::task::spawn_blocking(move || {
@@ -356,7 +356,7 @@ async fn a_flood_on_a_live_connection_is_caught_up_in_bulk_with_the_same_views()
     // more full batches in a row than the flood threshold, ending on a full batch (only the
     // caught-up marker says it ended).
     let batch = casesync_engine::model::limits::BATCH_EVENTS_MAX as u64;
-    let count = batch * u64::from(casesync_node::sync_client::FLOOD_FULL_BATCHES + 2);
+    let count = batch * u64::from(casesync_node::bulk_catch_up::FLOOD_FULL_BATCHES + 2);
     store_a_backlog(&office, 100, count).await;
     views_complete_and_writable(&office, &laptop, count + 1, 1).await;
     assert_eq!(laptop.shared().bulk_catch_ups(), 1, "the flood the laptop pulled was caught up in bulk");

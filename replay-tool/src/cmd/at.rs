@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use casesync_engine::codec::case_json::CaseJson;
 use casesync_engine::model::hlc;
 use casesync_engine::model::state_hash::StateHasher;
 use casesync_engine::model::vector_clock::VersionVector;
@@ -81,7 +82,7 @@ pub fn run(data: &Path, point: &Point) -> anyhow::Result<Outcome> {
         "events": events,
         "included": vector_json(&cut),
         "state_hash": state_hash,
-        "cases": views,
+        "cases": views.iter().map(CaseJson::from).collect::<Vec<_>>(),
     });
     Ok(Outcome::new(true, json, text))
 }

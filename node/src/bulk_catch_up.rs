@@ -1,0 +1,137 @@
+//! Bulk catch-up: while a node is far behind a peer, or a flood of full batches arrives on a
+//! live stream, projections are deferred and the case views are folded in memory and written
+//! once at the end (`Store::begin_bulk_catch_up`). Used by both directions of sync: the client's
+//! pulls and the server's pushed streams.
+
+use std::sync::Arc;
+
+use casesync_engine::model::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
+use casesync_proto::v1 as pb;
+
+use crate::shared::Shared;
+
+/// Far behind a peer (at least this many events, and at least as many as held): catch up in
+/// bulk, folding the case views in memory while storing and writing them once at the end
+/// (see `Store::begin_bulk_catch_up`).
+pub const BULK_CATCH_UP_EVENTS_MIN: u64 = 10_000;
+
+/// Whether catching up `missing` events on top of `held` is cheaper as a bulk catch-up.
+pub fn worth_bulk_catch_up(missing: u64, held: u64) -> bool {
+    missing >= BULK_CATCH_UP_EVENTS_MIN && missing >= held
+}
+
+/// A bulk catch-up in progress: projections are deferred until [`BulkCatchUp::finish`] (or,
+/// if the session fails first, until the guard is dropped, which completes the views from what
+/// arrived in the background).
+pub struct BulkCatchUp {
+    shared: Option<Arc<Shared>>,
+}
+
+impl BulkCatchUp {
+    /// Starts one when `missing` events on top of what is held make it worthwhile.
+    pub fn start_if_worth_it(shared: &Arc<Shared>, missing: u64) -> BulkCatchUp {
+        let held = shared.store.vector(&shared.space).total();
+        if shared.relay || !worth_bulk_catch_up(missing, held) {
+            return BulkCatchUp { shared: None };
+        }
+        tracing::info!(missing, held, "far behind: catching up in bulk, case views completed at the end");
+        shared.store.begin_bulk_catch_up();
+        shared.note_bulk_catch_up();
+        BulkCatchUp { shared: Some(shared.clone()) }
+    }
+
+    /// Starts one on the ingest thread, in order with the ingests queued before and after it.
+    pub async fn start_on_ingest_thread(shared: &Arc<Shared>) -> anyhow::Result<BulkCatchUp> {
+        let store = shared.store.clone();
+        shared.ingest.run(move || store.begin_bulk_catch_up()).await?;
+        shared.note_bulk_catch_up();
+        Ok(BulkCatchUp { shared: Some(shared.clone()) })
+    }
+
+    /// Whether projections are deferred by this catch-up.
+    pub fn is_active(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Ends the catch-up: completes the case views (blocking thread) and wakes watchers.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        if let Some(shared) = self.shared.take() {
+            // On the ingest thread, after every batch of the catch-up, and in its malloc arena.
+            let store = shared.store.clone();
+            shared.ingest.run(move || store.end_bulk_catch_up()).await??;
+            shared.notify(shared.store.next_position());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BulkCatchUp {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            // The session failed before catching up: complete the views from what arrived.
+            let store = shared.store.clone();
+            std::thread::spawn(move || {
+                if let Err(error) = store.end_bulk_catch_up() {
+                    tracing::error!(%error, "completing the case views after a bulk catch-up failed");
+                }
+                shared.notify(shared.store.next_position());
+            });
+        }
+    }
+}
+
+/// Full batches in a row on a live stream after which the rest of that flood is caught up in
+/// bulk (a node that was current when a peer started sending a large backlog, e.g. through a
+/// relay while another device uploads its log).
+pub const FLOOD_FULL_BATCHES: u32 = 10;
+
+/// Whether a received batch was cut by the sender's limits: more was waiting behind it.
+pub fn batch_is_full(batch: &pb::EventBatch) -> bool {
+    let bytes: usize = batch.events.iter().map(|e| e.event.len() + e.signature.len()).sum();
+    batch.events.len() >= BATCH_EVENTS_MAX || bytes >= BATCH_BYTES_MAX / 2
+}
+
+/// Watches the batches of one incoming stream and runs a bulk catch-up while a flood lasts:
+/// from the [`FLOOD_FULL_BATCHES`]th full batch in a row to the first batch that is not full
+/// (the sender had nothing more waiting). Commands are refused meanwhile, as in any bulk
+/// catch-up; the views are complete again once the flood is stored.
+#[derive(Default)]
+pub struct FloodWatch {
+    full_in_a_row: u32,
+    bulk: Option<BulkCatchUp>,
+}
+
+impl FloodWatch {
+    /// A watch already in a bulk catch-up (a session that started far behind).
+    pub fn with(bulk: BulkCatchUp) -> FloodWatch {
+        FloodWatch { full_in_a_row: 0, bulk: bulk.is_active().then_some(bulk) }
+    }
+
+    /// Before a batch is handed to the ingest thread: starts a bulk catch-up when the flood is
+    /// long enough. In order with the ingests on that thread, so the batch is folded in bulk.
+    pub async fn before(&mut self, shared: &Arc<Shared>, batch: &pb::EventBatch) -> anyhow::Result<()> {
+        if !batch_is_full(batch) {
+            self.full_in_a_row = 0;
+            return Ok(());
+        }
+        self.full_in_a_row = self.full_in_a_row.saturating_add(1);
+        if self.bulk.is_none() && self.full_in_a_row >= FLOOD_FULL_BATCHES && !shared.relay {
+            tracing::info!("a flood of events: catching up in bulk, case views completed when it ends");
+            self.bulk = Some(BulkCatchUp::start_on_ingest_thread(shared).await?);
+        }
+        Ok(())
+    }
+
+    /// Whether a bulk catch-up is running.
+    pub fn in_bulk(&self) -> bool {
+        self.bulk.is_some()
+    }
+
+    /// Ends a bulk catch-up in progress, if any.
+    pub async fn finish(&mut self) -> anyhow::Result<()> {
+        match self.bulk.take() {
+            Some(bulk) => bulk.finish().await,
+            None => Ok(()),
+        }
+    }
+}
