@@ -302,7 +302,7 @@ impl Store {
         *store.lock_writer() = state;
         store.check_heads()?;
         if options.projections {
-            store.catch_up_projections().map_err(|e| OpenError::Damaged(e.to_string()))?;
+            store.catch_up_projections().map_err(OpenError::CatchUp)?;
         }
         Ok(store)
     }
