@@ -178,7 +178,10 @@ fn main() -> ExitCode {
             ExitCode::from(outcome.code as u8)
         }
         Err(error) => {
-            let damaged = error.chain().any(|e| e.is::<Damage>());
+            let damaged = error.chain().any(|e| {
+                e.is::<Damage>()
+                    || e.downcast_ref::<data_dir::OpenFailure>().is_some_and(data_dir::OpenFailure::is_damage)
+            });
             let code = if damaged { EXIT_DAMAGED } else { EXIT_ERROR };
             if json {
                 let report = serde_json::json!({ "ok": false, "damaged": damaged, "error": format!("{error:#}") });

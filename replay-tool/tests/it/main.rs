@@ -2,5 +2,6 @@
 
 mod backup;
 mod damage;
+mod environment;
 mod history;
 mod support;
