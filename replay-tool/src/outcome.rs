@@ -31,19 +31,9 @@ impl Outcome {
     pub fn new(ok: bool, mut json: serde_json::Value, text: String) -> Outcome {
         if let Some(object) = json.as_object_mut() {
             object.insert("ok".into(), ok.into());
-            if let Some(kib) = peak_rss_kib() {
-                object.insert("peak_rss_kib".into(), kib.into());
-            }
         }
         Outcome { code: if ok { EXIT_OK } else { EXIT_DAMAGED }, json, text }
     }
-}
-
-/// Peak resident set size of this process (VmHWM), in KiB, where /proc is available.
-pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Events per second, rounded.
