@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use outcome::{Damage, Outcome, EXIT_CODES_HELP, EXIT_DAMAGED, EXIT_ERROR};
+use outcome::{Damage, Outcome, EXIT_CODES_HELP, EXIT_DAMAGED, EXIT_ERROR, EXIT_OK, EXIT_USAGE};
 
 /// mimalloc, not glibc malloc: a fold frees its case states several times faster (BENCHMARKS.md).
 #[global_allocator]
@@ -159,7 +159,16 @@ fn run(command: Command) -> anyhow::Result<Outcome> {
 
 fn main() -> ExitCode {
     small_pages_only();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version come this way too, on stdout.
+            let code = if error.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            // Nothing more to report if the terminal is gone.
+            let _ = error.print();
+            return ExitCode::from(code as u8);
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

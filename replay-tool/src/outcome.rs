@@ -4,6 +4,8 @@
 pub const EXIT_OK: i32 = 0;
 /// The command could not run (bad argument value, I/O error, store in use, ...).
 pub const EXIT_ERROR: i32 = 1;
+/// Usage error: an unknown flag or command, a missing argument (clap's own code, kept explicit).
+pub const EXIT_USAGE: i32 = 2;
 /// Damage found: verify failed, import refused a truncated or tampered backup, export met a
 /// broken chain, or salvage lost events.
 pub const EXIT_DAMAGED: i32 = 3;

@@ -5,3 +5,4 @@ mod damage;
 mod environment;
 mod history;
 mod support;
+mod usage;
