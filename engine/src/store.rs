@@ -82,7 +82,7 @@ impl Store {
             commands: CommandQueue::default(),
         };
         if options.projections {
-            store.lock_writer().catch_up_projections(&store.db).map_err(|e| OpenError::Damaged(e.to_string()))?;
+            store.lock_writer().catch_up_projections(&store.db).map_err(OpenError::CatchUp)?;
         }
         Ok(store)
     }

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use directories::ProjectDirs;
 use serde::{Deserialize, Serialize};
 
 /// File name of the configuration inside the data dir.
@@ -49,32 +50,28 @@ impl FileConfig {
     }
 }
 
-/// The default data dir: `$CASESYNC_DATA`, else `$XDG_DATA_HOME/casesync`, else
-/// `~/.local/share/casesync`.
+/// The default data dir: the platform's data directory for casesync (Linux: `$XDG_DATA_HOME/casesync`,
+/// else `~/.local/share/casesync`; macOS: `~/Library/Application Support/casesync`; Windows:
+/// `%APPDATA%\casesync\data`), else `casesync-data` in the working directory when there is no home
+/// directory. `$CASESYNC_DATA` and `--data` override it (`cli.rs`).
 pub fn default_data_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("casesync");
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".local/share/casesync"),
-        None => PathBuf::from("casesync-data"),
-    }
+    // `directories` rather than reading the variables here: it follows each platform's convention
+    // (and the XDG rule that a relative `$XDG_DATA_HOME` is ignored), where the hand-written lookup
+    // knew only Linux's.
+    ProjectDirs::from("", "", "casesync")
+        .map(|dirs| dirs.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("casesync-data"))
 }
 
-/// Parses durations like `500ms`, `30s`, `5m`, `1h`, or plain seconds.
+/// Parses durations like `500ms`, `30s`, `5m`, `1h`, `1h 30m` (humantime's units), or plain seconds.
+/// A duration too large to represent is an error.
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().with_context(|| format!("{text:?} is not a duration (like 30s, 5m, 1h)"))?;
-    let duration = match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => bail!("{text:?} has an unknown unit (use ms, s, m or h)"),
-    };
-    Ok(duration)
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        let seconds: u64 = text.parse().with_context(|| format!("{text:?} seconds is too long a duration"))?;
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text).with_context(|| format!("{text:?} is not a duration (like 30s, 5m, 1h)"))
 }
 
 #[cfg(test)]
@@ -87,8 +84,34 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("5 weeks").is_err());
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration(" 1h 30m ").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn a_duration_too_large_is_an_error_not_an_overflow() {
+        // u64::MAX / 60 + 1 minutes: more seconds than a u64 holds.
+        for text in ["307445734561825861m", "5124095576030432h", "18446744073709551616", "99999999999999999999999s"] {
+            let error = parse_duration(text).expect_err(text);
+            assert!(format!("{error:#}").contains(text), "{text}: {error:#}");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_default_data_dir_follows_xdg() {
+        // Read, not set: changing the environment races with other threads of the test binary
+        // (RocksDB's included) that read it.
+        let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) else { return };
+        let expected = match std::env::var_os("XDG_DATA_HOME").map(PathBuf::from) {
+            // The XDG Base Directory spec: a relative path is ignored.
+            Some(dir) if dir.is_absolute() => dir.join("casesync"),
+            _ => PathBuf::from(home).join(".local/share/casesync"),
+        };
+        assert_eq!(default_data_dir(), expected);
     }
 
     #[test]

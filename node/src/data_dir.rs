@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use casesync_engine::error::StorageFault;
 use casesync_engine::identity::DeviceIdentity;
 use casesync_engine::model::ids::SpaceId;
 use casesync_engine::store::{Store, StoreOptions};
@@ -138,12 +139,14 @@ pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
     std::fs::write(data.join(INSTANCE_FILE), &here).context("writing the instance file")?;
     let relay = relay_flag || config.relay;
     let store = Store::open(&db_path(data), StoreOptions { projections: !relay }).map_err(|e| {
-        let locked = e.to_string().contains("lock");
-        anyhow::Error::new(e).context(if locked {
+        let context = if e.fault() == Some(StorageFault::NoSpace) {
+            crate::grpc_status::DISK_FULL
+        } else if e.to_string().contains("lock") {
             "the data dir is in use by another casesync process"
         } else {
             "cannot open the log store"
-        })
+        };
+        anyhow::Error::new(e).context(context)
     })?;
     if store.member(&space, &identity.author())?.is_none() {
         store.add_member(&space, &identity.author(), &identity.name)?;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use casesync_engine::error::OpenError;
+use casesync_engine::error::{OpenError, StorageFault};
 use casesync_engine::model::ids::SpaceId;
 use casesync_engine::store::{Store, StoreOptions};
 use serde::Deserialize;
@@ -60,15 +60,33 @@ pub fn write_minimal_config(data: &Path, space: &SpaceId) -> anyhow::Result<()> 
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Why a store did not open, sorted for the exit code.
+/// Why a store did not open, sorted for the exit code and the advice.
 #[derive(Debug)]
 pub enum OpenFailure {
     /// Another process (a running casesync) holds the store.
     InUse(OpenError),
-    /// The store is damaged or unreadable.
+    /// The store is damaged: corrupt or missing files (exit 3, salvage).
     Damaged(OpenError),
+    /// The disk is full: nothing is damaged, the open could not write.
+    NoSpace(OpenError),
+    /// This user may not read or write the store's files (or the file system is read-only).
+    Denied {
+        /// The first file or directory found out of reach.
+        path: PathBuf,
+        /// What the file system said about it.
+        cause: std::io::Error,
+        /// The store's error.
+        error: OpenError,
+    },
     /// Anything else.
     Other(OpenError),
+}
+
+impl OpenFailure {
+    /// Whether the failure is damage to the store (exit code 3), not a failure to run.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, OpenFailure::Damaged(_))
+    }
 }
 
 impl std::fmt::Display for OpenFailure {
@@ -76,6 +94,14 @@ impl std::fmt::Display for OpenFailure {
         match self {
             OpenFailure::InUse(e) => write!(f, "the store is in use by another process (stop casesync first): {e}"),
             OpenFailure::Damaged(e) => write!(f, "the store is damaged: {e}"),
+            OpenFailure::NoSpace(e) => {
+                write!(f, "disk full: free space on the store's disk and run the command again (the store is not damaged): {e}")
+            }
+            OpenFailure::Denied { path, cause, error } => write!(
+                f,
+                "permission denied: {}: {cause} (this user must be able to read and write the store's directory and files): {error}",
+                path.display()
+            ),
             OpenFailure::Other(e) => write!(f, "cannot open the store: {e}"),
         }
     }
@@ -90,23 +116,65 @@ pub fn open_store(data: &Path, projections: bool) -> anyhow::Result<Result<Store
     if !db.join("CURRENT").exists() {
         bail!("no casesync store in {} (expected {})", data.display(), db.display());
     }
-    Ok(Store::open(&db, StoreOptions { projections }).map_err(classify))
+    Ok(Store::open(&db, StoreOptions { projections }).map_err(|error| classify(&db, error)))
 }
 
-fn classify(error: OpenError) -> OpenFailure {
-    let text = error.to_string();
-    match &error {
-        OpenError::Damaged(_) => OpenFailure::Damaged(error),
-        OpenError::Rocks(_) if text.contains("lock") => OpenFailure::InUse(error),
-        OpenError::Rocks(_)
-            if ["Corruption", "corrupt", "No such file", "checksum", "mismatch", "truncated", "IO error"]
-                .iter()
-                .any(|needle| text.contains(needle)) =>
-        {
-            OpenFailure::Damaged(error)
-        }
+/// Sorts an open failure of the existing store in `db` by the engine's [`StorageFault`], never by
+/// the words of the message. An I/O fault without a sub-code is told apart by asking the file
+/// system: who holds RocksDB's lock, and what this user may access.
+fn classify(db: &Path, error: OpenError) -> OpenFailure {
+    match error.fault() {
+        // In a store that exists (`CURRENT` is there), a missing file is one its manifest names.
+        Some(StorageFault::Corruption | StorageFault::MissingFile) => OpenFailure::Damaged(error),
+        Some(StorageFault::NoSpace) => OpenFailure::NoSpace(error),
+        Some(StorageFault::Io) if lock_held_elsewhere(db) => OpenFailure::InUse(error),
+        Some(StorageFault::Io) => match access_denied(db) {
+            Some((path, cause)) => OpenFailure::Denied { path, cause, error },
+            None => OpenFailure::Other(error),
+        },
         _ => OpenFailure::Other(error),
     }
+}
+
+/// Whether another process holds the record lock RocksDB takes on `db/LOCK`. Asked only after
+/// RocksDB's open failed, so this process holds no lock there that closing the probe could drop.
+#[cfg(target_os = "linux")]
+fn lock_held_elsewhere(db: &Path) -> bool {
+    use rustix::fs::{fcntl_lock, FlockOperation};
+    use rustix::io::Errno;
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(db.join("LOCK")) else { return false };
+    // Granted, the probe's lock ends when `file` closes.
+    matches!(fcntl_lock(&file, FlockOperation::NonBlockingLockExclusive), Err(Errno::AGAIN | Errno::ACCESS))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lock_held_elsewhere(_db: &Path) -> bool {
+    false
+}
+
+/// The first of `db` (read, write, search) and its files (read; `LOCK` also write) that this
+/// user may not access, with the file system's reason (permission, read-only file system).
+#[cfg(target_os = "linux")]
+fn access_denied(db: &Path) -> Option<(PathBuf, std::io::Error)> {
+    use rustix::fs::{access, Access};
+    use rustix::io::Errno;
+    let denied = |path: &Path, mode: Access| match access(path, mode) {
+        Err(errno @ (Errno::ACCESS | Errno::PERM | Errno::ROFS)) => Some((path.to_path_buf(), errno.into())),
+        _ => None,
+    };
+    if let Some(found) = denied(db, Access::READ_OK | Access::WRITE_OK | Access::EXEC_OK) {
+        return Some(found);
+    }
+    let entries = std::fs::read_dir(db).ok()?;
+    entries.flatten().map(|entry| entry.path()).find_map(|path| {
+        let write = path.file_name().is_some_and(|name| name == "LOCK");
+        denied(&path, if write { Access::READ_OK | Access::WRITE_OK } else { Access::READ_OK })
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn access_denied(_db: &Path) -> Option<(PathBuf, std::io::Error)> {
+    None
 }
 
 /// The space a command works on: the config's, else the store's only one.

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use outcome::{Damage, Outcome, EXIT_CODES_HELP, EXIT_DAMAGED, EXIT_ERROR};
+use outcome::{Damage, Outcome, EXIT_CODES_HELP, EXIT_DAMAGED, EXIT_ERROR, EXIT_OK, EXIT_USAGE};
 
 /// mimalloc, not glibc malloc: a fold frees its case states several times faster (BENCHMARKS.md).
 #[global_allocator]
@@ -159,7 +159,16 @@ fn run(command: Command) -> anyhow::Result<Outcome> {
 
 fn main() -> ExitCode {
     small_pages_only();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version come this way too, on stdout.
+            let code = if error.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            // Nothing more to report if the terminal is gone.
+            let _ = error.print();
+            return ExitCode::from(code as u8);
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -178,7 +187,10 @@ fn main() -> ExitCode {
             ExitCode::from(outcome.code as u8)
         }
         Err(error) => {
-            let damaged = error.chain().any(|e| e.is::<Damage>());
+            let damaged = error.chain().any(|e| {
+                e.is::<Damage>()
+                    || e.downcast_ref::<data_dir::OpenFailure>().is_some_and(data_dir::OpenFailure::is_damage)
+            });
             let code = if damaged { EXIT_DAMAGED } else { EXIT_ERROR };
             if json {
                 let report = serde_json::json!({ "ok": false, "damaged": damaged, "error": format!("{error:#}") });

@@ -4,6 +4,8 @@
 pub const EXIT_OK: i32 = 0;
 /// The command could not run (bad argument value, I/O error, store in use, ...).
 pub const EXIT_ERROR: i32 = 1;
+/// Usage error: an unknown flag or command, a missing argument (clap's own code, kept explicit).
+pub const EXIT_USAGE: i32 = 2;
 /// Damage found: verify failed, import refused a truncated or tampered backup, export met a
 /// broken chain, or salvage lost events.
 pub const EXIT_DAMAGED: i32 = 3;
@@ -37,19 +39,9 @@ impl Outcome {
     pub fn new(ok: bool, mut json: serde_json::Value, text: String) -> Outcome {
         if let Some(object) = json.as_object_mut() {
             object.insert("ok".into(), ok.into());
-            if let Some(kib) = peak_rss_kib() {
-                object.insert("peak_rss_kib".into(), kib.into());
-            }
         }
         Outcome { code: if ok { EXIT_OK } else { EXIT_DAMAGED }, json, text }
     }
-}
-
-/// Peak resident set size of this process (VmHWM), in KiB, where /proc is available.
-pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Events per second, rounded.

@@ -2,5 +2,7 @@
 
 mod backup;
 mod damage;
+mod environment;
 mod history;
 mod support;
+mod usage;
