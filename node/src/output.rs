@@ -13,21 +13,14 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `YYYY-MM-DD HH:MM:SS` UTC of milliseconds since the epoch.
+/// `YYYY-MM-DD HH:MM:SS` UTC of milliseconds since the epoch (a clock past what a calendar can
+/// show, year 9999, prints as its milliseconds).
 pub fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60)
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map(|at| at.strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| format!("{ms} ms since the epoch"))
 }
 
 /// Time of a hybrid logical clock value.
@@ -161,5 +154,6 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
         assert_eq!(utc(1_795_435_200_000), "2026-11-23 12:00:00");
+        assert_eq!(utc(u64::MAX), format!("{} ms since the epoch", u64::MAX));
     }
 }
