@@ -254,6 +254,21 @@ mod tests {
     }
 
     #[test]
+    fn a_field_value_in_any_json_is_spelled_as_in_the_case_json() {
+        for value in [
+            FieldValue::Text("Anna".into()),
+            FieldValue::Integer(-7),
+            FieldValue::Decimal("12.50".into()),
+            FieldValue::Bool(true),
+            FieldValue::Date("1980-02-01".into()),
+            FieldValue::Bytes(vec![0, 255]),
+        ] {
+            let plain = serde_json::to_value(&value).unwrap();
+            assert_eq!(plain, serde_json::to_value(ValueJson::from(&value)).unwrap(), "{value:?}");
+        }
+    }
+
+    #[test]
     fn engine_view_and_service_message_give_the_same_json() {
         let values = [
             FieldValue::Text("Anna".into()),

@@ -20,9 +20,11 @@ pub struct Dot {
     pub seq: u64,
 }
 
-/// A typed field value.
+/// A typed field value. In JSON as the proto3 JSON mapping and `docs/case-json.md` spell a
+/// value: `{"text": "Anna"}`, `{"integer": 42}`, `{"decimal": "12.50"}`, `{"boolean": true}`,
+/// `{"date": "1980-02-01"}`, `{"blob": "AP8="}` (base64).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "type", content = "value", rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum FieldValue {
     /// Free text.
     Text(String),
@@ -31,15 +33,18 @@ pub enum FieldValue {
     /// A decimal number in canonical text form (`-12.50`).
     Decimal(String),
     /// True or false.
+    #[serde(rename = "boolean")]
     Bool(bool),
     /// A calendar date, `YYYY-MM-DD`.
     Date(String),
     /// Raw bytes.
-    Bytes(#[serde(serialize_with = "hex_bytes")] Vec<u8>),
+    #[serde(rename = "blob")]
+    Bytes(#[serde(serialize_with = "base64_bytes")] Vec<u8>),
 }
 
-fn hex_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&hex::encode(bytes))
+fn base64_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    use base64::Engine;
+    s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 impl FieldValue {
