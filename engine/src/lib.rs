@@ -45,6 +45,8 @@ pub mod projection;
 pub mod signing;
 pub mod store;
 mod stream_hash;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod vector_clock;
 pub mod verify;
 pub mod wire;

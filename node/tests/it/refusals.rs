@@ -2,10 +2,10 @@
 //! nothing stored, and the node keeps serving.
 
 use bytes::Bytes;
-use casesync_engine::event::{BodyEncoding, EventHeader, SignedEvent};
-use casesync_engine::ids::EventId;
+use casesync_engine::event::SignedEvent;
 use casesync_engine::limits::BATCH_EVENTS_MAX;
 use casesync_engine::signing::DeviceKey;
+use casesync_engine::testkit::chain_with_bodies;
 use casesync_node::auth;
 use casesync_node::shared::now_ms;
 use casesync_node::Node;
@@ -27,23 +27,9 @@ fn signed<T>(message: T, key: &DeviceKey, node: &Node) -> Request<T> {
     request
 }
 
+/// `count` events by `key` in the node's space, each with a body of `body_bytes` bytes.
 fn events_by(key: &DeviceKey, node: &Node, count: u64, body_bytes: usize) -> Vec<SignedEvent> {
-    let mut prev = EventId::ZERO;
-    (1..=count)
-        .map(|seq| {
-            let header = EventHeader {
-                space: node.shared().space,
-                author: key.author(),
-                seq,
-                prev,
-                hlc: seq << 16,
-                encoding: BodyEncoding::Sealed,
-            };
-            let e = SignedEvent::build(key, &header, Bytes::from(vec![7u8; body_bytes])).unwrap();
-            prev = e.link;
-            e
-        })
-        .collect()
+    chain_with_bodies(key, node.shared().space, count, |_| Bytes::from(vec![7u8; body_bytes]))
 }
 
 async fn push(node: &Node, key: &DeviceKey, events: Vec<pb::SignedEvent>) -> Result<pb::PushReply, tonic::Status> {
