@@ -17,6 +17,8 @@ use crate::vector_clock::VersionVector;
 mod body_decoding;
 mod header_decoding;
 mod plain_fields;
+#[cfg(test)]
+mod prost_agreement;
 mod register_encoding;
 
 pub(crate) use header_decoding::decode_plain_header;
