@@ -55,5 +55,8 @@ pub(crate) mod writer;
 pub mod commands;
 // 6
 pub mod store;
+// 7: what the tests of every crate share
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 
 pub use error::Error;

@@ -22,6 +22,7 @@ const ENGINE_LAYERS: &[(&str, u8)] = &[
     ("writer", 4),
     ("commands", 5),
     ("store", 6),
+    ("testkit", 7),
 ];
 
 /// Engine modules of one layer that must not import each other.

@@ -17,6 +17,8 @@ use crate::model::operation::{
 use crate::model::vector_clock::VersionVector;
 
 mod body_decoding;
+#[cfg(test)]
+mod prost_agreement_tests;
 mod register_encoding;
 
 fn bytes(slice: &[u8]) -> Bytes {

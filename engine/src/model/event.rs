@@ -14,7 +14,7 @@ use crate::model::ids::{AuthorId, EventId, SpaceId};
 use crate::model::limits::{EVENT_BYTES_MAX, SIGNATURE_BYTES};
 use crate::model::signing::{DeviceKey, VerifyingKey};
 
-mod plain_header;
+pub(crate) mod plain_header;
 
 /// How an event's body is to be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +80,7 @@ pub(crate) fn parse_event(bytes: Bytes) -> Result<(EventHeader, Bytes), EventErr
 
 /// [`parse_event`] through the generated message: every encoding prost reads, and the error of
 /// bytes that are not a valid event.
-fn parse_event_message(bytes: Bytes) -> Result<(EventHeader, Bytes), EventError> {
+pub(crate) fn parse_event_message(bytes: Bytes) -> Result<(EventHeader, Bytes), EventError> {
     let message = pb::Event::decode(bytes).map_err(|_| EventError::Malformed("event does not decode"))?;
     let space = SpaceId::from_slice(&message.space).map_err(|_| EventError::Malformed("space must be 16 bytes"))?;
     let author = AuthorId::from_slice(&message.author).map_err(|_| EventError::Malformed("author must be 32 bytes"))?;

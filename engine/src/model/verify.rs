@@ -377,32 +377,11 @@ impl ChainVerifier {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-    use crate::model::event::{BodyEncoding, EventHeader};
     use crate::model::signing::DeviceKey;
+    use crate::testkit::chain;
 
     const SPACE: SpaceId = SpaceId([4; 16]);
-
-    fn chain(key: &DeviceKey, count: u64) -> Vec<SignedEvent> {
-        let mut prev = EventId::ZERO;
-        (1..=count)
-            .map(|seq| {
-                let header = EventHeader {
-                    space: SPACE,
-                    author: key.author(),
-                    seq,
-                    prev,
-                    hlc: seq,
-                    encoding: BodyEncoding::Sealed,
-                };
-                let event = SignedEvent::build(key, &header, Bytes::from(format!("body {seq}"))).unwrap();
-                prev = event.link;
-                event
-            })
-            .collect()
-    }
 
     fn run(stored: &[Vec<u8>], author: AuthorId, mode: SignatureCheck) -> ChainReport {
         let mut verifier = ChainVerifier::new(SPACE, mode);
@@ -415,7 +394,7 @@ mod tests {
     #[test]
     fn good_chain_verifies_in_both_modes() {
         let key = DeviceKey::from_secret([1; 32]);
-        let stored: Vec<_> = chain(&key, 5).iter().map(SignedEvent::to_stored).collect();
+        let stored: Vec<_> = chain(&key, SPACE, 5).iter().map(SignedEvent::to_stored).collect();
         for mode in [SignatureCheck::Range, SignatureCheck::Every] {
             let report = run(&stored, key.author(), mode);
             assert!(report.faults.is_empty(), "{:?}", report.faults);
@@ -426,7 +405,7 @@ mod tests {
     #[test]
     fn any_flipped_byte_names_the_altered_event() {
         let key = DeviceKey::from_secret([1; 32]);
-        let stored: Vec<_> = chain(&key, 4).iter().map(SignedEvent::to_stored).collect();
+        let stored: Vec<_> = chain(&key, SPACE, 4).iter().map(SignedEvent::to_stored).collect();
         for target in 0..stored.len() {
             for byte in 0..stored[target].len() {
                 let mut damaged = stored.clone();
@@ -443,7 +422,7 @@ mod tests {
     #[test]
     fn anchors_continue_a_stored_chain() {
         let key = DeviceKey::from_secret([1; 32]);
-        let events = chain(&key, 6);
+        let events = chain(&key, SPACE, 6);
         let anchor = Head { seq: 3, link: events[2].link };
         let mut verifier = ChainVerifier::with_anchors(SPACE, SignatureCheck::Range, [(key.author(), anchor)]);
         for event in &events[3..] {

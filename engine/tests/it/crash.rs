@@ -3,6 +3,7 @@
 //! and every acknowledged seq must be present.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
@@ -11,16 +12,16 @@ use casesync_engine::model::ids::EventId;
 
 use crate::support::*;
 
+/// Set (to a store's directory) only in the child process a crash test spawns of itself.
 const CHILD_ENV: &str = "CASESYNC_CRASH_CHILD_DIR";
 
-/// Runs only as the child (when the parent sets the env var): appends forever.
-#[test]
-fn child_appends_until_killed() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let store = open(std::path::Path::new(&dir));
+/// The child's part of [`sigkill_at_random_moments_loses_nothing_acknowledged`]: appends batches
+/// of events and reports each acknowledged seq until it is killed.
+fn append_until_killed(dir: &Path) -> ! {
+    let store = open(dir);
     let key = device(9);
     let mut stdout = std::io::stdout();
-    for round in 0u64..1_000_000 {
+    for round in 0u64.. {
         let size = 1 + (round % 7) as usize * 13;
         let bodies = (0..size).map(|i| (BodyEncoding::Sealed, Bytes::from(vec![i as u8; 200]))).collect();
         let (events, _) = store.append(&SPACE, &key, round, bodies).unwrap();
@@ -28,20 +29,23 @@ fn child_appends_until_killed() {
         writeln!(stdout, "ack {last}").unwrap();
         stdout.flush().unwrap();
     }
+    unreachable!("appends until killed")
 }
 
+/// Runs itself again as a child process (with [`CHILD_ENV`] set: see
+/// [`append_until_killed`]) and kills the child at random moments.
 #[test]
 fn sigkill_at_random_moments_loses_nothing_acknowledged() {
+    const TEST: &str = "crash::sigkill_at_random_moments_loses_nothing_acknowledged";
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        append_until_killed(Path::new(&dir));
+    }
     let dir = tempfile::tempdir().unwrap();
-    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_cafe);
-    println!("crash test seed {seed} (set CRASH_SEED to replay)");
-    let mut rng = seed;
+    let mut rng = SeededRng::from_env("CRASH_SEED", 0x5eed_cafe);
     let mut acknowledged = 0u64;
     for kill in 0..20 {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let acks_before_kill = 1 + (rng >> 40) % 40;
-        let last_ack =
-            run_child_and_kill("crash::child_appends_until_killed", CHILD_ENV, dir.path(), acks_before_kill, kill);
+        let acks_before_kill = 1 + rng.below(40);
+        let last_ack = run_child_and_kill(TEST, CHILD_ENV, dir.path(), acks_before_kill, kill);
         acknowledged = acknowledged.max(last_ack);
 
         let store = open(dir.path());
@@ -62,10 +66,12 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     }
 }
 
+/// Set (to a directory holding `source` and `target` stores) only in the child process the bulk
+/// crash test spawns of itself.
 const BULK_CHILD_ENV: &str = "CASESYNC_BULK_CRASH_CHILD_DIR";
 
 /// A source store with `cases` cases, each created and then changed by two devices in turn.
-fn busy_source(dir: &std::path::Path, cases: u8) {
+fn busy_source(dir: &Path, cases: u8) {
     use casesync_engine::commands::Command;
     use casesync_engine::model::ids::CaseId;
     use casesync_engine::model::operation::FieldValue;
@@ -86,13 +92,11 @@ fn busy_source(dir: &std::path::Path, cases: u8) {
     }
 }
 
-/// Runs only as the child (when the parent sets the env var): a bulk catch-up from `source`
-/// into `target` in batches of 9, holding 4 cases (so deltas are spilled all the time), then
-/// waits to be killed without ending the catch-up.
-#[test]
-fn child_catches_up_in_bulk_until_killed() {
-    let Ok(dir) = std::env::var(BULK_CHILD_ENV) else { return };
-    let dir = std::path::Path::new(&dir);
+/// The child's part of [`sigkill_during_a_bulk_catch_up_leaves_views_equal_to_the_log`]: a bulk
+/// catch-up from `source` into `target` in batches of 9, holding 4 cases (so deltas are spilled
+/// all the time), reporting the events held after each batch; then waits to be killed without
+/// ending the catch-up.
+fn catch_up_in_bulk_until_killed(dir: &Path) -> ! {
     let source = open(&dir.join("source"));
     let target = open(&dir.join("target"));
     target.begin_bulk_catch_up_holding(4, false);
@@ -106,33 +110,35 @@ fn child_catches_up_in_bulk_until_killed() {
     }
     writeln!(stdout, "caught up").unwrap();
     stdout.flush().unwrap();
-    std::thread::park();
+    loop {
+        std::thread::park();
+    }
 }
 
 /// A bulk catch-up writes its spilled deltas without the WAL; killed at any moment, the store
 /// must reopen with every acknowledged event and views equal to a fresh fold of its log (the
 /// lagging watermark makes the open rebuild them), and finishing the catch-up afterwards must
 /// give the source's state hash.
+///
+/// Runs itself again as a child process (with [`BULK_CHILD_ENV`] set: see
+/// [`catch_up_in_bulk_until_killed`]) and kills the child at random moments.
 #[test]
 fn sigkill_during_a_bulk_catch_up_leaves_views_equal_to_the_log() {
     use casesync_engine::model::state_hash::StateHasher;
+    const TEST: &str = "crash::sigkill_during_a_bulk_catch_up_leaves_views_equal_to_the_log";
+    if let Ok(dir) = std::env::var(BULK_CHILD_ENV) {
+        catch_up_in_bulk_until_killed(Path::new(&dir));
+    }
     let dir = tempfile::tempdir().unwrap();
     busy_source(&dir.path().join("source"), 60);
     let source_hash = open(&dir.path().join("source")).state_hash(&SPACE).unwrap();
-    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0xb01c_cafe);
-    println!("bulk crash test seed {seed} (set CRASH_SEED to replay)");
-    let mut rng = seed;
+    let mut rng = SeededRng::from_env("CRASH_SEED", 0xb01c_cafe);
     for kill in 0..4 {
-        let _ = std::fs::remove_dir_all(dir.path().join("target"));
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let acks_before_kill = 1 + (rng >> 40) % 70; // the log is 720 events: 80 batches
-        let acknowledged = run_child_and_kill(
-            "crash::child_catches_up_in_bulk_until_killed",
-            BULK_CHILD_ENV,
-            dir.path(),
-            acks_before_kill,
-            kill,
-        );
+        if dir.path().join("target").exists() {
+            std::fs::remove_dir_all(dir.path().join("target")).unwrap();
+        }
+        let acks_before_kill = 1 + rng.below(70); // the log is 720 events: 80 batches
+        let acknowledged = run_child_and_kill(TEST, BULK_CHILD_ENV, dir.path(), acks_before_kill, kill);
 
         let target = open(&dir.path().join("target"));
         let held = target.vector(&SPACE).total();
@@ -153,9 +159,10 @@ fn sigkill_during_a_bulk_catch_up_leaves_views_equal_to_the_log() {
     }
 }
 
-/// Runs the child test `test` on `dir`, reads its "ack N" lines until `acks` of them came, kills
-/// it with SIGKILL and returns the last N.
-fn run_child_and_kill(test: &str, env: &str, dir: &std::path::Path, acks: u64, kill: u32) -> u64 {
+/// Runs the test `test` of this binary again as a child process with `env` set to `dir` (so it
+/// plays its child's part), reads its "ack N" lines until `acks` of them came, kills it with
+/// SIGKILL and returns the last N.
+fn run_child_and_kill(test: &str, env: &str, dir: &Path, acks: u64, kill: u32) -> u64 {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(env, dir)

@@ -14,8 +14,8 @@ use crate::support::*;
 fn honest_runs_land_while_a_forged_run_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let a = chain(&device(1), 5);
-    let mut b = chain(&device(2), 5);
+    let a = chain(&device(1), SPACE, 5);
+    let mut b = chain(&device(2), SPACE, 5);
     // Forge b's seq 4 signature: b 1..3 land, 4.. do not.
     b[3].signature[0] ^= 1;
     let mut batch = wire(&a);
@@ -32,7 +32,7 @@ fn honest_runs_land_while_a_forged_run_is_refused() {
 #[test]
 fn prepared_batches_joined_land_in_one_commit_and_refuse_another_space() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (chain(&device(1), 6), chain(&device(2), 3));
+    let (a, b) = (chain(&device(1), SPACE, 6), chain(&device(2), SPACE, 3));
     {
         let store = open(dir.path());
         // An import defers its syncs to the end: what it stored is durable after `sync`.
@@ -58,7 +58,7 @@ fn prepared_batches_joined_land_in_one_commit_and_refuse_another_space() {
 #[test]
 fn an_announcing_ingest_announces_readable_events_once_and_keeps_them() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (chain(&device(1), 4), chain(&device(2), 2));
+    let (a, b) = (chain(&device(1), SPACE, 4), chain(&device(2), SPACE, 2));
     {
         let store = open(dir.path());
         let mut announced = Vec::new();
@@ -89,7 +89,7 @@ fn an_announcing_ingest_announces_readable_events_once_and_keeps_them() {
 #[test]
 fn a_store_written_without_the_wal_holds_everything_once_persisted() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (chain(&device(1), 6), chain(&device(2), 3));
+    let (a, b) = (chain(&device(1), SPACE, 6), chain(&device(2), SPACE, 3));
     let wal_bytes = |dir: &std::path::Path| -> u64 {
         std::fs::read_dir(dir)
             .unwrap()
@@ -108,7 +108,7 @@ fn a_store_written_without_the_wal_holds_everything_once_persisted() {
         assert_eq!(wal_bytes(dir.path()), before, "nothing went to the WAL");
         store.persist().unwrap();
         // Back to normal: a later write is synced through the WAL.
-        let more = chain(&device(3), 1);
+        let more = chain(&device(3), SPACE, 1);
         assert!(store.ingest(&SPACE, wire(&more)).unwrap().rejected.is_empty());
         assert!(wal_bytes(dir.path()) > before);
     }
@@ -123,7 +123,7 @@ fn a_store_written_without_the_wal_holds_everything_once_persisted() {
 fn arrival_records_cover_runs_and_read_back_one_per_event_from_any_position() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let (a, b) = (chain(&device(1), 6), chain(&device(2), 4));
+    let (a, b) = (chain(&device(1), SPACE, 6), chain(&device(2), SPACE, 4));
     // Two batches, each interleaving both authors: four runs in all.
     for range in [0..3usize, 3..6] {
         let mut batch = wire(&a[range.clone()]);
@@ -151,7 +151,7 @@ fn arrival_records_cover_runs_and_read_back_one_per_event_from_any_position() {
 fn gaps_and_broken_chains_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let a = chain(&device(1), 6);
+    let a = chain(&device(1), SPACE, 6);
     // A gap: 1, 2, 4.
     let report = store.ingest(&SPACE, wire(&[a[0].clone(), a[1].clone(), a[3].clone()])).unwrap();
     assert_eq!(report.accepted, 2);
@@ -175,7 +175,7 @@ fn gaps_and_broken_chains_are_refused() {
 fn fork_is_refused_and_kept_as_evidence() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let a = chain(&device(1), 3);
+    let a = chain(&device(1), SPACE, 3);
     store.ingest(&SPACE, wire(&a)).unwrap();
     let key = device(1);
     let forked = SignedEvent::build(&key, &a[1].header, Bytes::from_static(b"another body")).unwrap();
@@ -189,7 +189,7 @@ fn fork_is_refused_and_kept_as_evidence() {
 fn wrong_space_and_malformed_bytes_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let a = chain(&device(1), 1);
+    let a = chain(&device(1), SPACE, 1);
     let mut junk = a[0].to_wire();
     junk.event = Bytes::from_static(b"\xff\xff\xff");
     let report = store.ingest(&casesync_engine::model::ids::SpaceId([1; 16]), wire(&a)).unwrap();
@@ -204,7 +204,7 @@ fn wrong_space_and_malformed_bytes_are_refused() {
 fn every_single_byte_flip_of_a_transmitted_event_is_refused() {
     // The flipped event sits in the middle of a batch, so only the chain (not its own signature
     // check) can catch it: link hashes cover signatures too.
-    let a = chain(&device(1), 3);
+    let a = chain(&device(1), SPACE, 3);
     let original = a[1].to_wire();
     let joined: Vec<u8> = [original.event.as_ref(), original.signature.as_ref()].concat();
     let event_len = original.event.len();
@@ -236,19 +236,9 @@ proptest! {
         cuts in proptest::collection::vec(0usize..40, 0..6),
         order_seed in any::<u64>(),
     ) {
-        let chains: Vec<_> = lens.iter().enumerate().map(|(i, n)| chain(&device(i as u8 + 1), *n)).collect();
+        let chains: Vec<_> = lens.iter().enumerate().map(|(i, n)| chain(&device(i as u8 + 1), SPACE, *n)).collect();
         // Interleave keeping per-author order (what sync delivers).
-        let mut cursors = vec![0usize; chains.len()];
-        let mut stream = Vec::new();
-        let mut rng = order_seed;
-        while stream.len() < chains.iter().map(Vec::len).sum::<usize>() {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let pick = (rng >> 33) as usize % chains.len();
-            if cursors[pick] < chains[pick].len() {
-                stream.push(chains[pick][cursors[pick]].clone());
-                cursors[pick] += 1;
-            }
-        }
+        let stream = interleave_authors(&chains.concat(), &mut SeededRng::new(order_seed));
         let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
         cuts.sort();
         let dir = tempfile::tempdir().unwrap();

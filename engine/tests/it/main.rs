@@ -3,6 +3,8 @@
 mod crash;
 mod format;
 mod group_commit;
+mod history;
 mod ingest;
 mod merge;
+mod properties;
 mod support;

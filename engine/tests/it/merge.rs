@@ -6,55 +6,14 @@ use std::collections::BTreeMap;
 use casesync_engine::commands::Command;
 use casesync_engine::model::event::SignedEvent;
 use casesync_engine::model::ids::{CaseId, EntryId};
-use casesync_engine::model::operation::{Dot, FieldValue, Status, StatusChange};
-use casesync_engine::model::signing::DeviceKey;
+use casesync_engine::model::operation::{Dot, Status, StatusChange};
 use casesync_engine::model::state_hash::StateHasher;
 use casesync_engine::model::vector_clock::VersionVector;
-use casesync_engine::model::views::CaseView;
 use casesync_engine::projection::{fold::Fold, operation_of};
-use casesync_engine::store::Store;
 use proptest::prelude::*;
 
+use crate::history::*;
 use crate::support::*;
-
-struct Device {
-    _dir: tempfile::TempDir,
-    store: Store,
-    key: DeviceKey,
-}
-
-impl Device {
-    fn new(n: u8) -> Device {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        Device { _dir: dir, store, key: device(n) }
-    }
-
-    fn run(&self, now: u64, command: Command) -> CaseView {
-        self.store.execute(&SPACE, &self.key, now, command).unwrap().1
-    }
-
-    fn view(&self, case: CaseId) -> CaseView {
-        self.store.case_view(&SPACE, &case).unwrap().unwrap()
-    }
-
-    /// One-way sync: `self` receives what it lacks from `other`.
-    fn pull_from(&self, other: &Device) {
-        let missing: Vec<_> =
-            other.store.events_after(&SPACE, &self.store.vector(&SPACE)).map(|r| r.unwrap().2).collect();
-        let report = self.store.ingest(&SPACE, missing).unwrap();
-        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
-    }
-}
-
-fn sync(a: &Device, b: &Device) {
-    a.pull_from(b);
-    b.pull_from(a);
-}
-
-fn text(s: &str) -> FieldValue {
-    FieldValue::Text(s.into())
-}
 
 fn set(case: CaseId, name: &str, value: &str) -> Command {
     Command::SetFields { case, fields: vec![(name.into(), text(value))] }
@@ -211,49 +170,6 @@ fn rebuild_gives_the_same_state_hash() {
 
 // ---- Convergence property ----
 
-#[derive(Clone, Debug)]
-enum Step {
-    Op { device: usize, kind: u8, case: u8, field: u8, value: u8 },
-    Sync { a: usize, b: usize },
-}
-
-fn step(devices: usize) -> impl Strategy<Value = Step> {
-    prop_oneof![
-        4 => (0..devices, 0u8..10, 0u8..3, 0u8..3, any::<u8>())
-            .prop_map(|(device, kind, case, field, value)| Step::Op { device, kind, case, field, value }),
-        1 => (0..devices, 0..devices).prop_map(|(a, b)| Step::Sync { a, b }),
-    ]
-}
-
-fn scenario() -> impl Strategy<Value = (usize, Vec<Step>, u64)> {
-    (2usize..=5).prop_flat_map(|n| (Just(n), proptest::collection::vec(step(n), 10..40), any::<u64>()))
-}
-
-fn command_for(device: &Device, kind: u8, case: u8, field: u8, value: u8) -> Option<Command> {
-    let case_id = CaseId([case + 1; 16]);
-    let exists = device.store.case_view(&SPACE, &case_id).unwrap();
-    let entry = EntryId([field + 1; 16]);
-    let name = format!("f{field}");
-    let val = text(&format!("v{value}"));
-    let Some(view) = exists else {
-        return Some(Command::CreateCase { id: case_id, fields: vec![(name, val)] });
-    };
-    let has_entry = device.store.case_state(&SPACE, &case_id).unwrap().unwrap().entries.contains_key(&entry);
-    Some(match kind {
-        0..=3 => Command::SetFields { case: case_id, fields: vec![(name, val)] },
-        4 if view.status == Status::Active => Command::ChangeStatus { case: case_id, change: StatusChange::Archive },
-        4 if view.status == Status::Archived => {
-            Command::ChangeStatus { case: case_id, change: StatusChange::Unarchive }
-        }
-        5 if view.status != Status::Deleted => Command::ChangeStatus { case: case_id, change: StatusChange::Delete },
-        5 => Command::ChangeStatus { case: case_id, change: StatusChange::Restore },
-        6 | 7 if !has_entry => Command::AddEntry { case: case_id, entry, fields: vec![("note".into(), val)] },
-        6 | 7 => Command::UpdateEntry { case: case_id, entry, fields: vec![("note".into(), val)] },
-        8 if has_entry => Command::RemoveEntry { case: case_id, entry },
-        _ => return None,
-    })
-}
-
 /// The state hash of folding `events` in the given order, from scratch and in memory.
 fn fold_hash(events: &[SignedEvent]) -> String {
     let mut fold = Fold::new(VersionVector::new());
@@ -266,16 +182,11 @@ fn fold_hash(events: &[SignedEvent]) -> String {
 /// The state hash of folding `events` as RocksDB may see them: split into random subsets, each
 /// folded as a delta (no stored state, no pending dots dropped), the deltas joined in another
 /// order (the merge operator's grouping is arbitrary).
-fn delta_join_hash(events: &[SignedEvent], mut seed: u64) -> String {
-    let mut next = || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (seed >> 33) as usize
-    };
-    let chunks = 1 + next() % 4;
+fn delta_join_hash(events: &[SignedEvent], rng: &mut SeededRng) -> String {
+    let chunks = 1 + rng.index(4);
     let mut folds: Vec<Fold> = (0..chunks).map(|_| Fold::deltas()).collect();
     for e in events {
-        let k = next() % chunks;
-        folds[k].apply(e, |_| Ok::<_, ()>(None)).unwrap();
+        folds[rng.index(chunks)].apply(e, |_| Ok::<_, ()>(None)).unwrap();
     }
     let mut joined: BTreeMap<CaseId, casesync_engine::model::merge::CaseState> = BTreeMap::new();
     for fold in folds.into_iter().rev() {
@@ -291,54 +202,23 @@ fn delta_join_hash(events: &[SignedEvent], mut seed: u64) -> String {
     StateHasher::of(joined.values())
 }
 
-/// A random interleaving of per-author chains (the orders sync can deliver).
-fn shuffle_respecting_authors(events: &[SignedEvent], mut seed: u64) -> Vec<SignedEvent> {
-    let mut chains: BTreeMap<_, Vec<SignedEvent>> = BTreeMap::new();
-    for e in events {
-        chains.entry(e.header.author).or_default().push(e.clone());
-    }
-    let mut chains: Vec<_> = chains.into_values().map(|c| c.into_iter().rev().collect::<Vec<_>>()).collect();
-    let mut out = Vec::new();
-    while chains.iter().any(|c| !c.is_empty()) {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let live: Vec<usize> = (0..chains.len()).filter(|i| !chains[*i].is_empty()).collect();
-        let pick = live[(seed >> 33) as usize % live.len()];
-        if let Some(e) = chains[pick].pop() {
-            out.push(e);
-        }
-    }
-    out
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn devices_converge_and_no_write_is_lost((n, steps, seed) in scenario()) {
-        let devices: Vec<Device> = (0..n).map(|i| Device::new(i as u8 + 1)).collect();
-        for (t, s) in steps.iter().enumerate() {
-            match *s {
-                Step::Op { device, kind, case, field, value } => {
-                    if let Some(command) = command_for(&devices[device], kind, case, field, value) {
-                        devices[device].store.execute(&SPACE, &devices[device].key, 100 + t as u64, command).unwrap();
-                    }
-                }
-                Step::Sync { a, b } if a != b => sync(&devices[a], &devices[b]),
-                Step::Sync { .. } => {}
-            }
-        }
-        // Heal: everyone syncs with everyone.
-        for a in 0..n { for b in 0..n { if a != b { devices[a].pull_from(&devices[b]); } } }
+    fn devices_converge_and_no_write_is_lost((n, steps) in history(2..=5, 10..40, 3), seed in any::<u64>()) {
+        let devices = play(n, &steps);
         let hash = devices[0].store.state_hash(&SPACE).unwrap();
         for d in &devices {
             prop_assert_eq!(d.store.state_hash(&SPACE).unwrap(), hash.clone());
         }
         let events: Vec<SignedEvent> = devices[0].store.events_after(&SPACE, &VersionVector::new())
             .map(|r| SignedEvent::from_wire(r.unwrap().2).unwrap()).collect();
+        let mut rng = SeededRng::new(seed);
         for k in 0..4u64 {
-            let order = shuffle_respecting_authors(&events, seed.wrapping_add(k));
+            let order = interleave_authors(&events, &mut rng);
             prop_assert_eq!(fold_hash(&order), hash.clone(), "delivery order {} (seed {}) differs", k, seed);
-            prop_assert_eq!(delta_join_hash(&order, seed ^ k), hash.clone(), "joined deltas {} (seed {}) differ", k, seed);
+            prop_assert_eq!(delta_join_hash(&order, &mut rng), hash.clone(), "joined deltas {} (seed {}) differ", k, seed);
         }
         // The rebuild's hash comes from the digests of the cases it wrote; the scan reads them.
         prop_assert_eq!(devices[0].store.rebuild_projections(&SPACE).unwrap(), hash.clone());

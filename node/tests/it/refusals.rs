@@ -2,10 +2,10 @@
 //! nothing stored, and the node keeps serving.
 
 use bytes::Bytes;
-use casesync_engine::model::event::{BodyEncoding, EventHeader, SignedEvent};
-use casesync_engine::model::ids::EventId;
+use casesync_engine::model::event::SignedEvent;
 use casesync_engine::model::limits::BATCH_EVENTS_MAX;
 use casesync_engine::model::signing::DeviceKey;
+use casesync_engine::testkit::{chain_with_bodies, wire};
 use casesync_node::auth;
 use casesync_node::shared::now_ms;
 use casesync_node::Node;
@@ -27,23 +27,9 @@ fn signed<T>(message: T, key: &DeviceKey, node: &Node) -> Request<T> {
     request
 }
 
+/// `count` events by `key` in the node's space, each with a body of `body_bytes` bytes.
 fn events_by(key: &DeviceKey, node: &Node, count: u64, body_bytes: usize) -> Vec<SignedEvent> {
-    let mut prev = EventId::ZERO;
-    (1..=count)
-        .map(|seq| {
-            let header = EventHeader {
-                space: node.shared().space,
-                author: key.author(),
-                seq,
-                prev,
-                hlc: seq << 16,
-                encoding: BodyEncoding::Sealed,
-            };
-            let e = SignedEvent::build(key, &header, Bytes::from(vec![7u8; body_bytes])).unwrap();
-            prev = e.link;
-            e
-        })
-        .collect()
+    chain_with_bodies(key, node.shared().space, count, |_| Bytes::from(vec![7u8; body_bytes]))
 }
 
 async fn push(node: &Node, key: &DeviceKey, events: Vec<pb::SignedEvent>) -> Result<pb::PushReply, tonic::Status> {
@@ -83,42 +69,55 @@ async fn forged_malformed_and_oversized_pushes_store_nothing() {
     let home = casesync_engine::identity::DeviceIdentity::load(&c.dirs[1]).unwrap().unwrap().key;
     let honest = events_by(&home, &office, 3, 100);
 
-    // Forged: a valid chain whose last signature is wrong.
-    let mut forged: Vec<pb::SignedEvent> = honest.iter().map(SignedEvent::to_wire).collect();
-    let mut sig = forged[2].signature.to_vec();
-    sig[5] ^= 1;
-    forged[2].signature = Bytes::from(sig);
-    let status = push(&office, &home, forged[2..].to_vec()).await.unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"); // seq 3 without 1..2: a gap
-
     // Malformed bytes.
     let junk = pb::SignedEvent { event: Bytes::from_static(b"\x0a\x99garbage"), signature: Bytes::from(vec![0u8; 64]) };
     let status = push(&office, &home, vec![junk]).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
-    // Bad signature on an event that would otherwise continue the chain.
+    // A gap: seq 3 without 1..2.
+    let status = push(&office, &home, wire(&honest[2..])).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("gap: expected seq 1, got 3"), "{status:?}");
+
+    // Bad signature on an event that would otherwise start the chain.
     let mut bad_first = honest[0].to_wire();
     let mut sig = bad_first.signature.to_vec();
     sig[0] ^= 0x80;
     bad_first.signature = Bytes::from(sig);
     let status = push(&office, &home, vec![bad_first]).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("seq 1 refused"), "{status:?}");
 
     // Too many events in one batch.
     let many = events_by(&home, &office, BATCH_EVENTS_MAX as u64 + 1, 10);
-    let status = push(&office, &home, many.iter().map(SignedEvent::to_wire).collect()).await.unwrap_err();
+    let status = push(&office, &home, wire(&many)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
-    // A message over the size limit.
+    // A message over the size limit: refused by the server's decoder.
     let huge = events_by(&home, &office, 6, 900_000);
-    let status = push(&office, &home, huge.iter().map(SignedEvent::to_wire).collect()).await.unwrap_err();
-    assert!(matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted | Code::Internal), "{status:?}");
+    let status = push(&office, &home, wire(&huge)).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("message length too large"), "{status:?}");
 
     assert_eq!(events(&office), 0, "nothing was stored");
 
-    // The node keeps serving: the honest events land.
-    let reply = push(&office, &home, honest.iter().map(SignedEvent::to_wire).collect()).await.unwrap();
-    assert_eq!(reply.accepted, 3);
+    // Forged: an event that continues the stored chain exactly (seq 3 after the stored 1..2,
+    // prev = link of seq 2) in home's name, with a body home never wrote, signed by another key.
+    // It passes every chain check and is refused by the signature check alone.
+    let reply = push(&office, &home, wire(&honest[..2])).await.unwrap();
+    assert_eq!(reply.accepted, 2);
+    let forger = DeviceKey::from_secret([66; 32]);
+    let forged =
+        SignedEvent::build(&forger, &honest[2].header, Bytes::from_static(b"a body home never wrote")).unwrap();
+    assert_eq!((forged.header.author, forged.header.prev), (home.author(), honest[1].link));
+    let status = push(&office, &home, wire(&[forged])).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("seq 3 refused: bad signature"), "{status:?}");
+    assert_eq!(events(&office), 2, "the forged event was not stored");
+
+    // The node keeps serving: the honest event lands.
+    let reply = push(&office, &home, wire(&honest)).await.unwrap();
+    assert_eq!((reply.accepted, reply.duplicates), (1, 2));
     assert_eq!(events(&office), 3);
     office.shutdown().await;
 }

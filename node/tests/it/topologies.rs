@@ -3,6 +3,7 @@
 use casesync_engine::commands::Command;
 use casesync_engine::error::AppendError;
 use casesync_engine::model::operation::{smallvec, StatusChange};
+use casesync_engine::testkit::copy_dir;
 use casesync_node::demo::edit;
 use casesync_node::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -256,19 +257,6 @@ async fn a_copied_data_dir_continues_as_a_new_device() {
     let office = start(&c.dirs[0], vec![]).await;
     assert_eq!(office.shared().identity.author(), original);
     office.shutdown().await;
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_name() != "LOCK" {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Bodies creating cases `from..to` (one "name" field each).

@@ -11,15 +11,12 @@ use casesync_engine::model::signing::DeviceKey;
 use casesync_engine::model::vector_clock::VersionVector;
 use casesync_engine::projection::queries::CaseFilter;
 use casesync_engine::store::{Store, StoreOptions};
+pub use casesync_engine::testkit::device;
 use serde_json::Value;
 
 pub const SPACE: SpaceId = SpaceId([0x5a; 16]);
 /// 2026-11-23T12:00:00Z.
 pub const T0_MS: u64 = 1_795_435_200_000;
-
-pub fn device(n: u8) -> DeviceKey {
-    DeviceKey::from_secret([n; 32])
-}
 
 pub fn case(n: u32) -> CaseId {
     let mut id = [0u8; 16];

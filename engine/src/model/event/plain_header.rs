@@ -53,7 +53,7 @@ pub(crate) fn decode_plain_header(event: &[u8]) -> Option<(EventHeader, Range<us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::event::parse_event;
+    use crate::model::event::{parse_event, parse_event_message};
     use bytes::Bytes;
     use casesync_proto::v1 as pb;
     use proptest::prelude::*;
@@ -91,7 +91,7 @@ mod tests {
         #[test]
         fn the_plain_reader_agrees_with_prost(message in event()) {
             let bytes = Bytes::from(message.encode_to_vec());
-            let by_prost = parse_event(bytes.clone());
+            let by_prost = parse_event_message(bytes.clone());
             match decode_plain_header(&bytes) {
                 Some((header, body)) => {
                     let (prost_header, prost_body) = by_prost.expect("prost reads what the plain reader read");
@@ -115,7 +115,7 @@ mod tests {
             }
             let bytes = Bytes::from(bytes);
             if let Some((header, body)) = decode_plain_header(&bytes) {
-                let (prost_header, prost_body) = parse_event(bytes.clone()).expect("prost reads what the plain reader read");
+                let (prost_header, prost_body) = parse_event_message(bytes.clone()).expect("prost reads what the plain reader read");
                 prop_assert_eq!(header, prost_header);
                 prop_assert_eq!(&bytes[body], &prost_body[..]);
             }
