@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use casesync_engine::codec::case_json::{CaseJson, CaseListJson};
+use casesync_engine::codec::case_json::{CaseJson, CaseListJson, ConflictListJson, HistoryJson};
 use casesync_engine::codec::wire::value_to_pb;
 use casesync_engine::model::ids::SpaceId;
 use casesync_engine::model::operation::FieldValue;
@@ -465,7 +465,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
             CaseCommand::History { case } => {
                 let history = client.history(case_ref(case)).await.map_err(status_error)?.into_inner();
                 if as_json {
-                    return json(&history);
+                    return json(&HistoryJson::try_from(&history)?);
                 }
                 for item in &history.items {
                     println!("{}", output::history_line(item));
@@ -479,7 +479,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
                     .map_err(status_error)?
                     .into_inner();
                 if as_json {
-                    return json(&list);
+                    return json(&ConflictListJson::try_from(&list)?);
                 }
                 if list.conflicts.is_empty() {
                     println!("no conflicts");

@@ -231,6 +231,111 @@ impl TryFrom<&pb::CaseList> for CaseListJson {
     }
 }
 
+/// One event in a case's history (`casesync case history --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HistoryItemJson {
+    /// The event id (hex).
+    pub event_id: String,
+    /// The event's hybrid logical clock.
+    pub hlc: u64,
+    /// The writing device's key (hex).
+    pub author: String,
+    /// The writing device's short id.
+    pub device: String,
+    /// The writing device's name, when known.
+    pub device_name: String,
+    /// The event's seq.
+    pub seq: u64,
+    /// What it did: `create`, `set`, `delete`, ..., `entry-restore`.
+    pub operation: String,
+    /// The entry, for entry operations.
+    pub entry_id: Option<String>,
+    /// The fields written, by name.
+    pub fields: BTreeMap<String, ValueJson>,
+}
+
+/// A case's history (`casesync case history --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HistoryJson {
+    /// Its events, in (hlc, author, seq) order.
+    pub items: Vec<HistoryItemJson>,
+}
+
+impl TryFrom<&pb::HistoryReply> for HistoryJson {
+    type Error = OperationError;
+
+    fn try_from(reply: &pb::HistoryReply) -> Result<HistoryJson, OperationError> {
+        let items = reply
+            .items
+            .iter()
+            .map(|item| {
+                let fields = item
+                    .fields
+                    .iter()
+                    .map(|f| Ok((f.name.clone(), value_pb(f.value.as_ref())?)))
+                    .collect::<Result<_, OperationError>>()?;
+                Ok(HistoryItemJson {
+                    event_id: item.event_id.clone(),
+                    hlc: item.hlc,
+                    author: item.author.clone(),
+                    device: item.device.clone(),
+                    device_name: item.device_name.clone(),
+                    seq: item.seq,
+                    operation: item.operation.clone(),
+                    entry_id: (!item.entry_id.is_empty()).then(|| item.entry_id.clone()),
+                    fields,
+                })
+            })
+            .collect::<Result<_, OperationError>>()?;
+        Ok(HistoryJson { items })
+    }
+}
+
+/// One conflict: a field (or a case's status, as `"status"`) with concurrent current versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConflictJson {
+    /// The case (hex).
+    pub case_id: String,
+    /// The entry, for a field of an entry.
+    pub entry_id: Option<String>,
+    /// The field's name, or `status`.
+    pub field: String,
+    /// Every current version.
+    pub versions: Vec<VersionJson<ValueJson>>,
+}
+
+/// Conflicts of a space or a case (`casesync case conflicts --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConflictListJson {
+    /// The conflicts, by case.
+    pub conflicts: Vec<ConflictJson>,
+}
+
+impl TryFrom<&pb::ConflictList> for ConflictListJson {
+    type Error = OperationError;
+
+    fn try_from(list: &pb::ConflictList) -> Result<ConflictListJson, OperationError> {
+        let conflicts = list
+            .conflicts
+            .iter()
+            .map(|c| {
+                let versions = c
+                    .versions
+                    .iter()
+                    .map(|v| Ok(version_pb(v, value_pb(v.value.as_ref())?)))
+                    .collect::<Result<_, OperationError>>()?;
+                Ok(ConflictJson {
+                    case_id: c.case_id.clone(),
+                    entry_id: (!c.entry_id.is_empty()).then(|| c.entry_id.clone()),
+                    field: c.field.clone(),
+                    versions,
+                })
+            })
+            .collect::<Result<_, OperationError>>()?;
+        Ok(ConflictListJson { conflicts })
+    }
+}
+
 /// Standard base64 with padding (RFC 4648 section 4), as the proto3 JSON mapping spells bytes.
 fn base64(bytes: &[u8]) -> String {
     use base64::Engine;

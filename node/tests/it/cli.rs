@@ -38,6 +38,12 @@ fn case_commands_work_on_the_data_dir_and_speak_json() {
     let ops: Vec<&str> =
         history["items"].as_array().unwrap().iter().map(|i| i["operation"].as_str().unwrap()).collect();
     assert_eq!(ops, vec!["create", "set", "entry-add", "entry-remove", "entry-restore", "archive"]);
+    // Values in the history as in a case's JSON (docs/case-json.md).
+    assert_eq!(history["items"][1]["fields"], serde_json::json!({"phone": {"text": "555"}}));
+    assert_eq!(history["items"][0]["fields"]["born"], serde_json::json!({"date": "1980-02-01"}));
+    assert_eq!(history["items"][0]["entry_id"], serde_json::Value::Null);
+    let conflicts = json(&casesync(&data, &["case", "conflicts", "--json"]));
+    assert_eq!(conflicts, serde_json::json!({"conflicts": []}));
     let status = json(&casesync(&data, &["status", "--json"]));
     assert_eq!(status["events"], 6);
 
