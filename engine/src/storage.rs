@@ -257,6 +257,24 @@ impl Db {
     }
 }
 
+/// Whether another process holds the lock RocksDB takes on a database's `LOCK` file (a store in
+/// use by a running `casesync`). Asked only after an open failed, so this process holds no lock
+/// there that closing the probe could drop.
+#[cfg(target_os = "linux")]
+pub fn held_by_another_process(db: &Path) -> bool {
+    use rustix::fs::{fcntl_lock, FlockOperation};
+    use rustix::io::Errno;
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(db.join("LOCK")) else { return false };
+    // Granted, the probe's lock ends when `file` closes.
+    matches!(fcntl_lock(&file, FlockOperation::NonBlockingLockExclusive), Err(Errno::AGAIN | Errno::ACCESS))
+}
+
+/// Whether another process holds a database's lock: not known on this platform.
+#[cfg(not(target_os = "linux"))]
+pub fn held_by_another_process(_db: &Path) -> bool {
+    false
+}
+
 /// Read options for iterating across cases in the `case_parts` family, past its prefix filter.
 pub(crate) fn total_order() -> rocksdb::ReadOptions {
     let mut read = rocksdb::ReadOptions::default();

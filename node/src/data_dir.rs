@@ -141,7 +141,7 @@ pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
     let store = Store::open(&db_path(data), StoreOptions { projections: !relay }).map_err(|e| {
         let context = if e.fault() == Some(StorageFault::NoSpace) {
             crate::grpc_status::DISK_FULL
-        } else if e.to_string().contains("lock") {
+        } else if casesync_engine::storage::held_by_another_process(&db_path(data)) {
             "the data dir is in use by another casesync process"
         } else {
             "cannot open the log store"

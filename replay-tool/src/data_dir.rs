@@ -127,29 +127,13 @@ fn classify(db: &Path, error: OpenError) -> OpenFailure {
         // In a store that exists (`CURRENT` is there), a missing file is one its manifest names.
         Some(StorageFault::Corruption | StorageFault::MissingFile) => OpenFailure::Damaged(error),
         Some(StorageFault::NoSpace) => OpenFailure::NoSpace(error),
-        Some(StorageFault::Io) if lock_held_elsewhere(db) => OpenFailure::InUse(error),
+        Some(StorageFault::Io) if casesync_engine::storage::held_by_another_process(db) => OpenFailure::InUse(error),
         Some(StorageFault::Io) => match access_denied(db) {
             Some((path, cause)) => OpenFailure::Denied { path, cause, error },
             None => OpenFailure::Other(error),
         },
         _ => OpenFailure::Other(error),
     }
-}
-
-/// Whether another process holds the record lock RocksDB takes on `db/LOCK`. Asked only after
-/// RocksDB's open failed, so this process holds no lock there that closing the probe could drop.
-#[cfg(target_os = "linux")]
-fn lock_held_elsewhere(db: &Path) -> bool {
-    use rustix::fs::{fcntl_lock, FlockOperation};
-    use rustix::io::Errno;
-    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(db.join("LOCK")) else { return false };
-    // Granted, the probe's lock ends when `file` closes.
-    matches!(fcntl_lock(&file, FlockOperation::NonBlockingLockExclusive), Err(Errno::AGAIN | Errno::ACCESS))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lock_held_elsewhere(_db: &Path) -> bool {
-    false
 }
 
 /// The first of `db` (read, write, search) and its files (read; `LOCK` also write) that this

@@ -285,3 +285,18 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
     }
     node.shutdown().await;
 }
+
+/// A data dir in use by a running `casesync serve`: a second daemon on it says so (asked of
+/// RocksDB's lock, not read from an error message) and changes nothing.
+#[test]
+fn a_second_daemon_on_a_data_dir_in_use_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("office");
+    json_out(&casesync(&data, &["init", "--name", "office", "--json"]));
+    let _first = serve(&data, &[]);
+    let second = casesync(&data, &["serve", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]);
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use by another casesync process"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
