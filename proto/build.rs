@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "CaseChange",
         "DeviceInfo",
         "DeviceList",
+        "FenceReply",
     ] {
         builder = builder.type_attribute(format!(".casesync.v1.{message}"), "#[derive(serde::Serialize)]");
     }

@@ -184,16 +184,12 @@ impl LogState {
         StagedEvents { batch, after }
     }
 
-    /// Records that a peer holds `author`'s chain up to `seq`. While the local head is lower,
-    /// local appends by that author are refused (the self-fork guard). Returns whether the fence
-    /// is now above the local head.
-    pub(crate) fn note_remote_head(
-        &mut self,
-        db: &Db,
-        space: &SpaceId,
-        author: &AuthorId,
-        seq: u64,
-    ) -> Result<bool, StoreError> {
+    /// Records that `evidence`, an event of its author's that verified, exists beyond the local
+    /// head: while the head is lower, local appends by that author are refused (the self-fork
+    /// guard). The caller verified the event's signature. Returns whether the fence is now above
+    /// the local head.
+    pub(crate) fn raise_fence(&mut self, db: &Db, evidence: &SignedEvent) -> Result<bool, StoreError> {
+        let (space, author, seq) = (&evidence.header.space, &evidence.header.author, evidence.header.seq);
         let state = self;
         let local = state.head(space, author).map_or(0, |h| h.seq);
         let known = state.fences.get(&(*space, *author)).copied().unwrap_or(0);
@@ -204,6 +200,17 @@ impl LogState {
             state.fences.insert((*space, *author), seq);
         }
         Ok(state.fences.get(&(*space, *author)).copied().unwrap_or(0) > local)
+    }
+
+    /// Removes the fence of an author (an operator's decision: see [`crate::store::Store::clear_fence`]).
+    /// Returns the seq it stood at (0 when there was none).
+    pub(crate) fn clear_fence(&mut self, db: &Db, space: &SpaceId, author: &AuthorId) -> Result<u64, StoreError> {
+        let Some(seq) = self.fences.get(&(*space, *author)).copied() else { return Ok(0) };
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(db.cf(CF_META), meta_fence(space, author));
+        db.commit(batch)?;
+        self.fences.remove(&(*space, *author));
+        Ok(seq)
     }
 
     /// The fence of an author: the highest seq seen at a peer (0 when none).

@@ -244,11 +244,28 @@ impl Store {
         self.lock_writer().log.max_hlc
     }
 
-    /// Records that a peer holds `author`'s chain up to `seq`. While the local head is lower,
-    /// local appends by that author are refused (the self-fork guard). Returns whether the fence
-    /// is now above the local head.
-    pub fn note_remote_head(&self, space: &SpaceId, author: &AuthorId, seq: u64) -> Result<bool, StoreError> {
-        self.lock_writer().log.note_remote_head(&self.db, space, author, seq)
+    /// Records that `evidence`, a signed event of some author's chain, exists (at a peer) beyond
+    /// this store's head of that chain: while the local head is lower, local appends by that
+    /// author are refused (the self-fork guard: a device restored from an old copy must fetch its
+    /// own tail before it writes). Only evidence raises a fence: an event of `space` whose
+    /// signature verifies against its author's key; a claim of a seq alone never does, so a peer
+    /// cannot stop a device from writing by naming a seq. Returns whether the fence is now above
+    /// the local head.
+    pub fn raise_fence(&self, space: &SpaceId, evidence: &SignedEvent) -> Result<bool, crate::Error> {
+        if evidence.header.space != *space {
+            return Err(CommandError::Invalid("fence evidence of another space").into());
+        }
+        evidence.verify_signature()?;
+        Ok(self.lock_writer().log.raise_fence(&self.db, evidence)?)
+    }
+
+    /// Removes the fence of an author, letting this device write again before it has fetched the
+    /// events a peer showed it holds. If those events exist, the next write forks the chain: every
+    /// other device then refuses this device's writes from that seq on (they are kept as fork
+    /// evidence). For an operator who knows those events are gone for good. Returns the seq the
+    /// fence stood at (0 when there was none).
+    pub fn clear_fence(&self, space: &SpaceId, author: &AuthorId) -> Result<u64, StoreError> {
+        self.lock_writer().log.clear_fence(&self.db, space, author)
     }
 
     /// The fence of an author: the highest seq seen at a peer (0 when none).

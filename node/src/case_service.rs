@@ -125,6 +125,27 @@ impl Cases for CaseService {
         Ok(Response::new(list))
     }
 
+    async fn fence(&self, request: Request<pb::FenceRequest>) -> Result<Response<pb::FenceReply>, GrpcStatus> {
+        let clear = request.into_inner().clear;
+        let shared = self.shared.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            let (store, space, me) = (&shared.store, &shared.space, shared.identity.author());
+            let cleared_seq =
+                if clear { store.clear_fence(space, &me).map_err(|e| grpc_status::store(&e))? } else { 0 };
+            let local_seq = store.head(space, &me).map_or(0, |h| h.seq);
+            let fence_seq = store.fence(space, &me);
+            Ok::<_, GrpcStatus>(pb::FenceReply {
+                local_seq,
+                fence_seq,
+                blocks_writes: fence_seq > local_seq,
+                cleared_seq,
+            })
+        })
+        .await
+        .map_err(grpc_status::join)??;
+        Ok(Response::new(reply))
+    }
+
     async fn create_case(&self, request: Request<pb::CreateCaseRequest>) -> Result<Response<pb::CaseView>, GrpcStatus> {
         let fields = fields(request.into_inner().fields)?;
         self.run(move |_| Ok(Command::CreateCase { id: CaseId(random_id()), fields })).await

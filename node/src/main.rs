@@ -17,7 +17,7 @@ fn small_pages_only() {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     small_pages_only();
-    let cli = casesync_node::cli::Cli::parse();
+    let cli = casesync_node::cli::args::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CASESYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

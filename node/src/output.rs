@@ -23,6 +23,28 @@ pub fn utc(ms: u64) -> String {
         .unwrap_or_else(|| format!("{ms} ms since the epoch"))
 }
 
+/// This device's fence, and what clearing it risks.
+pub fn fence_text(reply: &pb::FenceReply) -> String {
+    let mut out = String::new();
+    if reply.cleared_seq > 0 {
+        out.push_str(&format!("fence at seq {} cleared: this device writes again\n", reply.cleared_seq));
+    }
+    if reply.blocks_writes {
+        out.push_str(&format!(
+            "fence: a peer holds this device's own events up to seq {} (local head {}); local writes \
+             wait until a sync fetches them.\n`casesync fence --clear` lets this device write now: only \
+             if those events are lost for good, since if they exist anywhere the next write forks \
+             this device's chain and other devices refuse its writes from seq {} on",
+            reply.fence_seq,
+            reply.local_seq,
+            reply.local_seq + 1
+        ));
+    } else if reply.cleared_seq == 0 {
+        out.push_str(&format!("no fence: this device writes at seq {}", reply.local_seq + 1));
+    }
+    out.trim_end().to_string()
+}
+
 /// Time of a hybrid logical clock value.
 pub fn hlc_time(hlc: u64) -> String {
     utc(casesync_engine::model::hlc::millis(hlc))

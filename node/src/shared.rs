@@ -160,7 +160,21 @@ impl Shared {
     /// streams to peers are woken once the batch is durable; this device's own events coming
     /// back wait for the disk before anyone sees them.
     pub fn store_from_peer(&self, peer: &AuthorId, batch: PreparedBatch) -> Result<IngestReport, StoreError> {
-        let report = if batch.has_author(&self.identity.author()) {
+        let me = self.identity.author();
+        let report = if let Some(newest) = batch.last_of(&me) {
+            // This device's own events beyond its head (it was restored from an old copy):
+            // signed evidence, so no local write may take those seqs until they are stored.
+            // Those that continue the chain are stored right below, and the fence is passed.
+            let head = self.store.head(&self.space, &me).map_or(0, |h| h.seq);
+            if newest.header.seq > head {
+                match self.store.raise_fence(&self.space, newest) {
+                    Ok(_) => {}
+                    Err(casesync_engine::Error::Store(error)) => return Err(error),
+                    Err(refused) => {
+                        tracing::warn!(%refused, "a peer sent an event of this device's that does not verify")
+                    }
+                }
+            }
             self.store.ingest_prepared(batch)?
         } else {
             self.store.ingest_prepared_announcing(batch, |commit| raise(&self.visible, commit.next_position))?

@@ -100,12 +100,9 @@ impl PeerClient {
             wire::vector_from_pb(&reply.heads.unwrap_or_default()).context("peer sent a malformed version vector")?;
         let me = self.shared.identity.author();
         if vector.get(&me) > self.shared.store.vector(&self.shared.space).get(&me) {
-            let (store, space, seq) = (self.shared.store.clone(), self.shared.space, vector.get(&me));
-            tracing::warn!(
-                seq,
-                "a peer holds this device's events beyond the local head: fetching them before any local write"
-            );
-            tokio::task::spawn_blocking(move || store.note_remote_head(&space, &me, seq)).await??;
+            // A claim, not evidence: the fence rises only when the events themselves arrive
+            // (`Shared::store_from_peer`), which this session's pull asks for next.
+            tracing::warn!(seq = vector.get(&me), "a peer says it holds this device's events beyond the local head");
         }
         self.shared.reset_known(&self.server, &vector);
         Ok(vector)

@@ -7,7 +7,6 @@ use casesync_engine::codec::wire;
 use casesync_engine::log::ingest::PreparedBatch;
 use casesync_engine::model::ids::{AuthorId, SpaceId};
 use casesync_engine::model::limits::BATCH_EVENTS_MAX;
-use casesync_engine::model::vector_clock::VersionVector;
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::sync_server::Sync;
 use tokio::sync::mpsc;
@@ -51,21 +50,6 @@ impl SyncServer {
     fn check_space(&self, space: &[u8]) -> Result<(), Status> {
         if SpaceId::from_slice(space).ok() != Some(self.shared.space) {
             return Err(Status::invalid_argument("request names another space than its authentication"));
-        }
-        Ok(())
-    }
-
-    /// The self-fork guard: a peer holds this device's own events beyond the local head.
-    async fn guard_own_chain(&self, peer_has: &VersionVector) -> Result<(), Status> {
-        let me = self.shared.identity.author();
-        if peer_has.get(&me) > self.shared.store.vector(&self.shared.space).get(&me) {
-            let store = self.shared.store.clone();
-            let space = self.shared.space;
-            let seq = peer_has.get(&me);
-            tokio::task::spawn_blocking(move || store.note_remote_head(&space, &me, seq))
-                .await
-                .map_err(grpc_status::join)?
-                .map_err(|e| grpc_status::store(&e))?;
         }
         Ok(())
     }
@@ -137,7 +121,8 @@ impl Sync for SyncServer {
         self.check_space(&message.space)?;
         let have = wire::vector_from_pb(&message.have.unwrap_or_default())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.guard_own_chain(&have).await?;
+        // A `have` naming this device's own chain beyond its head is a claim, not evidence: it
+        // raises no fence (a peer's push of those events does, `Shared::store_from_peer`).
         self.shared.reset_known(&device, &have);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER_BATCHES);
         tokio::spawn(stream_events(self.shared.clone(), device, have, message.follow, tx));

@@ -149,6 +149,11 @@ impl PreparedBatch {
         self.runs.contains_key(author)
     }
 
+    /// The event of `author` with the highest seq in the batch, if it holds any.
+    pub fn last_of(&self, author: &AuthorId) -> Option<&SignedEvent> {
+        self.runs.get(author).and_then(|run| run.iter().max_by_key(|event| event.header.seq))
+    }
+
     /// Events held (refused ones not counted).
     pub fn len(&self) -> usize {
         self.events

@@ -44,6 +44,14 @@ fn case_commands_work_on_the_data_dir_and_speak_json() {
     assert_eq!(history["items"][0]["entry_id"], serde_json::Value::Null);
     let conflicts = json(&casesync(&data, &["case", "conflicts", "--json"]));
     assert_eq!(conflicts, serde_json::json!({"conflicts": []}));
+    // No fence: the device writes on; clearing none changes nothing.
+    let fence = json(&casesync(&data, &["fence", "--json"]));
+    assert_eq!(fence["blocks_writes"], false, "{fence}");
+    assert_eq!(fence["local_seq"], 6, "{fence}");
+    let cleared = json(&casesync(&data, &["fence", "--clear", "--json"]));
+    assert_eq!(cleared["cleared_seq"], 0, "{cleared}");
+    let text = casesync(&data, &["fence"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("no fence: this device writes at seq 7"));
     let status = json(&casesync(&data, &["status", "--json"]));
     assert_eq!(status["events"], 6);
 

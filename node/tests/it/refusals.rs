@@ -121,3 +121,26 @@ async fn forged_malformed_and_oversized_pushes_store_nothing() {
     assert_eq!(events(&office), 3);
     office.shutdown().await;
 }
+
+/// A peer that claims, in a pull's `have` or in its heads, that this device's own chain reaches
+/// seq 2^64-1 sends no evidence: no fence rises, and the device goes on writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_about_this_devices_chain_without_its_events_changes_nothing() {
+    let c = cluster(&["office", "home"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    create(&office, case(1), "Anna").await;
+    let home = casesync_engine::identity::DeviceIdentity::load(&c.dirs[1]).unwrap().unwrap().key;
+    let me = office.shared().identity.author();
+    let claim: casesync_engine::model::vector_clock::VersionVector = [(me, u64::MAX)].into_iter().collect();
+    let pull = pb::PullRequest {
+        space: Bytes::copy_from_slice(office.shared().space.as_bytes()),
+        have: Some(casesync_engine::codec::wire::vector_to_pb(&claim)),
+        follow: false,
+    };
+    let mut stream = client(&office).await.pull(signed(pull, &home, &office)).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
+    assert_eq!(office.shared().store.fence(&office.shared().space, &me), 0);
+    set(&office, case(1), "phone", "030-1").await;
+    assert_eq!(office.shared().store.vector(&office.shared().space).get(&me), 2);
+    office.shutdown().await;
+}

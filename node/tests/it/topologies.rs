@@ -2,6 +2,8 @@
 
 use casesync_engine::commands::Command;
 use casesync_engine::error::AppendError;
+use casesync_engine::model::event::{BodyEncoding, EventHeader, SignedEvent};
+use casesync_engine::model::ids::EventId;
 use casesync_engine::model::operation::{smallvec, StatusChange};
 use casesync_engine::testkit::copy_dir;
 use casesync_node::demo::edit;
@@ -222,6 +224,20 @@ async fn a_node_restored_from_an_old_copy_fetches_its_own_tail_before_writing() 
     }
 }
 
+/// An event of `key`'s chain at `seq`, signed (its prev names nothing stored: evidence that the
+/// chain reaches `seq` somewhere, not an event that could be stored here).
+fn evidence(node: &Node, key: &casesync_engine::model::signing::DeviceKey, seq: u64) -> SignedEvent {
+    let header = EventHeader {
+        space: node.shared().space,
+        author: key.author(),
+        seq,
+        prev: EventId([9; 32]),
+        hlc: 1 << 16,
+        encoding: BodyEncoding::Plain,
+    };
+    SignedEvent::build(key, &header, bytes::Bytes::from_static(b"body")).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_writes_wait_while_a_peer_holds_a_newer_own_tail() {
     let c = cluster(&["office"]).await;
@@ -229,7 +245,7 @@ async fn local_writes_wait_while_a_peer_holds_a_newer_own_tail() {
     create(&office, case(1), "Anna").await;
     let shared = office.shared().clone();
     let me = shared.identity.author();
-    assert!(shared.store.note_remote_head(&shared.space, &me, 5).unwrap());
+    assert!(shared.store.raise_fence(&shared.space, &evidence(&office, &shared.identity.key, 5)).unwrap());
     let refused = shared.store.execute(
         &shared.space,
         &shared.identity.key,
@@ -239,6 +255,24 @@ async fn local_writes_wait_while_a_peer_holds_a_newer_own_tail() {
     assert!(matches!(refused, Err(casesync_engine::Error::Append(AppendError::Fenced { local: 1, remote: 5 }))));
     let via_node = edit(&shared, Command::SetFields { case: case(1), fields: vec![("phone".into(), text("x"))] }).await;
     assert!(via_node.unwrap_err().to_string().contains("sync with a peer"));
+    // The operator's way out: the fence is cleared and the device writes again.
+    assert_eq!(shared.store.clear_fence(&shared.space, &me).unwrap(), 5);
+    edit(&shared, Command::SetFields { case: case(1), fields: vec![("phone".into(), text("y"))] }).await.unwrap();
+    office.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_without_evidence_raises_no_fence() {
+    let c = cluster(&["office"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    create(&office, case(1), "Anna").await;
+    let shared = office.shared().clone();
+    // An event claimed to be the office's, signed by another key: refused, nothing changes.
+    let mut forged = evidence(&office, &casesync_engine::model::signing::DeviceKey::from_secret([42; 32]), u64::MAX);
+    forged.header.author = shared.identity.author();
+    assert!(shared.store.raise_fence(&shared.space, &forged).is_err());
+    assert_eq!(shared.store.fence(&shared.space, &shared.identity.author()), 0);
+    edit(&shared, Command::SetFields { case: case(1), fields: vec![("phone".into(), text("x"))] }).await.unwrap();
     office.shutdown().await;
 }
 

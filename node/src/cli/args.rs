@@ -1,0 +1,218 @@
+//! What a user can type: the `casesync` command line's arguments, subcommands and their help.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// casesync: offline-first case sync for small practices.
+#[derive(Parser, Debug)]
+#[command(name = "casesync", version, about)]
+pub struct Cli {
+    /// The node's data dir (default: $XDG_DATA_HOME/casesync or ~/.local/share/casesync).
+    #[arg(long, global = true, env = "CASESYNC_DATA")]
+    pub data: Option<PathBuf>,
+    /// Print results as JSON (one document per line) for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Commands {
+    /// Create a node's data dir: device key, config, and a new space (or join one with --space).
+    Init(InitArgs),
+    /// Run the daemon: serve peers and local applications, sync with peers live.
+    Serve(ServeArgs),
+    /// This node and its peers: connected, syncing, offline; last sync; events waiting.
+    Status,
+    /// Sync now with one peer (or every configured peer), both directions, then exit.
+    Sync {
+        /// Peer URL, like http://192.0.2.1:7000 (default: every peer in casesync.toml).
+        #[arg(long)]
+        peer: Option<String>,
+    },
+    /// Devices allowed to sync with this node.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// This device's self-fork fence: shown, or cleared with --clear.
+    ///
+    /// When a peer shows (with the signed events) that it holds this device's own events beyond
+    /// the local head (a computer restored from an old copy), local writes wait until a sync has
+    /// fetched them: a write before would reuse their seqs and fork this device's chain. Clear
+    /// the fence only if those events are lost for good: if they still exist anywhere, every
+    /// other device refuses this device's writes from the forked seq on.
+    Fence {
+        /// Remove the fence and let this device write again.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Cases: add, change, delete, archive, restore, show, list, history, conflicts.
+    #[command(subcommand)]
+    Case(CaseCommand),
+    /// Entries of a case (session notes, appointments, documents' metadata).
+    #[command(subcommand)]
+    Entry(EntryCommand),
+    /// Run a relay and three devices on this machine, edit offline on two, and show they converge.
+    Demo {
+        /// Keep the demo's data dirs here instead of a temporary directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+/// `casesync init`.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// This device's name, shown in history and audit ("office", "laptop").
+    #[arg(long, default_value = "casesync-device")]
+    pub name: String,
+    /// Join an existing space (hex id from the first device's `init`).
+    #[arg(long)]
+    pub space: Option<String>,
+    /// Make this node a relay: it stores and forwards events, holds no case views.
+    #[arg(long)]
+    pub relay: bool,
+    /// Address to serve peers on, saved in casesync.toml.
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+/// `casesync serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to serve peers on (default from casesync.toml, else 127.0.0.1:7000).
+    #[arg(long, env = "CASESYNC_LISTEN")]
+    pub listen: Option<String>,
+    /// Loopback address of the local case API (default: a free port, written to daemon.json).
+    #[arg(long, env = "CASESYNC_API", default_value = "127.0.0.1:0")]
+    pub api: String,
+    /// Peer to sync with (repeatable; added to those in casesync.toml).
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
+    /// Also check each peer's heads on this schedule (like 30s, 5m).
+    #[arg(long, env = "CASESYNC_PULL_EVERY")]
+    pub pull_every: Option<String>,
+    /// Store and forward only.
+    #[arg(long)]
+    pub relay: bool,
+}
+
+/// `casesync device ...`.
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// This device's id and key (give the key to the other devices).
+    Show,
+    /// Allow a device to sync with this node.
+    Add {
+        /// The device's key (hex), from its `casesync device show`.
+        key: String,
+        /// A name for it.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Devices allowed to sync with this node.
+    List,
+}
+
+/// `casesync case ...`.
+#[derive(Subcommand, Debug)]
+pub enum CaseCommand {
+    /// Create a case: `case add name=Ann phone=555 born=date:1980-02-01`.
+    Add {
+        /// FIELD=VALUE pairs; VALUE may be typed: int:, dec:, bool:, date:, hex:, text:.
+        fields: Vec<String>,
+    },
+    /// Set fields of a case.
+    Set {
+        /// Case id or a unique prefix (4+ hex digits).
+        case: String,
+        /// FIELD=VALUE pairs.
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
+    /// Delete a case (restore brings it back).
+    Delete {
+        /// Case id or prefix.
+        case: String,
+    },
+    /// Archive a case.
+    Archive {
+        /// Case id or prefix.
+        case: String,
+    },
+    /// Unarchive a case.
+    Unarchive {
+        /// Case id or prefix.
+        case: String,
+    },
+    /// Restore a deleted case with every field.
+    Restore {
+        /// Case id or prefix.
+        case: String,
+    },
+    /// Show a case, with conflicts.
+    Show {
+        /// Case id or prefix.
+        case: String,
+    },
+    /// List cases.
+    List {
+        /// Only active, archived or deleted cases.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only cases with conflicts.
+        #[arg(long)]
+        conflicts: bool,
+        /// Only cases whose field equals a value: FIELD=VALUE.
+        #[arg(long = "where")]
+        filter: Option<String>,
+    },
+    /// Every change of a case: when, which device, what.
+    History {
+        /// Case id or prefix.
+        case: String,
+    },
+    /// Conflicts (of one case, or all).
+    Conflicts {
+        /// Case id or prefix.
+        case: Option<String>,
+    },
+}
+
+/// `casesync entry ...`.
+#[derive(Subcommand, Debug)]
+pub enum EntryCommand {
+    /// Add an entry to a case.
+    Add {
+        /// Case id or prefix.
+        case: String,
+        /// FIELD=VALUE pairs.
+        fields: Vec<String>,
+    },
+    /// Update an entry's fields.
+    Update {
+        /// Case id or prefix.
+        case: String,
+        /// Entry id (hex).
+        entry: String,
+        /// FIELD=VALUE pairs.
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
+    /// Remove an entry.
+    Remove {
+        /// Case id or prefix.
+        case: String,
+        /// Entry id (hex).
+        entry: String,
+    },
+    /// Bring a removed entry back.
+    Restore {
+        /// Case id or prefix.
+        case: String,
+        /// Entry id (hex).
+        entry: String,
+    },
+}
