@@ -1,5 +1,6 @@
 //! The device identity kept in a node's data dir: its signing key (`device.key`, 32 bytes, mode
-//! 0600, never logged) and its human name (`device.name`).
+//! 0600, never logged) and its human name (`device.name`); and the data dir itself, created 0700
+//! and checked at every open (`secure_data_dir`): only the user who owns it may read it.
 
 use std::fs;
 use std::io::Write;
@@ -32,6 +33,40 @@ pub enum IdentityError {
     /// The device name is empty, too long or has control characters.
     #[error("device name must be 1 to {DEVICE_NAME_BYTES_MAX} bytes without control characters")]
     BadName,
+    /// The data dir or its key file belongs to another user than the one running casesync.
+    #[error("{0} belongs to another user: run casesync as the user who owns the data dir")]
+    NotOwner(String),
+}
+
+/// Creates the data dir `dir` (mode 0700) when missing; for one that exists, checks that the
+/// user running this process owns it and its key file, and takes group and other permissions
+/// off both (0700, 0600) where an older release or a copy left them looser. Called at every
+/// open: the key and the cases are readable by their owner only.
+pub fn secure_data_dir(dir: &Path) -> Result<(), IdentityError> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
+        let me = rustix::process::geteuid().as_raw();
+        for (path, private) in [(dir.to_path_buf(), 0o700), (dir.join(KEY_FILE), 0o600)] {
+            let metadata = match fs::metadata(&path) {
+                Ok(metadata) => metadata,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&path)(e)),
+            };
+            if metadata.uid() != me {
+                return Err(IdentityError::NotOwner(path.display().to_string()));
+            }
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "readable by others: made private");
+                fs::set_permissions(&path, fs::Permissions::from_mode(private)).map_err(io(&path))?;
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    Ok(())
 }
 
 /// This device: its key and its name.
@@ -85,7 +120,7 @@ impl DeviceIdentity {
     /// existing key file is kept as `device.key.retired-<device id>`).
     pub fn create(dir: &Path, name: &str, secret: [u8; 32]) -> Result<DeviceIdentity, IdentityError> {
         validate_name(name)?;
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        secure_data_dir(dir)?;
         let key_path = dir.join(KEY_FILE);
         if let Some(old) = DeviceIdentity::load(dir)? {
             let retired = dir.join(format!("{KEY_FILE}.retired-{}", old.author().device_id()));
@@ -145,5 +180,32 @@ mod tests {
         }
         fs::write(dir.path().join(KEY_FILE), b"short").unwrap();
         assert!(matches!(DeviceIdentity::load(dir.path()), Err(IdentityError::BadKeyFile(_))));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_data_dir_is_made_private_and_one_of_another_user_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("cases");
+        DeviceIdentity::create(&dir, "office", [5; 32]).unwrap();
+        assert_eq!(mode(&dir), 0o700, "created private");
+        assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
+        // Loosened (an older release, a copy): made private again at the next open.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(dir.join(KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        secure_data_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
+        // A key file of another user: refused, nothing changed (only root can make one here).
+        if rustix::process::geteuid().is_root() {
+            let other = rustix::process::Uid::from_raw(1);
+            rustix::fs::chown(dir.join(KEY_FILE), Some(other), None).unwrap();
+            assert!(matches!(secure_data_dir(&dir), Err(IdentityError::NotOwner(_))));
+            assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
+        } else {
+            eprintln!("not root: the other-owner case needs a file of another user, skipped");
+        }
     }
 }

@@ -71,7 +71,7 @@ pub fn init(
     relay: bool,
     listen: Option<String>,
 ) -> anyhow::Result<InitReport> {
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    casesync_engine::identity::secure_data_dir(data)?;
     let existing = FileConfig::load(data).ok();
     let space = match (&existing, space) {
         (Some(config), Some(wanted)) if SpaceId::from_hex(&config.space).ok() != Some(wanted) => {
@@ -120,6 +120,7 @@ pub struct OpenDataDir {
 /// device with a new key, so the copy can never fork the original's chain.
 pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
     let config = FileConfig::load(data)?;
+    casesync_engine::identity::secure_data_dir(data)?;
     let space = SpaceId::from_hex(&config.space).context("casesync.toml has a malformed space")?;
     let mut identity = DeviceIdentity::load(data)?.with_context(|| {
         format!("{} has no device key (run `casesync init --data {}`)", data.display(), data.display())

@@ -18,6 +18,13 @@ fn case_commands_work_on_the_data_dir_and_speak_json() {
     let data = dir.path().join("node");
     let init = json(&casesync(&data, &["init", "--name", "office", "--json"]));
     assert_eq!(init["device_name"], "office");
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700, "only the owner may read the data dir");
+        assert_eq!(mode(&data.join("device.key")), 0o600);
+    }
     let created = json(&casesync(&data, &["case", "add", "name=Anna Berg", "born=date:1980-02-01", "--json"]));
     let id = created["case_id"].as_str().unwrap().to_string();
     let prefix = &id[..8];
