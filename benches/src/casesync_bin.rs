@@ -88,7 +88,7 @@ impl Binaries {
             if let Ok(text) = std::fs::read_to_string(&daemon_file) {
                 if let Ok(file) = serde_json::from_str::<DaemonJson>(&text) {
                     if file.pid == guard.pid() {
-                        return Ok(Daemon { guard, api: file.api, sync: file.sync });
+                        return Ok(Daemon { guard, api: file.api, sync: file.sync, token: file.token });
                     }
                 }
             }
@@ -128,6 +128,7 @@ struct DaemonJson {
     api: String,
     sync: String,
     pid: u32,
+    token: String,
 }
 
 /// A running `casesync serve`.
@@ -138,6 +139,8 @@ pub struct Daemon {
     pub api: String,
     /// The sync address (host:port).
     pub sync: String,
+    /// The local case API's token.
+    pub token: String,
 }
 
 impl Daemon {
@@ -146,9 +149,9 @@ impl Daemon {
         format!("http://{}", self.sync)
     }
 
-    /// The case API URL.
-    pub fn api_url(&self) -> String {
-        format!("http://{}", self.api)
+    /// The case API: its URL and token.
+    pub fn api_url(&self) -> crate::probe::Api {
+        crate::probe::Api { url: format!("http://{}", self.api), token: self.token.clone() }
     }
 }
 

@@ -12,6 +12,7 @@ use casesync_engine::model::vector_clock::VersionVector;
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::cases_client::CasesClient;
 use casesync_proto::v1::sync_client::SyncClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Largest message the harness accepts.
@@ -54,9 +55,21 @@ pub async fn connect(url: &str) -> anyhow::Result<Channel> {
     }
 }
 
+/// Where a node's local case API listens, and its token (from `daemon.json`).
+#[derive(Clone, Debug)]
+pub struct Api {
+    /// `http://address:port`.
+    pub url: String,
+    /// The token every call carries.
+    pub token: String,
+}
+
 /// A client of a node's local case API.
-pub async fn cases_client(api_url: &str) -> anyhow::Result<CasesClient<Channel>> {
-    Ok(CasesClient::new(connect(api_url).await?)
+pub async fn cases_client(
+    api: &Api,
+) -> anyhow::Result<CasesClient<InterceptedService<Channel, casesync_node::api_token::WithToken>>> {
+    let token = casesync_node::api_token::WithToken::new(&api.token).context("the API token is not valid text")?;
+    Ok(CasesClient::with_interceptor(connect(&api.url).await?, token)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX))
 }
@@ -113,7 +126,7 @@ impl HeadsProbe {
 
 /// Waits until a node's case views include every event it holds (a bulk catch-up ends with a
 /// rebuild, which a sync is not done without); returns when they did.
-pub async fn wait_views_current(api_url: &str, every: Duration, timeout: Duration) -> anyhow::Result<Instant> {
+pub async fn wait_views_current(api_url: &Api, every: Duration, timeout: Duration) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + timeout;
     let mut client = cases_client(api_url).await?;
     loop {
@@ -133,7 +146,7 @@ pub async fn wait_views_current(api_url: &str, every: Duration, timeout: Duratio
 }
 
 /// `events` and `state_hash` of a node, from its case API.
-pub async fn status(api_url: &str) -> anyhow::Result<pb::NodeStatus> {
+pub async fn status(api_url: &Api) -> anyhow::Result<pb::NodeStatus> {
     let mut client = cases_client(api_url).await?;
     let reply = tokio::time::timeout(Duration::from_secs(300), client.status(pb::StatusRequest::default()))
         .await

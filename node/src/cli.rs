@@ -10,7 +10,10 @@ use casesync_engine::model::ids::SpaceId;
 use casesync_engine::model::operation::FieldValue;
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::cases_client::CasesClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+use crate::api_token::WithToken;
 
 use crate::config::{default_data_dir, parse_duration, FileConfig, DAEMON_FILE};
 use crate::node::{DaemonFile, Node, NodeConfig};
@@ -103,8 +106,18 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
 /// dir when no daemon runs.
 pub struct Session {
     /// The case API client.
-    pub client: CasesClient<Channel>,
+    pub client: ApiClient,
     local: Option<Node>,
+}
+
+/// A client of a node's local case API, sending its token with every call.
+pub type ApiClient = CasesClient<InterceptedService<Channel, WithToken>>;
+
+/// A client of the local API at `addr` with `token`.
+async fn api_client(addr: &str, token: &str) -> anyhow::Result<ApiClient> {
+    let channel = crate::sync_client::connect(&format!("http://{addr}")).await?;
+    let token = WithToken::new(token).context("the local API token is not valid text")?;
+    Ok(CasesClient::with_interceptor(channel, token))
 }
 
 impl Session {
@@ -112,13 +125,13 @@ impl Session {
     pub async fn open(data: &Path) -> anyhow::Result<Session> {
         if let Ok(text) = std::fs::read_to_string(data.join(DAEMON_FILE)) {
             let daemon: DaemonFile = serde_json::from_str(&text).context("daemon.json is malformed")?;
-            if let Ok(channel) = crate::sync_client::connect(&format!("http://{}", daemon.api)).await {
-                return Ok(Session { client: CasesClient::new(channel), local: None });
+            if let Ok(client) = api_client(&daemon.api, &daemon.token).await {
+                return Ok(Session { client, local: None });
             }
         }
         let node = Node::start(NodeConfig::new(data)).await?;
-        let channel = crate::sync_client::connect(&format!("http://{}", node.api_addr())).await?;
-        Ok(Session { client: CasesClient::new(channel), local: Some(node) })
+        let client = api_client(&node.api_addr().to_string(), node.api_token()).await?;
+        Ok(Session { client, local: Some(node) })
     }
 
     /// Stops the in-process node, if any.

@@ -4,6 +4,7 @@
 //! `node` is the only crate that speaks gRPC. It converts between wire messages and engine calls,
 //! runs blocking storage work on tokio's blocking pool, and owns time, sockets and randomness.
 
+pub mod api_token;
 pub mod auth;
 pub mod bulk_catch_up;
 pub mod case_service;

@@ -67,6 +67,8 @@ pub struct DaemonFile {
     pub sync: String,
     /// The daemon's process id.
     pub pid: u32,
+    /// The local API's token for this start (see `api_token`).
+    pub token: String,
 }
 
 /// A running node.
@@ -74,6 +76,7 @@ pub struct Node {
     shared: Arc<Shared>,
     sync_addr: SocketAddr,
     api_addr: SocketAddr,
+    api_token: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     daemon_file: Option<PathBuf>,
@@ -133,9 +136,13 @@ impl Node {
             }
         }));
 
-        let cases = CasesServer::new(CaseService::new(shared.clone()))
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let api_token = crate::api_token::fresh();
+        let cases = tonic::service::interceptor::InterceptedService::new(
+            CasesServer::new(CaseService::new(shared.clone()))
+                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+            crate::api_token::RequireToken::new(&api_token),
+        );
         let router = server_builder()
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
@@ -164,15 +171,20 @@ impl Node {
 
         let daemon_file = if config.announce {
             let path = config.data.join(DAEMON_FILE);
-            let file = DaemonFile { api: api_addr.to_string(), sync: sync_addr.to_string(), pid: std::process::id() };
-            std::fs::write(&path, serde_json::to_vec_pretty(&file)?)
+            let file = DaemonFile {
+                api: api_addr.to_string(),
+                sync: sync_addr.to_string(),
+                pid: std::process::id(),
+                token: api_token.clone(),
+            };
+            write_private(&path, &serde_json::to_vec_pretty(&file)?)
                 .with_context(|| format!("writing {}", path.display()))?;
             Some(path)
         } else {
             None
         };
         tracing::info!(device = %shared.identity.author().device_id(), sync = %sync_addr, api = %api_addr, relay, "node started");
-        Ok(Node { shared, sync_addr, api_addr, shutdown, tasks, daemon_file })
+        Ok(Node { shared, sync_addr, api_addr, api_token, shutdown, tasks, daemon_file })
     }
 
     /// The address peers connect to.
@@ -188,6 +200,11 @@ impl Node {
     /// The local case API address.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The local API's token for this start.
+    pub fn api_token(&self) -> &str {
+        &self.api_token
     }
 
     /// The shared state (store, identity, peers).
@@ -242,4 +259,19 @@ fn server_builder() -> Server {
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .tcp_nodelay(true)
+}
+
+/// Writes a file only its owner may read (0600), replacing it whole.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(&tmp)?.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
 }

@@ -300,3 +300,35 @@ fn a_second_daemon_on_a_data_dir_in_use_says_so() {
     assert!(stderr.contains("in use by another casesync process"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The local API answers only calls that carry the token a daemon writes, at each start, into
+/// its data dir's `daemon.json` (0600 in a 0700 dir): another local user or process without it
+/// can neither read nor change cases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_api_needs_the_token_only_the_data_dirs_owner_can_read() {
+    use casesync_proto::v1::cases_client::CasesClient;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("office");
+    json_out(&casesync(&data, &["init", "--name", "office", "--json"]));
+    let _daemon = serve(&data, &[]);
+    let daemon: Value = serde_json::from_slice(&std::fs::read(data.join("daemon.json")).unwrap()).unwrap();
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("daemon.json")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let url = format!("http://{}", daemon["api"].as_str().unwrap());
+    let channel = casesync_node::sync_client::connect(&url).await.unwrap();
+    let refused = CasesClient::new(channel.clone()).list_cases(pb::ListCasesRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let wrong = casesync_node::api_token::WithToken::new(&"0".repeat(64)).unwrap();
+    let refused = CasesClient::with_interceptor(channel.clone(), wrong).status(pb::StatusRequest::default()).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let token = casesync_node::api_token::WithToken::new(daemon["token"].as_str().unwrap()).unwrap();
+    let list = CasesClient::with_interceptor(channel, token).list_cases(pb::ListCasesRequest::default()).await;
+    assert!(list.unwrap().into_inner().cases.is_empty());
+    // The CLI finds the token where the daemon wrote it.
+    let created = json_out(&casesync(&data, &["case", "add", "name=Anna", "--json"]));
+    assert!(created["case_id"].is_string());
+}
