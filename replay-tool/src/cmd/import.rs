@@ -505,7 +505,9 @@ struct Imported {
     summary: BackupSummary,
 }
 
-/// Adds the header's device names the store does not know, and reports.
+/// Adds the devices the header names, and the store does not know, as members, but only those
+/// whose signed events of the space the store now holds: the header is not signed, so a name in
+/// it alone proves nothing, and must not let a key connect. Reports both.
 fn report(
     data: &Path,
     file: &Path,
@@ -517,11 +519,19 @@ fn report(
 ) -> anyhow::Result<Outcome> {
     let Imported { space, accepted, skipped, summary } = imported;
     let mut members_added = 0;
+    let mut members_without_events = Vec::new();
+    let held = store.vector(&space);
     for (author, name) in &header.members {
-        if store.member(&space, author)?.is_none() {
-            store.add_member(&space, author, name)?;
-            members_added += 1;
+        if store.member(&space, author)?.is_some() {
+            continue;
         }
+        if held.get(author) == 0 {
+            tracing::warn!(device = %author.device_id(), "the backup names a device with no event in it: not added");
+            members_without_events.push(author.to_hex());
+            continue;
+        }
+        store.add_member(&space, author, name)?;
+        members_added += 1;
     }
     let state_hash = if projections != Projected::None { Some(store.state_hash(&space)?) } else { None };
     let seconds = started.elapsed().as_secs_f64();
@@ -533,6 +543,7 @@ fn report(
         "accepted": accepted,
         "already_held": skipped,
         "members_added": members_added,
+        "members_not_added": members_without_events,
         "blake3": summary.blake3,
         "vector": vector_json(&store.vector(&space)),
         "state_hash": state_hash,

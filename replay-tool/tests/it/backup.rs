@@ -287,3 +287,31 @@ fn tampered_or_truncated_backups_store_nothing() {
         assert_eq!(store.vector(&SPACE), before, "{what}");
     }
 }
+
+/// The header of a backup is not signed: a device it names becomes a member of the importing
+/// node only if the file holds that device's signed events (anyone could add a name to it).
+#[test]
+fn an_import_adds_as_members_only_devices_whose_signed_events_it_holds() {
+    use casesync_engine::codec::backup_format::{BackupReader, BackupRecord, BackupWriter};
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, _, backup) = exported_office(tmp.path(), 3, 1);
+    // The same events under a header that also names a stranger.
+    let mut reader = BackupReader::new(std::fs::File::open(&backup).unwrap()).unwrap();
+    let mut header = reader.header().clone();
+    let stranger = device(77).author();
+    header.members.push((stranger, "stranger".into()));
+    let forged = tmp.path().join("named.csbackup");
+    let mut writer = BackupWriter::new(std::fs::File::create(&forged).unwrap(), &header).unwrap();
+    while let BackupRecord::Event { stored, .. } = reader.next_record().unwrap() {
+        writer.event(&stored[..64], &stored[64..]).unwrap();
+    }
+    writer.finish().unwrap();
+    let restored = tmp.path().join("restored");
+    let (code, report) = replay_json(&["import", "--data", s(&restored), s(&forged)]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["members_added"], 1, "{report:#}");
+    assert_eq!(report["members_not_added"], serde_json::json!([stranger.to_hex()]), "{report:#}");
+    let store = Store::open(&restored.join("db"), StoreOptions::default()).unwrap();
+    assert!(store.member(&SPACE, &stranger).unwrap().is_none());
+    assert_eq!(store.member(&SPACE, &device(1).author()).unwrap().as_deref(), Some("office"));
+}
