@@ -17,7 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let store = Store::open(dir.path(), StoreOptions::compatible()).unwrap();
     let space = SpaceId([1; 16]);
     let key = DeviceKey::from_secret([9; 32]);
     // Sealed bodies are stored and signed like any other but skip the fold, so this measures the

@@ -21,7 +21,7 @@ fn ingest(c: &mut Criterion) {
     for projections in [true, false] {
         let name = if projections { "ingest_1000_durable" } else { "ingest_1000_durable_relay" };
         let mut dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), StoreOptions { projections }).unwrap();
+        let mut store = Store::open(dir.path(), StoreOptions { projections, ..StoreOptions::compatible() }).unwrap();
         let mut next = 0;
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -31,7 +31,7 @@ fn ingest(c: &mut Criterion) {
                         // Out of fresh events: start over on an empty store (untimed).
                         drop(std::mem::replace(&mut store, {
                             dir = tempfile::tempdir().unwrap();
-                            Store::open(dir.path(), StoreOptions { projections }).unwrap()
+                            Store::open(dir.path(), StoreOptions { projections, ..StoreOptions::compatible() }).unwrap()
                         }));
                         next = 0;
                     }

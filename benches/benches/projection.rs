@@ -31,7 +31,7 @@ fn projection(c: &mut Criterion) {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let store = Store::open(dir.path(), StoreOptions::compatible()).unwrap();
     let stored = WorkloadSpec { cases: 20_000, ..WorkloadSpec::new(200_000, 8) };
     workload::preload(&store, space, stored, 2).unwrap();
     group.throughput(Throughput::Elements(stored.events));

@@ -61,7 +61,7 @@ impl Harness {
         }
         let _ = std::fs::remove_file(&marker);
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir, StoreOptions::default()).context("opening the template store")?;
+        let store = Store::open(&dir, StoreOptions::compatible()).context("opening the template store")?;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let report = workload::preload(&store, self.space, spec, threads)?;
         // A settled log, as on a device that has been in use: otherwise every copy of it starts

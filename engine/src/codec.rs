@@ -7,5 +7,6 @@ pub mod backup_format;
 pub mod case_json;
 pub mod keys;
 pub(crate) mod merge_operator;
+pub mod membership;
 pub mod meta;
 pub mod wire;

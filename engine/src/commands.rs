@@ -268,6 +268,7 @@ fn execute_run(db: &Db, writer: &mut Writer, run: &[Arc<QueuedCommand>]) {
             return;
         }
     };
+    let judge = writer.log.judging_now(space).map(std::borrow::Cow::into_owned);
     let mut overlay = Fold::new(writer.log.vector(space));
     let mut events = Vec::with_capacity(run.len());
     let mut planned: Vec<(usize, CaseView)> = Vec::with_capacity(run.len());
@@ -280,6 +281,9 @@ fn execute_run(db: &Db, writer: &mut Writer, run: &[Arc<QueuedCommand>]) {
             let operation = plan(command, &overlay.seen, overlay.case(&case))?;
             let body = Bytes::from(wire::encode_operation(&operation));
             let header = tail.next_header(queued.now_ms, BodyEncoding::Plain);
+            if let Some(membership) = &judge {
+                membership.judge(&header.author, header.seq, header.hlc, None).map_err(AppendError::from)?;
+            }
             let event = SignedEvent::build(key, &header, body).map_err(AppendError::from)?;
             overlay.apply(&event, |_| Ok::<_, Error>(None))?;
             let view = overlay.case(&case).map(CaseView::of);

@@ -204,6 +204,10 @@ pub enum AppendError {
     /// Nothing to append.
     #[error("empty append")]
     Empty,
+    /// The space's membership does not let this device write that (it is a reader, revoked,
+    /// expired, not yet a member, or not an admin for a membership change).
+    #[error("not allowed: {0}")]
+    NotAllowed(#[from] crate::model::membership::Refusal),
 }
 
 /// The umbrella error of the engine.

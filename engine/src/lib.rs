@@ -16,8 +16,8 @@
 //! use casesync_engine::model::{ids::{CaseId, SpaceId}, operation::FieldValue, signing::DeviceKey};
 //! use casesync_engine::store::{Store, StoreOptions};
 //! let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
-//! let a = Store::open(dir_a.path(), StoreOptions::default())?;
-//! let b = Store::open(dir_b.path(), StoreOptions::default())?;
+//! let a = Store::open(dir_a.path(), StoreOptions::compatible())?;
+//! let b = Store::open(dir_b.path(), StoreOptions::compatible())?;
 //! let space = SpaceId([1; 16]);
 //! let office = DeviceKey::from_secret([7; 32]);
 //! let case = CaseId([2; 16]);

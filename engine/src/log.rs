@@ -6,6 +6,7 @@
 
 pub mod append;
 pub mod ingest;
+pub mod membership;
 pub mod reader;
 
 use std::collections::HashMap;
@@ -15,8 +16,11 @@ use rocksdb::WriteBatch;
 use crate::codec::keys::*;
 use crate::error::{OpenError, StoreError};
 use crate::model::event::SignedEvent;
+use crate::model::event::BodyEncoding;
 use crate::model::ids::{AuthorId, EventId, SpaceId};
+use crate::model::membership::{Membership, MembershipRecord};
 use crate::model::signing::VerifyingKey;
+use membership::Access;
 use crate::model::vector_clock::{Head, VersionVector};
 use crate::storage::Db;
 
@@ -29,6 +33,10 @@ pub(crate) struct LogState {
     pub(crate) max_hlc: u64,
     pub(crate) fences: HashMap<(SpaceId, AuthorId), u64>,
     pub(crate) keys: HashMap<AuthorId, VerifyingKey>,
+    /// Who may write (see [`Access`]).
+    pub(crate) access: Access,
+    /// Each space's membership, as its stored membership events decide it.
+    pub(crate) membership: HashMap<SpaceId, Membership>,
 }
 
 impl LogState {
@@ -40,9 +48,28 @@ impl LogState {
         self.heads.get(space).map(|h| h.iter().map(|(author, head)| (*author, head.seq)).collect()).unwrap_or_default()
     }
 
-    /// Reads the heads, counters and fences of a store at open.
-    pub(crate) fn load(db: &Db) -> Result<LogState, OpenError> {
-        let mut state = LogState::default();
+    /// The membership that judges the events of `space`: `None` when nobody's events are
+    /// judged there (an unfounded space of a [`Access::Compatible`] store).
+    pub(crate) fn judging(&mut self, space: &SpaceId) -> Option<&Membership> {
+        let founded = self.membership.get(space).is_some_and(Membership::is_founded);
+        if self.access == Access::Compatible && !founded {
+            return None;
+        }
+        Some(self.membership.entry(*space).or_insert_with(|| Membership::new(*space)))
+    }
+
+    /// [`LogState::judging`] without taking the state mutably.
+    pub(crate) fn judging_now(&self, space: &SpaceId) -> Option<std::borrow::Cow<'_, Membership>> {
+        match self.membership.get(space) {
+            Some(m) if m.is_founded() || self.access == Access::Members => Some(std::borrow::Cow::Borrowed(m)),
+            None if self.access == Access::Members => Some(std::borrow::Cow::Owned(Membership::new(*space))),
+            _ => None,
+        }
+    }
+
+    /// Reads the heads, counters, fences and memberships of a store at open.
+    pub(crate) fn load(db: &Db, access: Access) -> Result<LogState, OpenError> {
+        let mut state = LogState { access, membership: membership::load(db)?, ..LogState::default() };
         for item in db.rocks().iterator_cf(db.cf(CF_HEADS), rocksdb::IteratorMode::Start) {
             let (key, value) = item?;
             let parsed = (key.len() == 48 && value.len() == 40)
@@ -137,6 +164,7 @@ impl LogState {
         // looked up when the author changes, noted in `new_heads` when it changes again.
         let mut current: Option<(AuthorId, Option<Head>)> = None;
         let mut stored = Vec::new();
+        let mut membership_records = Vec::new();
         for event in events {
             let h = &event.header;
             let head = match &mut current {
@@ -156,6 +184,12 @@ impl LogState {
             *head = Some(Head { seq: h.seq, link: event.link });
             event.write_stored(&mut stored);
             batch.put_cf(cf_events, event_key(space, &h.author, h.seq), &stored);
+            if h.encoding == BodyEncoding::Membership {
+                if let Some(record) = membership::record_of(event) {
+                    batch.put_cf(db.cf(CF_META), meta_membership(space, &h.author, h.seq), []);
+                    membership_records.push(record);
+                }
+            }
             match &mut run {
                 Some((_, author, first, count)) if *author == h.author && *first + *count == h.seq => *count += 1,
                 _ => {
@@ -180,7 +214,13 @@ impl LogState {
         let meta = db.cf(CF_META);
         batch.put_cf(meta, META_NEXT_POSITION, position.to_be_bytes());
         batch.put_cf(meta, META_MAX_HLC, max_hlc.to_be_bytes());
-        let after = StateAfter { heads: new_heads, next_position: position, max_hlc, events: events.len() as u64 };
+        let after = StateAfter {
+            heads: new_heads,
+            next_position: position,
+            max_hlc,
+            events: events.len() as u64,
+            membership: membership_records,
+        };
         StagedEvents { batch, after }
     }
 
@@ -242,12 +282,16 @@ pub(crate) struct StateAfter {
     next_position: u64,
     max_hlc: u64,
     events: u64,
+    membership: Vec<MembershipRecord>,
 }
 
 impl StateAfter {
     /// Moves the log state to this, after the commit.
     pub(crate) fn apply(self, state: &mut LogState, space: &SpaceId) -> CommitSummary {
         state.heads.entry(*space).or_default().extend(self.heads);
+        if !self.membership.is_empty() {
+            state.membership.entry(*space).or_insert_with(|| Membership::new(*space)).add(self.membership);
+        }
         state.next_position = self.next_position;
         state.max_hlc = self.max_hlc;
         CommitSummary { events: self.events, next_position: self.next_position }

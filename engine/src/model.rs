@@ -8,6 +8,7 @@ pub mod event;
 pub mod hlc;
 pub mod ids;
 pub mod limits;
+pub mod membership;
 pub mod merge;
 pub mod operation;
 pub(crate) mod plain_fields;

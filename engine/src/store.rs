@@ -13,6 +13,9 @@ use casesync_proto::v1 as pb;
 use crate::commands::{Command, CommandQueue};
 use crate::error::{CommandError, OpenError, StoreError};
 use crate::log::ingest::{self, IngestReport, PreparedBatch};
+pub use crate::log::membership::Access;
+use crate::codec::membership::encode_membership;
+use crate::model::membership::{founded_space, Membership, MembershipOp, Role};
 use crate::log::reader::{self, Arrival, EventsAfter};
 use crate::log::{self, CommitSummary, LogState};
 use crate::model::event::{BodyEncoding, EventHeader, SignedEvent};
@@ -43,11 +46,23 @@ mod projection_tests;
 pub struct StoreOptions {
     /// Maintain case projections (false for a relay, which only stores and forwards).
     pub projections: bool,
+    /// Whose events are stored and counted (see [`Access`]).
+    pub access: Access,
 }
 
 impl Default for StoreOptions {
+    /// Projections, and every event judged by its space's membership.
     fn default() -> Self {
-        StoreOptions { projections: true }
+        StoreOptions { projections: true, access: Access::Members }
+    }
+}
+
+impl StoreOptions {
+    /// Projections, and membership judged only in spaces whose founding event is held
+    /// ([`Access::Compatible`]): for operators' tools on existing logs, and tests of the log's
+    /// mechanics under throwaway keys.
+    pub fn compatible() -> StoreOptions {
+        StoreOptions { projections: true, access: Access::Compatible }
     }
 }
 
@@ -73,7 +88,7 @@ impl Store {
         let db = Db::open(path)?;
         // Only once the store is ours (RocksDB's lock): spill files a crash left are not wanted.
         spill_files::remove_stale(path)?;
-        let log = LogState::load(&db)?;
+        let log = LogState::load(&db, options.access)?;
         log.check_heads(&db)?;
         let store = Store {
             db,
@@ -190,16 +205,31 @@ impl Store {
         announce: Option<&mut dyn FnMut(&CommitSummary)>,
     ) -> Result<IngestReport, StoreError> {
         let mut writer = self.lock_writer();
-        let ingest::CheckedBatch { space, accepted, mut report } =
+        let ingest::CheckedBatch { space, accepted, mut report, refold } =
             ingest::check_batch(&self.db, &mut writer.log, prepared)?;
         report.accepted = accepted.len() as u64;
         report.commit = writer.commit_events(&self.db, self.options.projections, &space, &accepted, announce)?;
+        if refold && self.options.projections {
+            // A revocation (or a change of role) arrived after events it removes were folded:
+            // the views are folded again from the log, judged by the new membership.
+            tracing::info!(space = %space.short(), "membership changed what counts: folding the views again");
+            writer.rebuild(&self.db, &space)?;
+        }
         Ok(report)
     }
 
     /// Every event this node holds beyond `have`, per author in seq order, read lazily.
+    /// Events a revocation removed (above its cut) are never sent: they count nowhere.
     pub fn events_after(&self, space: &SpaceId, have: &VersionVector) -> EventsAfter<'_> {
-        reader::events_after(&self.db, space, &self.vector(space), have)
+        let mut held = self.vector(space);
+        if let Some(membership) = self.lock_writer().log.judging(space) {
+            for (author, cut) in membership.cuts() {
+                if held.get(&author) > cut {
+                    held.set(author, cut);
+                }
+            }
+        }
+        reader::events_after(&self.db, space, &held, have)
     }
 
     /// Arrival records from `position` on, at most `limit`, one per event.
@@ -357,6 +387,77 @@ impl Store {
         queries::watermark(&self.db, space)
     }
 
+    /// Founds a new space with this device as its admin: a random `nonce` (the caller's) and the
+    /// key make the space id, and the founding event is this device's first in it.
+    pub fn found_space(
+        &self,
+        key: &DeviceKey,
+        name: &str,
+        nonce: [u8; 16],
+        now_ms: u64,
+    ) -> Result<SpaceId, crate::error::AppendError> {
+        let space = founded_space(&key.author(), &nonce);
+        if self.head(&space, &key.author()).is_none() {
+            self.change_membership(&space, key, now_ms, &MembershipOp::Found { nonce, name: name.to_string() })?;
+        }
+        Ok(space)
+    }
+
+    /// Signs and stores one membership change by this device (judged like any event: only an
+    /// admin's counts). Grants and revocations name the device's head as this store holds it:
+    /// see [`Store::grant`] and [`Store::revoke`].
+    pub fn change_membership(
+        &self,
+        space: &SpaceId,
+        key: &DeviceKey,
+        now_ms: u64,
+        op: &MembershipOp,
+    ) -> Result<SignedEvent, crate::error::AppendError> {
+        let body = Bytes::from(encode_membership(op));
+        let (mut events, _) = self.append(space, key, now_ms, vec![(BodyEncoding::Membership, body)])?;
+        events.pop().ok_or(crate::error::AppendError::Empty)
+    }
+
+    /// Gives `device` a role, for its events above those held here, until `until_ms`.
+    pub fn grant(
+        &self,
+        space: &SpaceId,
+        key: &DeviceKey,
+        now_ms: u64,
+        device: AuthorId,
+        role: Role,
+        name: &str,
+        until_ms: Option<u64>,
+    ) -> Result<SignedEvent, crate::error::AppendError> {
+        let after = self.head(space, &device).map_or(0, |h| h.seq);
+        let op = MembershipOp::Grant { device, role, name: name.to_string(), after, until_ms };
+        self.change_membership(space, key, now_ms, &op)
+    }
+
+    /// Shuts `device` out: its events above those held here never count, on any node.
+    pub fn revoke(
+        &self,
+        space: &SpaceId,
+        key: &DeviceKey,
+        now_ms: u64,
+        device: AuthorId,
+    ) -> Result<SignedEvent, crate::error::AppendError> {
+        let cut = self.head(space, &device).map_or(0, |h| h.seq);
+        self.change_membership(space, key, now_ms, &MembershipOp::Revoke { device, cut })
+    }
+
+    /// The membership of a space as this store's log decides it (empty when nothing of it is
+    /// held).
+    pub fn membership(&self, space: &SpaceId) -> Membership {
+        self.lock_writer().log.membership.get(space).cloned().unwrap_or_else(|| Membership::new(*space))
+    }
+
+    /// Whether an event by `author` at `seq` and `hlc` counts in `space` (a case event); `true`
+    /// where nobody is judged.
+    pub fn counts(&self, space: &SpaceId, author: &AuthorId, seq: u64, hlc: u64) -> bool {
+        self.lock_writer().log.judging(space).is_none_or(|m| m.judge(author, seq, hlc, None).is_ok())
+    }
+
     /// Drops and rebuilds the case projections of a space from the log. Returns the state hash.
     pub fn rebuild_projections(&self, space: &SpaceId) -> Result<String, StoreError> {
         self.lock_writer().rebuild(&self.db, space)
@@ -367,7 +468,8 @@ impl Store {
     /// time, or a fresh replay to compare them with. `include` sees every event, in key order
     /// (author, seq). Holds every case it folds.
     pub fn fold_log(&self, space: &SpaceId, include: impl FnMut(&EventHeader) -> bool) -> Result<Fold, StoreError> {
-        queries::fold_log(&self.db, space, include)
+        let judge = self.lock_writer().log.judging(space).cloned();
+        queries::fold_log(&self.db, space, judge.as_ref(), include)
     }
 
     /// The folded state of one case.

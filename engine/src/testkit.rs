@@ -78,7 +78,7 @@ pub fn device(n: u8) -> DeviceKey {
 
 /// Opens (or creates) a store with projections in `dir`.
 pub fn open_store(dir: &Path) -> Store {
-    Store::open(dir, StoreOptions::default()).unwrap()
+    Store::open(dir, StoreOptions::compatible()).unwrap()
 }
 
 /// A chain of `count` signed events by `key` in `space`, seq 1.., each with the sealed (opaque)

@@ -86,7 +86,7 @@ impl Writer {
         let vector = self.log.vector(space);
         if queries::watermark(db, space)? != vector {
             tracing::warn!(space = %space.short(), "projections lag the log: rebuilding them before the next commit");
-            rebuild::rebuild(db, &mut self.bulk, space, &vector)?;
+            rebuild::rebuild(db, &mut self.bulk, space, &vector, self.log.judging(space))?;
         }
         Ok(())
     }
@@ -156,7 +156,7 @@ impl Writer {
                 db.fault_point("bulk catch-up: watermark")?;
                 db.commit(batch)?;
             } else {
-                rebuild::rebuild(db, &mut self.bulk, &space, &vector)?;
+                rebuild::rebuild(db, &mut self.bulk, &space, &vector, self.log.judging(&space))?;
                 rebuilt += 1;
             }
         }
@@ -171,7 +171,7 @@ impl Writer {
             let vector = self.log.vector(&space);
             if queries::watermark(db, &space)? != vector {
                 tracing::info!(space = %space.short(), "projections lag the log: rebuilding");
-                rebuild::rebuild(db, &mut self.bulk, &space, &vector)?;
+                rebuild::rebuild(db, &mut self.bulk, &space, &vector, self.log.judging(&space))?;
             }
         }
         Ok(())
@@ -186,6 +186,6 @@ impl Writer {
     /// Drops and rebuilds the projections of a space from the log; returns the state hash.
     pub(crate) fn rebuild(&mut self, db: &Db, space: &SpaceId) -> Result<String, StoreError> {
         let vector = self.log.vector(space);
-        rebuild::rebuild(db, &mut self.bulk, space, &vector)
+        rebuild::rebuild(db, &mut self.bulk, space, &vector, self.log.judging(space))
     }
 }

@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(dir.join("casesync.toml"), format!("space = \"{}\"\nrelay = false\n", space.to_hex()))?;
     std::fs::write(dir.join("device.key"), key.secret())?;
     std::fs::write(dir.join("device.name"), "generator")?;
-    let store = Store::open(&dir.join("db"), StoreOptions { projections: true })?;
+    let store = Store::open(&dir.join("db"), StoreOptions { projections: true, ..StoreOptions::compatible() })?;
     store.add_member(&space, &key.author(), "generator")?;
     let author = key.author();
     let case_id = |n: u64| {

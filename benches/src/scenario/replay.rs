@@ -36,7 +36,7 @@ pub fn run(h: &mut Harness, o: ReplayOptions) -> anyhow::Result<ScenarioReport> 
     let _ = std::fs::remove_dir_all(&copy);
     copy_flat_dir(&template, &copy)?;
     let (expected, secs) = {
-        let store = Store::open(&copy, StoreOptions::default()).context("opening the copy")?;
+        let store = Store::open(&copy, StoreOptions::compatible()).context("opening the copy")?;
         let before = store.state_hash(&h.space)?;
         // The fold of a rebuild on its own: read the log in place and fold it in memory (one
         // core, no writes), then check the views it gives against the stored ones.
@@ -130,7 +130,7 @@ pub fn run(h: &mut Harness, o: ReplayOptions) -> anyhow::Result<ScenarioReport> 
 }
 
 fn open_and_hash(db: &Path, h: &Harness) -> anyhow::Result<(u64, String)> {
-    let store = Store::open(db, StoreOptions::default()).with_context(|| format!("opening {}", db.display()))?;
+    let store = Store::open(db, StoreOptions::compatible()).with_context(|| format!("opening {}", db.display()))?;
     // Scanned: the stored projections themselves, not the hash a bulk load remembered.
     Ok((store.vector(&h.space).total(), store.scanned_state_hash(&h.space)?))
 }

@@ -56,6 +56,15 @@ pub fn meta_fence(space: &SpaceId, author: &AuthorId) -> Vec<u8> {
     [b"fence/".as_slice(), space.as_bytes(), author.as_bytes()].concat()
 }
 
+/// Prefix of the membership index in `meta`.
+pub const META_MEMBERSHIP_PREFIX: &[u8] = b"membership/";
+
+/// Meta key marking a stored membership event (value empty): read at open to judge the space's
+/// membership without scanning its log.
+pub fn meta_membership(space: &SpaceId, author: &AuthorId, seq: u64) -> Vec<u8> {
+    [META_MEMBERSHIP_PREFIX, space.as_bytes(), author.as_bytes(), &seq.to_be_bytes()].concat()
+}
+
 /// Key of an event (also the value of an arrival record).
 pub fn event_key(space: &SpaceId, author: &AuthorId, seq: u64) -> [u8; 56] {
     let mut key = [0u8; 56];

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::membership::judge_run;
 use super::LogState;
 use crate::error::AppendError;
 use crate::model::error::EventError;
@@ -86,9 +87,16 @@ impl LogState {
             return Err(AppendError::Empty);
         }
         let mut tail = self.tail(space, &key.author())?;
+        let mut judge = self.judging_now(space).map(std::borrow::Cow::into_owned);
         let mut events = Vec::with_capacity(bodies.len());
         for (encoding, body) in bodies {
-            events.push(tail.sign(key, now_ms, encoding, body)?);
+            let event = tail.sign(key, now_ms, encoding, body)?;
+            if let Some(membership) = judge.as_mut() {
+                if let (_, Some(refusal)) = judge_run(membership, std::slice::from_ref(&event)) {
+                    return Err(AppendError::NotAllowed(refusal));
+                }
+            }
+            events.push(event);
         }
         Ok(events)
     }

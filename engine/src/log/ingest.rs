@@ -13,12 +13,14 @@ use std::collections::BTreeMap;
 use casesync_proto::v1 as pb;
 use rocksdb::WriteBatch;
 
+use super::membership::{changes_stored, judge_run};
 use super::{get_event, CommitSummary, LogState};
 use crate::codec::keys::{event_key, CF_FORKS};
 use crate::error::StoreError;
 use crate::model::error::EventError;
 use crate::model::event::SignedEvent;
 use crate::model::ids::{AuthorId, EventId, SpaceId};
+use crate::model::membership::Refusal;
 use crate::model::signing::VerifyingKey;
 use crate::model::vector_clock::VersionVector;
 use crate::storage::Db;
@@ -44,6 +46,11 @@ pub enum RejectReason {
     /// `prev` does not name the previous event.
     #[error("broken chain: prev does not match the previous event")]
     BrokenChain,
+    /// The space's membership does not let the author write this event (unknown, reader,
+    /// revoked, expired, or a membership change by a non-admin). Nothing of it is stored; an
+    /// unknown author's events may count once the grant that admits them arrives.
+    #[error(transparent)]
+    NotCounted(#[from] Refusal),
     /// The author signed two different events at one seq. Both are kept as evidence.
     #[error("fork: the author signed two different events at this seq (stored {stored}, offered {offered})")]
     Fork {
@@ -168,6 +175,7 @@ impl PreparedBatch {
 /// The outcome of checking one author's run.
 struct RunCheck {
     held_up_to: u64,
+    duplicates_up_to: u64,
     accepted: Vec<SignedEvent>,
     duplicates: u64,
     rejection: Option<Rejection>,
@@ -183,6 +191,9 @@ pub(crate) struct CheckedBatch {
     pub(crate) accepted: Vec<SignedEvent>,
     /// What was refused and held; `accepted` and `commit` are filled in once committed.
     pub(crate) report: IngestReport,
+    /// The batch's membership events change whether events already stored count: the views
+    /// must be folded again once it is committed.
+    pub(crate) refold: bool,
 }
 
 /// Checks every run of a prepared batch against the stored chains (see the module
@@ -194,15 +205,48 @@ pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) 
     let state = log;
     let mut accepted = Vec::new();
     let mut batch_forks = Vec::new();
-    for (author, mut run) in runs {
-        run.sort_by_key(|e| e.header.seq);
-        let check = check_run(db, state, space, &author, run)?;
-        report.duplicates += check.duplicates;
-        report.sender_holds.raise(author, check.held_up_to);
-        report.rejected.extend(check.rejection);
-        accepted.extend(check.accepted);
-        batch_forks.extend(check.forks);
+    let before = state.judging(space).cloned();
+    let mut judge = before.clone();
+    // Runs whose author is not (yet) a member wait until the others are judged: the batch may
+    // hold the grant that admits them. Each round admits at least one run, or ends.
+    let mut pending: Vec<(AuthorId, Vec<SignedEvent>)> = runs.into_iter().collect();
+    let mut last_round = false;
+    while !pending.is_empty() {
+        let mut waiting = Vec::new();
+        let round = pending.len();
+        for (author, mut run) in pending {
+            run.sort_by_key(|e| e.header.seq);
+            let mut check = check_run(db, state, space, &author, run.clone())?;
+            if let Some(membership) = judge.as_mut() {
+                let (counted, refusal) = judge_run(membership, &check.accepted);
+                if let Some(refusal) = refusal {
+                    if counted == 0 && matches!(refusal, Refusal::NotMember(_)) && !last_round {
+                        waiting.push((author, run));
+                        continue;
+                    }
+                    // What follows a refused event cannot be stored either (its chain breaks).
+                    let seq = check.accepted[counted].header.seq;
+                    check.accepted.truncate(counted);
+                    check.held_up_to = check.accepted.last().map_or(check.duplicates_up_to, |e| e.header.seq);
+                    check.rejection.get_or_insert(Rejection { author: Some(author), seq, reason: refusal.into() });
+                }
+            }
+            report.duplicates += check.duplicates;
+            report.sender_holds.raise(author, check.held_up_to);
+            report.rejected.extend(check.rejection);
+            accepted.extend(check.accepted);
+            batch_forks.extend(check.forks);
+        }
+        // Nobody was admitted this round: the rest are judged as they stand (and refused).
+        last_round = waiting.len() == round;
+        pending = waiting;
     }
+    let refold = match (&before, &judge) {
+        (Some(before), Some(after)) => {
+            changes_stored(before, after, |device| state.head(space, device).map_or(0, |h| h.seq))
+        }
+        _ => false,
+    };
     if !batch_forks.is_empty() {
         let mut batch = WriteBatch::default();
         for (offered, stored) in &batch_forks {
@@ -214,7 +258,7 @@ pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) 
         }
         db.commit(batch)?;
     }
-    Ok(CheckedBatch { space: *space, accepted, report })
+    Ok(CheckedBatch { space: *space, accepted, report, refold })
 }
 
 fn check_run(
@@ -224,7 +268,7 @@ fn check_run(
     author: &AuthorId,
     run: Vec<SignedEvent>,
 ) -> Result<RunCheck, StoreError> {
-    let mut check = RunCheck { held_up_to: 0, accepted: Vec::new(), duplicates: 0, rejection: None, forks: Vec::new() };
+    let mut check = RunCheck { held_up_to: 0, duplicates_up_to: 0, accepted: Vec::new(), duplicates: 0, rejection: None, forks: Vec::new() };
     let head = state.head(space, author);
     let (mut seq, mut prev) = head.map_or((0, EventId::ZERO), |h| (h.seq, h.link));
     let mut failure: Option<(u64, RejectReason)> = None;
@@ -238,6 +282,7 @@ fn check_run(
                 Some(stored) if stored.id == event.id => {
                     check.duplicates += 1;
                     check.held_up_to = check.held_up_to.max(h.seq);
+                    check.duplicates_up_to = check.held_up_to;
                 }
                 Some(stored) if fresh.is_empty() => {
                     if event.verify_signature().is_ok() {

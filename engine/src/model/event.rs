@@ -23,6 +23,8 @@ pub enum BodyEncoding {
     Plain,
     /// An encrypted body, readable only with the space key.
     Sealed,
+    /// An encoded `Membership`: a change of who may do what, always in the clear.
+    Membership,
 }
 
 /// The header of an event, in the clear.
@@ -94,6 +96,7 @@ pub(crate) fn parse_event_message(bytes: Bytes) -> Result<(EventHeader, Bytes), 
     let encoding = match pb::BodyEncoding::try_from(message.encoding) {
         Ok(pb::BodyEncoding::Plain) => BodyEncoding::Plain,
         Ok(pb::BodyEncoding::Sealed) => BodyEncoding::Sealed,
+        Ok(pb::BodyEncoding::Membership) => BodyEncoding::Membership,
         _ => return Err(EventError::Malformed("unknown body encoding")),
     };
     Ok((EventHeader { space, author, seq: message.seq, prev, hlc: message.hlc, encoding }, message.body))
@@ -126,6 +129,7 @@ impl SignedEvent {
             encoding: match header.encoding {
                 BodyEncoding::Plain => pb::BodyEncoding::Plain,
                 BodyEncoding::Sealed => pb::BodyEncoding::Sealed,
+                BodyEncoding::Membership => pb::BodyEncoding::Membership,
             } as i32,
             body,
         };

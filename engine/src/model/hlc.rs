@@ -1,6 +1,7 @@
 //! The hybrid logical clock stamped on every event: milliseconds of the writer's wall clock in
 //! the high 48 bits, a counter in the low 16, never going backwards on one device. It orders
-//! display and audit only; correctness never depends on it.
+//! display and audit, the judging of membership events (`membership.rs`) and the end of a
+//! time-limited grant; merges never depend on it.
 
 /// The next clock value after `last`, at wall-clock time `now_ms` (the engine never reads the
 /// clock: the caller brings it).

@@ -5,6 +5,7 @@ use rocksdb::{Direction, IteratorMode};
 
 use super::fold::Fold;
 use super::stored_events::fold_stored_events;
+use crate::model::membership::Membership;
 use crate::codec::keys::{
     case_key, meta_state_hash, meta_watermark, parse_case_part_key, prefix_end, CF_CASES, CF_META,
 };
@@ -79,10 +80,11 @@ fn assemble_cases(
 pub(crate) fn fold_log(
     db: &Db,
     space: &SpaceId,
+    judge: Option<&Membership>,
     mut include: impl FnMut(&EventHeader) -> bool,
 ) -> Result<Fold, StoreError> {
     let mut fold = Fold::new(VersionVector::new());
-    fold_stored_events(db, space, |run| {
+    fold_stored_events(db, space, judge, |run| {
         fold.warm(run.iter().map(|(_, operation)| operation));
         for (header, operation) in run {
             if include(header) {

@@ -6,6 +6,7 @@ use super::bulk_catch_up::BulkState;
 use super::fold::Fold;
 use super::spill_files::{SpillFiles, SpillWriters};
 use super::stored_events::fold_stored_events;
+use crate::model::membership::Membership;
 use super::written_digests::{stage_state_hash, WrittenDigests};
 use crate::codec::keys::{meta_watermark, CF_CASES, CF_CASE_EVENTS, CF_META};
 use crate::codec::meta::encode_vector;
@@ -30,6 +31,7 @@ pub(crate) fn rebuild(
     bulk: &mut BulkState,
     space: &SpaceId,
     vector: &VersionVector,
+    judge: Option<&Membership>,
 ) -> Result<String, StoreError> {
     // Deltas folded during a bulk catch-up start from the old watermark: drop them.
     bulk.forget(space);
@@ -45,7 +47,7 @@ pub(crate) fn rebuild(
     db.fault_point("rebuild: clear")?;
     let (files, digests) = std::thread::scope(|scope| {
         let cleared = scope.spawn(|| clear_projections(db, space));
-        let written = fold_into_spill_files(db, space);
+        let written = fold_into_spill_files(db, space, judge);
         let cleared = cleared.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let written = written?;
         cleared?;
@@ -81,10 +83,14 @@ fn clear_projections(db: &Db, space: &SpaceId) -> Result<(), StoreError> {
 /// Folds a space's log into spill files ([`SpillFiles`]), for projections that are empty by the
 /// time they are ingested: each case written out once is then complete as written. This thread
 /// folds and hands its spills to the writer threads, which build them into SST files.
-fn fold_into_spill_files(db: &Db, space: &SpaceId) -> Result<(SpillFiles, Option<WrittenDigests>), StoreError> {
+fn fold_into_spill_files(
+    db: &Db,
+    space: &SpaceId,
+    judge: Option<&Membership>,
+) -> Result<(SpillFiles, Option<WrittenDigests>), StoreError> {
     let writers = SpillWriters::start(SpillFiles::new(db, space)?, true)?;
     let mut fold = Fold::store_deltas();
-    let folded = fold_stored_events(db, space, |run| {
+    let folded = fold_stored_events(db, space, judge, |run| {
         fold.warm(run.iter().map(|(_, operation)| operation));
         for (header, operation) in run {
             fold.apply_operation(header, operation.take(), |_| Ok::<_, StoreError>(None))?;

@@ -8,6 +8,7 @@ use super::operation_in;
 use crate::codec::keys::{be_u64, prefix_end, CF_EVENTS};
 use crate::error::StoreError;
 use crate::model::event::{stored_header_and_body, EventHeader};
+use crate::model::membership::Membership;
 use crate::model::ids::{AuthorId, SpaceId};
 use crate::model::operation::Operation;
 use crate::storage::Db;
@@ -55,9 +56,14 @@ const READ_BATCHES_AHEAD: usize = 4;
 /// parses headers, decodes bodies) while `fold` takes runs of up to [`FOLD_RUN_EVENTS`] headers
 /// with their operations (to be taken out), in key order, on the calling thread. The reader is
 /// joined before this returns; the first error either side meets ends both.
+///
+/// With `judge`, a case event whose author's role does not allow it (revoked above a cut,
+/// expired, a reader) is handed on without its operation: it stays in the log and folds to
+/// nothing.
 pub(crate) fn fold_stored_events(
     db: &Db,
     space: &SpaceId,
+    judge: Option<&Membership>,
     mut fold: impl FnMut(&mut [(EventHeader, Option<Operation>)]) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     std::thread::scope(|scope| {
@@ -66,7 +72,12 @@ pub(crate) fn fold_stored_events(
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(READ_BATCH_EVENTS);
             for_each_stored_event(db, space, |header, body| {
-                let operation = operation_in(&header, body);
+                let mut operation = operation_in(&header, body);
+                if operation.is_some()
+                    && judge.is_some_and(|m| m.judge(&header.author, header.seq, header.hlc, None).is_err())
+                {
+                    operation = None;
+                }
                 batch.push((header, operation));
                 if batch.len() < READ_BATCH_EVENTS {
                     return Ok(ControlFlow::Continue(()));

@@ -27,7 +27,7 @@ const REBUILD_STEPS: [&str; 4] = ["rebuild: clear", "rebuild: spill", "rebuild: 
 /// A peer with 12 cases written by two devices, a third of them deleted (a view that lost those
 /// events would show them active again).
 fn a_peer(dir: &std::path::Path) -> Store {
-    let store = Store::open(dir, StoreOptions::default()).unwrap();
+    let store = Store::open(dir, StoreOptions::compatible()).unwrap();
     let keys = [DeviceKey::from_secret([1; 32]), DeviceKey::from_secret([2; 32])];
     for n in 0..12u8 {
         let key = &keys[usize::from(n) % 2];
@@ -92,7 +92,7 @@ fn a_failure_at_any_step_of_a_bulk_catch_up_is_repaired_by_the_next_commit_and_b
         for reopen in [false, true] {
             let (peer_dir, node_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let peer = a_peer(peer_dir.path());
-            let mut node = Store::open(node_dir.path(), StoreOptions::default()).unwrap();
+            let mut node = Store::open(node_dir.path(), StoreOptions::compatible()).unwrap();
             node.begin_bulk_catch_up_holding(4, true);
             node.db.fail_at(step);
             send(&peer, &node);
@@ -101,13 +101,13 @@ fn a_failure_at_any_step_of_a_bulk_catch_up_is_repaired_by_the_next_commit_and_b
             assert_views_honest(&node, &peer, step);
             if reopen {
                 drop(node);
-                node = Store::open(node_dir.path(), StoreOptions::default()).unwrap();
+                node = Store::open(node_dir.path(), StoreOptions::compatible()).unwrap();
                 assert_converged(&node, &peer, step);
             }
             one_more_write(&peer, &node, 1);
             assert_converged(&node, &peer, step);
             drop(node);
-            let node = Store::open(node_dir.path(), StoreOptions::default()).unwrap();
+            let node = Store::open(node_dir.path(), StoreOptions::compatible()).unwrap();
             assert_converged(&node, &peer, step);
         }
     }
@@ -119,7 +119,7 @@ fn a_failure_at_any_step_of_a_rebuild_is_repaired_by_the_next_commit_and_by_a_re
         for reopen in [false, true] {
             let (peer_dir, node_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let peer = a_peer(peer_dir.path());
-            let mut node = Store::open(node_dir.path(), StoreOptions::default()).unwrap();
+            let mut node = Store::open(node_dir.path(), StoreOptions::compatible()).unwrap();
             send(&peer, &node);
             assert_converged(&node, &peer, "before the rebuild");
             node.db.fail_at(step);
@@ -127,7 +127,7 @@ fn a_failure_at_any_step_of_a_rebuild_is_repaired_by_the_next_commit_and_by_a_re
             assert_ne!(node.projection_watermark(&SPACE).unwrap(), node.vector(&SPACE), "{step}: views lag");
             if reopen {
                 drop(node);
-                node = Store::open(node_dir.path(), StoreOptions::default()).unwrap();
+                node = Store::open(node_dir.path(), StoreOptions::compatible()).unwrap();
                 assert_converged(&node, &peer, step);
             }
             one_more_write(&peer, &node, 2);
@@ -141,7 +141,7 @@ fn a_rebuild_that_keeps_failing_fails_the_commits_after_it_instead_of_claiming_t
     use crate::codec::keys::{event_key, CF_EVENTS};
     let (peer_dir, node_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let peer = a_peer(peer_dir.path());
-    let node = Store::open(node_dir.path(), StoreOptions::default()).unwrap();
+    let node = Store::open(node_dir.path(), StoreOptions::compatible()).unwrap();
     send(&peer, &node);
     // A damaged record: every rebuild meets it.
     let author = DeviceKey::from_secret([2; 32]).author();

@@ -104,7 +104,7 @@ proptest! {
         writes in proptest::collection::vec((0..3u8, body()), 1..24),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), StoreOptions::compatible()).unwrap();
         for (clock, (writer, body)) in writes.into_iter().enumerate() {
             store.append(&SPACE, &key(writer), clock as u64, vec![(BodyEncoding::Plain, body)]).unwrap();
         }

@@ -30,7 +30,7 @@ proptest! {
         order in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
     ) {
         let source_dir = tempfile::tempdir().unwrap();
-        let source = Store::open(source_dir.path(), StoreOptions::default()).unwrap();
+        let source = Store::open(source_dir.path(), StoreOptions::compatible()).unwrap();
         for (clock, (writer, body)) in writes.into_iter().enumerate() {
             source.append(&SPACE, &key(writer), clock as u64, vec![(BodyEncoding::Plain, body)]).unwrap();
         }

@@ -39,7 +39,7 @@ fn the_log_read_on_a_second_thread_folds_to_the_stored_views_and_stops_at_a_corr
 
 /// A store with `cases` cases, each created and then set by alternating keys.
 fn a_busy_store(dir: &std::path::Path, cases: u8) -> Store {
-    let store = Store::open(dir, StoreOptions::default()).unwrap();
+    let store = Store::open(dir, StoreOptions::compatible()).unwrap();
     let space = SpaceId([1; 16]);
     let keys = [DeviceKey::from_secret([1; 32]), DeviceKey::from_secret([2; 32])];
     for round in 0..3u8 {
@@ -62,7 +62,7 @@ fn a_busy_store(dir: &std::path::Path, cases: u8) -> Store {
 fn a_busy_store_and_an_empty_one(cases: u8) -> (tempfile::TempDir, Store, tempfile::TempDir, Store) {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = a_busy_store(a_dir.path(), cases);
-    let b = Store::open(b_dir.path(), StoreOptions::default()).unwrap();
+    let b = Store::open(b_dir.path(), StoreOptions::compatible()).unwrap();
     (a_dir, a, b_dir, b)
 }
 
@@ -78,7 +78,7 @@ fn catch_up(from: &Store, to: &Store, batch: usize) {
 fn a_bounded_fold_evicts_the_cases_touched_least_recently() {
     let space = SpaceId([1; 16]);
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let store = Store::open(dir.path(), StoreOptions::compatible()).unwrap();
     let key = DeviceKey::from_secret([1; 32]);
     for n in [1u8, 2, 1, 3] {
         let fields = vec![("f".into(), FieldValue::Text(n.to_string()))];
@@ -130,7 +130,7 @@ fn a_bulk_load_without_syncs_folds_beside_its_writes_to_the_same_views() {
     assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
     assert_eq!(b.history(&space, &CaseId([5; 16])).unwrap(), a.history(&space, &CaseId([5; 16])).unwrap());
     drop(b);
-    let b = Store::open(b_dir.path(), StoreOptions::default()).unwrap();
+    let b = Store::open(b_dir.path(), StoreOptions::compatible()).unwrap();
     assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap(), "after reopening");
 }
 
@@ -150,7 +150,7 @@ fn a_bulk_catch_up_rebuilds_when_its_deltas_cannot_complete_the_views() {
     // Deltas that cannot complete the views (views lagging when the catch-up began, or a
     // failed commit after folding): the end rebuilds.
     let c_dir = tempfile::tempdir().unwrap();
-    let c = Store::open(c_dir.path(), StoreOptions::default()).unwrap();
+    let c = Store::open(c_dir.path(), StoreOptions::compatible()).unwrap();
     c.begin_bulk_catch_up();
     catch_up(&a, &c, 10);
     c.lock_writer().bulk.spoil(&space);
@@ -162,7 +162,7 @@ fn a_bulk_catch_up_rebuilds_when_its_deltas_cannot_complete_the_views() {
 fn merge_operands_joined_at_read_flush_and_compaction_give_the_same_views() {
     use crate::codec::keys::CF_CASES;
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let store = Store::open(dir.path(), StoreOptions::compatible()).unwrap();
     let space = SpaceId([1; 16]);
     let keys = [DeviceKey::from_secret([1; 32]), DeviceKey::from_secret([2; 32])];
     let case = CaseId([7; 16]);
@@ -185,7 +185,7 @@ fn merge_operands_joined_at_read_flush_and_compaction_give_the_same_views() {
     }
     let hash = store.state_hash(&space).unwrap();
     drop(store);
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let store = Store::open(dir.path(), StoreOptions::compatible()).unwrap();
     assert_eq!(store.case_view(&space, &case).unwrap(), views[views.len() - 1]);
     assert_eq!(store.rebuild_projections(&space).unwrap(), hash);
 }
@@ -194,7 +194,7 @@ fn merge_operands_joined_at_read_flush_and_compaction_give_the_same_views() {
 fn a_rebuild_of_one_space_keeps_the_other_spaces_views_whatever_files_they_share() {
     use crate::codec::keys::{CF_CASES, CF_CASE_EVENTS};
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let store = Store::open(dir.path(), StoreOptions::compatible()).unwrap();
     let (one, two) = (SpaceId([1; 16]), SpaceId([2; 16]));
     let key = DeviceKey::from_secret([1; 32]);
     // Files of one space only, and files of both (the rebuild drops only the former).
@@ -222,7 +222,7 @@ fn a_rebuild_of_one_space_keeps_the_other_spaces_views_whatever_files_they_share
     assert_eq!(store.history(&two, &CaseId([1; 16])).unwrap(), history);
     assert_eq!(store.history(&one, &CaseId([1; 16])).unwrap().len(), 2);
     drop(store);
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let store = Store::open(dir.path(), StoreOptions::compatible()).unwrap();
     assert_eq!((store.state_hash(&one).unwrap(), store.state_hash(&two).unwrap()), hashes);
 }
 
@@ -346,7 +346,7 @@ fn a_bulk_catch_up_into_empty_projections_remembers_the_state_hash_it_wrote() {
 fn a_case_with_many_events_keeps_its_whole_history_in_bounded_records() {
     use crate::codec::keys::{CF_CASE_EVENTS, HISTORY_ENTRIES_PER_RECORD};
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let store = Store::open(dir.path(), StoreOptions::compatible()).unwrap();
     let (space, case, key) = (SpaceId([1; 16]), CaseId([1; 16]), DeviceKey::from_secret([1; 32]));
     store.execute(&space, &key, 1, Command::CreateCase { id: case, fields: vec![] }).unwrap();
     for n in 0..300u64 {
@@ -405,7 +405,7 @@ fn a_bulk_catch_up_ingests_its_spill_files_only_at_its_end() {
     std::fs::write(stale.join("parts-000000.sst"), b"half written").unwrap();
     let path = b.path().to_path_buf();
     drop(b);
-    let b = Store::open(&path, StoreOptions::default()).unwrap();
+    let b = Store::open(&path, StoreOptions::compatible()).unwrap();
     assert!(!path.join(SPILL_DIR).exists());
     assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
 }

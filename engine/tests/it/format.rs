@@ -32,7 +32,7 @@ fn a_newer_format_is_refused_and_left_untouched() {
         let db = raw(dir.path());
         db.put_cf(db.cf_handle(CF_META).unwrap(), META_FORMAT_VERSION, (FORMAT_VERSION + 1).to_be_bytes()).unwrap();
     }
-    match Store::open(dir.path(), StoreOptions::default()) {
+    match Store::open(dir.path(), StoreOptions::compatible()) {
         Err(OpenError::FormatTooNew { found, supported }) => {
             assert_eq!((found, supported), (FORMAT_VERSION + 1, FORMAT_VERSION));
         }
@@ -78,7 +78,7 @@ fn a_store_with_an_unknown_column_family_is_refused_before_its_log_is_replayed()
         let mut db = raw(dir.path());
         db.create_cf("from_the_future", &rocksdb::Options::default()).unwrap();
     }
-    match Store::open(dir.path(), StoreOptions::default()) {
+    match Store::open(dir.path(), StoreOptions::compatible()) {
         Err(error @ OpenError::UnknownColumnFamilies(_)) => {
             assert!(error.to_string().contains("from_the_future"), "{error}");
         }

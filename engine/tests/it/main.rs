@@ -5,6 +5,7 @@ mod format;
 mod group_commit;
 mod history;
 mod ingest;
+mod membership;
 mod merge;
 mod properties;
 mod support;

@@ -81,7 +81,7 @@ fn migration_export_import_gives_the_same_state_hash() {
     let (code, report) = replay_json(&["verify", "--data", s(&new)]);
     assert_eq!(code, 0, "{report:#}");
     {
-        let store = Store::open(&new.join("db"), StoreOptions::default()).unwrap();
+        let store = Store::open(&new.join("db"), StoreOptions::compatible()).unwrap();
         assert_eq!(store.state_hash(&SPACE).unwrap(), hash);
         assert_eq!(serde_json::to_value(store.list_cases(&SPACE, &CaseFilter::default()).unwrap()).unwrap(), views);
         assert_eq!(store.member(&SPACE, &device(2).author()).unwrap().as_deref(), Some("laptop"));
@@ -136,7 +136,7 @@ fn incremental_exports_chain_up() {
     assert_eq!(code, 0, "{first:#}");
     // More work on the old computer.
     let node = Node {
-        store: Store::open(&dir.join("db"), StoreOptions::default()).unwrap(),
+        store: Store::open(&dir.join("db"), StoreOptions::compatible()).unwrap(),
         dir: dir.clone(),
         key: device(1),
     };
@@ -226,7 +226,7 @@ fn a_relay_restored_from_a_backup_holds_the_log_without_views() {
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["projections"], "none");
     assert!(report["state_hash"].is_null(), "{report:#}");
-    let store = Store::open(&relay.join("db"), StoreOptions { projections: false }).unwrap();
+    let store = Store::open(&relay.join("db"), StoreOptions { projections: false, ..StoreOptions::compatible() }).unwrap();
     assert_eq!(store.vector(&SPACE), vector);
     assert!(std::fs::read_to_string(relay.join("casesync.toml")).unwrap().contains("relay = true"));
 }
@@ -283,7 +283,7 @@ fn tampered_or_truncated_backups_store_nothing() {
         drop(holder);
         let (code, _) = replay_json(&["import", "--data", s(&existing), s(&file)]);
         assert_eq!(code, 3, "{what}");
-        let store = Store::open(&existing.join("db"), StoreOptions::default()).unwrap();
+        let store = Store::open(&existing.join("db"), StoreOptions::compatible()).unwrap();
         assert_eq!(store.vector(&SPACE), before, "{what}");
     }
 }
@@ -311,7 +311,7 @@ fn an_import_adds_as_members_only_devices_whose_signed_events_it_holds() {
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["members_added"], 1, "{report:#}");
     assert_eq!(report["members_not_added"], serde_json::json!([stranger.to_hex()]), "{report:#}");
-    let store = Store::open(&restored.join("db"), StoreOptions::default()).unwrap();
+    let store = Store::open(&restored.join("db"), StoreOptions::compatible()).unwrap();
     assert!(store.member(&SPACE, &stranger).unwrap().is_none());
     assert_eq!(store.member(&SPACE, &device(1).author()).unwrap().as_deref(), Some("office"));
 }

@@ -69,7 +69,7 @@ fn a_damaged_head_fails_open_and_is_still_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = busy_node(&tmp.path().join("office"), 4, 1).close();
     corrupt_event(&dir, 11); // the head
-    assert!(Store::open(&dir.join("db"), StoreOptions { projections: false }).is_err());
+    assert!(Store::open(&dir.join("db"), StoreOptions { projections: false, ..StoreOptions::compatible() }).is_err());
     let (code, report) = replay_json(&["verify", "--data", s(&dir)]);
     assert_eq!(code, 3, "{report:#}");
     assert!(report["open_error"].as_str().unwrap().contains("damaged"), "{report:#}");
@@ -115,7 +115,7 @@ fn two_generations(root: &Path) -> (std::path::PathBuf, std::path::PathBuf, u64,
     let dir = node.close();
     flush_all(&dir);
     let node = Node {
-        store: Store::open(&dir.join("db"), StoreOptions::default()).unwrap(),
+        store: Store::open(&dir.join("db"), StoreOptions::compatible()).unwrap(),
         dir: dir.clone(),
         key: device(1),
     };
@@ -204,7 +204,7 @@ fn verify_reports_views_behind_the_log_as_lagging_not_as_damage() {
     assert!(!text.contains("salvage") && !text.contains("DAMAGED"), "{text}");
 
     // The next open rebuilds the views; then nothing lags.
-    drop(Store::open(&dir.join("db"), StoreOptions::default()).unwrap());
+    drop(Store::open(&dir.join("db"), StoreOptions::compatible()).unwrap());
     let (code, report) = replay_json(&["verify", "--data", s(&dir)]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["spaces"][0]["projections"]["equal"], true, "{report:#}");

@@ -128,6 +128,7 @@ fn header_by_prost(bytes: &[u8]) -> Option<(EventHeader, Bytes)> {
     let encoding = match pb::BodyEncoding::try_from(message.encoding) {
         Ok(pb::BodyEncoding::Plain) => BodyEncoding::Plain,
         Ok(pb::BodyEncoding::Sealed) => BodyEncoding::Sealed,
+        Ok(pb::BodyEncoding::Membership) => BodyEncoding::Membership,
         _ => return None,
     };
     let header = EventHeader {

@@ -39,6 +39,7 @@ pub(crate) fn decode_plain_header(event: &[u8]) -> Option<(EventHeader, Range<us
     let encoding = match encoding? {
         1 => BodyEncoding::Plain,
         2 => BodyEncoding::Sealed,
+        3 => BodyEncoding::Membership,
         _ => return None,
     };
     // The body is a slice of `event`: its place is the distance between their starts.

@@ -1,0 +1,175 @@
+//! Membership in the log: who may write is decided by signed events every store judges the same
+//! way, whatever order they arrive in.
+
+use bytes::Bytes;
+use casesync_engine::commands::Command;
+use casesync_engine::log::ingest::RejectReason;
+use casesync_engine::model::event::{BodyEncoding, EventHeader, SignedEvent};
+use casesync_engine::model::ids::{CaseId, SpaceId};
+use casesync_engine::model::membership::{Refusal, Role};
+use casesync_engine::model::operation::FieldValue;
+use casesync_engine::model::signing::DeviceKey;
+use casesync_engine::model::vector_clock::VersionVector;
+use casesync_engine::store::{Store, StoreOptions};
+use casesync_engine::testkit::{device, interleave_authors, SeededRng};
+
+use casesync_engine::codec::wire;
+use casesync_engine::model::operation::Operation;
+
+struct Device {
+    key: DeviceKey,
+    store: Store,
+    _dir: tempfile::TempDir,
+}
+
+fn node(n: u8) -> Device {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    Device { key: device(n), store, _dir: dir }
+}
+
+fn relay(n: u8) -> Device {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions { projections: false, ..StoreOptions::default() }).unwrap();
+    Device { key: device(n), store, _dir: dir }
+}
+
+/// Sends everything `from` holds that `to` lacks; returns the refusals.
+fn sync(from: &Device, to: &Device, space: &SpaceId) -> Vec<RejectReason> {
+    let batch: Vec<_> = from.store.events_after(space, &to.store.vector(space)).map(|r| r.unwrap().2).collect();
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    to.store.ingest(space, batch).unwrap().rejected.into_iter().map(|r| r.reason).collect()
+}
+
+fn create(d: &Device, space: &SpaceId, now: u64, name: &str) -> Result<CaseId, casesync_engine::Error> {
+    let id = CaseId([now as u8; 16]);
+    let fields = vec![("name".to_string(), FieldValue::Text(name.into()))];
+    d.store.execute(space, &d.key, now, Command::CreateCase { id, fields })?;
+    Ok(id)
+}
+
+/// A case event signed by `key` with the next seq of its chain as `holder` stores it, built
+/// without asking the store (a modified client).
+fn forged_case_event(holder: &Store, key: &DeviceKey, space: &SpaceId, now: u64) -> SignedEvent {
+    let head = holder.head(space, &key.author());
+    let header = EventHeader {
+        space: *space,
+        author: key.author(),
+        seq: head.map_or(1, |h| h.seq + 1),
+        prev: head.map_or(Default::default(), |h| h.link),
+        hlc: now << 16,
+        encoding: BodyEncoding::Plain,
+    };
+    let op = Operation::CreateCase { case: CaseId([9; 16]), fields: Default::default() };
+    SignedEvent::build(key, &header, Bytes::from(wire::encode_operation(&op))).unwrap()
+}
+
+#[test]
+fn only_members_with_a_writing_role_write_and_every_store_refuses_the_rest() {
+    let (office, reader, stranger, hub) = (node(1), node(2), node(3), relay(4));
+    let space = office.store.found_space(&office.key, "office", [1; 16], 1_000).unwrap();
+    office.store.grant(&space, &office.key, 1_001, reader.key.author(), Role::Reader, "jan", None).unwrap();
+    create(&office, &space, 1_002, "Anna").unwrap();
+    for to in [&reader, &hub] {
+        assert!(sync(&office, to, &space).is_empty());
+    }
+    assert_eq!(hub.store.vector(&space), office.store.vector(&space));
+    // A reader's own store refuses its writes...
+    let refused = create(&reader, &space, 1_003, "Bob").unwrap_err();
+    assert!(refused.to_string().contains("reader"), "{refused}");
+    // ...and a modified client's signed events are refused by the relay and the office.
+    for (author, store_of) in [(&reader.key, &reader.store), (&stranger.key, &stranger.store)] {
+        let forged = forged_case_event(store_of, author, &space, 1_004);
+        for to in [&hub, &office] {
+            let report = to.store.ingest(&space, vec![forged.to_wire()]).unwrap();
+            assert_eq!(report.accepted, 0);
+            assert!(matches!(report.rejected[0].reason, RejectReason::NotCounted(_)), "{:?}", report.rejected);
+            assert_eq!(to.store.head(&space, &author.author()), None);
+        }
+    }
+    // A membership change by a non-admin does not count either.
+    assert!(office.store.grant(&space, &reader.key, 1_005, stranger.key.author(), Role::Admin, "x", None).is_err());
+    assert!(reader.store.grant(&space, &reader.key, 1_005, stranger.key.author(), Role::Admin, "x", None).is_err());
+}
+
+#[test]
+fn a_space_accepts_nothing_before_its_founding_event_and_no_impostor_founder() {
+    let (office, joiner, impostor) = (node(1), node(2), node(3));
+    let space = office.store.found_space(&office.key, "office", [1; 16], 1_000).unwrap();
+    office.store.grant(&space, &office.key, 1_001, joiner.key.author(), Role::Writer, "laptop", None).unwrap();
+    // The impostor's `Found` with the same nonce makes another space id: refused here.
+    let other = impostor.store.found_space(&impostor.key, "thief", [1; 16], 1_000).unwrap();
+    assert_ne!(other, space);
+    // The grant without the founding event is not judged yet: it waits, refused, not stored.
+    let grant = office.store.events_after(&space, &VersionVector::new()).map(|r| r.unwrap().2).nth(1).unwrap();
+    let report = joiner.store.ingest(&space, vec![grant]).unwrap();
+    assert_eq!(report.accepted, 0);
+    assert!(sync(&office, &joiner, &space).is_empty());
+    assert!(joiner.store.membership(&space).is_founded());
+    create(&joiner, &space, 1_010, "Anna").unwrap();
+}
+
+/// Office (founder) grants a laptop writer; the laptop writes offline while the office revokes it
+/// having seen only part of its work. Every store, in every delivery order, ends with the same
+/// views, without the laptop's events above the cut.
+#[test]
+fn a_concurrent_revocation_converges_in_every_delivery_order() {
+    for seed in 0..12 {
+        let (office, laptop, home) = (node(1), node(2), node(3));
+        let space = office.store.found_space(&office.key, "office", [1; 16], 1_000).unwrap();
+        office.store.grant(&space, &office.key, 1_001, laptop.key.author(), Role::Writer, "laptop", None).unwrap();
+        office.store.grant(&space, &office.key, 1_002, home.key.author(), Role::Writer, "home", None).unwrap();
+        sync(&office, &laptop, &space);
+        let seen = create(&laptop, &space, 1_003, "seen by the office").unwrap();
+        sync(&laptop, &office, &space);
+        // Offline: the laptop writes more; the office revokes it and writes too.
+        create(&laptop, &space, 1_004, "written after the cut").unwrap();
+        create(&laptop, &space, 1_005, "also after the cut").unwrap();
+        office.store.revoke(&space, &office.key, 1_006, laptop.key.author()).unwrap();
+        create(&office, &space, 1_007, "office").unwrap();
+        // Every event, delivered to `home` in a random order that respects each chain.
+        let mut all: Vec<SignedEvent> = Vec::new();
+        for from in [&office, &laptop] {
+            all.extend(
+                from.store.events_after(&space, &VersionVector::new()).map(|r| SignedEvent::from_wire(r.unwrap().2).unwrap()),
+            );
+        }
+        all.sort_by_key(|e| (e.header.author, e.header.seq));
+        all.dedup_by_key(|e| (e.header.author, e.header.seq));
+        let mut rng = SeededRng::new(seed);
+        let order = interleave_authors(&all, &mut rng);
+        for chunk in order.chunks(1 + rng.index(3)) {
+            home.store.ingest(&space, chunk.iter().map(SignedEvent::to_wire).collect()).unwrap();
+        }
+        // Whatever was refused for lack of a grant comes again in the next round.
+        sync(&office, &home, &space);
+        sync(&laptop, &home, &space);
+        sync(&home, &laptop, &space);
+        sync(&office, &laptop, &space);
+        let hashes: Vec<String> = [&office, &laptop, &home].iter().map(|d| d.store.state_hash(&space).unwrap()).collect();
+        assert!(hashes.iter().all(|h| *h == hashes[0]), "seed {seed}: {hashes:?}");
+        let view = home.store.list_cases(&space, &Default::default()).unwrap();
+        assert_eq!(view.len(), 2, "seed {seed}: the seen case and the office's");
+        assert!(home.store.case_view(&space, &seen).unwrap().is_some());
+        // The revoked laptop can no longer write anywhere, its own store included.
+        assert!(create(&laptop, &space, 1_100, "later").is_err());
+        let forged = forged_case_event(&office.store, &laptop.key, &space, 1_101);
+        let report = office.store.ingest(&space, vec![forged.to_wire()]).unwrap();
+        assert!(matches!(report.rejected[0].reason, RejectReason::NotCounted(Refusal::Revoked { cut: 1, .. })));
+    }
+}
+
+#[test]
+fn a_substitution_counts_until_its_date_and_no_later() {
+    let (office, maria) = (node(1), node(2));
+    let space = office.store.found_space(&office.key, "office", [1; 16], 1_000).unwrap();
+    office.store.grant(&space, &office.key, 1_001, maria.key.author(), Role::Writer, "maria", Some(2_000)).unwrap();
+    sync(&office, &maria, &space);
+    create(&maria, &space, 1_500, "covered").unwrap();
+    let late = create(&maria, &space, 2_000, "too late").unwrap_err();
+    assert!(late.to_string().contains("expired"), "{late}");
+    assert!(sync(&maria, &office, &space).is_empty());
+    assert_eq!(office.store.list_cases(&space, &Default::default()).unwrap().len(), 1);
+}
