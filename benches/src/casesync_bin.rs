@@ -1,4 +1,4 @@
-//! The real `casesync` binary: finding it, and the CLI calls a scenario needs (init, device add,
+//! The real `casesync` binary: finding it, and the CLI calls a scenario needs (init,
 //! serve), each bounded in time.
 
 use std::path::{Path, PathBuf};
@@ -60,11 +60,6 @@ impl Binaries {
         }
         let out = self.run(data, &args)?;
         serde_json::from_str(out.trim()).with_context(|| format!("casesync init printed {out:?}"))
-    }
-
-    /// `casesync device add KEY --name NAME` (no daemon may be running on `data`).
-    pub fn device_add(&self, data: &Path, key: &str, name: &str) -> anyhow::Result<()> {
-        self.run(data, &["device", "add", key, "--name", name]).map(|_| ())
     }
 
     /// `casesync serve` on free loopback ports; waits (bounded) for `daemon.json`.

@@ -10,6 +10,7 @@ use casesync_engine::model::ids::SpaceId;
 use casesync_engine::store::{Store, StoreOptions};
 
 use crate::casesync_bin::{copy_flat_dir, Binaries};
+use crate::membership::BenchAdmin;
 use crate::probe::ProbeKey;
 use crate::workload::{self, PreloadReport, WorkloadSpec};
 
@@ -22,6 +23,8 @@ pub struct NodeDir {
     pub dir: PathBuf,
     /// Its device key (hex).
     pub key: String,
+    /// Whether it runs as a relay.
+    pub relay: bool,
 }
 
 /// Shared state of a run.
@@ -34,16 +37,17 @@ pub struct Harness {
     pub space: SpaceId,
     /// The harness's own device key.
     pub probe: ProbeKey,
+    /// The space's founder, who grants every node.
+    admin: BenchAdmin,
     templates: HashMap<(u64, usize), (PathBuf, PreloadReport)>,
 }
 
 impl Harness {
     /// A harness writing under `work`.
-    pub fn new(bins: Binaries, work: PathBuf) -> Harness {
-        let mut space = [0u8; 16];
-        space.copy_from_slice(&blake3::hash(b"casesync-bench-space").as_bytes()[..16]);
-        let space = SpaceId(space);
-        Harness { bins, work, space, probe: ProbeKey::new(space), templates: HashMap::new() }
+    pub fn new(bins: Binaries, work: PathBuf) -> anyhow::Result<Harness> {
+        let admin = BenchAdmin::new(&work.join("bench-founder"))?;
+        let space = admin.space();
+        Ok(Harness { bins, work, space, probe: ProbeKey::new(space), admin, templates: HashMap::new() })
     }
 
     /// The preloaded log of a workload (made on first use; not timed by any scenario).
@@ -61,7 +65,8 @@ impl Harness {
         }
         let _ = std::fs::remove_file(&marker);
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir, StoreOptions::compatible()).context("opening the template store")?;
+        let store = Store::open(&dir, StoreOptions::default()).context("opening the template store")?;
+        self.admin.prepare_template(&store, spec)?;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let report = workload::preload(&store, self.space, spec, threads)?;
         // A settled log, as on a device that has been in use: otherwise every copy of it starts
@@ -78,7 +83,7 @@ impl Harness {
 
     /// Inits a data dir `scenario/name` (relay or not), optionally with a copy of a template log,
     /// and lets the probe key in.
-    pub fn node(&self, scenario: &str, name: &str, relay: bool, log: Option<&Path>) -> anyhow::Result<NodeDir> {
+    pub fn node(&mut self, scenario: &str, name: &str, relay: bool, log: Option<&Path>) -> anyhow::Result<NodeDir> {
         let dir = self.work.join(scenario).join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -88,14 +93,21 @@ impl Harness {
             std::fs::remove_dir_all(&db).with_context(|| format!("removing {}", db.display()))?;
             copy_flat_dir(template, &db)?;
         }
-        self.bins.device_add(&dir, &self.probe.hex(), "bench-probe")?;
-        Ok(NodeDir { name: name.to_string(), dir, key: info.device_key })
+        self.admin.grant_node(&info.device_key, name, relay)?;
+        self.admin.deliver_to(&dir, relay)?;
+        Ok(NodeDir { name: name.to_string(), dir, key: info.device_key, relay })
     }
 
-    /// Lets two nodes sync with each other.
+    /// Membership events each node of a scenario holds once it is introduced to the others
+    /// (the founder's chain so far): what node totals hold besides the workload's events.
+    pub fn membership_events(&self) -> u64 {
+        self.admin.head()
+    }
+
+    /// Lets two nodes sync with each other: each holds the grant of the other.
     pub fn introduce(&self, a: &NodeDir, b: &NodeDir) -> anyhow::Result<()> {
-        self.bins.device_add(&a.dir, &b.key, &b.name)?;
-        self.bins.device_add(&b.dir, &a.key, &a.name)
+        self.admin.deliver_to(&a.dir, a.relay)?;
+        self.admin.deliver_to(&b.dir, b.relay)
     }
 }
 
@@ -103,6 +115,8 @@ impl Harness {
 #[derive(serde::Serialize, serde::Deserialize, Debug)]
 struct TemplateMarker {
     format_version: u32,
+    /// The membership the template starts with (a template made before it is made again).
+    membership: u32,
     events: u64,
     authors: usize,
     seed: u64,
@@ -115,6 +129,7 @@ impl TemplateMarker {
     fn of(spec: WorkloadSpec, report: &PreloadReport) -> TemplateMarker {
         TemplateMarker {
             format_version: casesync_engine::storage::format::FORMAT_VERSION,
+            membership: 1,
             events: spec.events,
             authors: spec.authors,
             seed: spec.seed,
@@ -130,8 +145,8 @@ impl TemplateMarker {
 fn complete_template(marker: &Path, spec: WorkloadSpec) -> Option<PreloadReport> {
     let found: TemplateMarker = serde_json::from_slice(&std::fs::read(marker).ok()?).ok()?;
     let wanted = TemplateMarker::of(spec, &PreloadReport { events: 0, bytes: 0, elapsed: Default::default() });
-    let same = (found.format_version, found.events, found.authors, found.seed, found.text_bytes)
-        == (wanted.format_version, wanted.events, wanted.authors, wanted.seed, wanted.text_bytes);
+    let same = (found.format_version, found.membership, found.events, found.authors, found.seed, found.text_bytes)
+        == (wanted.format_version, wanted.membership, wanted.events, wanted.authors, wanted.seed, wanted.text_bytes);
     let elapsed = std::time::Duration::try_from_secs_f64(found.preload_seconds).ok()?;
     same.then_some(PreloadReport { events: found.events, bytes: found.bytes, elapsed })
 }

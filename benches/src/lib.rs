@@ -5,6 +5,7 @@
 pub mod casesync_bin;
 pub mod harness;
 pub mod machine;
+pub mod membership;
 pub mod probe;
 pub mod process;
 pub mod report;

@@ -6,7 +6,7 @@
 pub mod backup_format;
 pub mod case_json;
 pub mod keys;
-pub(crate) mod merge_operator;
 pub mod membership;
+pub(crate) mod merge_operator;
 pub mod meta;
 pub mod wire;

@@ -15,14 +15,14 @@ use rocksdb::WriteBatch;
 
 use crate::codec::keys::*;
 use crate::error::{OpenError, StoreError};
-use crate::model::event::SignedEvent;
 use crate::model::event::BodyEncoding;
+use crate::model::event::SignedEvent;
 use crate::model::ids::{AuthorId, EventId, SpaceId};
 use crate::model::membership::{Membership, MembershipRecord};
 use crate::model::signing::VerifyingKey;
-use membership::Access;
 use crate::model::vector_clock::{Head, VersionVector};
 use crate::storage::Db;
+use membership::Access;
 
 /// What the store's single writer knows of the log: every chain's head, the arrival position and
 /// hlc after the last stored event, the fences, and the keys of authors seen (parsed once).

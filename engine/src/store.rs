@@ -10,16 +10,16 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 use casesync_proto::v1 as pb;
 
+use crate::codec::membership::encode_membership;
 use crate::commands::{Command, CommandQueue};
 use crate::error::{CommandError, OpenError, StoreError};
 use crate::log::ingest::{self, IngestReport, PreparedBatch};
 pub use crate::log::membership::Access;
-use crate::codec::membership::encode_membership;
-use crate::model::membership::{founded_space, Membership, MembershipOp, Role};
 use crate::log::reader::{self, Arrival, EventsAfter};
 use crate::log::{self, CommitSummary, LogState};
 use crate::model::event::{BodyEncoding, EventHeader, SignedEvent};
 use crate::model::ids::{AuthorId, CaseId, SpaceId};
+use crate::model::membership::{founded_space, Membership, MembershipOp, NewGrant};
 use crate::model::merge::CaseState;
 use crate::model::signing::DeviceKey;
 use crate::model::vector_clock::{Head, VersionVector};
@@ -232,6 +232,12 @@ impl Store {
         reader::events_after(&self.db, space, &held, have)
     }
 
+    /// Every event this node holds beyond `have`, those that no longer count included (for
+    /// audit and backups: the log keeps what it stored).
+    pub fn events_held(&self, space: &SpaceId, have: &VersionVector) -> EventsAfter<'_> {
+        reader::events_after(&self.db, space, &self.vector(space), have)
+    }
+
     /// Arrival records from `position` on, at most `limit`, one per event.
     pub fn arrivals_from(&self, position: u64, limit: usize) -> Result<Vec<Arrival>, StoreError> {
         reader::arrivals_from(&self.db, position, limit)
@@ -424,13 +430,11 @@ impl Store {
         space: &SpaceId,
         key: &DeviceKey,
         now_ms: u64,
-        device: AuthorId,
-        role: Role,
-        name: &str,
-        until_ms: Option<u64>,
+        grant: NewGrant,
     ) -> Result<SignedEvent, crate::error::AppendError> {
+        let NewGrant { device, role, name, until_ms } = grant;
         let after = self.head(space, &device).map_or(0, |h| h.seq);
-        let op = MembershipOp::Grant { device, role, name: name.to_string(), after, until_ms };
+        let op = MembershipOp::Grant { device, role, name, after, until_ms };
         self.change_membership(space, key, now_ms, &op)
     }
 

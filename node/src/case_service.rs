@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use casesync_engine::codec::wire::value_from_pb;
 use casesync_engine::commands::Command;
-use casesync_engine::model::ids::{CaseId, EntryId};
+use casesync_engine::model::hlc;
+use casesync_engine::model::ids::{AuthorId, CaseId, EntryId};
+use casesync_engine::model::membership::{NewGrant, Role};
 use casesync_engine::model::operation::{FieldValue, Status, StatusChange};
 use casesync_engine::projection::queries::CaseFilter;
 use casesync_proto::v1 as pb;
@@ -96,24 +98,77 @@ impl CaseService {
     }
 }
 
-#[tonic::async_trait]
-impl Cases for CaseService {
-    async fn add_device(&self, request: Request<pb::AddDeviceRequest>) -> Result<Response<pb::DeviceList>, GrpcStatus> {
-        let message = request.into_inner();
-        let author = casesync_engine::model::ids::AuthorId::from_hex(&message.device_key)
-            .map_err(|e| GrpcStatus::invalid_argument(format!("device key: {e}")))?;
-        casesync_engine::model::signing::VerifyingKey::new(&author)
-            .map_err(|_| GrpcStatus::invalid_argument("device key is not a valid ed25519 key"))?;
-        let name = if message.name.is_empty() { author.device_id() } else { message.name };
-        casesync_engine::identity::validate_name(&name).map_err(|e| GrpcStatus::invalid_argument(e.to_string()))?;
+/// A device key from its hex form, checked to be an ed25519 key.
+fn device_key(text: &str) -> Result<AuthorId, GrpcStatus> {
+    let author = AuthorId::from_hex(text).map_err(|e| GrpcStatus::invalid_argument(format!("device key: {e}")))?;
+    casesync_engine::model::signing::VerifyingKey::new(&author)
+        .map_err(|_| GrpcStatus::invalid_argument("device key is not a valid ed25519 key"))?;
+    Ok(author)
+}
+
+impl CaseService {
+    /// Runs a membership change on the blocking pool, announces it to peers, and returns the
+    /// device list after it.
+    async fn change_membership(
+        &self,
+        change: impl FnOnce() -> Result<casesync_engine::model::event::SignedEvent, GrpcStatus> + Send + 'static,
+    ) -> Result<Response<pb::DeviceList>, GrpcStatus> {
         let shared = self.shared.clone();
         let list = tokio::task::spawn_blocking(move || {
-            shared.store.add_member(&shared.space, &author, &name).map_err(|e| grpc_status::store(&e))?;
+            change()?;
+            shared.notify(shared.store.next_position());
             device_list(&shared)
         })
         .await
         .map_err(grpc_status::join)??;
         Ok(Response::new(list))
+    }
+}
+
+#[tonic::async_trait]
+impl Cases for CaseService {
+    async fn grant_device(
+        &self,
+        request: Request<pb::GrantDeviceRequest>,
+    ) -> Result<Response<pb::DeviceList>, GrpcStatus> {
+        let message = request.into_inner();
+        let author = device_key(&message.device_key)?;
+        let role = Role::parse(&message.role).ok_or_else(|| {
+            GrpcStatus::invalid_argument(format!("role {:?}: expected admin, writer, reader or relay", message.role))
+        })?;
+        let name = if message.name.is_empty() { author.device_id() } else { message.name };
+        casesync_engine::identity::validate_name(&name).map_err(|e| GrpcStatus::invalid_argument(e.to_string()))?;
+        let until = (message.until_ms != 0).then_some(message.until_ms);
+        let shared = self.shared.clone();
+        self.change_membership(move || {
+            shared.store.add_member(&shared.space, &author, &name).map_err(|e| grpc_status::store(&e))?;
+            let name = name.clone();
+            shared
+                .store
+                .grant(
+                    &shared.space,
+                    &shared.identity.key,
+                    now_ms(),
+                    NewGrant { device: author, role, name, until_ms: until },
+                )
+                .map_err(|e| grpc_status::engine(&e.into()))
+        })
+        .await
+    }
+
+    async fn revoke_device(
+        &self,
+        request: Request<pb::RevokeDeviceRequest>,
+    ) -> Result<Response<pb::DeviceList>, GrpcStatus> {
+        let author = device_key(&request.into_inner().device_key)?;
+        let shared = self.shared.clone();
+        self.change_membership(move || {
+            shared
+                .store
+                .revoke(&shared.space, &shared.identity.key, now_ms(), author)
+                .map_err(|e| grpc_status::engine(&e.into()))
+        })
+        .await
     }
 
     async fn list_devices(
@@ -421,16 +476,40 @@ pub fn node_status(shared: &Shared, skip_state_hash: bool) -> Result<pb::NodeSta
 /// The known devices of the node's space (blocking).
 pub fn device_list(shared: &Shared) -> Result<pb::DeviceList, GrpcStatus> {
     let me = shared.identity.author();
-    let members = shared.store.members(&shared.space).map_err(|e| grpc_status::store(&e))?;
-    Ok(pb::DeviceList {
-        devices: members
-            .into_iter()
-            .map(|(author, name)| pb::DeviceInfo {
-                device: author.device_id(),
-                device_key: author.to_hex(),
-                name,
-                this_device: author == me,
-            })
-            .collect(),
-    })
+    let membership = shared.store.membership(&shared.space);
+    let heads = shared.store.vector(&shared.space).iter().map(|(a, s)| (*a, *s)).collect();
+    let mut devices: Vec<pb::DeviceInfo> = membership
+        .devices(now_ms(), &heads)
+        .into_iter()
+        .map(|entry| {
+            let grant = entry.grant.as_ref();
+            pb::DeviceInfo {
+                device: entry.device.device_id(),
+                device_key: entry.device.to_hex(),
+                name: entry.name,
+                this_device: entry.device == me,
+                role: entry.role.map(|r| r.as_str().to_string()).unwrap_or_default(),
+                granted_role: grant.map_or(if entry.founder { "admin" } else { "" }, |g| g.role.as_str()).to_string(),
+                granted_by: grant.map(|g| g.by.device_id()).unwrap_or_default(),
+                granted_at_ms: grant.map_or(0, |g| hlc::millis(g.at_hlc)),
+                until_ms: grant.and_then(|g| g.until_ms).unwrap_or(0),
+                founder: entry.founder,
+                revoked: entry.revoked.is_some(),
+                revoked_by: entry.revoked.map(|c| c.by.device_id()).unwrap_or_default(),
+                revoked_at_ms: entry.revoked.map_or(0, |c| hlc::millis(c.at_hlc)),
+                cut: entry.revoked.map_or(0, |c| c.cut),
+            }
+        })
+        .collect();
+    if !devices.iter().any(|d| d.this_device) {
+        // Not (yet) a member: shown so its key can be given to an admin.
+        devices.push(pb::DeviceInfo {
+            device: me.device_id(),
+            device_key: me.to_hex(),
+            name: shared.identity.name.clone(),
+            this_device: true,
+            ..pb::DeviceInfo::default()
+        });
+    }
+    Ok(pb::DeviceList { devices })
 }

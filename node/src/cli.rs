@@ -68,10 +68,17 @@ fn init(data: &Path, args: InitArgs, as_json: bool) -> anyhow::Result<()> {
     if report.relay {
         println!("mode        relay (stores and forwards, holds no case views)");
     }
-    println!(
-        "next: on the other devices, `casesync init --space {}` and `casesync device add <key>` both ways",
-        report.space
-    );
+    if space.is_none() {
+        println!(
+            "next: on each other device `casesync init --space {}`, then here `casesync device grant <its key> --role writer|reader|relay`",
+            report.space
+        );
+    } else {
+        println!(
+            "next: on an admin device of the space, `casesync device grant {} --role writer|reader`",
+            report.device_key
+        );
+    }
     Ok(())
 }
 
@@ -209,8 +216,13 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
                     }
                     return Ok(());
                 }
-                DeviceCommand::Add { key, name } => client
-                    .add_device(pb::AddDeviceRequest { device_key: key, name })
+                DeviceCommand::Grant { key, role, name, until } => client
+                    .grant_device(pb::GrantDeviceRequest { device_key: key, name, role, until_ms: until.unwrap_or(0) })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner(),
+                DeviceCommand::Revoke { key } => client
+                    .revoke_device(pb::RevokeDeviceRequest { device_key: key })
                     .await
                     .map_err(status_error)?
                     .into_inner(),
@@ -222,13 +234,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
                 return json(&list);
             }
             for d in &list.devices {
-                println!(
-                    "{}  {:<20} {}{}",
-                    d.device,
-                    d.name,
-                    d.device_key,
-                    if d.this_device { "  (this device)" } else { "" }
-                );
+                println!("{}", crate::output::device_line(d));
             }
             Ok(())
         }

@@ -77,21 +77,26 @@ pub fn init(
         (Some(config), Some(wanted)) if SpaceId::from_hex(&config.space).ok() != Some(wanted) => {
             bail!("{} already serves space {}, not {}", data.display(), config.space, wanted)
         }
-        (Some(config), _) => SpaceId::from_hex(&config.space).context("casesync.toml has a malformed space")?,
-        (None, Some(space)) => space,
-        (None, None) => {
-            let mut id = [0u8; 16];
-            rand::rngs::OsRng.fill_bytes(&mut id);
-            SpaceId(id)
-        }
+        (Some(config), _) => Some(SpaceId::from_hex(&config.space).context("casesync.toml has a malformed space")?),
+        (None, Some(space)) => Some(space),
+        (None, None) => None,
     };
     let created = existing.is_none();
+    let (identity, _) = DeviceIdentity::load_or_create(data, name, fresh_secret)?;
+    std::fs::write(data.join(INSTANCE_FILE), fingerprint(data)).context("writing the instance file")?;
+    let store = Store::open(&db_path(data), StoreOptions { projections: !relay, ..StoreOptions::default() })?;
+    let space = match space {
+        Some(space) => space,
+        // A new space: this device founds it and is its first admin.
+        None => {
+            let mut nonce = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut nonce);
+            store.found_space(&identity.key, &identity.name, nonce, crate::shared::now_ms())?
+        }
+    };
     if created {
         FileConfig { space: space.to_hex(), listen, relay, ..FileConfig::default() }.save(data)?;
     }
-    let (identity, _) = DeviceIdentity::load_or_create(data, name, fresh_secret)?;
-    std::fs::write(data.join(INSTANCE_FILE), fingerprint(data)).context("writing the instance file")?;
-    let store = Store::open(&db_path(data), StoreOptions { projections: !relay })?;
     store.add_member(&space, &identity.author(), &identity.name)?;
     Ok(InitReport {
         data: data.display().to_string(),
@@ -139,16 +144,17 @@ pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
     }
     std::fs::write(data.join(INSTANCE_FILE), &here).context("writing the instance file")?;
     let relay = relay_flag || config.relay;
-    let store = Store::open(&db_path(data), StoreOptions { projections: !relay }).map_err(|e| {
-        let context = if e.fault() == Some(StorageFault::NoSpace) {
-            crate::grpc_status::DISK_FULL
-        } else if casesync_engine::storage::held_by_another_process(&db_path(data)) {
-            "the data dir is in use by another casesync process"
-        } else {
-            "cannot open the log store"
-        };
-        anyhow::Error::new(e).context(context)
-    })?;
+    let store =
+        Store::open(&db_path(data), StoreOptions { projections: !relay, ..StoreOptions::default() }).map_err(|e| {
+            let context = if e.fault() == Some(StorageFault::NoSpace) {
+                crate::grpc_status::DISK_FULL
+            } else if casesync_engine::storage::held_by_another_process(&db_path(data)) {
+                "the data dir is in use by another casesync process"
+            } else {
+                "cannot open the log store"
+            };
+            anyhow::Error::new(e).context(context)
+        })?;
     if store.member(&space, &identity.author())?.is_none() {
         store.add_member(&space, &identity.author(), &identity.name)?;
     }

@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use casesync_engine::commands::Command;
-use casesync_engine::model::ids::{CaseId, SpaceId};
+use casesync_engine::model::ids::{AuthorId, CaseId, SpaceId};
+use casesync_engine::model::membership::{NewGrant, Role};
 use casesync_engine::model::operation::{FieldValue, StatusChange};
 use casesync_engine::model::views::CaseView;
 use casesync_engine::projection::queries::CaseFilter;
 use rand::RngCore;
 use serde::Serialize;
+
+mod rights;
 
 use crate::data_dir;
 use crate::node::{Node, NodeConfig};
@@ -21,13 +24,13 @@ use crate::shared::{now_ms, Shared};
 use crate::views_pb;
 
 /// How long the demo waits for nodes to converge.
-const CONVERGE_DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const CONVERGE_DEADLINE: Duration = Duration::from_secs(20);
 
 fn text(s: &str) -> FieldValue {
     FieldValue::Text(s.to_string())
 }
 
-fn random_case() -> CaseId {
+pub(crate) fn random_case() -> CaseId {
     let mut id = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut id);
     CaseId(id)
@@ -83,24 +86,33 @@ struct DemoReport {
     state_hash: String,
 }
 
-/// Creates data dirs under `root`, one per `(name, relay)`, all in one new space, each knowing
-/// every other device (only known devices may sync). Blocking.
-pub fn create_devices(root: &Path, devices: &[(&str, bool)]) -> anyhow::Result<Vec<PathBuf>> {
+/// Creates data dirs under `root`, one per `(name, role)`, all in one new space: the first
+/// admin founds it and grants every other device its role (a `relay` device runs as a relay),
+/// and each starts with the space's membership events (as if it had synced once). Blocking.
+pub fn create_devices(root: &Path, devices: &[(&str, Role)]) -> anyhow::Result<Vec<PathBuf>> {
     let dirs: Vec<PathBuf> = devices.iter().map(|(n, _)| root.join(n)).collect();
-    let mut space_bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut space_bytes);
-    let space = SpaceId(space_bytes);
-    let mut keys = Vec::new();
-    for (dir, (name, relay)) in dirs.iter().zip(devices) {
-        let report = data_dir::init(dir, name, Some(space), *relay, None)?;
-        keys.push((report.device_key, *name));
-    }
-    for dir in &dirs {
-        let opened = data_dir::open(dir, false)?;
-        for (key, name) in &keys {
-            let author = casesync_engine::model::ids::AuthorId::from_hex(key)?;
-            opened.store.add_member(&space, &author, name)?;
+    let founder =
+        devices.iter().position(|(_, role)| *role == Role::Admin).context("a space is founded by an admin device")?;
+    let space = data_dir::init(&dirs[founder], devices[founder].0, None, false, None)?.space;
+    let space = SpaceId::from_hex(&space)?;
+    let mut others = Vec::new();
+    for (index, (dir, (name, role))) in dirs.iter().zip(devices).enumerate() {
+        if index != founder {
+            let report = data_dir::init(dir, name, Some(space), *role == Role::Relay, None)?;
+            others.push((dir, AuthorId::from_hex(&report.device_key)?, *name, *role));
         }
+    }
+    let admin = data_dir::open(&dirs[founder], false)?;
+    for (_, device, name, role) in &others {
+        let grant = NewGrant { device: *device, role: *role, name: name.to_string(), until_ms: None };
+        admin.store.grant(&space, &admin.identity.key, now_ms(), grant)?;
+        admin.store.add_member(&space, device, name)?;
+    }
+    let membership: Vec<_> = admin.store.events_after(&space, &Default::default()).collect::<Result<_, _>>()?;
+    let membership: Vec<_> = membership.into_iter().map(|(_, _, event)| event).collect();
+    for (dir, ..) in &others {
+        let opened = data_dir::open(dir, false)?;
+        opened.store.ingest(&space, membership.clone())?;
     }
     Ok(dirs)
 }
@@ -116,10 +128,22 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
     };
     let dirs = tokio::task::spawn_blocking({
         let root = root.clone();
-        move || create_devices(&root, &[("relay", true), ("office", false), ("home", false), ("laptop", false)])
+        move || {
+            create_devices(
+                &root,
+                &[
+                    ("relay", Role::Relay),
+                    ("office", Role::Admin),
+                    ("home", Role::Writer),
+                    ("laptop", Role::Writer),
+                    ("assistant", Role::Reader),
+                ],
+            )
+        }
     })
     .await??;
-    let [relay_dir, office_dir, home_dir, laptop_dir] = [&dirs[0], &dirs[1], &dirs[2], &dirs[3]];
+    let [relay_dir, office_dir, home_dir, laptop_dir, assistant_dir] =
+        [&dirs[0], &dirs[1], &dirs[2], &dirs[3], &dirs[4]];
 
     let mut relay_config = NodeConfig::new(relay_dir);
     relay_config.relay = true;
@@ -129,7 +153,10 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
     let office = Node::start(office_config).await?;
     let mut laptop_config = NodeConfig::new(laptop_dir);
     laptop_config.peers = vec![relay.sync_url()];
-    let laptop = Node::start(laptop_config).await?;
+    let laptop = Node::start(laptop_config.clone()).await?;
+    let mut assistant_config = NodeConfig::new(assistant_dir);
+    assistant_config.peers = vec![relay.sync_url()];
+    let assistant = Node::start(assistant_config).await?;
     let mut home_config = NodeConfig::new(home_dir);
     home_config.peers = vec![office.sync_url()];
     let home = Node::start(home_config.clone()).await?;
@@ -137,6 +164,7 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
     say(&format!("office {}  -> relay", office.sync_url()));
     say(&format!("laptop {}  -> relay", laptop.sync_url()));
     say(&format!("home   {}  -> office", home.sync_url()));
+    say(&format!("assistant {}  -> relay (a reader)", assistant.sync_url()));
 
     // A few cases at the office, synced everywhere.
     let anna = random_case();
@@ -167,7 +195,11 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
         },
     )
     .await?;
-    wait_converged(&[office.shared(), relay.shared(), laptop.shared(), home.shared()], CONVERGE_DEADLINE).await?;
+    wait_converged(
+        &[office.shared(), relay.shared(), laptop.shared(), home.shared(), assistant.shared()],
+        CONVERGE_DEADLINE,
+    )
+    .await?;
     say("\n3 cases created at the office; every node has them");
 
     // Home goes offline; both sides keep working.
@@ -209,8 +241,15 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
     // Home reconnects.
     let home = Node::start(home_config).await?;
     say("home is back online\n");
-    let all = [office.shared(), home.shared(), laptop.shared(), relay.shared()];
+    let all = [office.shared(), home.shared(), laptop.shared(), relay.shared(), assistant.shared()];
     wait_converged(&all, CONVERGE_DEADLINE).await?;
+
+    // Rights: a reader cannot write; a revoked laptop is shut out.
+    rights::reader_refused(assistant.shared(), &[("the relay", relay.shared()), ("the office", &o)], &say).await?;
+    let laptop = rights::laptop_revoked(&o, laptop, laptop_config, &say, anna).await?;
+    let all = [office.shared(), home.shared(), relay.shared(), assistant.shared()];
+    wait_converged(&all, CONVERGE_DEADLINE).await?;
+    say("");
 
     let mut report = DemoReport {
         devices: Vec::new(),
@@ -219,7 +258,7 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
         converged: false,
         state_hash: String::new(),
     };
-    for (name, node) in [("office", &office), ("home", &home), ("laptop", &laptop)] {
+    for (name, node) in [("office", &office), ("home", &home), ("assistant", &assistant)] {
         let shared = node.shared().clone();
         let (cases, hash) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             Ok((
@@ -262,7 +301,7 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
 
     // Shutdown waits until nothing else holds a node's store: let go of ours first.
     drop(o);
-    for node in [office, home, laptop, relay] {
+    for node in [office, home, laptop, assistant, relay] {
         node.shutdown().await;
     }
     if as_json {
@@ -275,7 +314,7 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
         bail!("devices differ");
     }
     if !as_json {
-        println!("converged: {} (3 nodes, {} events)", first, report.devices[0].events);
+        println!("converged: {} ({} nodes, {} events)", first, report.devices.len(), report.devices[0].events);
     }
     Ok(())
 }

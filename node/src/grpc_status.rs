@@ -30,6 +30,7 @@ pub fn engine(error: &Error) -> Status {
             Status::invalid_argument(error.to_string())
         }
         Error::Append(AppendError::Fenced { .. }) => Status::failed_precondition(error.to_string()),
+        Error::Append(AppendError::NotAllowed(_)) => Status::permission_denied(error.to_string()),
         Error::Append(AppendError::Store(e)) | Error::Store(e) => store(e),
         _ => Status::internal(error.to_string()),
     }
@@ -46,6 +47,7 @@ pub fn rejection(rejection: &Rejection) -> Status {
         RejectReason::Event(EventError::BadSignature) => Status::unauthenticated(message),
         RejectReason::Event(EventError::TooLarge { .. }) => Status::resource_exhausted(message),
         RejectReason::Gap { .. } | RejectReason::Fork { .. } => Status::failed_precondition(message),
+        RejectReason::NotCounted(_) => Status::permission_denied(message),
         _ => Status::invalid_argument(message),
     }
 }

@@ -23,6 +23,31 @@ pub fn utc(ms: u64) -> String {
         .unwrap_or_else(|| format!("{ms} ms since the epoch"))
 }
 
+/// One device of `casesync device list`: id, name, role, and where the role comes from.
+pub fn device_line(d: &pb::DeviceInfo) -> String {
+    let role = if d.role.is_empty() { "-" } else { d.role.as_str() };
+    let mut origin = if d.founder {
+        "founded the space".to_string()
+    } else if d.granted_by.is_empty() {
+        "not a member".to_string()
+    } else {
+        format!("{} granted by {} at {}", d.granted_role, d.granted_by, utc(d.granted_at_ms))
+    };
+    if d.until_ms != 0 {
+        origin.push_str(&format!(", until {}", utc(d.until_ms)));
+    }
+    if d.revoked {
+        origin.push_str(&format!(
+            "; revoked by {} at {} (its events after seq {} do not count)",
+            d.revoked_by,
+            utc(d.revoked_at_ms),
+            d.cut
+        ));
+    }
+    let this = if d.this_device { "  (this device)" } else { "" };
+    format!("{}  {:<16} {:<7} {}{this}", d.device, short_id(&d.name, 16), role, origin)
+}
+
 /// This device's fence, and what clearing it risks.
 pub fn fence_text(reply: &pb::FenceReply) -> String {
     let mut out = String::new();

@@ -8,8 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use casesync_engine::error::StoreError;
 use casesync_engine::identity::DeviceIdentity;
-use casesync_engine::log::ingest::{IngestReport, PreparedBatch};
+use casesync_engine::log::ingest::{IngestReport, PreparedBatch, RejectReason, Rejection};
 use casesync_engine::model::ids::{AuthorId, SpaceId};
+use casesync_engine::model::membership::{Refusal, Role};
 use casesync_engine::model::vector_clock::VersionVector;
 use casesync_engine::store::Store;
 use tokio::sync::{watch, Notify};
@@ -184,6 +185,31 @@ impl Shared {
             self.notify(report.commit.next_position);
         }
         Ok(report)
+    }
+
+    /// Whether `device` may hold a sync connection in the space: a member whose role holds now
+    /// (any role: readers pull, relays forward). Before the space's founding event is held here
+    /// (a relay or a joining device that has not synced yet), anyone may connect: nothing but
+    /// the founder's own signed events can count until then, and the ingest judges each one.
+    pub fn may_connect(&self, device: &AuthorId) -> Result<Role, Refusal> {
+        let membership = self.store.membership(&self.space);
+        if !membership.is_founded() {
+            return Ok(Role::Reader);
+        }
+        let next = self.store.head(&self.space, device).map_or(0, |h| h.seq) + 1;
+        membership.may_connect(device, next, now_ms())
+    }
+
+    /// The first refusal in a report that should end the session (a broken chain, a bad
+    /// signature, a fork). Events the membership does not count are logged and skipped: they
+    /// are nobody's fault but their author's, and may count once a grant arrives.
+    pub fn session_ending<'r>(&self, peer: &AuthorId, report: &'r IngestReport) -> Option<&'r Rejection> {
+        let (judged, ending): (Vec<&Rejection>, Vec<&Rejection>) =
+            report.rejected.iter().partition(|r| matches!(r.reason, RejectReason::NotCounted(_)));
+        if let Some(first) = judged.first() {
+            tracing::warn!(peer = %peer.device_id(), refused = judged.len(), "events that do not count were not stored: {}", first.reason);
+        }
+        ending.first().copied()
     }
 
     /// Raises what a peer device is known to hold.

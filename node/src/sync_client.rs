@@ -114,7 +114,7 @@ impl PeerClient {
         let (shared, server) = (self.shared.clone(), self.server);
         IngestPipeline::new(move |batch| {
             let report = shared.store_from_peer(&server, batch)?;
-            if let Some(first) = report.rejected.first() {
+            if let Some(first) = shared.session_ending(&server, &report) {
                 bail!("peer {} sent an event we refuse: {}", server.device_id(), first.reason);
             }
             Ok(report.accepted)

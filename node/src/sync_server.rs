@@ -36,13 +36,13 @@ impl SyncServer {
         if space != self.shared.space {
             return Err(Status::permission_denied("this node does not serve that space"));
         }
-        let known = device == self.shared.identity.author()
-            || self.shared.store.member(&space, &device).map_err(|e| grpc_status::store(&e))?.is_some();
-        if !known {
-            return Err(Status::permission_denied(format!(
-                "device {} is not a known device of this space (add it with `casesync device add`)",
-                device.device_id()
-            )));
+        if device != self.shared.identity.author() {
+            self.shared.may_connect(&device).map_err(|refusal| {
+                Status::permission_denied(format!(
+                    "device {} may not sync in this space: {refusal}",
+                    device.device_id()
+                ))
+            })?;
         }
         Ok(device)
     }
@@ -63,7 +63,7 @@ type PushPipeline = Pipeline<Result<(u64, u64), Status>>;
 fn push_pipeline(shared: Arc<Shared>, device: AuthorId) -> PushPipeline {
     PushPipeline::new(move |batch| {
         let report = shared.store_from_peer(&device, batch).map_err(|e| grpc_status::store(&e))?;
-        if let Some(first) = report.rejected.first() {
+        if let Some(first) = shared.session_ending(&device, &report) {
             tracing::warn!(peer = %device.device_id(), refused = report.rejected.len(), "push refused: {}", first.reason);
             return Err(grpc_status::rejection(first));
         }

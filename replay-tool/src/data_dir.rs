@@ -116,7 +116,8 @@ pub fn open_store(data: &Path, projections: bool) -> anyhow::Result<Result<Store
     if !db.join("CURRENT").exists() {
         bail!("no casesync store in {} (expected {})", data.display(), db.display());
     }
-    Ok(Store::open(&db, StoreOptions { projections, ..StoreOptions::compatible() }).map_err(|error| classify(&db, error)))
+    Ok(Store::open(&db, StoreOptions { projections, ..StoreOptions::compatible() })
+        .map_err(|error| classify(&db, error)))
 }
 
 /// Sorts an open failure of the existing store in `db` by the engine's [`StorageFault`], never by

@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
     let work = args.work_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    let mut h = Harness::new(bins, work);
+    let mut h = Harness::new(bins, work)?;
     let mut scenarios = Vec::new();
     let progress = |name: &str| {
         if !args.json {

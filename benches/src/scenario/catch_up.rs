@@ -42,13 +42,14 @@ pub fn run(h: &mut Harness, runtime: &Runtime, o: CatchUpOptions) -> anyhow::Res
         let r = h.node(name, "relay", true, None)?;
         h.introduce(&r, &a)?;
         h.introduce(&r, &b)?;
+        let total = o.events + h.membership_events();
         let relay = h.bins.serve(&r.dir, "relay", &[], true)?;
         let node_b = h.bins.serve(&b.dir, "node-b", &[relay.sync_url()], false)?;
         let mut heads = runtime.block_on(HeadsProbe::open(&node_b.sync_url(), h.probe.clone()))?;
         let (relay_before, b_before) = (relay.guard.usage()?, node_b.guard.usage()?);
         let started = Instant::now();
         let node_a = h.bins.serve(&a.dir, "node-a", &[relay.sync_url()], false)?;
-        let done = runtime.block_on(heads.wait_for_events(o.events, every, timeout))?;
+        let done = runtime.block_on(heads.wait_for_events(total, every, timeout))?;
         let done = done.max(runtime.block_on(probe::wait_views_current(&node_b.api_url(), every, timeout))?);
         let elapsed = done - started;
         let usages = vec![
@@ -63,8 +64,8 @@ pub fn run(h: &mut Harness, runtime: &Runtime, o: CatchUpOptions) -> anyhow::Res
             let mut probe = HeadsProbe::open(&relay.sync_url(), h.probe.clone()).await?;
             anyhow::Ok(probe.heads().await?.total())
         })?;
-        if relay_events != o.events {
-            bail!("the relay holds {relay_events} of {} events", o.events);
+        if relay_events != total {
+            bail!("the relay holds {relay_events} of {total} events");
         }
         for daemon in [node_a, node_b, relay] {
             daemon.guard.stop(Duration::from_secs(10))?;
@@ -72,12 +73,13 @@ pub fn run(h: &mut Harness, runtime: &Runtime, o: CatchUpOptions) -> anyhow::Res
         (elapsed, usages, hashes)
     } else {
         h.introduce(&a, &b)?;
+        let total = o.events + h.membership_events();
         let node_a = h.bins.serve(&a.dir, "node-a", &[], false)?;
         let a_before = node_a.guard.usage()?;
         let started = Instant::now();
         let node_b = h.bins.serve(&b.dir, "node-b", &[node_a.sync_url()], false)?;
         let mut heads = runtime.block_on(HeadsProbe::open(&node_b.sync_url(), h.probe.clone()))?;
-        let done = runtime.block_on(heads.wait_for_events(o.events, every, timeout))?;
+        let done = runtime.block_on(heads.wait_for_events(total, every, timeout))?;
         let done = done.max(runtime.block_on(probe::wait_views_current(&node_b.api_url(), every, timeout))?);
         let elapsed = done - started;
         let usages = vec![("node-a", node_a.guard.usage()?.since(a_before)), ("node-b", node_b.guard.usage()?)];
@@ -103,11 +105,12 @@ pub fn run(h: &mut Harness, runtime: &Runtime, o: CatchUpOptions) -> anyhow::Res
     report.metric("peak_rss_max_mib", peak as f64 / (1024.0 * 1024.0), "MiB");
     let cpu_b: f64 = usages.iter().filter(|(n, _)| *n == "node-b").map(|(_, u)| u.cpu_seconds).sum();
     report.metric("node_b_cpu_us_per_event", cpu_b * 1e6 / o.events.max(1) as f64, "us");
-    check_agree(&mut report, o.events, &status_a, &status_b)?;
+    check_agree(&mut report, o.events + h.membership_events(), &status_a, &status_b)?;
     Ok(report)
 }
 
-/// Both nodes hold `events` events and the same state hash.
+/// Both nodes hold `events` events (the workload's and the membership's) and the same state
+/// hash.
 pub fn check_agree(
     report: &mut ScenarioReport,
     events: u64,

@@ -135,6 +135,6 @@ pub fn run(h: &mut Harness, runtime: &Runtime, o: IncrementalOptions) -> anyhow:
     for (name, usage) in usages {
         report.processes.push(ProcessReport::new(name, usage));
     }
-    check_agree(&mut report, total, &status_a, &status_b)?;
+    check_agree(&mut report, total + h.membership_events(), &status_a, &status_b)?;
     Ok(report)
 }

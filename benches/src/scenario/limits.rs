@@ -148,7 +148,8 @@ pub fn run(runtime: &Runtime, options: LimitsOptions) -> anyhow::Result<Scenario
     // The engine's ingest, in process: what one node can store per second on one core.
     for (projections, name) in [(true, "engine_ingest_events_per_s"), (false, "engine_ingest_relay_events_per_s")] {
         let dir = tempfile::tempdir().context("temp dir")?;
-        let store = Store::open(dir.path(), StoreOptions { projections, ..StoreOptions::compatible() }).context("scratch store")?;
+        let store = Store::open(dir.path(), StoreOptions { projections, ..StoreOptions::compatible() })
+            .context("scratch store")?;
         let spec = WorkloadSpec::new(10_000 * scale, 8);
         let batches = workload::generate_batches(spec, space)?;
         let started = Instant::now();

@@ -82,6 +82,6 @@ pub fn run(h: &mut Harness, runtime: &Runtime, o: SmallSyncOptions) -> anyhow::R
     for (name, usage) in usages {
         report.processes.push(ProcessReport::new(name, usage));
     }
-    check_agree(&mut report, o.rounds * o.per_round, &status_a, &status_b)?;
+    check_agree(&mut report, o.rounds * o.per_round + h.membership_events(), &status_a, &status_b)?;
     Ok(report)
 }

@@ -122,7 +122,11 @@ mod tests {
         assert!(decode_membership(b"\xff\xff").is_err());
         assert!(decode_membership(&[]).is_err());
         let bad_role = pb::Membership {
-            op: Some(pb::membership::Op::Grant(pb::Grant { device: vec![5; 32].into(), role: 9, ..Default::default() })),
+            op: Some(pb::membership::Op::Grant(pb::Grant {
+                device: vec![5; 32].into(),
+                role: 9,
+                ..Default::default()
+            })),
         };
         assert!(decode_membership(&bad_role.encode_to_vec()).is_err());
         let long_name = pb::Membership {

@@ -268,7 +268,14 @@ fn check_run(
     author: &AuthorId,
     run: Vec<SignedEvent>,
 ) -> Result<RunCheck, StoreError> {
-    let mut check = RunCheck { held_up_to: 0, duplicates_up_to: 0, accepted: Vec::new(), duplicates: 0, rejection: None, forks: Vec::new() };
+    let mut check = RunCheck {
+        held_up_to: 0,
+        duplicates_up_to: 0,
+        accepted: Vec::new(),
+        duplicates: 0,
+        rejection: None,
+        forks: Vec::new(),
+    };
     let head = state.head(space, author);
     let (mut seq, mut prev) = head.map_or((0, EventId::ZERO), |h| (h.seq, h.link));
     let mut failure: Option<(u64, RejectReason)> = None;

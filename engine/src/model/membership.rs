@@ -23,130 +23,15 @@
 //! pinned, until no new cut appears. When two admins revoke each other concurrently, the one
 //! first in the order stands and the other falls (its author is cut below it).
 
+mod change;
+
 use std::collections::{BTreeMap, HashMap};
+
+pub use change::{admit_digest, founded_space, MembershipOp, NewGrant, Role};
 
 use crate::model::hlc;
 use crate::model::ids::{AuthorId, SpaceId};
 use crate::model::signing::VerifyingKey;
-
-/// What a device may do in a space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    /// Pulls and reads; authors nothing.
-    Reader,
-    /// Stores and forwards; authors nothing.
-    Relay,
-    /// Reads and writes cases.
-    Writer,
-    /// Writes cases and membership.
-    Admin,
-}
-
-impl Role {
-    /// Lowercase name, as the CLI spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Relay => "relay",
-            Role::Writer => "writer",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// Parses a role name.
-    pub fn parse(text: &str) -> Option<Role> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "reader" => Some(Role::Reader),
-            "relay" => Some(Role::Relay),
-            "writer" => Some(Role::Writer),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-
-    /// Whether this role may author case events.
-    pub fn writes_cases(self) -> bool {
-        matches!(self, Role::Writer | Role::Admin)
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A change of membership, as a membership event's body says it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MembershipOp {
-    /// The founder's first event.
-    Found {
-        /// With the founder's key, hashes to the space id.
-        nonce: [u8; 16],
-        /// The founder's name.
-        name: String,
-    },
-    /// A role for a device.
-    Grant {
-        /// The device.
-        device: AuthorId,
-        /// Its role.
-        role: Role,
-        /// Its name.
-        name: String,
-        /// The role covers the device's events above this seq.
-        after: u64,
-        /// Until this time (ms since the epoch; `None`: no end).
-        until_ms: Option<u64>,
-    },
-    /// A device shut out above a seq.
-    Revoke {
-        /// The device.
-        device: AuthorId,
-        /// Its events above this seq never count.
-        cut: u64,
-    },
-    /// An invitation: one device may enrol with the invitation key.
-    Invite {
-        /// The invitation's public key.
-        key: AuthorId,
-        /// The role the enrolled device gets.
-        role: Role,
-        /// The invitation is usable until then (ms since the epoch).
-        expires_ms: u64,
-        /// The grant it gives lasts until then (`None`: no end).
-        until_ms: Option<u64>,
-    },
-    /// A device's enrolment through an invitation (its own first event).
-    Admit {
-        /// The invitation's public key.
-        invite: AuthorId,
-        /// The invitation key's signature over [`admit_digest`].
-        proof: [u8; 64],
-        /// The device's name.
-        name: String,
-    },
-}
-
-/// The space id a founder's key and nonce make.
-pub fn founded_space(founder: &AuthorId, nonce: &[u8; 16]) -> SpaceId {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"casesync-space-v1");
-    hasher.update(founder.as_bytes());
-    hasher.update(nonce);
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-    SpaceId(id)
-}
-
-/// What an invitation key signs to enrol `device` in `space`.
-pub fn admit_digest(space: &SpaceId, device: &AuthorId) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"casesync-admit-v1");
-    hasher.update(space.as_bytes());
-    hasher.update(device.as_bytes());
-    *hasher.finalize().as_bytes()
-}
 
 /// Why an event does not count.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -422,7 +307,11 @@ impl Membership {
                 return Some(name.clone());
             }
         }
-        self.decided.grants.get(device).and_then(|g| g.iter().max_by_key(|g| (g.after, g.at_hlc))).map(|g| g.name.clone())
+        self.decided
+            .grants
+            .get(device)
+            .and_then(|g| g.iter().max_by_key(|g| (g.after, g.at_hlc)))
+            .map(|g| g.name.clone())
     }
 
     /// Judges every record again, pinning the cuts of revocations until no new one appears.
@@ -488,7 +377,8 @@ impl Membership {
                         MembershipOp::Grant { device, role, name, after, until_ms } => {
                             // A key revoked earlier in the order is never granted again; the
                             // founder needs no grant.
-                            if decided.cuts.contains_key(device) || decided.founder.as_ref().is_some_and(|(f, _)| f == device)
+                            if decided.cuts.contains_key(device)
+                                || decided.founder.as_ref().is_some_and(|(f, _)| f == device)
                             {
                                 decided.counted.remove(&(author, seq));
                                 continue;
@@ -554,5 +444,4 @@ fn role_in(
 }
 
 #[cfg(test)]
-#[path = "membership_tests.rs"]
 mod tests;

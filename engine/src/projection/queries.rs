@@ -5,7 +5,6 @@ use rocksdb::{Direction, IteratorMode};
 
 use super::fold::Fold;
 use super::stored_events::fold_stored_events;
-use crate::model::membership::Membership;
 use crate::codec::keys::{
     case_key, meta_state_hash, meta_watermark, parse_case_part_key, prefix_end, CF_CASES, CF_META,
 };
@@ -14,6 +13,7 @@ use crate::codec::wire;
 use crate::error::StoreError;
 use crate::model::event::EventHeader;
 use crate::model::ids::{AuthorId, CaseId, SpaceId};
+use crate::model::membership::Membership;
 use crate::model::merge::CaseState;
 use crate::model::state_hash::StateHasher;
 use crate::model::vector_clock::VersionVector;

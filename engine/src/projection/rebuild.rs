@@ -6,12 +6,12 @@ use super::bulk_catch_up::BulkState;
 use super::fold::Fold;
 use super::spill_files::{SpillFiles, SpillWriters};
 use super::stored_events::fold_stored_events;
-use crate::model::membership::Membership;
 use super::written_digests::{stage_state_hash, WrittenDigests};
 use crate::codec::keys::{meta_watermark, CF_CASES, CF_CASE_EVENTS, CF_META};
 use crate::codec::meta::encode_vector;
 use crate::error::StoreError;
 use crate::model::ids::SpaceId;
+use crate::model::membership::Membership;
 use crate::model::vector_clock::VersionVector;
 use crate::storage::Db;
 

@@ -8,8 +8,8 @@ use super::operation_in;
 use crate::codec::keys::{be_u64, prefix_end, CF_EVENTS};
 use crate::error::StoreError;
 use crate::model::event::{stored_header_and_body, EventHeader};
-use crate::model::membership::Membership;
 use crate::model::ids::{AuthorId, SpaceId};
+use crate::model::membership::Membership;
 use crate::model::operation::Operation;
 use crate::storage::Db;
 

@@ -6,7 +6,7 @@ use casesync_engine::commands::Command;
 use casesync_engine::log::ingest::RejectReason;
 use casesync_engine::model::event::{BodyEncoding, EventHeader, SignedEvent};
 use casesync_engine::model::ids::{CaseId, SpaceId};
-use casesync_engine::model::membership::{Refusal, Role};
+use casesync_engine::model::membership::{NewGrant, Refusal, Role};
 use casesync_engine::model::operation::FieldValue;
 use casesync_engine::model::signing::DeviceKey;
 use casesync_engine::model::vector_clock::VersionVector;
@@ -70,7 +70,15 @@ fn forged_case_event(holder: &Store, key: &DeviceKey, space: &SpaceId, now: u64)
 fn only_members_with_a_writing_role_write_and_every_store_refuses_the_rest() {
     let (office, reader, stranger, hub) = (node(1), node(2), node(3), relay(4));
     let space = office.store.found_space(&office.key, "office", [1; 16], 1_000).unwrap();
-    office.store.grant(&space, &office.key, 1_001, reader.key.author(), Role::Reader, "jan", None).unwrap();
+    office
+        .store
+        .grant(
+            &space,
+            &office.key,
+            1_001,
+            NewGrant { device: reader.key.author(), role: Role::Reader, name: "jan".into(), until_ms: None },
+        )
+        .unwrap();
     create(&office, &space, 1_002, "Anna").unwrap();
     for to in [&reader, &hub] {
         assert!(sync(&office, to, &space).is_empty());
@@ -90,15 +98,39 @@ fn only_members_with_a_writing_role_write_and_every_store_refuses_the_rest() {
         }
     }
     // A membership change by a non-admin does not count either.
-    assert!(office.store.grant(&space, &reader.key, 1_005, stranger.key.author(), Role::Admin, "x", None).is_err());
-    assert!(reader.store.grant(&space, &reader.key, 1_005, stranger.key.author(), Role::Admin, "x", None).is_err());
+    assert!(office
+        .store
+        .grant(
+            &space,
+            &reader.key,
+            1_005,
+            NewGrant { device: stranger.key.author(), role: Role::Admin, name: "x".into(), until_ms: None }
+        )
+        .is_err());
+    assert!(reader
+        .store
+        .grant(
+            &space,
+            &reader.key,
+            1_005,
+            NewGrant { device: stranger.key.author(), role: Role::Admin, name: "x".into(), until_ms: None }
+        )
+        .is_err());
 }
 
 #[test]
 fn a_space_accepts_nothing_before_its_founding_event_and_no_impostor_founder() {
     let (office, joiner, impostor) = (node(1), node(2), node(3));
     let space = office.store.found_space(&office.key, "office", [1; 16], 1_000).unwrap();
-    office.store.grant(&space, &office.key, 1_001, joiner.key.author(), Role::Writer, "laptop", None).unwrap();
+    office
+        .store
+        .grant(
+            &space,
+            &office.key,
+            1_001,
+            NewGrant { device: joiner.key.author(), role: Role::Writer, name: "laptop".into(), until_ms: None },
+        )
+        .unwrap();
     // The impostor's `Found` with the same nonce makes another space id: refused here.
     let other = impostor.store.found_space(&impostor.key, "thief", [1; 16], 1_000).unwrap();
     assert_ne!(other, space);
@@ -119,8 +151,24 @@ fn a_concurrent_revocation_converges_in_every_delivery_order() {
     for seed in 0..12 {
         let (office, laptop, home) = (node(1), node(2), node(3));
         let space = office.store.found_space(&office.key, "office", [1; 16], 1_000).unwrap();
-        office.store.grant(&space, &office.key, 1_001, laptop.key.author(), Role::Writer, "laptop", None).unwrap();
-        office.store.grant(&space, &office.key, 1_002, home.key.author(), Role::Writer, "home", None).unwrap();
+        office
+            .store
+            .grant(
+                &space,
+                &office.key,
+                1_001,
+                NewGrant { device: laptop.key.author(), role: Role::Writer, name: "laptop".into(), until_ms: None },
+            )
+            .unwrap();
+        office
+            .store
+            .grant(
+                &space,
+                &office.key,
+                1_002,
+                NewGrant { device: home.key.author(), role: Role::Writer, name: "home".into(), until_ms: None },
+            )
+            .unwrap();
         sync(&office, &laptop, &space);
         let seen = create(&laptop, &space, 1_003, "seen by the office").unwrap();
         sync(&laptop, &office, &space);
@@ -133,7 +181,9 @@ fn a_concurrent_revocation_converges_in_every_delivery_order() {
         let mut all: Vec<SignedEvent> = Vec::new();
         for from in [&office, &laptop] {
             all.extend(
-                from.store.events_after(&space, &VersionVector::new()).map(|r| SignedEvent::from_wire(r.unwrap().2).unwrap()),
+                from.store
+                    .events_after(&space, &VersionVector::new())
+                    .map(|r| SignedEvent::from_wire(r.unwrap().2).unwrap()),
             );
         }
         all.sort_by_key(|e| (e.header.author, e.header.seq));
@@ -148,7 +198,8 @@ fn a_concurrent_revocation_converges_in_every_delivery_order() {
         sync(&laptop, &home, &space);
         sync(&home, &laptop, &space);
         sync(&office, &laptop, &space);
-        let hashes: Vec<String> = [&office, &laptop, &home].iter().map(|d| d.store.state_hash(&space).unwrap()).collect();
+        let hashes: Vec<String> =
+            [&office, &laptop, &home].iter().map(|d| d.store.state_hash(&space).unwrap()).collect();
         assert!(hashes.iter().all(|h| *h == hashes[0]), "seed {seed}: {hashes:?}");
         let view = home.store.list_cases(&space, &Default::default()).unwrap();
         assert_eq!(view.len(), 2, "seed {seed}: the seen case and the office's");
@@ -165,7 +216,15 @@ fn a_concurrent_revocation_converges_in_every_delivery_order() {
 fn a_substitution_counts_until_its_date_and_no_later() {
     let (office, maria) = (node(1), node(2));
     let space = office.store.found_space(&office.key, "office", [1; 16], 1_000).unwrap();
-    office.store.grant(&space, &office.key, 1_001, maria.key.author(), Role::Writer, "maria", Some(2_000)).unwrap();
+    office
+        .store
+        .grant(
+            &space,
+            &office.key,
+            1_001,
+            NewGrant { device: maria.key.author(), role: Role::Writer, name: "maria".into(), until_ms: Some(2_000) },
+        )
+        .unwrap();
     sync(&office, &maria, &space);
     create(&maria, &space, 1_500, "covered").unwrap();
     let late = create(&maria, &space, 2_000, "too late").unwrap_err();

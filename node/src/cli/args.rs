@@ -104,15 +104,30 @@ pub struct ServeArgs {
 pub enum DeviceCommand {
     /// This device's id and key (give the key to the other devices).
     Show,
-    /// Allow a device to sync with this node.
-    Add {
+    /// Give a device a role in the space (admins only): a signed event every node, the relay
+    /// included, enforces.
+    #[command(alias = "add")]
+    Grant {
         /// The device's key (hex), from its `casesync device show`.
         key: String,
+        /// admin (cases and membership), writer (cases), reader (reads only), relay (forwards).
+        #[arg(long, default_value = "writer")]
+        role: String,
         /// A name for it.
         #[arg(long, default_value = "")]
         name: String,
+        /// The grant ends then: a date (the whole day counts, UTC) like 2027-01-15, or a time
+        /// like 2027-01-15T18:00:00Z (a colleague covering until a date).
+        #[arg(long, value_parser = parse_until)]
+        until: Option<u64>,
     },
-    /// Devices allowed to sync with this node.
+    /// Shut a device out (admins only): its events beyond those this node holds never count,
+    /// and it can no longer sync with any node.
+    Revoke {
+        /// The device's key (hex).
+        key: String,
+    },
+    /// The space's devices: role, who granted it and when, revocations.
     List,
 }
 
@@ -215,4 +230,31 @@ pub enum EntryCommand {
         /// Entry id (hex).
         entry: String,
     },
+}
+
+/// `--until`: a date (its whole day, UTC) or a time, as ms since the epoch.
+pub fn parse_until(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let end = if let Ok(date) = text.parse::<jiff::civil::Date>() {
+        date.tomorrow()
+            .and_then(|next| jiff::tz::Offset::UTC.to_timestamp(next.to_datetime(jiff::civil::Time::midnight())))
+    } else {
+        text.parse::<jiff::Timestamp>()
+    };
+    let end = end.map_err(|_| format!("{text:?} is not a date (2027-01-15) or a time (2027-01-15T18:00:00Z)"))?;
+    u64::try_from(end.as_millisecond()).map_err(|_| format!("{text:?} is before 1970"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_takes_a_whole_day_or_a_time_and_refuses_the_rest() {
+        assert_eq!(parse_until("2027-01-15").unwrap(), 1_800_057_600_000);
+        assert_eq!(parse_until("2027-01-15T18:00:00Z").unwrap(), 1_800_036_000_000);
+        for bad in ["tomorrow", "2027-02-30", "", "1969-01-01"] {
+            assert!(parse_until(bad).is_err(), "{bad}");
+        }
+    }
 }

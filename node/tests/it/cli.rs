@@ -54,13 +54,14 @@ fn case_commands_work_on_the_data_dir_and_speak_json() {
     // No fence: the device writes on; clearing none changes nothing.
     let fence = json(&casesync(&data, &["fence", "--json"]));
     assert_eq!(fence["blocks_writes"], false, "{fence}");
-    assert_eq!(fence["local_seq"], 6, "{fence}");
+    // The space's founding event and six case changes.
+    assert_eq!(fence["local_seq"], 7, "{fence}");
     let cleared = json(&casesync(&data, &["fence", "--clear", "--json"]));
     assert_eq!(cleared["cleared_seq"], 0, "{cleared}");
     let text = casesync(&data, &["fence"]);
-    assert!(String::from_utf8_lossy(&text.stdout).contains("no fence: this device writes at seq 7"));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("no fence: this device writes at seq 8"));
     let status = json(&casesync(&data, &["status", "--json"]));
-    assert_eq!(status["events"], 6);
+    assert_eq!(status["events"], 7);
 
     // Bad input: clear errors, non-zero exit, nothing changed.
     for args in [
@@ -78,7 +79,7 @@ fn case_commands_work_on_the_data_dir_and_speak_json() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
     let status = json(&casesync(&data, &["status", "--json"]));
-    assert_eq!(status["events"], 6);
+    assert_eq!(status["events"], 7);
 }
 
 #[test]
@@ -89,6 +90,50 @@ fn the_demo_converges() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let last = stdout.lines().last().unwrap();
     assert!(last.starts_with("converged: "), "{last}");
-    assert!(last.ends_with("(3 nodes, 9 events)"), "{last}");
+    // 9 case events; the founding, 4 grants and a revocation.
+    assert!(last.ends_with("(3 nodes, 15 events)"), "{last}");
+    assert!(stdout.contains("assistant (reader) tried to add a case: refused"), "{stdout}");
+    assert!(stdout.contains("the relay refused the reader's event, signed and sent anyway"), "{stdout}");
+    assert!(stdout.contains("the relay refuses it: device"), "{stdout}");
     assert!(stdout.contains("conflict kept, both values shown: field phone"));
+}
+
+#[test]
+fn devices_are_granted_listed_and_revoked_with_who_and_when() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, other) = (dir.path().join("office"), dir.path().join("laptop"));
+    let init = json(&casesync(&admin, &["init", "--name", "office", "--json"]));
+    let joined =
+        json(&casesync(&other, &["init", "--name", "laptop", "--space", init["space"].as_str().unwrap(), "--json"]));
+    let key = joined["device_key"].as_str().unwrap();
+    let list = json(&casesync(
+        &admin,
+        &["device", "grant", key, "--role", "reader", "--name", "jan", "--until", "2027-01-15", "--json"],
+    ));
+    let jan = list["devices"].as_array().unwrap().iter().find(|d| d["device_key"] == key).unwrap().clone();
+    assert_eq!(jan["granted_role"], "reader", "{jan}");
+    assert_eq!(jan["granted_by"], init["device"], "{jan}");
+    assert_eq!(jan["until_ms"], 1_800_057_600_000u64, "{jan}");
+    let founder = &list["devices"][0];
+    assert_eq!((founder["founder"].as_bool(), founder["role"].as_str()), (Some(true), Some("admin")));
+    let text = casesync(&admin, &["device", "list"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("reader granted by") && text.contains("until 2027-01-16 00:00:00"), "{text}");
+    let list = json(&casesync(&admin, &["device", "revoke", key, "--json"]));
+    let jan = list["devices"].as_array().unwrap().iter().find(|d| d["device_key"] == key).unwrap().clone();
+    assert_eq!((jan["revoked"].as_bool(), jan["role"].as_str()), (Some(true), Some("")), "{jan}");
+    // Bad input: a clear error, nothing stored.
+    let bad = casesync(&admin, &["device", "grant", key, "--role", "owner"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected admin, writer, reader or relay"));
+    let bad = casesync(&admin, &["device", "grant", key, "--until", "next week"]);
+    assert_eq!(bad.status.code(), Some(2));
+    // A device that is not an admin cannot grant.
+    let refused = casesync(&other, &["device", "grant", init["device_key"].as_str().unwrap(), "--role", "reader"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not a member"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }

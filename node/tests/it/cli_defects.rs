@@ -237,7 +237,8 @@ fn case_show_and_list_print_the_documented_case_json() {
 
     // The same case folded by the engine (the replay tool's path) prints the same document.
     let space = SpaceId::from_hex(&FileConfig::load(&data).unwrap().space).unwrap();
-    let store = Store::open(&data.join("db"), StoreOptions { projections: true, ..StoreOptions::compatible() }).unwrap();
+    let store =
+        Store::open(&data.join("db"), StoreOptions { projections: true, ..StoreOptions::compatible() }).unwrap();
     let views = store.list_cases(&space, &CaseFilter::default()).unwrap();
     let folded: Vec<Value> = views.iter().map(|v| serde_json::to_value(CaseJson::from(v)).unwrap()).collect();
     assert_eq!(folded, [expected]);

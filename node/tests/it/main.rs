@@ -3,5 +3,6 @@
 mod cli;
 mod cli_defects;
 mod refusals;
+mod rights;
 mod support;
 mod topologies;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use casesync_engine::commands::Command;
 use casesync_engine::model::ids::CaseId;
+use casesync_engine::model::membership::Role;
 use casesync_engine::model::operation::FieldValue;
 use casesync_node::demo::{create_devices, edit, wait_converged};
 use casesync_node::shared::Shared;
@@ -18,14 +19,22 @@ pub struct Cluster {
     pub dirs: Vec<PathBuf>,
 }
 
-/// Data dirs for `names` (a name starting with "relay" is a relay), all knowing each other.
+/// Data dirs for `names`, all in one space: the first name that is not a relay founds it (admin);
+/// a name starting with "relay" is a relay, one starting with "reader" a reader, the others are
+/// writers.
 pub async fn cluster(names: &[&str]) -> Cluster {
     let root = tempfile::tempdir().unwrap();
-    let devices: Vec<(&str, bool)> = names.iter().map(|n| (*n, n.starts_with("relay"))).collect();
+    let founder = names.iter().position(|n| !n.starts_with("relay")).unwrap();
+    let role = |index: usize, name: &str| match name {
+        _ if index == founder => Role::Admin,
+        n if n.starts_with("relay") => Role::Relay,
+        n if n.starts_with("reader") => Role::Reader,
+        _ => Role::Writer,
+    };
     let path = root.path().to_path_buf();
-    let owned: Vec<(String, bool)> = devices.iter().map(|(n, r)| (n.to_string(), *r)).collect();
+    let owned: Vec<(String, Role)> = names.iter().enumerate().map(|(i, n)| (n.to_string(), role(i, n))).collect();
     let dirs = tokio::task::spawn_blocking(move || {
-        let borrowed: Vec<(&str, bool)> = owned.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+        let borrowed: Vec<(&str, Role)> = owned.iter().map(|(n, r)| (n.as_str(), *r)).collect();
         create_devices(&path, &borrowed)
     })
     .await
@@ -65,6 +74,8 @@ pub fn state_hash(node: &Node) -> String {
     node.shared().store.state_hash(&node.shared().space).unwrap()
 }
 
+/// Case events held (membership events, the founding and the grants, not counted).
 pub fn events(node: &Node) -> u64 {
-    node.shared().store.vector(&node.shared().space).total()
+    let shared = node.shared();
+    shared.store.vector(&shared.space).total() - shared.store.membership(&shared.space).records().count() as u64
 }

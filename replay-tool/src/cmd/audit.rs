@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::bail;
+use casesync_engine::log::membership::membership_op;
 use casesync_engine::model::event::{BodyEncoding, SignedEvent};
 use casesync_engine::model::hlc;
 use casesync_engine::model::ids::{AuthorId, CaseId, SpaceId};
@@ -45,6 +46,9 @@ struct AuditLine {
     fields: Vec<String>,
     values: serde_json::Value,
     event_id: String,
+    /// Whether the space's membership lets the event count (a reader's, a revoked device's
+    /// after its cut, an expired grant's do not).
+    counts: bool,
 }
 
 fn resolve_devices(store: &Store, space: &SpaceId, text: &str) -> anyhow::Result<Vec<AuthorId>> {
@@ -77,9 +81,13 @@ pub fn run(data: &Path, filter: &AuditFilter) -> anyhow::Result<Outcome> {
     let devices = filter.device.as_deref().map(|d| resolve_devices(&store, &space, d)).transpose()?;
     let case: Option<CaseId> = filter.case.as_deref().map(|c| store.resolve_case(&space, c)).transpose()?;
     let (from, to) = (filter.since.map_or(0, TimeArg::start), filter.until.map_or(u64::MAX, TimeArg::end));
-    let names: HashMap<AuthorId, String> = store.members(&space)?.into_iter().collect();
+    let mut names: HashMap<AuthorId, String> = store.members(&space)?.into_iter().collect();
+    let membership = store.membership(&space);
+    for device in membership.devices(0, &HashMap::new()) {
+        names.entry(device.device).or_insert(device.name);
+    }
     let mut lines = Vec::new();
-    for item in store.events_after(&space, &VersionVector::new()) {
+    for item in store.events_held(&space, &VersionVector::new()) {
         let (author, seq, message) = item?;
         if devices.as_ref().is_some_and(|d| !d.contains(&author)) {
             continue;
@@ -110,12 +118,19 @@ pub fn run(data: &Path, filter: &AuditFilter) -> anyhow::Result<Outcome> {
                 ),
             ),
             None => {
-                let kind = match event.header.encoding {
-                    BodyEncoding::Sealed => "sealed",
-                    BodyEncoding::Plain => "unreadable",
+                let kind = match (event.header.encoding, membership_op(&event)) {
+                    (_, Some(Ok(change))) => format!("membership: {change}"),
+                    (BodyEncoding::Membership, _) => "membership: unreadable".to_string(),
+                    (BodyEncoding::Sealed, _) => "sealed".to_string(),
+                    (BodyEncoding::Plain, _) => "unreadable".to_string(),
                 };
-                (kind.to_string(), None, None, Vec::new(), json!({}))
+                (kind, None, None, Vec::new(), json!({}))
             }
+        };
+        let counts = if event.header.encoding == BodyEncoding::Membership {
+            membership.counts(&author, seq)
+        } else {
+            store.counts(&space, &author, seq, event.header.hlc)
         };
         lines.push(AuditLine {
             time: format_utc(ms),
@@ -130,6 +145,7 @@ pub fn run(data: &Path, filter: &AuditFilter) -> anyhow::Result<Outcome> {
             fields,
             values,
             event_id: event.id.to_hex(),
+            counts,
         });
     }
     lines.sort_by(|a, b| (a.hlc, &a.author, a.seq).cmp(&(b.hlc, &b.author, b.seq)));
@@ -145,6 +161,9 @@ pub fn run(data: &Path, filter: &AuditFilter) -> anyhow::Result<Outcome> {
         }
         if !l.fields.is_empty() {
             what.push_str(&format!(" fields {}", l.fields.join(",")));
+        }
+        if !l.counts {
+            what.push_str("  (does not count)");
         }
         text.push_str(&format!("{}  {who}  seq {}  {what}  event {}\n", l.time, l.seq, l.event_id));
     }

@@ -229,8 +229,8 @@ fn store_file(
 /// Opens the store an import writes into: without projections when they are rebuilt once at
 /// the end, holding case deltas in memory for `bulk`.
 fn open_for_import(path: &Path, projections: bool, bulk: bool, rebuild: bool) -> anyhow::Result<Store> {
-    let store =
-        Store::open(path, StoreOptions { projections: projections && !rebuild, ..StoreOptions::compatible() }).context("opening the store")?;
+    let store = Store::open(path, StoreOptions { projections: projections && !rebuild, ..StoreOptions::compatible() })
+        .context("opening the store")?;
     if bulk {
         // The import reports the state hash: the bulk load takes it as it writes.
         store.begin_bulk_catch_up_holding(IMPORT_CASES_IN_MEMORY, true);
@@ -314,7 +314,8 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
     let store = if rebuild {
         drop(store);
         // Opening with projections brings them up to date with the log (one rebuild).
-        Store::open(&db, StoreOptions { projections: true, ..StoreOptions::compatible() }).context("rebuilding the projections")?
+        Store::open(&db, StoreOptions { projections: true, ..StoreOptions::compatible() })
+            .context("rebuilding the projections")?
     } else {
         store
     };
@@ -377,13 +378,17 @@ fn import_into_new_store(
     drop(store);
     if rebuild {
         // Opening with projections brings them up to date with the log (one rebuild).
-        drop(Store::open(staging.path(), StoreOptions { projections: true, ..StoreOptions::compatible() }).context("rebuilding the projections")?);
+        drop(
+            Store::open(staging.path(), StoreOptions { projections: true, ..StoreOptions::compatible() })
+                .context("rebuilding the projections")?,
+        );
     }
     let db = staging.finish()?;
     if config.is_none() {
         data_dir::write_minimal_config(data, &space)?;
     }
-    let store = Store::open(&db, StoreOptions { projections, ..StoreOptions::compatible() }).context("opening the imported store")?;
+    let store = Store::open(&db, StoreOptions { projections, ..StoreOptions::compatible() })
+        .context("opening the imported store")?;
     let imported = Imported { space, accepted, skipped, summary };
     report(data, file, &store, &header, imported, Projected::of(projections, bulk, rebuild), started)
 }

@@ -148,7 +148,8 @@ pub fn run(data: &Path, out: &Path) -> anyhow::Result<Outcome> {
     let (heads, head_problems) = source.heads();
     let new_db = data_dir::db_path(out);
     std::fs::create_dir_all(&new_db)?;
-    let store = Store::open(&new_db, StoreOptions { projections: !relay, ..StoreOptions::compatible() }).context("creating the new store")?;
+    let store = Store::open(&new_db, StoreOptions { projections: !relay, ..StoreOptions::compatible() })
+        .context("creating the new store")?;
     let mut salvager =
         Salvager { store: &store, chains: BTreeMap::new(), batch_space: None, batch: Vec::new(), regions: Vec::new() };
     for key in heads.keys() {

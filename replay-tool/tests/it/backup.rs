@@ -108,7 +108,10 @@ fn migration_export_import_gives_the_same_state_hash() {
     assert_eq!(report["accepted"], 0);
     assert_eq!(report["already_held"], 12);
     assert_eq!(report["state_hash"], hash.as_str());
-    // The new computer joins as a new device: its own key, the imported cases, writes accepted.
+    // The new computer joins as a new device: its own key, the imported cases. This test's space
+    // has no founding event (its log is written without membership), so the node, which judges
+    // every write by the space's membership, refuses to write in it, clearly; a founded space's
+    // migration is in `a_founded_space_migrates_with_its_membership`.
     {
         let joined = casesync_node::data_dir::init(&new, "newpc", None, false, None).unwrap();
         let node = casesync_node::data_dir::open(&new, false).unwrap();
@@ -120,8 +123,9 @@ fn migration_export_import_gives_the_same_state_hash() {
             id: casesync_engine::model::ids::CaseId([0xee; 16]),
             fields: vec![],
         };
-        node.store.execute(&SPACE, &node.identity.key, T0_MS + 60_000, command).unwrap();
-        assert_eq!(node.store.head(&SPACE, &me).unwrap().seq, 1);
+        let refused = node.store.execute(&SPACE, &node.identity.key, T0_MS + 60_000, command).unwrap_err();
+        assert!(refused.to_string().contains("is not a member of this space"), "{refused}");
+        assert_eq!(node.store.head(&SPACE, &me), None);
     }
 }
 
@@ -226,7 +230,8 @@ fn a_relay_restored_from_a_backup_holds_the_log_without_views() {
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["projections"], "none");
     assert!(report["state_hash"].is_null(), "{report:#}");
-    let store = Store::open(&relay.join("db"), StoreOptions { projections: false, ..StoreOptions::compatible() }).unwrap();
+    let store =
+        Store::open(&relay.join("db"), StoreOptions { projections: false, ..StoreOptions::compatible() }).unwrap();
     assert_eq!(store.vector(&SPACE), vector);
     assert!(std::fs::read_to_string(relay.join("casesync.toml")).unwrap().contains("relay = true"));
 }
@@ -314,4 +319,41 @@ fn an_import_adds_as_members_only_devices_whose_signed_events_it_holds() {
     let store = Store::open(&restored.join("db"), StoreOptions::compatible()).unwrap();
     assert!(store.member(&SPACE, &stranger).unwrap().is_none());
     assert_eq!(store.member(&SPACE, &device(1).author()).unwrap().as_deref(), Some("office"));
+}
+
+/// A founded space's backup carries its membership: restored on a new computer, the founder's
+/// grants hold, and a device it granted writes there.
+#[test]
+fn a_founded_space_migrates_with_its_membership() {
+    use casesync_engine::model::membership::{NewGrant, Role};
+    let tmp = tempfile::tempdir().unwrap();
+    let office_dir = tmp.path().join("office");
+    casesync_node::data_dir::init(&office_dir, "office", None, false, None).unwrap();
+    let office = casesync_node::data_dir::open(&office_dir, false).unwrap();
+    let newpc_dir = tmp.path().join("newpc");
+    let joined = casesync_node::data_dir::init(&newpc_dir, "newpc", Some(office.space), false, None).unwrap();
+    let newpc = casesync_engine::model::ids::AuthorId::from_hex(&joined.device_key).unwrap();
+    let grant = NewGrant { device: newpc, role: Role::Writer, name: "newpc".into(), until_ms: None };
+    office.store.grant(&office.space, &office.identity.key, T0_MS, grant).unwrap();
+    let command = casesync_engine::commands::Command::CreateCase {
+        id: case(1),
+        fields: vec![("name".into(), casesync_engine::model::operation::FieldValue::Text("Anna".into()))],
+    };
+    office.store.execute(&office.space, &office.identity.key, T0_MS + 1, command).unwrap();
+    let hash = office.store.state_hash(&office.space).unwrap();
+    drop(office);
+    let backup = tmp.path().join("office.bin");
+    let (code, report) = replay_json(&["export", "--data", s(&office_dir), "--out", s(&backup)]);
+    assert_eq!(code, 0, "{report:#}");
+    let (code, report) = replay_json(&["import", "--data", s(&newpc_dir), s(&backup)]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["state_hash"], hash.as_str());
+    let node = casesync_node::data_dir::open(&newpc_dir, false).unwrap();
+    assert!(node.store.membership(&node.space).is_founded());
+    let command = casesync_engine::commands::Command::SetFields {
+        case: case(1),
+        fields: vec![("phone".into(), casesync_engine::model::operation::FieldValue::Text("555".into()))],
+    };
+    node.store.execute(&node.space, &node.identity.key, T0_MS + 60_000, command).unwrap();
+    assert_eq!(node.store.head(&node.space, &newpc).unwrap().seq, 1);
 }

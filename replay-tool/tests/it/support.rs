@@ -39,7 +39,8 @@ impl Node {
         let key = device(n);
         std::fs::write(dir.join("device.key"), key.secret()).unwrap();
         std::fs::write(dir.join("device.name"), name).unwrap();
-        let store = Store::open(&dir.join("db"), StoreOptions { projections: true, ..StoreOptions::compatible() }).unwrap();
+        let store =
+            Store::open(&dir.join("db"), StoreOptions { projections: true, ..StoreOptions::compatible() }).unwrap();
         store.add_member(&SPACE, &key.author(), name).unwrap();
         Node { dir: dir.to_path_buf(), store, key }
     }

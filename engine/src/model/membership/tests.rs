@@ -107,7 +107,8 @@ fn of_two_admins_revoking_each_other_concurrently_the_first_in_order_stands() {
 fn a_substitution_lasts_until_its_date() {
     let (mut m, founder) = space();
     let maria = key(2).author();
-    let op = MembershipOp::Grant { device: maria, role: Role::Writer, name: "maria".into(), after: 0, until_ms: Some(100) };
+    let op =
+        MembershipOp::Grant { device: maria, role: Role::Writer, name: "maria".into(), after: 0, until_ms: Some(100) };
     m.add([record(&founder, 2, 2, op)]);
     assert_eq!(m.judge(&maria, 1, 99 << 16, None), Ok(()));
     assert!(matches!(m.judge(&maria, 2, 100 << 16, None), Err(Refusal::Expired(_))));

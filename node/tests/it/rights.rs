@@ -1,0 +1,124 @@
+//! Rights over real gRPC: readers, strangers and revoked devices are refused by every node, the
+//! relay included, and nothing of theirs is stored or relayed.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use casesync_engine::codec::wire;
+use casesync_engine::model::event::{BodyEncoding, EventHeader, SignedEvent};
+use casesync_engine::model::ids::{AuthorId, EventId};
+use casesync_engine::model::operation::Operation;
+use casesync_engine::model::signing::DeviceKey;
+use casesync_node::auth;
+use casesync_node::shared::now_ms;
+use casesync_node::Node;
+use casesync_proto::v1 as pb;
+use casesync_proto::v1::sync_client::SyncClient;
+use tonic::{Code, Request};
+
+use crate::support::*;
+
+fn key_of(dir: &std::path::Path) -> DeviceKey {
+    casesync_engine::identity::DeviceIdentity::load(dir).unwrap().unwrap().key
+}
+
+/// A case event signed by `key` as the next of its chain on `node`, sent around every check of
+/// the author's own node.
+fn case_event(node: &Node, key: &DeviceKey) -> pb::SignedEvent {
+    let shared = node.shared();
+    let head = shared.store.head(&shared.space, &key.author());
+    let header = EventHeader {
+        space: shared.space,
+        author: key.author(),
+        seq: head.map_or(1, |h| h.seq + 1),
+        prev: head.map_or(EventId::ZERO, |h| h.link),
+        hlc: now_ms() << 16,
+        encoding: BodyEncoding::Plain,
+    };
+    let op = Operation::CreateCase { case: case(9), fields: Default::default() };
+    SignedEvent::build(key, &header, Bytes::from(wire::encode_operation(&op))).unwrap().to_wire()
+}
+
+fn signed<T>(message: T, key: &DeviceKey, node: &Node) -> Request<T> {
+    let mut request = Request::new(message);
+    auth::sign(request.metadata_mut(), key, &node.shared().space, &node.shared().identity.author(), now_ms());
+    request
+}
+
+async fn push(node: &Node, key: &DeviceKey, events: Vec<pb::SignedEvent>) -> Result<pb::PushReply, tonic::Status> {
+    let channel = casesync_node::sync_client::connect(&node.sync_url()).await.unwrap();
+    let stream = tokio_stream::iter(vec![pb::EventBatch { events }]);
+    SyncClient::new(channel).push(signed(stream, key, node)).await.map(|r| r.into_inner())
+}
+
+async fn heads(node: &Node, key: &DeviceKey) -> Result<pb::HeadsReply, tonic::Status> {
+    let channel = casesync_node::sync_client::connect(&node.sync_url()).await.unwrap();
+    let space = Bytes::copy_from_slice(node.shared().space.as_bytes());
+    SyncClient::new(channel).heads(signed(pb::HeadsRequest { space }, key, node)).await.map(|r| r.into_inner())
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while !done() {
+        assert!(tokio::time::Instant::now() < until, "{what} within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn holds(node: &Node, author: &AuthorId) -> bool {
+    node.shared().store.head(&node.shared().space, author).is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_strangers_and_revoked_devices_are_refused_by_every_node_including_the_relay() {
+    let c = cluster(&["relay", "office", "reader", "home"]).await;
+    let relay = start(&c.dirs[0], vec![]).await;
+    let office = start(&c.dirs[1], vec![relay.sync_url()]).await;
+    let home = start(&c.dirs[3], vec![relay.sync_url()]).await;
+    create(&office, case(1), "Anna").await;
+    create(&home, case(2), "Jan").await;
+    converge(&[&relay, &office, &home]).await;
+
+    // The reader pulls (it may read)...
+    let reader = key_of(&c.dirs[2]);
+    assert!(heads(&relay, &reader).await.is_ok());
+    // ...but its signed case events, sent by a client that skips every check, are stored by
+    // nobody: not the relay, not the office.
+    for node in [&relay, &office] {
+        let reply = push(node, &reader, vec![case_event(node, &reader)]).await.unwrap();
+        assert_eq!(reply.accepted, 0);
+        assert!(!holds(node, &reader.author()));
+    }
+    // A stranger cannot even connect; its events pushed through a member's connection (home
+    // relaying them) are refused too.
+    let stranger = DeviceKey::from_secret([77; 32]);
+    assert_eq!(heads(&relay, &stranger).await.unwrap_err().code(), Code::PermissionDenied);
+    let home_key = key_of(&c.dirs[3]);
+    let reply = push(&relay, &home_key, vec![case_event(&relay, &stranger)]).await.unwrap();
+    assert_eq!(reply.accepted, 0);
+    assert!(!holds(&relay, &stranger.author()));
+
+    // The office revokes home; once the relay has the revocation, home is shut out there.
+    let o = office.shared().clone();
+    let home_id = home_key.author();
+    tokio::task::spawn_blocking(move || o.store.revoke(&o.space, &o.identity.key, now_ms(), home_id).unwrap())
+        .await
+        .unwrap();
+    office.shared().notify(office.shared().store.next_position());
+    let cut_at_relay = || relay.shared().store.membership(&relay.shared().space).cut(&home_id).is_some();
+    wait_for("the relay holds the revocation", cut_at_relay).await;
+    let status = heads(&relay, &home_key).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("revoked"), "{status:?}");
+    // Its events written after the cut are refused, also pushed through the office.
+    let late = case_event(&home, &home_key);
+    assert_eq!(push(&relay, &home_key, vec![late.clone()]).await.unwrap_err().code(), Code::PermissionDenied);
+    let office_key = key_of(&c.dirs[1]);
+    let reply = push(&relay, &office_key, vec![late]).await.unwrap();
+    assert_eq!(reply.accepted, 0);
+    let cut = relay.shared().store.membership(&relay.shared().space).cut(&home_id).unwrap();
+    assert_eq!(relay.shared().store.head(&relay.shared().space, &home_id).map(|h| h.seq), Some(cut));
+    for n in [office, home, relay] {
+        n.shutdown().await;
+    }
+}
