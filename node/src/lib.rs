@@ -5,7 +5,6 @@
 //! runs blocking storage work on tokio's blocking pool, and owns time, sockets and randomness.
 
 pub mod api_token;
-pub mod auth;
 pub mod bulk_catch_up;
 pub mod case_service;
 pub mod cli;
@@ -21,6 +20,7 @@ pub mod peer_actor;
 pub mod shared;
 pub mod sync_client;
 pub mod sync_server;
+pub mod tls;
 pub mod views_pb;
 
 pub use node::{Node, NodeConfig};

@@ -122,9 +122,10 @@ impl Node {
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(sync_service);
+        let sync_tls = crate::tls::server_config(&shared.cert)?;
         let mut stop = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
-            let incoming = no_delay(sync_listener);
+            let incoming = crate::tls::incoming(sync_listener, sync_tls);
             let result = router
                 .serve_with_incoming_shutdown(
                     incoming,
@@ -192,7 +193,7 @@ impl Node {
         self.sync_addr
     }
 
-    /// The sync URL (`http://addr`).
+    /// The sync URL (`http://addr`; the connection is always TLS between device keys).
     pub fn sync_url(&self) -> String {
         format!("http://{}", self.sync_addr)
     }

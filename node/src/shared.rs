@@ -16,6 +16,7 @@ use casesync_engine::store::Store;
 use tokio::sync::{watch, Notify};
 
 use crate::ingest_thread::IngestThread;
+use crate::tls::{DeviceCert, ServerPolicy};
 
 /// Wall clock in ms since the epoch (the node owns time; the engine takes it as an argument).
 pub fn now_ms() -> u64 {
@@ -65,6 +66,8 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// This device.
     pub identity: DeviceIdentity,
+    /// Its TLS certificate (made from its device key).
+    pub cert: DeviceCert,
     /// The space served.
     pub space: SpaceId,
     /// Store-and-forward only.
@@ -106,13 +109,15 @@ impl Shared {
         identity: DeviceIdentity,
         space: SpaceId,
         relay: bool,
-    ) -> std::io::Result<Arc<Shared>> {
+    ) -> anyhow::Result<Arc<Shared>> {
+        let cert = DeviceCert::new(&identity.key)?;
         let (changes, _) = watch::channel(store.next_position());
         let (visible, _) = watch::channel(store.next_position());
         let (stopping, _) = watch::channel(false);
         Ok(Arc::new(Shared {
             store,
             identity,
+            cert,
             space,
             relay,
             changes,
@@ -185,6 +190,19 @@ impl Shared {
             self.notify(report.commit.next_position);
         }
         Ok(report)
+    }
+
+    /// Which servers this node's sync client accepts: a member of the space (any role: a relay
+    /// too), and, on a connection that was made before, the same key as then. Before the space's
+    /// founding event is held here (a device that has never synced), any key: nothing it sends
+    /// can count unless signed by the space's founder and those it granted, and this device has
+    /// nothing of the space's to give away yet.
+    pub fn server_policy(self: &Arc<Self>) -> ServerPolicy {
+        let shared = Arc::downgrade(self);
+        Arc::new(move |device: &AuthorId| {
+            let shared = shared.upgrade().ok_or("the node is stopping")?;
+            shared.may_connect(device).map(|_| ()).map_err(|refusal| refusal.to_string())
+        })
     }
 
     /// Whether `device` may hold a sync connection in the space: a member whose role holds now

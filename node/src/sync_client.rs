@@ -1,4 +1,4 @@
-//! Outbound sync: connect to a peer, authenticate every call, and exchange missing ranges —
+//! Outbound sync: connect to a peer over TLS between device keys, and exchange missing ranges —
 //! once (`sync_once`) or live (`live_session`: a following pull and a following push on one
 //! HTTP/2 connection with keep-alive).
 
@@ -18,23 +18,49 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
-use crate::auth;
 use crate::bulk_catch_up::{batch_is_full, BulkCatchUp, FloodWatch};
 use crate::event_stream::{stream_events, GRPC_MESSAGE_BYTES_MAX, STREAM_BUFFER_BATCHES};
 use crate::ingest_thread::Pipeline;
 use crate::shared::{now_ms, PeerState, Shared};
+use crate::tls;
 
-/// Connects to a peer URL with keep-alive, so a connection through a healed partition is noticed
-/// in seconds rather than minutes.
-pub async fn connect(url: &str) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+/// The port of a peer URL that names none.
+pub const DEFAULT_PORT: u16 = 7000;
+
+/// An endpoint with keep-alive, so a connection through a healed partition is noticed in seconds
+/// rather than minutes.
+fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::from_shared(url.to_string())
         .with_context(|| format!("{url:?} is not a valid peer URL (like http://127.0.0.1:7000)"))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
-    endpoint.connect().await.with_context(|| format!("cannot reach peer {url}"))
+        .tcp_nodelay(true))
+}
+
+/// Connects to a node's local case API (plain HTTP/2 on loopback; every call carries the API
+/// token, `api_token.rs`).
+pub async fn connect(url: &str) -> anyhow::Result<Channel> {
+    endpoint(url)?.connect().await.with_context(|| format!("cannot reach {url}"))
+}
+
+/// Connects to a peer's sync service over TLS between device keys (`tls.rs`), with `config`
+/// (this device's certificate and its policy for the server's key). The URL's scheme is not
+/// read: sync is always TLS.
+pub async fn connect_peer(url: &str, config: Arc<rustls::ClientConfig>) -> anyhow::Result<Channel> {
+    let connector = tower::service_fn(move |uri: tonic::transport::Uri| {
+        let config = config.clone();
+        async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the peer URL names no host"))?
+                .to_string();
+            let stream = tls::dial(&host, uri.port_u16().unwrap_or(DEFAULT_PORT), config).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    endpoint(url)?.connect_with_connector(connector).await.with_context(|| format!("cannot reach peer {url}"))
 }
 
 /// What one sync exchanged.
@@ -68,23 +94,24 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    /// Connects and learns the peer's device key.
+    /// Connects over TLS as this device; the server's device key is the one its handshake
+    /// proved, and it must be welcome (`Shared::server_policy`) before anything is sent.
     pub async fn open(shared: Arc<Shared>, url: &str) -> anyhow::Result<PeerClient> {
-        let channel = connect(url).await?;
-        let mut client = SyncClient::new(channel)
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let config = tls::client_config(&shared.cert, shared.server_policy(), seen.clone())?;
+        let channel = connect_peer(url, config).await?;
+        let server = seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ok_or_else(|| anyhow!("peer {url}: the TLS handshake proved no device key"))?;
+        let client = SyncClient::new(channel)
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-        let hello =
-            client.hello(pb::HelloRequest {}).await.with_context(|| format!("peer {url} did not answer hello"))?;
-        let server = AuthorId::from_slice(&hello.get_ref().device)
-            .map_err(|_| anyhow!("peer {url} sent a malformed device key"))?;
         Ok(PeerClient { shared, client, server })
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        auth::sign(request.metadata_mut(), &self.shared.identity.key, &self.shared.space, &self.server, now_ms());
-        request
+        Request::new(message)
     }
 
     fn space_bytes(&self) -> bytes::Bytes {

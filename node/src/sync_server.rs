@@ -1,4 +1,5 @@
-//! The sync service: a thin adapter from gRPC to the engine. Peers authenticate, then pull
+//! The sync service: a thin adapter from gRPC to the engine. Peers, authenticated by their TLS
+//! device certificates, pull
 //! what they lack (optionally following live) and push what we lack, in bounded batches.
 
 use std::sync::Arc;
@@ -13,12 +14,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth;
 use crate::bulk_catch_up::{batch_is_full, FloodWatch};
 use crate::event_stream::{stream_events, STREAM_BUFFER_BATCHES};
 use crate::grpc_status;
 use crate::ingest_thread::Pipeline;
-use crate::shared::{now_ms, Shared};
+use crate::shared::Shared;
+use crate::tls::PeerDevice;
 
 /// The sync service of one node.
 pub struct SyncServer {
@@ -31,11 +32,14 @@ impl SyncServer {
         SyncServer { shared }
     }
 
+    /// The device at the other end, as its TLS handshake proved it (`tls.rs`), if it may sync
+    /// in this space now. Checked before any request body is read.
     fn authenticate<T>(&self, request: &Request<T>) -> Result<AuthorId, Status> {
-        let (space, device) = auth::verify(request.metadata(), &self.shared.identity.author(), now_ms())?;
-        if space != self.shared.space {
-            return Err(Status::permission_denied("this node does not serve that space"));
-        }
+        let peer = request
+            .extensions()
+            .get::<PeerDevice>()
+            .ok_or_else(|| Status::unauthenticated("the connection carries no device certificate"))?;
+        let device = peer.device;
         if device != self.shared.identity.author() {
             self.shared.may_connect(&device).map_err(|refusal| {
                 Status::permission_denied(format!(

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 
 use casesync_engine::codec::case_json::CaseJson;
 use casesync_engine::model::ids::SpaceId;
+use casesync_engine::model::signing::DeviceKey;
 use casesync_engine::projection::queries::CaseFilter;
 use casesync_engine::store::{Store, StoreOptions};
 use casesync_node::config::FileConfig;
@@ -253,7 +254,16 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
     for (url, service) in
         [(node.sync_url(), "casesync.v1.Sync"), (format!("http://{}", node.api_addr()), "casesync.v1.Cases")]
     {
-        let channel = casesync_node::sync_client::connect(&url).await.unwrap();
+        // The sync service speaks TLS between device keys (any device may ask what it serves);
+        // the local API plain HTTP/2 on loopback.
+        let channel = if service == "casesync.v1.Sync" {
+            let cert = casesync_node::tls::DeviceCert::new(&DeviceKey::from_secret([5; 32])).unwrap();
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let config = casesync_node::tls::client_config(&cert, std::sync::Arc::new(|_| Ok(())), seen).unwrap();
+            casesync_node::sync_client::connect_peer(&url, config).await.unwrap()
+        } else {
+            casesync_node::sync_client::connect(&url).await.unwrap()
+        };
 
         let request = v1::ServerReflectionRequest {
             host: String::new(),

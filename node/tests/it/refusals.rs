@@ -6,8 +6,6 @@ use casesync_engine::model::event::SignedEvent;
 use casesync_engine::model::limits::BATCH_EVENTS_MAX;
 use casesync_engine::model::signing::DeviceKey;
 use casesync_engine::testkit::{chain_with_bodies, wire};
-use casesync_node::auth;
-use casesync_node::shared::now_ms;
 use casesync_node::Node;
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::sync_client::SyncClient;
@@ -16,15 +14,8 @@ use tonic::{Code, Request};
 
 use crate::support::*;
 
-async fn client(node: &Node) -> SyncClient<Channel> {
-    SyncClient::new(casesync_node::sync_client::connect(&node.sync_url()).await.unwrap())
-        .max_encoding_message_size(64 * 1024 * 1024)
-}
-
-fn signed<T>(message: T, key: &DeviceKey, node: &Node) -> Request<T> {
-    let mut request = Request::new(message);
-    auth::sign(request.metadata_mut(), key, &node.shared().space, &node.shared().identity.author(), now_ms());
-    request
+async fn client(node: &Node, key: &DeviceKey) -> SyncClient<Channel> {
+    sync_client_as(node, key).await.unwrap()
 }
 
 /// `count` events by `key` in the node's space, each with a body of `body_bytes` bytes.
@@ -35,7 +26,7 @@ fn events_by(key: &DeviceKey, node: &Node, count: u64, body_bytes: usize) -> Vec
 async fn push(node: &Node, key: &DeviceKey, events: Vec<pb::SignedEvent>) -> Result<pb::PushReply, tonic::Status> {
     let batch = pb::EventBatch { events };
     let stream = tokio_stream::iter(vec![batch]);
-    client(node).await.push(signed(stream, key, node)).await.map(|r| r.into_inner())
+    client(node, key).await.push(Request::new(stream)).await.map(|r| r.into_inner())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,20 +34,20 @@ async fn unknown_and_unauthenticated_peers_are_refused() {
     let c = cluster(&["office"]).await;
     let office = start(&c.dirs[0], vec![]).await;
     let space = Bytes::copy_from_slice(office.shared().space.as_bytes());
-    // No authentication at all.
-    let status = client(&office).await.heads(pb::HeadsRequest { space: space.clone() }).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated);
-    // A valid signature by a device the space does not know.
+    // No device certificate: the TLS handshake itself is refused, nothing reaches the service.
+    let anonymous = casesync_node::tls::anonymous_client_config().unwrap();
+    let refused = match casesync_node::sync_client::connect_peer(&office.sync_url(), anonymous).await {
+        Ok(channel) => SyncClient::new(channel).heads(pb::HeadsRequest { space: space.clone() }).await.err(),
+        Err(_) => None,
+    };
+    assert!(refused.is_none_or(|status| status.code() != Code::Ok));
+    // A device the space does not know: authenticated by its key, refused by the membership.
     let stranger = DeviceKey::from_secret([99; 32]);
-    let status = client(&office)
-        .await
-        .heads(signed(pb::HeadsRequest { space: space.clone() }, &stranger, &office))
-        .await
-        .unwrap_err();
+    let status = client(&office, &stranger).await.heads(pb::HeadsRequest { space: space.clone() }).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("may not sync in this space"), "{status:?}");
     let pull = pb::PullRequest { space, have: None, follow: false };
-    let status = client(&office).await.pull(signed(pull, &stranger, &office)).await.unwrap_err();
+    let status = client(&office, &stranger).await.pull(pull).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     office.shutdown().await;
 }
@@ -137,7 +128,7 @@ async fn a_claim_about_this_devices_chain_without_its_events_changes_nothing() {
         have: Some(casesync_engine::codec::wire::vector_to_pb(&claim)),
         follow: false,
     };
-    let mut stream = client(&office).await.pull(signed(pull, &home, &office)).await.unwrap().into_inner();
+    let mut stream = client(&office, &home).await.pull(pull).await.unwrap().into_inner();
     while stream.message().await.unwrap().is_some() {}
     assert_eq!(office.shared().store.fence(&office.shared().space, &me), 0);
     set(&office, case(1), "phone", "030-1").await;

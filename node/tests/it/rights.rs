@@ -9,11 +9,9 @@ use casesync_engine::model::event::{BodyEncoding, EventHeader, SignedEvent};
 use casesync_engine::model::ids::{AuthorId, EventId};
 use casesync_engine::model::operation::Operation;
 use casesync_engine::model::signing::DeviceKey;
-use casesync_node::auth;
 use casesync_node::shared::now_ms;
 use casesync_node::Node;
 use casesync_proto::v1 as pb;
-use casesync_proto::v1::sync_client::SyncClient;
 use tonic::{Code, Request};
 
 use crate::support::*;
@@ -39,22 +37,14 @@ fn case_event(node: &Node, key: &DeviceKey) -> pb::SignedEvent {
     SignedEvent::build(key, &header, Bytes::from(wire::encode_operation(&op))).unwrap().to_wire()
 }
 
-fn signed<T>(message: T, key: &DeviceKey, node: &Node) -> Request<T> {
-    let mut request = Request::new(message);
-    auth::sign(request.metadata_mut(), key, &node.shared().space, &node.shared().identity.author(), now_ms());
-    request
-}
-
 async fn push(node: &Node, key: &DeviceKey, events: Vec<pb::SignedEvent>) -> Result<pb::PushReply, tonic::Status> {
-    let channel = casesync_node::sync_client::connect(&node.sync_url()).await.unwrap();
     let stream = tokio_stream::iter(vec![pb::EventBatch { events }]);
-    SyncClient::new(channel).push(signed(stream, key, node)).await.map(|r| r.into_inner())
+    sync_client_as(node, key).await.unwrap().push(Request::new(stream)).await.map(|r| r.into_inner())
 }
 
 async fn heads(node: &Node, key: &DeviceKey) -> Result<pb::HeadsReply, tonic::Status> {
-    let channel = casesync_node::sync_client::connect(&node.sync_url()).await.unwrap();
     let space = Bytes::copy_from_slice(node.shared().space.as_bytes());
-    SyncClient::new(channel).heads(signed(pb::HeadsRequest { space }, key, node)).await.map(|r| r.into_inner())
+    sync_client_as(node, key).await.unwrap().heads(pb::HeadsRequest { space }).await.map(|r| r.into_inner())
 }
 
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -121,4 +111,54 @@ async fn readers_strangers_and_revoked_devices_are_refused_by_every_node_includi
     for n in [office, home, relay] {
         n.shutdown().await;
     }
+}
+
+/// A server whose key is not a member of the space (an impostor at a peer's address, or a
+/// machine in the middle with its own key) is refused during the TLS handshake: the client
+/// sends it nothing, not even its heads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_not_a_member_is_refused_before_anything_is_sent() {
+    let c = cluster(&["office", "home"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    create(&office, case(1), "Anna").await;
+    // The impostor serves the same space id, with a key nobody granted.
+    let impostor_dir = c._root.path().join("impostor");
+    let space = office.shared().space;
+    tokio::task::spawn_blocking({
+        let dir = impostor_dir.clone();
+        move || casesync_node::data_dir::init(&dir, "impostor", Some(space), false, None).unwrap()
+    })
+    .await
+    .unwrap();
+    let impostor = start(&impostor_dir, vec![]).await;
+    let home = start(&c.dirs[1], vec![impostor.sync_url()]).await;
+    let refused = || home.shared().peers().iter().any(|(_, p)| p.last_error.contains("not a member"));
+    wait_for("home refuses the impostor", refused).await;
+    assert_eq!(impostor.shared().store.vector(&space).total(), 0, "the impostor received nothing");
+    // Home still syncs with the real office.
+    let sync = casesync_node::sync_client::sync_once(home.shared().clone(), &office.sync_url(), |_, _| {}).await;
+    assert!(sync.is_ok(), "{sync:?}");
+    for n in [home, impostor, office] {
+        n.shutdown().await;
+    }
+}
+
+/// Identity comes from the TLS handshake alone: a request that names another device in headers
+/// (as a captured request of the former header scheme would) is judged as the device that
+/// holds the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_naming_another_device_carry_no_authority() {
+    let c = cluster(&["office", "home"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    let home = key_of(&c.dirs[1]);
+    let stranger = DeviceKey::from_secret([78; 32]);
+    let space = Bytes::copy_from_slice(office.shared().space.as_bytes());
+    let mut request = Request::new(pb::HeadsRequest { space });
+    for (name, value) in [("x-casesync-device", home.author().to_hex()), ("x-casesync-sig", "00".repeat(64))] {
+        request.metadata_mut().insert(name, value.parse().unwrap());
+    }
+    let status = sync_client_as(&office, &stranger).await.unwrap().heads(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains(&stranger.author().device_id()), "{status:?}");
+    office.shutdown().await;
 }

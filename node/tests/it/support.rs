@@ -79,3 +79,16 @@ pub fn events(node: &Node) -> u64 {
     let shared = node.shared();
     shared.store.vector(&shared.space).total() - shared.store.membership(&shared.space).records().count() as u64
 }
+
+/// A sync client of `node` over TLS as the device `key` (accepting the node's key as it is).
+pub async fn sync_client_as(
+    node: &Node,
+    key: &casesync_engine::model::signing::DeviceKey,
+) -> Result<casesync_proto::v1::sync_client::SyncClient<tonic::transport::Channel>, String> {
+    let cert = casesync_node::tls::DeviceCert::new(key).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let config = casesync_node::tls::client_config(&cert, Arc::new(|_| Ok(())), seen).unwrap();
+    let channel =
+        casesync_node::sync_client::connect_peer(&node.sync_url(), config).await.map_err(|e| format!("{e:#}"))?;
+    Ok(casesync_proto::v1::sync_client::SyncClient::new(channel).max_encoding_message_size(64 * 1024 * 1024))
+}
