@@ -41,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "DeviceInfo",
         "DeviceList",
         "FenceReply",
+        "InviteReply",
     ] {
         builder = builder.type_attribute(format!(".casesync.v1.{message}"), "#[derive(serde::Serialize)]");
     }

@@ -156,6 +156,10 @@ impl Cases for CaseService {
         .await
     }
 
+    async fn invite(&self, request: Request<pb::InviteRequest>) -> Result<Response<pb::InviteReply>, GrpcStatus> {
+        crate::invite::create(self.shared.clone(), request.into_inner()).await.map(Response::new)
+    }
+
     async fn revoke_device(
         &self,
         request: Request<pb::RevokeDeviceRequest>,

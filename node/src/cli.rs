@@ -45,6 +45,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Serve(args) => serve(&data, args).await,
         Commands::Demo { keep } => demo::run(keep, cli.json).await,
         Commands::Sync { peer } => sync(&data, peer, cli.json).await,
+        Commands::Join { code, name } => {
+            let report = crate::join::join(&data, &code, &name).await?;
+            if cli.json {
+                return json(&report);
+            }
+            println!("joined space {} as {} ({}) via {}", report.space, report.role, report.device, report.via);
+            println!("{} events; state {}", report.events, report.state_hash);
+            Ok(())
+        }
         command => {
             let session = Session::open(&data).await?;
             let result = session_command(&session, command, cli.json).await;
@@ -199,6 +208,34 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
             println!("{}", output::fence_text(&reply));
             Ok(())
         }
+        Commands::Invite { role, until, expires, via } => {
+            let expires_in = parse_duration(&expires)?;
+            let request = pb::InviteRequest {
+                role,
+                until_ms: until.unwrap_or(0),
+                expires_in_ms: u64::try_from(expires_in.as_millis()).unwrap_or(u64::MAX),
+                via: via.unwrap_or_default(),
+            };
+            let reply = client.invite(request).await.map_err(status_error)?.into_inner();
+            if as_json {
+                return json(&reply);
+            }
+            println!("{}", reply.code);
+            println!(
+                "a one-time code for a new {}: `casesync join <code>` on it, before {}",
+                reply.role,
+                output::utc(reply.expires_ms)
+            );
+            if reply.until_ms != 0 {
+                println!("its grant ends {}", output::utc(reply.until_ms));
+            }
+            if reply.delivered_to.is_empty() {
+                println!("no peer holds the invitation yet: keep this device on until it syncs with {}", reply.via);
+            } else {
+                println!("held by {}: it works while this device is off", reply.delivered_to.join(", "));
+            }
+            Ok(())
+        }
         Commands::Device(cmd) => {
             let list = match cmd {
                 DeviceCommand::Show => {
@@ -348,7 +385,11 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
             };
             show(view.map_err(status_error)?.into_inner())
         }
-        Commands::Init(_) | Commands::Serve(_) | Commands::Demo { .. } | Commands::Sync { .. } => {
+        Commands::Init(_)
+        | Commands::Serve(_)
+        | Commands::Demo { .. }
+        | Commands::Sync { .. }
+        | Commands::Join { .. } => {
             bail!("internal: command dispatched to the wrong handler")
         }
     }

@@ -247,7 +247,8 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
     // Rights: a reader cannot write; a revoked laptop is shut out.
     rights::reader_refused(assistant.shared(), &[("the relay", relay.shared()), ("the office", &o)], &say).await?;
     let laptop = rights::laptop_revoked(&o, laptop, laptop_config, &say, anna).await?;
-    let all = [office.shared(), home.shared(), relay.shared(), assistant.shared()];
+    let tablet = rights::tablet_joins(&o, &relay.sync_url(), &root.join("tablet"), &say).await?;
+    let all = [office.shared(), home.shared(), relay.shared(), assistant.shared(), tablet.shared()];
     wait_converged(&all, CONVERGE_DEADLINE).await?;
     say("");
 
@@ -258,7 +259,7 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
         converged: false,
         state_hash: String::new(),
     };
-    for (name, node) in [("office", &office), ("home", &home), ("assistant", &assistant)] {
+    for (name, node) in [("office", &office), ("home", &home), ("assistant", &assistant), ("tablet", &tablet)] {
         let shared = node.shared().clone();
         let (cases, hash) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             Ok((
@@ -301,7 +302,7 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
 
     // Shutdown waits until nothing else holds a node's store: let go of ours first.
     drop(o);
-    for node in [office, home, laptop, assistant, relay] {
+    for node in [office, home, laptop, assistant, tablet, relay] {
         node.shutdown().await;
     }
     if as_json {

@@ -14,6 +14,8 @@ pub mod demo;
 pub mod event_stream;
 pub mod grpc_status;
 pub mod ingest_thread;
+pub mod invite;
+pub mod join;
 pub mod node;
 pub mod output;
 pub mod peer_actor;

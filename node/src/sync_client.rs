@@ -129,7 +129,7 @@ impl PeerClient {
         if vector.get(&me) > self.shared.store.vector(&self.shared.space).get(&me) {
             // A claim, not evidence: the fence rises only when the events themselves arrive
             // (`Shared::store_from_peer`), which this session's pull asks for next.
-            tracing::warn!(seq = vector.get(&me), "a peer says it holds this device's events beyond the local head");
+            tracing::info!(seq = vector.get(&me), "a peer says it holds this device's events beyond the local head");
         }
         self.shared.reset_known(&self.server, &vector);
         Ok(vector)

@@ -107,6 +107,15 @@ impl Sync for SyncServer {
         }))
     }
 
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        let device = request
+            .extensions()
+            .get::<PeerDevice>()
+            .ok_or_else(|| Status::unauthenticated("the connection carries no device certificate"))?
+            .device;
+        crate::invite::admit(self.shared.clone(), device, request.into_inner()).await.map(Response::new)
+    }
+
     async fn heads(&self, request: Request<pb::HeadsRequest>) -> Result<Response<pb::HeadsReply>, Status> {
         self.authenticate(&request)?;
         self.check_space(&request.get_ref().space)?;

@@ -205,6 +205,10 @@ impl Sync for StreamingService {
     async fn push(&self, _request: Request<Streaming<pb::EventBatch>>) -> Result<Response<pb::PushReply>, Status> {
         Err(Status::unimplemented("bench service"))
     }
+
+    async fn join(&self, _request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
+        Err(Status::unimplemented("bench service"))
+    }
 }
 
 async fn grpc_limits(batch: Vec<pb::SignedEvent>, batches: u64) -> anyhow::Result<(f64, f64, Duration)> {

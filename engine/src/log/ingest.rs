@@ -207,8 +207,8 @@ pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) 
     let mut batch_forks = Vec::new();
     let before = state.judging(space).cloned();
     let mut judge = before.clone();
-    // Runs whose author is not (yet) a member wait until the others are judged: the batch may
-    // hold the grant that admits them. Each round admits at least one run, or ends.
+    // Runs whose first event does not count yet wait until the others are judged: the batch may
+    // hold the grant or invitation that admits them. Each round admits at least one run, or ends.
     let mut pending: Vec<(AuthorId, Vec<SignedEvent>)> = runs.into_iter().collect();
     let mut last_round = false;
     while !pending.is_empty() {
@@ -220,7 +220,8 @@ pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) 
             if let Some(membership) = judge.as_mut() {
                 let (counted, refusal) = judge_run(membership, &check.accepted);
                 if let Some(refusal) = refusal {
-                    if counted == 0 && matches!(refusal, Refusal::NotMember(_)) && !last_round {
+                    // The batch may hold what admits it (a grant, the invitation of an admission).
+                    if counted == 0 && !last_round {
                         waiting.push((author, run));
                         continue;
                     }

@@ -119,6 +119,19 @@ struct Decided {
     counted: std::collections::HashSet<(AuthorId, u64)>,
 }
 
+/// What became of an invitation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InviteState {
+    /// No invitation by an admin with that key is held.
+    Unknown,
+    /// A device enrolled with it already.
+    Used,
+    /// Its time ran out.
+    Expired,
+    /// It may enrol one device with this role.
+    Open(Role),
+}
+
 /// A device as the membership of a space sees it (for `casesync device list`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceEntry {
@@ -258,6 +271,16 @@ impl Membership {
     /// at `now_ms` (a device that was never granted, is revoked or expired may not).
     pub fn may_connect(&self, device: &AuthorId, next_seq: u64, now_ms: u64) -> Result<Role, Refusal> {
         self.role_at(device, next_seq, now_ms.saturating_mul(1 << 16))
+    }
+
+    /// What became of an invitation, by its key.
+    pub fn invite_state(&self, key: &AuthorId, now_ms: u64) -> InviteState {
+        match self.decided.invites.get(key) {
+            None => InviteState::Unknown,
+            Some((_, _, _, _, true)) => InviteState::Used,
+            Some((_, expires, ..)) if now_ms >= *expires => InviteState::Expired,
+            Some((role, ..)) => InviteState::Open(*role),
+        }
     }
 
     /// An unused, unexpired invitation that counts, by its key.

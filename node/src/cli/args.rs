@@ -33,9 +33,32 @@ pub enum Commands {
         #[arg(long)]
         peer: Option<String>,
     },
-    /// Devices allowed to sync with this node.
+    /// The space's devices: list, grant a role, revoke.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Invite a new device (admins only): prints a one-time code for `casesync join`.
+    Invite {
+        /// writer (cases), reader (reads only), admin, relay.
+        #[arg(long, default_value = "writer")]
+        role: String,
+        /// The grant it gives ends then: a date (its whole day, UTC) or a time.
+        #[arg(long, value_parser = parse_until)]
+        until: Option<u64>,
+        /// The code is usable for this long (like 30m, 24h, 7d; at most 30 days).
+        #[arg(long, default_value = "24h")]
+        expires: String,
+        /// Where the new device connects (default: the first configured peer).
+        #[arg(long)]
+        via: Option<String>,
+    },
+    /// Enrol this computer with a code from `casesync invite`, and fetch the whole space.
+    Join {
+        /// The code.
+        code: String,
+        /// This device's name, shown in history and audit.
+        #[arg(long, default_value = "casesync-device")]
+        name: String,
+    },
     /// This device's self-fork fence: shown, or cleared with --clear.
     ///
     /// When a peer shows (with the signed events) that it holds this device's own events beyond

@@ -109,3 +109,29 @@ pub async fn laptop_revoked(
     say("its offline note counts nowhere: no node stores it");
     Ok(laptop)
 }
+
+/// The office invites a new computer; it joins through the relay with the one-time code, ends
+/// with the same state as everyone, and starts as a node. Returns it.
+pub async fn tablet_joins(
+    office: &Arc<Shared>,
+    relay_url: &str,
+    dir: &std::path::Path,
+    say: &impl Fn(&str),
+) -> anyhow::Result<Node> {
+    let request = casesync_proto::v1::InviteRequest {
+        role: "writer".into(),
+        until_ms: 0,
+        expires_in_ms: 0,
+        via: relay_url.to_string(),
+    };
+    let reply = crate::invite::create(office.clone(), request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    say(&format!("\nthe office invites a tablet as a writer: {}", reply.code));
+    let joined = crate::join::join(dir, &reply.code, "tablet").await?;
+    say(&format!(
+        "the tablet joins with the code through the relay: {} events, state {}",
+        joined.events, joined.state_hash
+    ));
+    let mut config = NodeConfig::new(dir);
+    config.peers = vec![relay_url.to_string()];
+    Node::start(config).await
+}

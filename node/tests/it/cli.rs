@@ -90,8 +90,9 @@ fn the_demo_converges() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let last = stdout.lines().last().unwrap();
     assert!(last.starts_with("converged: "), "{last}");
-    // 9 case events; the founding, 4 grants and a revocation.
-    assert!(last.ends_with("(3 nodes, 15 events)"), "{last}");
+    // 9 case events; the founding, 4 grants, a revocation, an invitation and an admission.
+    assert!(last.ends_with("(4 nodes, 17 events)"), "{last}");
+    assert!(stdout.contains("the tablet joins with the code through the relay"), "{stdout}");
     assert!(stdout.contains("assistant (reader) tried to add a case: refused"), "{stdout}");
     assert!(stdout.contains("the relay refused the reader's event, signed and sent anyway"), "{stdout}");
     assert!(stdout.contains("the relay refuses it: device"), "{stdout}");

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cli_defects;
+mod invitations;
 mod refusals;
 mod rights;
 mod support;

@@ -139,6 +139,8 @@ fn an_invitation_enrols_one_device_once_before_it_expires() {
     m.add([record(&first, 1, 10, a)]);
     assert_eq!(m.judge(&first, 2, 11 << 16, None), Ok(()));
     assert_eq!(m.open_invite(&invitation.author(), 12), None);
+    assert_eq!(m.invite_state(&invitation.author(), 12), InviteState::Used);
+    assert_eq!(m.invite_state(&key(55).author(), 12), InviteState::Unknown);
     assert!(m.judge(&second, 1, 12 << 16, Some(&b)).is_err());
     // Expired: an admission stamped after the end does not count.
     let (mut late, _) = space();
@@ -154,6 +156,8 @@ fn an_invitation_enrols_one_device_once_before_it_expires() {
         name: "late".into(),
     };
     assert!(late.judge(&second, 1, 60 << 16, Some(&op)).is_err());
+    assert_eq!(late.invite_state(&invitation.author(), 60), InviteState::Expired);
+    assert_eq!(late.invite_state(&invitation.author(), 10), InviteState::Open(Role::Writer));
 }
 
 #[test]
