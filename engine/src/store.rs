@@ -27,6 +27,7 @@ use crate::model::views::{CaseView, ConflictView};
 use crate::projection::bulk_catch_up::BULK_CASES_IN_MEMORY;
 use crate::projection::fold::Fold;
 use crate::projection::history::{self, HistoryItem};
+use crate::projection::operation_of;
 use crate::projection::queries::{self, CaseFilter};
 use crate::projection::spill_files;
 use crate::storage::{Db, Durability};
@@ -40,6 +41,9 @@ mod fold_agreement_tests;
 mod merge_operator_tests;
 #[cfg(test)]
 mod projection_tests;
+
+/// Events above a revocation's cut that a case's history looks through, per author.
+const UNCOUNTED_SHOWN_MAX: u64 = 10_000;
 
 /// How to open a store.
 #[derive(Clone, Copy, Debug)]
@@ -525,14 +529,31 @@ impl Store {
     }
 
     /// The history of a case, ordered by (hlc, author, seq).
+    /// Beside the case's changes: the membership changes of the devices that wrote it, and its
+    /// events that do not count (written above a revocation's cut), each saying why.
     pub fn history(&self, space: &SpaceId, case: &CaseId) -> Result<Vec<HistoryItem>, StoreError> {
-        history::history(
+        let mut items = history::history(
             &self.db,
             space,
             case,
             |author, seq| self.get_event(space, author, seq),
             |author| self.member(space, author),
-        )
+        )?;
+        let membership = self.membership(space);
+        let mut uncounted = Vec::new();
+        for (author, cut) in membership.cuts() {
+            let head = self.head(space, &author).map_or(0, |h| h.seq);
+            // Bounded: a cut author's events beyond it are at most what it wrote offline.
+            for seq in cut + 1..=head.min(cut.saturating_add(UNCOUNTED_SHOWN_MAX)) {
+                let event = self.get_event(space, &author, seq)?;
+                if let Some(event) = event.filter(|e| operation_of(e).is_some_and(|op| op.case() == *case)) {
+                    uncounted.push(event);
+                }
+            }
+        }
+        let name = |author: &AuthorId| Ok(self.member(space, author)?.or_else(|| membership.name_of(author)));
+        history::add_membership(&mut items, &membership, uncounted, |a, s| self.get_event(space, a, s), name)?;
+        Ok(items)
     }
 
     /// The state hash of a space's stored projections: the one a rebuild or bulk load computed,

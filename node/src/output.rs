@@ -126,8 +126,11 @@ pub fn short_id(id: &str, chars: usize) -> &str {
 
 /// One line of a case's history.
 pub fn history_line(item: &pb::HistoryItem) -> String {
-    let fields: Vec<String> =
+    let mut fields: Vec<String> =
         item.fields.iter().map(|f| format!("{}={}", f.name, value_text(f.value.as_ref()))).collect();
+    if !item.note.is_empty() {
+        fields.push(format!("[{}]", item.note));
+    }
     format!(
         "{}  {} ({})  #{}  {:<13} {}  event {}",
         hlc_time(item.hlc),

@@ -74,6 +74,7 @@ pub fn history(item: &HistoryItem) -> pb::HistoryItem {
             .iter()
             .map(|(name, value)| pb::NamedValue { name: name.clone(), value: Some(value_to_pb(value)) })
             .collect(),
+        note: item.note.clone(),
     }
 }
 

@@ -252,6 +252,10 @@ pub struct HistoryItemJson {
     pub entry_id: Option<String>,
     /// The fields written, by name.
     pub fields: BTreeMap<String, ValueJson>,
+    /// A membership change (`operation` "membership"): what it did; an event that does not
+    /// count: why. Absent for the case's counted changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A case's history (`casesync case history --json`).
@@ -284,6 +288,7 @@ impl TryFrom<&pb::HistoryReply> for HistoryJson {
                     operation: item.operation.clone(),
                     entry_id: (!item.entry_id.is_empty()).then(|| item.entry_id.clone()),
                     fields,
+                    note: (!item.note.is_empty()).then(|| item.note.clone()),
                 })
             })
             .collect::<Result<_, OperationError>>()?;

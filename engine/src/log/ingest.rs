@@ -205,8 +205,7 @@ pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) 
     let state = log;
     let mut accepted = Vec::new();
     let mut batch_forks = Vec::new();
-    let before = state.judging(space).cloned();
-    let mut judge = before.clone();
+    let mut judge = state.judging(space).cloned();
     // Runs whose first event does not count yet wait until the others are judged: the batch may
     // hold the grant or invitation that admits them. Each round admits at least one run, or ends.
     let mut pending: Vec<(AuthorId, Vec<SignedEvent>)> = runs.into_iter().collect();
@@ -242,9 +241,10 @@ pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) 
         last_round = waiting.len() == round;
         pending = waiting;
     }
-    let refold = match (&before, &judge) {
-        (Some(before), Some(after)) => {
-            changes_stored(before, after, |device| state.head(space, device).map_or(0, |h| h.seq))
+    // The membership the batch was judged under is the stored one until the batch commits.
+    let refold = match (state.judging_now(space), &judge) {
+        (Some(before), Some(after)) if before.records().count() != after.records().count() => {
+            changes_stored(&before, after, |device| state.head(space, device).map_or(0, |h| h.seq))
         }
         _ => false,
     };

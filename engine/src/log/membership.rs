@@ -76,13 +76,27 @@ pub(crate) fn load(db: &Db) -> Result<HashMap<SpaceId, Membership>, OpenError> {
 /// `membership`, adding each membership event that counts to it. Returns how many lead the run
 /// and count, and the refusal of the first that does not.
 pub(crate) fn judge_run(membership: &mut Membership, run: &[SignedEvent]) -> (usize, Option<Refusal>) {
+    // A case event inside the span of the last one that counted counts too (judged once per
+    // span, not per event: see `Membership::case_verdict_span`).
+    let mut counted_span: Option<(AuthorId, u64, u64)> = None;
     for (index, event) in run.iter().enumerate() {
         let h = &event.header;
         let verdict = match membership_op(event) {
-            None => membership.judge(&h.author, h.seq, h.hlc, None),
+            None => {
+                if counted_span.is_some_and(|(a, last, below)| a == h.author && h.seq <= last && h.hlc < below) {
+                    continue;
+                }
+                let verdict = membership.judge(&h.author, h.seq, h.hlc, None);
+                if verdict.is_ok() {
+                    let (last, below) = membership.case_verdict_span(&h.author, h.seq);
+                    counted_span = Some((h.author, last, below));
+                }
+                verdict
+            }
             Some(Err(refusal)) => Err(refusal),
             Some(Ok(op)) => membership.judge(&h.author, h.seq, h.hlc, Some(&op)).map(|()| {
                 membership.add([MembershipRecord { author: h.author, seq: h.seq, hlc: h.hlc, op }]);
+                counted_span = None;
             }),
         };
         if let Err(refusal) = verdict {

@@ -257,6 +257,24 @@ impl Membership {
         }
     }
 
+    /// How far the verdict on `author`'s case events, as judged at `seq`, holds without judging
+    /// again: through the returned seq, for events whose hybrid clock is below the returned
+    /// bound (the next grant that changes its role, its cut, the end of its grant). Lets a run
+    /// of one author's events be judged once (ingest, folds), not once per event.
+    pub fn case_verdict_span(&self, author: &AuthorId, seq: u64) -> (u64, u64) {
+        let cut = [self.decided.cuts.get(author).map(|c| c.cut)].into_iter().flatten().min().unwrap_or(u64::MAX);
+        if self.decided.founder.as_ref().is_some_and(|(f, _)| f == author) {
+            return (if seq <= cut { cut } else { u64::MAX }, u64::MAX);
+        }
+        let Some(grants) = self.decided.grants.get(author) else { return (seq, 0) };
+        let next_change = grants.iter().filter(|g| g.after >= seq).map(|g| g.after).min().unwrap_or(u64::MAX);
+        let covering =
+            grants.iter().filter(|g| g.after < seq).max_by(|a, b| a.after.cmp(&b.after).then(b.role.cmp(&a.role)));
+        let until = covering.and_then(|g| g.until_ms).map_or(u64::MAX, |ms| ms.saturating_mul(1 << 16));
+        let last = if seq <= cut { next_change.min(cut) } else { next_change };
+        (last.max(seq), until)
+    }
+
     /// The last seq of `author` that can count, when a revocation cut it.
     pub fn cut(&self, author: &AuthorId) -> Option<u64> {
         self.decided.cuts.get(author).map(|c| c.cut)

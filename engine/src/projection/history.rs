@@ -7,6 +7,7 @@ use crate::codec::keys::{case_key, parse_history_record, CF_CASE_EVENTS};
 use crate::error::StoreError;
 use crate::model::event::SignedEvent;
 use crate::model::ids::{AuthorId, CaseId, SpaceId};
+use crate::model::membership::{Membership, MembershipOp};
 use crate::model::operation::FieldValue;
 use crate::projection::operation_of;
 use crate::storage::Db;
@@ -32,6 +33,9 @@ pub struct HistoryItem {
     pub entry_id: Option<String>,
     /// Fields written.
     pub fields: Vec<(String, FieldValue)>,
+    /// For a membership change: what it did; for an event that does not count: why (empty for
+    /// the case's counted changes).
+    pub note: String,
 }
 
 /// The history of a case, ordered by (hlc, author, seq): its events from the history index,
@@ -80,8 +84,65 @@ pub(crate) fn history(
             operation: op.name(),
             entry_id: op.entry().map(|e| e.to_hex()),
             fields: op.fields().iter().map(|w| (w.name.to_string(), w.value.clone())).collect(),
+            note: String::new(),
         });
     }
     items.sort_by(|a, b| (a.hlc, &a.author, a.seq).cmp(&(b.hlc, &b.author, b.seq)));
     Ok(items)
+}
+
+/// Adds to a case's history what membership did beside it: the grants and revocations of the
+/// devices that wrote the case (`membership_event` reads each), and the case's events that do
+/// not count (`uncounted`: written above a revocation's cut, or refused since), each with why.
+pub(crate) fn add_membership(
+    items: &mut Vec<HistoryItem>,
+    membership: &Membership,
+    uncounted: Vec<SignedEvent>,
+    membership_event: impl Fn(&AuthorId, u64) -> Result<Option<SignedEvent>, StoreError>,
+    device_name: impl Fn(&AuthorId) -> Result<Option<String>, StoreError>,
+) -> Result<(), StoreError> {
+    for event in uncounted {
+        let Some(op) = operation_of(&event) else { continue };
+        let h = &event.header;
+        let why = membership.judge(&h.author, h.seq, h.hlc, None).err().map(|r| r.to_string()).unwrap_or_default();
+        items.push(HistoryItem {
+            event_id: event.id.to_hex(),
+            hlc: h.hlc,
+            author: h.author.to_hex(),
+            device: h.author.device_id(),
+            device_name: device_name(&h.author)?.unwrap_or_default(),
+            seq: h.seq,
+            operation: op.name(),
+            entry_id: op.entry().map(|e| e.to_hex()),
+            fields: op.fields().iter().map(|w| (w.name.to_string(), w.value.clone())).collect(),
+            note: format!("does not count: {why}"),
+        });
+    }
+    let writers: std::collections::HashSet<String> = items.iter().map(|i| i.author.clone()).collect();
+    for record in membership.records() {
+        let about = match &record.op {
+            MembershipOp::Grant { device, .. } | MembershipOp::Revoke { device, .. } => *device,
+            MembershipOp::Admit { .. } => record.author,
+            MembershipOp::Found { .. } | MembershipOp::Invite { .. } => continue,
+        };
+        if !writers.contains(&about.to_hex()) {
+            continue;
+        }
+        let Some(event) = membership_event(&record.author, record.seq)? else { continue };
+        let counts = if membership.counts(&record.author, record.seq) { "" } else { " (does not count)" };
+        items.push(HistoryItem {
+            event_id: event.id.to_hex(),
+            hlc: record.hlc,
+            author: record.author.to_hex(),
+            device: record.author.device_id(),
+            device_name: device_name(&record.author)?.unwrap_or_default(),
+            seq: record.seq,
+            operation: "membership",
+            entry_id: None,
+            fields: Vec::new(),
+            note: format!("{}{counts}", record.op),
+        });
+    }
+    items.sort_by(|a, b| (a.hlc, &a.author, a.seq).cmp(&(b.hlc, &b.author, b.seq)));
+    Ok(())
 }

@@ -71,12 +71,22 @@ pub(crate) fn fold_stored_events(
             std::sync::mpsc::sync_channel::<Vec<(EventHeader, Option<Operation>)>>(READ_BATCHES_AHEAD);
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(READ_BATCH_EVENTS);
+            // The span of the last counted event (judged once per span, not per event).
+            let mut counted_span: Option<(AuthorId, u64, u64)> = None;
             for_each_stored_event(db, space, |header, body| {
                 let mut operation = operation_in(&header, body);
-                if operation.is_some()
-                    && judge.is_some_and(|m| m.judge(&header.author, header.seq, header.hlc, None).is_err())
-                {
-                    operation = None;
+                let within = |(a, last, below): (AuthorId, u64, u64)| {
+                    a == header.author && header.seq <= last && header.hlc < below
+                };
+                if let (Some(membership), Some(_)) = (judge, &operation) {
+                    if !counted_span.is_some_and(within) {
+                        if membership.judge(&header.author, header.seq, header.hlc, None).is_ok() {
+                            let (last, below) = membership.case_verdict_span(&header.author, header.seq);
+                            counted_span = Some((header.author, last, below));
+                        } else {
+                            operation = None;
+                        }
+                    }
                 }
                 batch.push((header, operation));
                 if batch.len() < READ_BATCH_EVENTS {

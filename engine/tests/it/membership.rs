@@ -204,6 +204,17 @@ fn a_concurrent_revocation_converges_in_every_delivery_order() {
         let view = home.store.list_cases(&space, &Default::default()).unwrap();
         assert_eq!(view.len(), 2, "seed {seed}: the seen case and the office's");
         assert!(home.store.case_view(&space, &seen).unwrap().is_some());
+        // The case history shows the revocation beside the laptop's change, and, where the
+        // laptop's later events were stored before the revocation arrived, them as not counting.
+        let history = home.store.history(&space, &seen).unwrap();
+        assert!(history.iter().any(|i| i.operation == "membership" && i.note.starts_with("revoke")), "{history:?}");
+        let late = CaseId([1_004u64 as u8; 16]);
+        let late_history = home.store.history(&space, &late).unwrap();
+        if home.store.head(&space, &laptop.key.author()).map_or(0, |h| h.seq) >= 2 {
+            assert!(late_history.iter().any(|i| i.note.starts_with("does not count")), "seed {seed}: {late_history:?}");
+        } else {
+            assert!(late_history.iter().all(|i| i.operation == "membership"), "seed {seed}: {late_history:?}");
+        }
         // The revoked laptop can no longer write anywhere, its own store included.
         assert!(create(&laptop, &space, 1_100, "later").is_err());
         let forged = forged_case_event(&office.store, &laptop.key, &space, 1_101);

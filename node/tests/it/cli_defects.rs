@@ -151,6 +151,7 @@ fn messages(id: &str) -> (pb::CaseView, pb::HistoryItem, pb::ConflictItem) {
             name: id.into(),
             value: value(pb::value::Kind::Blob(id.as_bytes().to_vec().into())),
         }],
+        note: id.into(),
     };
     let conflict =
         pb::ConflictItem { case_id: id.into(), entry_id: id.into(), field: id.into(), versions: vec![version(id)] };

@@ -179,3 +179,48 @@ fn devices_list_roles_who_granted_and_revocations() {
     assert_eq!(reader.role, None);
     assert_eq!(reader.revoked.unwrap().cut, 0);
 }
+
+#[test]
+fn a_verdict_span_never_covers_an_event_judged_otherwise() {
+    let (mut m, founder) = space();
+    let (w, x) = (key(2).author(), key(3).author());
+    m.add([
+        record(&founder, 2, 2, grant(&w, Role::Writer)),
+        record(
+            &founder,
+            3,
+            3,
+            MembershipOp::Grant { device: w, role: Role::Reader, name: "w".into(), after: 6, until_ms: None },
+        ),
+        record(
+            &founder,
+            4,
+            4,
+            MembershipOp::Grant { device: w, role: Role::Writer, name: "w".into(), after: 9, until_ms: Some(50) },
+        ),
+        record(&founder, 5, 5, MembershipOp::Revoke { device: w, cut: 14 }),
+        record(&founder, 6, 6, grant(&x, Role::Writer)),
+        record(&founder, 7, 7, MembershipOp::Revoke { device: founder, cut: 30 }),
+    ]);
+    for author in [w, x, founder, key(9).author()] {
+        for seq in 1..40u64 {
+            for ms in [1u64, 49, 50, 80] {
+                if m.judge(&author, seq, ms << 16, None).is_err() {
+                    continue;
+                }
+                let (last, below) = m.case_verdict_span(&author, seq);
+                for later in seq..=last.min(45) {
+                    for later_ms in [ms, 49, 50, 80] {
+                        let hlc = later_ms << 16;
+                        if hlc >= ms << 16 && hlc < below {
+                            assert!(
+                                m.judge(&author, later, hlc, None).is_ok(),
+                                "{author:?} {seq}@{ms} -> {later}@{later_ms}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
