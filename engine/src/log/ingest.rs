@@ -205,49 +205,74 @@ pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) 
     let state = log;
     let mut accepted = Vec::new();
     let mut batch_forks = Vec::new();
-    let mut judge = state.judging(space).cloned();
+    // The membership that judges the batch. Without membership events in it, the stored one,
+    // taken out of the state while the batch is checked (no copy) and put back after; with
+    // some, a copy that takes them in as they are judged (the state's changes only when the
+    // batch commits).
+    let changes_membership =
+        runs.values().flatten().any(|e| e.header.encoding == crate::model::event::BodyEncoding::Membership);
+    let judged = state.judging(space).is_some();
+    let mut judge = match (judged, changes_membership) {
+        (false, _) => None,
+        (true, true) => state.judging(space).cloned(),
+        (true, false) => state.membership.remove(space),
+    };
     // Runs whose first event does not count yet wait until the others are judged: the batch may
     // hold the grant or invitation that admits them. Each round admits at least one run, or ends.
     let mut pending: Vec<(AuthorId, Vec<SignedEvent>)> = runs.into_iter().collect();
     let mut last_round = false;
-    while !pending.is_empty() {
-        let mut waiting = Vec::new();
-        let round = pending.len();
-        for (author, mut run) in pending {
-            run.sort_by_key(|e| e.header.seq);
-            let mut check = check_run(db, state, space, &author, run.clone())?;
-            if let Some(membership) = judge.as_mut() {
-                let (counted, refusal) = judge_run(membership, &check.accepted);
-                if let Some(refusal) = refusal {
-                    // The batch may hold what admits it (a grant, the invitation of an admission).
-                    if counted == 0 && !last_round {
-                        waiting.push((author, run));
-                        continue;
+    let checked = (|| -> Result<(), StoreError> {
+        while !pending.is_empty() {
+            let mut waiting = Vec::new();
+            let round = pending.len();
+            for (author, mut run) in std::mem::take(&mut pending) {
+                run.sort_by_key(|e| e.header.seq);
+                let mut check = check_run(db, state, space, &author, run)?;
+                if let Some(membership) = judge.as_mut() {
+                    let (counted, refusal) = judge_run(membership, &check.accepted);
+                    if let Some(refusal) = refusal {
+                        // The batch may hold what admits it (a grant, the invitation of an
+                        // admission): the run's new events are judged again in the next round.
+                        if counted == 0 && !last_round {
+                            report.duplicates += check.duplicates;
+                            report.sender_holds.raise(author, check.duplicates_up_to);
+                            waiting.push((author, check.accepted));
+                            continue;
+                        }
+                        // What follows a refused event cannot be stored either (its chain breaks).
+                        let seq = check.accepted[counted].header.seq;
+                        check.accepted.truncate(counted);
+                        check.held_up_to = check.accepted.last().map_or(check.duplicates_up_to, |e| e.header.seq);
+                        check.rejection.get_or_insert(Rejection { author: Some(author), seq, reason: refusal.into() });
                     }
-                    // What follows a refused event cannot be stored either (its chain breaks).
-                    let seq = check.accepted[counted].header.seq;
-                    check.accepted.truncate(counted);
-                    check.held_up_to = check.accepted.last().map_or(check.duplicates_up_to, |e| e.header.seq);
-                    check.rejection.get_or_insert(Rejection { author: Some(author), seq, reason: refusal.into() });
                 }
+                report.duplicates += check.duplicates;
+                report.sender_holds.raise(author, check.held_up_to);
+                report.rejected.extend(check.rejection);
+                accepted.extend(check.accepted);
+                batch_forks.extend(check.forks);
             }
-            report.duplicates += check.duplicates;
-            report.sender_holds.raise(author, check.held_up_to);
-            report.rejected.extend(check.rejection);
-            accepted.extend(check.accepted);
-            batch_forks.extend(check.forks);
+            // Nobody was admitted this round: the rest are judged as they stand (and refused).
+            last_round = waiting.len() == round;
+            pending = waiting;
         }
-        // Nobody was admitted this round: the rest are judged as they stand (and refused).
-        last_round = waiting.len() == round;
-        pending = waiting;
-    }
-    // The membership the batch was judged under is the stored one until the batch commits.
-    let refold = match (state.judging_now(space), &judge) {
-        (Some(before), Some(after)) if before.records().count() != after.records().count() => {
-            changes_stored(&before, after, |device| state.head(space, device).map_or(0, |h| h.seq))
+        Ok(())
+    })();
+    let refold = if changes_membership {
+        // The membership the batch was judged under is the stored one until the batch commits.
+        match (state.judging_now(space), &judge) {
+            (Some(before), Some(after)) => {
+                changes_stored(&before, after, |device| state.head(space, device).map_or(0, |h| h.seq))
+            }
+            _ => false,
         }
-        _ => false,
+    } else {
+        if let Some(membership) = judge.take() {
+            state.membership.insert(*space, membership);
+        }
+        false
     };
+    checked?;
     if !batch_forks.is_empty() {
         let mut batch = WriteBatch::default();
         for (offered, stored) in &batch_forks {
