@@ -242,4 +242,15 @@ fn a_substitution_counts_until_its_date_and_no_later() {
     assert!(late.to_string().contains("expired"), "{late}");
     assert!(sync(&maria, &office, &space).is_empty());
     assert_eq!(office.store.list_cases(&space, &Default::default()).unwrap().len(), 1);
+    // A substitution ended early: revoked before its date, Maria writes no more.
+    let jan = node(3);
+    let grant = NewGrant { device: jan.key.author(), role: Role::Writer, name: "jan".into(), until_ms: Some(9_000) };
+    office.store.grant(&space, &office.key, 1_600, grant).unwrap();
+    sync(&office, &jan, &space);
+    create(&jan, &space, 1_700, "covered by jan").unwrap();
+    sync(&jan, &office, &space);
+    office.store.revoke(&space, &office.key, 1_800, jan.key.author()).unwrap();
+    sync(&office, &jan, &space);
+    let revoked = create(&jan, &space, 1_900, "after the revocation").unwrap_err();
+    assert!(revoked.to_string().contains("revoked"), "{revoked}");
 }
