@@ -356,4 +356,13 @@ fn a_founded_space_migrates_with_its_membership() {
     };
     node.store.execute(&node.space, &node.identity.key, T0_MS + 60_000, command).unwrap();
     assert_eq!(node.store.head(&node.space, &newpc).unwrap().seq, 1);
+    drop(node);
+    // The audit shows the membership beside the case changes, each event with whether it counts.
+    let (code, audit) = replay_json(&["audit", "--data", s(&newpc_dir)]);
+    assert_eq!(code, 0, "{audit:#}");
+    let events = audit["events"].as_array().unwrap();
+    let operations: Vec<&str> = events.iter().map(|e| e["operation"].as_str().unwrap()).collect();
+    assert!(operations.iter().any(|o| o.starts_with("membership: found the space")), "{operations:?}");
+    assert!(operations.iter().any(|o| o.starts_with("membership: grant writer to")), "{operations:?}");
+    assert!(events.iter().all(|e| e["counts"] == true), "{audit:#}");
 }
