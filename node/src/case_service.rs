@@ -464,7 +464,15 @@ pub fn node_status(shared: &Shared, skip_state_hash: bool) -> Result<pb::NodeSta
             }
         })
         .collect::<Vec<_>>();
+    let me = shared.identity.author();
+    let next = shared.store.head(&shared.space, &me).map_or(0, |h| h.seq) + 1;
+    let (role, role_refusal) = match shared.store.membership(&shared.space).may_connect(&me, next, now_ms()) {
+        Ok(role) => (role.as_str().to_string(), String::new()),
+        Err(refusal) => (String::new(), refusal.to_string()),
+    };
     Ok(pb::NodeStatus {
+        role,
+        role_refusal,
         device: shared.identity.author().device_id(),
         device_name: shared.identity.name.clone(),
         space: shared.space.to_hex(),

@@ -181,6 +181,11 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
             }
             println!("device  {} ({}){}", status.device, status.device_name, if status.relay { "  relay" } else { "" });
             println!("space   {}", status.space);
+            if status.role.is_empty() {
+                println!("role    none: {}", status.role_refusal);
+            } else {
+                println!("role    {}", status.role);
+            }
             println!("events  {}", status.events);
             if !status.relay {
                 println!("state   {}", status.state_hash);

@@ -62,6 +62,7 @@ fn case_commands_work_on_the_data_dir_and_speak_json() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("no fence: this device writes at seq 8"));
     let status = json(&casesync(&data, &["status", "--json"]));
     assert_eq!(status["events"], 7);
+    assert_eq!(status["role"], "admin", "the founder");
 
     // Bad input: clear errors, non-zero exit, nothing changed.
     for args in [
@@ -127,6 +128,10 @@ fn devices_are_granted_listed_and_revoked_with_who_and_when() {
     let bad = casesync(&admin, &["device", "grant", key, "--role", "owner"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("expected admin, writer, reader or relay"));
+    let status = json(&casesync(&other, &["status", "--json"]));
+    assert_eq!(status["role"], "", "{status}");
+    // It never synced: its own store holds no grant of it.
+    assert!(status["role_refusal"].as_str().unwrap().contains("not a member"), "{status}");
     let bad = casesync(&admin, &["device", "grant", key, "--until", "next week"]);
     assert_eq!(bad.status.code(), Some(2));
     // A device that is not an admin cannot grant.
