@@ -242,7 +242,7 @@ impl LogState {
         Ok(state.fences.get(&(*space, *author)).copied().unwrap_or(0) > local)
     }
 
-    /// Removes the fence of an author (an operator's decision: see [`crate::store::Store::clear_fence`]).
+    /// Removes the fence of an author (an operator's decision: see `Store::clear_fence`).
     /// Returns the seq it stood at (0 when there was none).
     pub(crate) fn clear_fence(&mut self, db: &Db, space: &SpaceId, author: &AuthorId) -> Result<u64, StoreError> {
         let Some(seq) = self.fences.get(&(*space, *author)).copied() else { return Ok(0) };
