@@ -24,7 +24,7 @@ use crate::{data_dir, demo};
 
 pub mod args;
 
-use args::{CaseCommand, Cli, Commands, DeviceCommand, EntryCommand, InitArgs, ServeArgs};
+use args::{CaseCommand, Cli, Commands, DeviceCommand, EntryCommand, InitArgs, ServeArgs, SpaceCommand};
 
 /// Parses `FIELD=VALUE` arguments.
 pub fn parse_fields(args: &[String]) -> anyhow::Result<Vec<pb::NamedValue>> {
@@ -41,12 +41,25 @@ pub fn parse_fields(args: &[String]) -> anyhow::Result<Vec<pb::NamedValue>> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let data = cli.data.clone().unwrap_or_else(default_data_dir);
     match cli.command {
-        Commands::Init(args) => init(&data, args, cli.json),
+        Commands::Init(args) => init(&data, args, cli.space.as_deref(), cli.json),
+        Commands::Space(SpaceCommand::Add { name, id, peers }) => {
+            let space = SpaceId::from_hex(&id).context("--id must be a 32-digit hex space id")?;
+            data_dir::add_space(&data, &name, space, peers)?;
+            if cli.json {
+                return json(&serde_json::json!({"name": name, "space": space.to_hex()}));
+            }
+            println!(
+                "this node holds space {} as {name:?} (a running daemon takes it up when restarted)",
+                space.to_hex()
+            );
+            Ok(())
+        }
+        Commands::Space(SpaceCommand::List) => space_list(&data, cli.json).await,
         Commands::Serve(args) => serve(&data, args).await,
         Commands::Demo { keep } => demo::run(keep, cli.json).await,
-        Commands::Sync { peer } => sync(&data, peer, cli.json).await,
-        Commands::Join { code, name } => {
-            let report = crate::join::join(&data, &code, &name).await?;
+        Commands::Sync { peer } => sync(&data, cli.space.as_deref(), peer, cli.json).await,
+        Commands::Join { code, name, space_name } => {
+            let report = crate::join::join(&data, &code, &name, space_name.as_deref()).await?;
             if cli.json {
                 return json(&report);
             }
@@ -55,7 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         command => {
-            let session = Session::open(&data).await?;
+            let session = Session::open(&data, cli.space.as_deref()).await?;
             let result = session_command(&session, command, cli.json).await;
             session.close().await;
             result
@@ -63,9 +76,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init(data: &Path, args: InitArgs, as_json: bool) -> anyhow::Result<()> {
-    let space =
-        args.space.as_deref().map(SpaceId::from_hex).transpose().context("--space must be a 32-digit hex space id")?;
+fn init(data: &Path, args: InitArgs, space: Option<&str>, as_json: bool) -> anyhow::Result<()> {
+    let space = space.map(SpaceId::from_hex).transpose().context("--space must be a 32-digit hex space id")?;
     let report = data_dir::init(data, &args.name, space, args.relay, args.listen)?;
     if as_json {
         return json(&report);
@@ -124,6 +136,8 @@ pub struct Session {
     /// The case API client.
     pub client: ApiClient,
     local: Option<Node>,
+    /// The space's name, when the node holds more than one (lists say which space they show).
+    pub space_name: Option<String>,
 }
 
 /// A client of a node's local case API, sending its token with every call.
@@ -137,17 +151,42 @@ async fn api_client(addr: &str, token: &str) -> anyhow::Result<ApiClient> {
 }
 
 impl Session {
-    /// Connects to the daemon of `data`, or opens the data dir in-process.
-    pub async fn open(data: &Path) -> anyhow::Result<Session> {
+    /// Connects to the daemon of `data`, or opens the data dir in-process; with `space`, to
+    /// that space's local API (by its name on this node).
+    pub async fn open(data: &Path, space: Option<&str>) -> anyhow::Result<Session> {
+        let unknown = |names: Vec<String>| {
+            anyhow::anyhow!("this node holds no space named {:?} (it holds: {})", space.unwrap_or(""), names.join(", "))
+        };
         if let Ok(text) = std::fs::read_to_string(data.join(DAEMON_FILE)) {
             let daemon: DaemonFile = serde_json::from_str(&text).context("daemon.json is malformed")?;
-            if let Ok(client) = api_client(&daemon.api, &daemon.token).await {
-                return Ok(Session { client, local: None });
+            let api = match space {
+                None => Some(daemon.api.clone()),
+                Some(name) => daemon.spaces.iter().find(|s| s.name == name).map(|s| s.api.clone()),
+            };
+            let Some(api) = api else {
+                return Err(unknown(daemon.spaces.iter().map(|s| s.name.clone()).collect()));
+            };
+            let space_name = (daemon.spaces.len() > 1)
+                .then(|| space.map(str::to_string).or_else(|| daemon.spaces.first().map(|s| s.name.clone())))
+                .flatten();
+            if let Ok(client) = api_client(&api, &daemon.token).await {
+                return Ok(Session { client, local: None, space_name });
             }
         }
         let node = Node::start(NodeConfig::new(data)).await?;
-        let client = api_client(&node.api_addr().to_string(), node.api_token()).await?;
-        Ok(Session { client, local: Some(node) })
+        let api = match space {
+            None => Some(node.api_addr()),
+            Some(name) => node.api_addr_of(name),
+        };
+        let Some(api) = api else {
+            let names = node.space_names();
+            node.shutdown().await;
+            return Err(unknown(names));
+        };
+        let client = api_client(&api.to_string(), node.api_token()).await?;
+        let names = node.space_names();
+        let space_name = (names.len() > 1).then(|| space.map(str::to_string).unwrap_or_else(|| names[0].clone()));
+        Ok(Session { client, local: Some(node), space_name })
     }
 
     /// Stops the in-process node, if any.
@@ -328,6 +367,9 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
                 if as_json {
                     return json(&CaseListJson::try_from(&list).context("the daemon sent a malformed case view")?);
                 }
+                if let Some(name) = &session.space_name {
+                    println!("space {name}");
+                }
                 for view in &list.cases {
                     println!("{}", case_row(view));
                 }
@@ -394,18 +436,26 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
         | Commands::Serve(_)
         | Commands::Demo { .. }
         | Commands::Sync { .. }
-        | Commands::Join { .. } => {
+        | Commands::Join { .. }
+        | Commands::Space(_) => {
             bail!("internal: command dispatched to the wrong handler")
         }
     }
 }
 
-async fn sync(data: &Path, peer: Option<String>, as_json: bool) -> anyhow::Result<()> {
+async fn sync(data: &Path, space: Option<&str>, peer: Option<String>, as_json: bool) -> anyhow::Result<()> {
     // Through the daemon when one runs; else in-process with a progress bar.
     if let Ok(text) = std::fs::read_to_string(data.join(DAEMON_FILE)) {
         if let Ok(daemon) = serde_json::from_str::<DaemonFile>(&text) {
-            if let Ok(channel) = crate::sync_client::connect(&format!("http://{}", daemon.api)).await {
-                let reply = CasesClient::new(channel)
+            let api = match space {
+                None => Some(daemon.api.clone()),
+                Some(name) => daemon.spaces.iter().find(|s| s.name == name).map(|s| s.api.clone()),
+            };
+            if let Some(Ok(mut client)) = match api {
+                Some(api) => Some(api_client(&api, &daemon.token).await),
+                None => None,
+            } {
+                let reply = client
                     .sync_now(pb::SyncNowRequest { peer: peer.unwrap_or_default() })
                     .await
                     .map_err(status_error)?
@@ -415,19 +465,31 @@ async fn sync(data: &Path, peer: Option<String>, as_json: bool) -> anyhow::Resul
         }
     }
     let file = FileConfig::load(data)?;
+    let spaces = file.node_spaces()?;
+    let chosen = match space {
+        None => spaces.first(),
+        Some(name) => spaces.iter().find(|s| s.name == name),
+    };
+    let Some(chosen) = chosen.cloned() else {
+        bail!("this node holds no space named {:?}", space.unwrap_or(""));
+    };
     let peers = match peer {
         Some(p) => vec![p],
-        None if file.peers.is_empty() => bail!("no peer: pass --peer URL or add peers to casesync.toml"),
-        None => distinct_peers(file.peers.iter().cloned()),
+        None if chosen.peers.is_empty() => bail!("no peer: pass --peer URL or add peers to casesync.toml"),
+        None => distinct_peers(chosen.peers.iter().cloned()),
     };
     let node = Node::start(NodeConfig::new(data)).await?;
+    let Some(shared) = node.shared_of(&chosen.name).cloned() else {
+        node.shutdown().await;
+        bail!("this node holds no space named {:?}", chosen.name);
+    };
     let mut results = Vec::new();
     for url in peers {
-        node.shared().add_peer(&url);
+        shared.add_peer(&url);
         let bar = output::progress_bar(0, &format!("sync {url}"));
         let outcome = tokio::time::timeout(
             Duration::from_secs(3600),
-            sync_once(node.shared().clone(), &url, |done, total| {
+            sync_once(shared.clone(), &url, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             }),
@@ -442,6 +504,7 @@ async fn sync(data: &Path, peer: Option<String>, as_json: bool) -> anyhow::Resul
             Err(_) => pb::PeerSyncResult { peer: url, error: "timed out after an hour".into(), ..Default::default() },
         });
     }
+    drop(shared);
     node.shutdown().await;
     report_sync(&pb::SyncNowReply { results }, as_json)
 }
@@ -460,6 +523,40 @@ fn report_sync(reply: &pb::SyncNowReply, as_json: bool) -> anyhow::Result<()> {
     }
     if reply.results.iter().any(|r| !r.error.is_empty()) {
         bail!("sync failed with {} peer(s)", reply.results.iter().filter(|r| !r.error.is_empty()).count());
+    }
+    Ok(())
+}
+
+/// `casesync space list`: each space's name, id, this device's role and events held (from the
+/// daemon, or the data dir opened in-process).
+async fn space_list(data: &Path, as_json: bool) -> anyhow::Result<()> {
+    let config = FileConfig::load(data)?;
+    let mut rows = Vec::new();
+    for space in config.node_spaces()? {
+        let session = Session::open(data, Some(&space.name)).await?;
+        let status = session.client.clone().status(pb::StatusRequest::default()).await.map_err(status_error);
+        session.close().await;
+        let status = status?.into_inner();
+        rows.push(serde_json::json!({
+            "name": space.name,
+            "space": status.space,
+            "role": status.role,
+            "role_refusal": status.role_refusal,
+            "events": status.events,
+        }));
+    }
+    if as_json {
+        return json(&serde_json::json!({ "spaces": rows }));
+    }
+    for row in &rows {
+        let role = row["role"].as_str().filter(|r| !r.is_empty()).unwrap_or("none");
+        println!(
+            "{:<16} {}  {:<7} {} events",
+            row["name"].as_str().unwrap_or(""),
+            row["space"].as_str().unwrap_or(""),
+            role,
+            row["events"]
+        );
     }
     Ok(())
 }

@@ -30,6 +30,40 @@ pub struct FileConfig {
     /// Store and forward only: no case views.
     #[serde(default)]
     pub relay: bool,
+    /// The name of `space` on this node (default `main`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Further spaces this node holds and syncs (a colleague's practice it covers; a relay's
+    /// other practices), each with its own peers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spaces: Vec<SpaceConfig>,
+}
+
+/// Another space a node holds, beside its first.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SpaceConfig {
+    /// Its name on this node (`--space NAME`).
+    pub name: String,
+    /// The space id, hex.
+    pub space: String,
+    /// Peers to sync it with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+}
+
+/// The name of a node's first space when its config names none.
+pub const FIRST_SPACE_NAME: &str = "main";
+
+/// One space of a node: its name, id and peers from the config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSpace {
+    /// Its name on this node.
+    pub name: String,
+    /// The space.
+    pub space: casesync_engine::model::ids::SpaceId,
+    /// Its peers from the config (the first space's: `peers`).
+    pub peers: Vec<String>,
 }
 
 impl FileConfig {
@@ -40,6 +74,26 @@ impl FileConfig {
             format!("no casesync node in {} (run `casesync init --data {}`)", data.display(), data.display())
         })?;
         toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+    }
+
+    /// Every space of the node, the first (`space`) first; names are unique.
+    pub fn node_spaces(&self) -> anyhow::Result<Vec<NodeSpace>> {
+        use casesync_engine::model::ids::SpaceId;
+        let first = SpaceId::from_hex(&self.space).context("casesync.toml has a malformed space")?;
+        let mut out = vec![NodeSpace {
+            name: self.name.clone().unwrap_or_else(|| FIRST_SPACE_NAME.to_string()),
+            space: first,
+            peers: self.peers.clone(),
+        }];
+        for extra in &self.spaces {
+            let space = SpaceId::from_hex(&extra.space)
+                .with_context(|| format!("casesync.toml: space {:?} has a malformed id", extra.name))?;
+            if out.iter().any(|s| s.name == extra.name || s.space == space) {
+                anyhow::bail!("casesync.toml names space {:?} ({}) twice", extra.name, extra.space);
+            }
+            out.push(NodeSpace { name: extra.name.clone(), space, peers: extra.peers.clone() });
+        }
+        Ok(out)
     }
 
     /// Writes the config of a data dir.

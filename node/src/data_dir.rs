@@ -113,8 +113,10 @@ pub fn init(
 pub struct OpenDataDir {
     /// The config file.
     pub config: FileConfig,
-    /// The space.
+    /// The first space.
     pub space: SpaceId,
+    /// Every space the node holds, the first first.
+    pub spaces: Vec<crate::config::NodeSpace>,
     /// This device.
     pub identity: DeviceIdentity,
     /// The store.
@@ -126,7 +128,8 @@ pub struct OpenDataDir {
 pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
     let config = FileConfig::load(data)?;
     casesync_engine::identity::secure_data_dir(data)?;
-    let space = SpaceId::from_hex(&config.space).context("casesync.toml has a malformed space")?;
+    let spaces = config.node_spaces()?;
+    let space = spaces[0].space;
     let mut identity = DeviceIdentity::load(data)?.with_context(|| {
         format!("{} has no device key (run `casesync init --data {}`)", data.display(), data.display())
     })?;
@@ -158,5 +161,24 @@ pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
     if store.member(&space, &identity.author())?.is_none() {
         store.add_member(&space, &identity.author(), &identity.name)?;
     }
-    Ok(OpenDataDir { config, space, identity, store: Arc::new(store) })
+    Ok(OpenDataDir { config, space, spaces, identity, store: Arc::new(store) })
+}
+
+/// Adds a space to a node's data dir under `name` (a colleague's practice this device covers,
+/// another practice a relay serves), with its peers. The daemon takes it up at its next start.
+pub fn add_space(data: &Path, name: &str, space: SpaceId, peers: Vec<String>) -> anyhow::Result<()> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        bail!("{name:?} is not a space name (1-64 characters, no spaces)");
+    }
+    let mut config = FileConfig::load(data)?;
+    let known = config.node_spaces()?;
+    if let Some(same) = known.iter().find(|s| s.space == space) {
+        bail!("this node holds space {} already, as {:?}", space.to_hex(), same.name);
+    }
+    if known.iter().any(|s| s.name == name) {
+        bail!("this node has a space named {name:?} already");
+    }
+    config.spaces.push(crate::config::SpaceConfig { name: name.to_string(), space: space.to_hex(), peers });
+    config.save(data)
 }

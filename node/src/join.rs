@@ -64,14 +64,25 @@ fn admission(code: &InviteCode, device: &DeviceKey, name: &str) -> anyhow::Resul
 
 /// `casesync join CODE`: makes the data dir (if needed), enrols this device where the code
 /// says, saves that address as a peer, and syncs the whole space once.
-pub async fn join(data: &Path, code: &str, name: &str) -> anyhow::Result<JoinReport> {
+pub async fn join(data: &Path, code: &str, name: &str, space_name: Option<&str>) -> anyhow::Result<JoinReport> {
     let code = InviteCode::decode(code)?;
     if now_ms() >= code.expires_ms {
         bail!("this invitation expired at {} (ask an admin for a new one)", crate::output::utc(code.expires_ms));
     }
     let (data_owned, name_owned) = (data.to_path_buf(), name.to_string());
     let space = code.space;
-    tokio::task::spawn_blocking(move || data_dir::init(&data_owned, &name_owned, Some(space), false, None)).await??;
+    // A node that holds another space already takes this one beside it.
+    let held = FileConfig::load(data).ok().map(|c| c.node_spaces()).transpose()?;
+    match held {
+        Some(spaces) if !spaces.iter().any(|s| s.space == space) => {
+            let as_name = space_name.map(str::to_string).unwrap_or_else(|| space.short());
+            data_dir::add_space(data, &as_name, space, vec![code.via.clone()])?;
+        }
+        _ => {
+            tokio::task::spawn_blocking(move || data_dir::init(&data_owned, &name_owned, Some(space), false, None))
+                .await??;
+        }
+    }
     let opened = tokio::task::spawn_blocking({
         let data = data.to_path_buf();
         move || data_dir::open(&data, false)
@@ -94,13 +105,22 @@ pub async fn join(data: &Path, code: &str, name: &str) -> anyhow::Result<JoinRep
         .map_err(|status| anyhow!("{} refused the invitation: {}", code.via, status.message()))?
         .into_inner();
     let mut config = FileConfig::load(data)?;
-    if !config.peers.iter().any(|p| p == &code.via) {
+    if config.node_spaces()?.first().is_some_and(|first| first.space == code.space)
+        && !config.peers.iter().any(|p| p == &code.via)
+    {
         config.peers.push(code.via.clone());
         config.save(data)?;
     }
     let node = Node::start(NodeConfig::new(data)).await?;
-    let synced = sync_once(node.shared().clone(), &code.via, |_, _| {}).await.context("the first sync");
-    let shared = node.shared().clone();
+    let joined_space = node
+        .space_names()
+        .into_iter()
+        .find_map(|name| node.shared_of(&name).filter(|s| s.space == code.space).cloned());
+    let Some(shared) = joined_space else {
+        node.shutdown().await;
+        bail!("the data dir does not hold space {} after joining it", code.space.to_hex());
+    };
+    let synced = sync_once(shared.clone(), &code.via, |_, _| {}).await.context("the first sync");
     let report = synced.and_then(|_| {
         let state_hash = if shared.relay { String::new() } else { shared.store.state_hash(&shared.space)? };
         Ok(JoinReport {

@@ -61,7 +61,7 @@ impl NodeConfig {
 /// What `daemon.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DaemonFile {
-    /// The local case API address.
+    /// The local case API address (of the first space).
     pub api: String,
     /// The sync address.
     pub sync: String,
@@ -69,13 +69,34 @@ pub struct DaemonFile {
     pub pid: u32,
     /// The local API's token for this start (see `api_token`).
     pub token: String,
+    /// Every space's local case API, by the space's name.
+    #[serde(default)]
+    pub spaces: Vec<DaemonSpace>,
 }
 
-/// A running node.
-pub struct Node {
+/// One space of a running daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DaemonSpace {
+    /// Its name on this node.
+    pub name: String,
+    /// The space id (hex).
+    pub space: String,
+    /// Its local case API address.
+    pub api: String,
+}
+
+/// One space a node serves: its shared state and its local API.
+struct ServedSpace {
+    name: String,
     shared: Arc<Shared>,
-    sync_addr: SocketAddr,
     api_addr: SocketAddr,
+}
+
+/// A running node: one or more spaces on one store, one sync listener for all of them, and a
+/// local case API per space.
+pub struct Node {
+    spaces: Vec<ServedSpace>,
+    sync_addr: SocketAddr,
     api_token: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -90,17 +111,17 @@ impl Node {
         let relay = config.relay;
         let opened = tokio::task::spawn_blocking(move || data_dir::open(&data, relay)).await??;
         let relay = relay || opened.config.relay;
-        let shared = Shared::new(opened.store, opened.identity, opened.space, relay)
-            .context("cannot start the ingest thread")?;
+        let mut shareds = Vec::new();
+        for space in &opened.spaces {
+            let shared = Shared::new(opened.store.clone(), opened.identity.clone(), space.space, relay)
+                .context("cannot start the ingest thread")?;
+            shareds.push((space.clone(), shared));
+        }
+        let first = shareds[0].1.clone();
 
         let sync_listener =
             TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-        let api_listener =
-            TcpListener::bind(&config.api).await.with_context(|| format!("cannot listen on {}", config.api))?;
-        let (sync_addr, api_addr) = (sync_listener.local_addr()?, api_listener.local_addr()?);
-        if !api_addr.ip().is_loopback() {
-            anyhow::bail!("the local case API must listen on a loopback address, not {api_addr}");
-        }
+        let sync_addr = sync_listener.local_addr()?;
         let (shutdown, _) = watch::channel(false);
         let mut tasks = Vec::new();
 
@@ -114,7 +135,8 @@ impl Node {
                 .register_encoded_file_descriptor_set(casesync_proto::FILE_DESCRIPTOR_SET)
         };
 
-        let sync_service = SyncGrpcServer::new(SyncServer::new(shared.clone()))
+        let by_space = shareds.iter().map(|(_, shared)| shared.clone()).collect();
+        let sync_service = SyncGrpcServer::new(SyncServer::new(by_space))
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
         let router = server_builder()
@@ -122,7 +144,7 @@ impl Node {
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(sync_service);
-        let sync_tls = crate::tls::server_config(&shared.cert)?;
+        let sync_tls = crate::tls::server_config(&first.cert)?;
         let mut stop = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
             let incoming = crate::tls::incoming(sync_listener, sync_tls);
@@ -138,45 +160,65 @@ impl Node {
         }));
 
         let api_token = crate::api_token::fresh();
-        let cases = tonic::service::interceptor::InterceptedService::new(
-            CasesServer::new(CaseService::new(shared.clone()))
-                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
-            crate::api_token::RequireToken::new(&api_token),
-        );
-        let router = server_builder()
-            .add_service(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?)
-            .add_service(cases);
-        let mut stop = shutdown.subscribe();
-        tasks.push(tokio::spawn(async move {
-            let incoming = no_delay(api_listener);
-            let result = router
-                .serve_with_incoming_shutdown(
-                    incoming,
-                    async move { stop.wait_for(|s| *s).await.map(|_| ()).unwrap_or(()) },
-                )
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "case API server failed");
+        let mut spaces = Vec::new();
+        for (index, (space, shared)) in shareds.into_iter().enumerate() {
+            // The first space's API on the configured address; the others' on free ports beside.
+            let address = if index == 0 { config.api.clone() } else { api_beside(&config.api) };
+            let api_listener =
+                TcpListener::bind(&address).await.with_context(|| format!("cannot listen on {address}"))?;
+            let api_addr = api_listener.local_addr()?;
+            if !api_addr.ip().is_loopback() {
+                anyhow::bail!("the local case API must listen on a loopback address, not {api_addr}");
             }
-        }));
-
-        // One task per peer, however often it was named; each is registered before this returns,
-        // so the node's status lists every peer from the start.
-        for url in distinct_peers(config.peers.iter().cloned()) {
-            let wake = shared.add_peer(&url);
-            tasks.push(tokio::spawn(run_peer(shared.clone(), url, wake, config.pull_every, shutdown.subscribe())));
+            let cases = tonic::service::interceptor::InterceptedService::new(
+                CasesServer::new(CaseService::new(shared.clone()))
+                    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+                crate::api_token::RequireToken::new(&api_token),
+            );
+            let router = server_builder()
+                .add_service(health_service.clone())
+                .add_service(reflection().build_v1()?)
+                .add_service(reflection().build_v1alpha()?)
+                .add_service(cases);
+            let mut stop = shutdown.subscribe();
+            tasks.push(tokio::spawn(async move {
+                let incoming = no_delay(api_listener);
+                let result = router
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        stop.wait_for(|s| *s).await.map(|_| ()).unwrap_or(())
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "case API server failed");
+                }
+            }));
+            // One task per peer, however often it was named; each is registered before this
+            // returns, so the node's status lists every peer from the start. The first space's
+            // peers: the config's and the caller's.
+            let peers = if index == 0 { config.peers.clone() } else { space.peers.clone() };
+            for url in distinct_peers(peers) {
+                let wake = shared.add_peer(&url);
+                tasks.push(tokio::spawn(run_peer(shared.clone(), url, wake, config.pull_every, shutdown.subscribe())));
+            }
+            spaces.push(ServedSpace { name: space.name, shared, api_addr });
         }
 
         let daemon_file = if config.announce {
             let path = config.data.join(DAEMON_FILE);
             let file = DaemonFile {
-                api: api_addr.to_string(),
+                api: spaces[0].api_addr.to_string(),
                 sync: sync_addr.to_string(),
                 pid: std::process::id(),
                 token: api_token.clone(),
+                spaces: spaces
+                    .iter()
+                    .map(|s| DaemonSpace {
+                        name: s.name.clone(),
+                        space: s.shared.space.to_hex(),
+                        api: s.api_addr.to_string(),
+                    })
+                    .collect(),
             };
             write_private(&path, &serde_json::to_vec_pretty(&file)?)
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -184,8 +226,9 @@ impl Node {
         } else {
             None
         };
-        tracing::info!(device = %shared.identity.author().device_id(), sync = %sync_addr, api = %api_addr, relay, "node started");
-        Ok(Node { shared, sync_addr, api_addr, api_token, shutdown, tasks, daemon_file })
+        tracing::info!(device = %first.identity.author().device_id(), sync = %sync_addr, spaces = spaces.len(), relay, "node started");
+        drop(first);
+        Ok(Node { spaces, sync_addr, api_token, shutdown, tasks, daemon_file })
     }
 
     /// The address peers connect to.
@@ -198,9 +241,24 @@ impl Node {
         format!("http://{}", self.sync_addr)
     }
 
-    /// The local case API address.
+    /// The local case API address (of the first space).
     pub fn api_addr(&self) -> SocketAddr {
-        self.api_addr
+        self.spaces[0].api_addr
+    }
+
+    /// The local case API address of the space named `name`.
+    pub fn api_addr_of(&self, name: &str) -> Option<SocketAddr> {
+        self.spaces.iter().find(|s| s.name == name).map(|s| s.api_addr)
+    }
+
+    /// The shared state of the space named `name`.
+    pub fn shared_of(&self, name: &str) -> Option<&Arc<Shared>> {
+        self.spaces.iter().find(|s| s.name == name).map(|s| &s.shared)
+    }
+
+    /// Every space's name.
+    pub fn space_names(&self) -> Vec<String> {
+        self.spaces.iter().map(|s| s.name.clone()).collect()
     }
 
     /// The local API's token for this start.
@@ -208,15 +266,17 @@ impl Node {
         &self.api_token
     }
 
-    /// The shared state (store, identity, peers).
+    /// The shared state (store, identity, peers) of the first space.
     pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+        &self.spaces[0].shared
     }
 
     /// Stops every task and server and waits for them.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        self.shared.stopping.send_replace(true);
+        for space in &self.spaces {
+            space.shared.stopping.send_replace(true);
+        }
         for task in self.tasks {
             let abort = task.abort_handle();
             // Servers drain their connections gracefully; a peer that keeps one open does not
@@ -231,10 +291,11 @@ impl Node {
         // Detached streams and blocking reads hold the store too; they notice `stopping` and end.
         // Wait (bounded) until this is the last holder, so the data dir is free when we return.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while Arc::strong_count(&self.shared) > 1 && tokio::time::Instant::now() < deadline {
+        let held = |spaces: &[ServedSpace]| spaces.iter().any(|s| Arc::strong_count(&s.shared) > 1);
+        while held(&self.spaces) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if Arc::strong_count(&self.shared) > 1 {
+        if held(&self.spaces) {
             tracing::warn!("a task still holds the store after shutdown");
         }
     }
@@ -253,6 +314,12 @@ fn no_delay(
         }
         Ok(stream)
     })
+}
+
+/// A loopback address beside `api`'s host with a free port (the API of a further space).
+fn api_beside(api: &str) -> String {
+    let host = api.rsplit_once(':').map_or("127.0.0.1", |(host, _)| host);
+    format!("{host}:0")
 }
 
 fn server_builder() -> Server {

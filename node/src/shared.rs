@@ -18,6 +18,9 @@ use tokio::sync::{watch, Notify};
 use crate::ingest_thread::IngestThread;
 use crate::tls::{DeviceCert, ServerPolicy};
 
+/// Metadata naming the space of a sync call (a `Push`'s messages do not; the others' do).
+pub const SPACE_HEADER: &str = "x-casesync-space";
+
 /// Wall clock in ms since the epoch (the node owns time; the engine takes it as an argument).
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

@@ -110,8 +110,13 @@ impl PeerClient {
         Ok(PeerClient { shared, client, server })
     }
 
+    /// A request for the session's space (named in metadata too: a push's messages do not).
     fn request<T>(&self, message: T) -> Request<T> {
-        Request::new(message)
+        let mut request = Request::new(message);
+        if let Ok(value) = self.shared.space.to_hex().parse() {
+            request.metadata_mut().insert(crate::shared::SPACE_HEADER, value);
+        }
+        request
     }
 
     fn space_bytes(&self) -> bytes::Bytes {

@@ -21,27 +21,51 @@ use crate::ingest_thread::Pipeline;
 use crate::shared::Shared;
 use crate::tls::PeerDevice;
 
-/// The sync service of one node.
+/// The sync service of one node, for every space it holds.
 pub struct SyncServer {
-    shared: Arc<Shared>,
+    spaces: Vec<Arc<Shared>>,
 }
 
 impl SyncServer {
-    /// A service over the node's shared state.
-    pub fn new(shared: Arc<Shared>) -> SyncServer {
-        SyncServer { shared }
+    /// A service over the node's spaces (the first is the one a push that names none is for).
+    pub fn new(spaces: Vec<Arc<Shared>>) -> SyncServer {
+        SyncServer { spaces }
+    }
+
+    /// The space a request is for: `space` (its message's), or the push's header, else the
+    /// node's first.
+    fn space_of<T>(&self, request: &Request<T>, space: Option<&[u8]>) -> Result<&Arc<Shared>, Status> {
+        let named = match space {
+            Some(bytes) => Some(bytes.to_vec()),
+            None => request
+                .metadata()
+                .get(crate::shared::SPACE_HEADER)
+                .map(|v| hex::decode(v.as_bytes()).map_err(|_| Status::invalid_argument("the space header is not hex")))
+                .transpose()?,
+        };
+        match named {
+            None => self.spaces.first().ok_or_else(|| Status::unavailable("this node serves no space")),
+            Some(bytes) => {
+                let space =
+                    SpaceId::from_slice(&bytes).map_err(|_| Status::invalid_argument("a space id is 16 bytes"))?;
+                self.spaces
+                    .iter()
+                    .find(|s| s.space == space)
+                    .ok_or_else(|| Status::not_found("this node does not serve that space"))
+            }
+        }
     }
 
     /// The device at the other end, as its TLS handshake proved it (`tls.rs`), if it may sync
-    /// in this space now. Checked before any request body is read.
-    fn authenticate<T>(&self, request: &Request<T>) -> Result<AuthorId, Status> {
+    /// in `shared`'s space now. Checked before any request body is read.
+    fn authenticate<T>(shared: &Shared, request: &Request<T>) -> Result<AuthorId, Status> {
         let peer = request
             .extensions()
             .get::<PeerDevice>()
             .ok_or_else(|| Status::unauthenticated("the connection carries no device certificate"))?;
         let device = peer.device;
-        if device != self.shared.identity.author() {
-            self.shared.may_connect(&device).map_err(|refusal| {
+        if device != shared.identity.author() {
+            shared.may_connect(&device).map_err(|refusal| {
                 Status::permission_denied(format!(
                     "device {} may not sync in this space: {refusal}",
                     device.device_id()
@@ -49,13 +73,6 @@ impl SyncServer {
             })?;
         }
         Ok(device)
-    }
-
-    fn check_space(&self, space: &[u8]) -> Result<(), Status> {
-        if SpaceId::from_slice(space).ok() != Some(self.shared.space) {
-            return Err(Status::invalid_argument("request names another space than its authentication"));
-        }
-        Ok(())
     }
 }
 
@@ -99,9 +116,10 @@ fn count(done: Vec<Result<(u64, u64), Status>>, reply: &mut pb::PushReply) -> Re
 
 #[tonic::async_trait]
 impl Sync for SyncServer {
-    async fn hello(&self, _request: Request<pb::HelloRequest>) -> Result<Response<pb::HelloReply>, Status> {
+    async fn hello(&self, request: Request<pb::HelloRequest>) -> Result<Response<pb::HelloReply>, Status> {
+        let shared = self.space_of(&request, None)?;
         Ok(Response::new(pb::HelloReply {
-            device: bytes::Bytes::copy_from_slice(self.shared.identity.author().as_bytes()),
+            device: bytes::Bytes::copy_from_slice(shared.identity.author().as_bytes()),
             device_name: String::new(),
             spaces: Vec::new(),
         }))
@@ -113,43 +131,45 @@ impl Sync for SyncServer {
             .get::<PeerDevice>()
             .ok_or_else(|| Status::unauthenticated("the connection carries no device certificate"))?
             .device;
-        crate::invite::admit(self.shared.clone(), device, request.into_inner()).await.map(Response::new)
+        let shared = self.space_of(&request, Some(&request.get_ref().space))?.clone();
+        crate::invite::admit(shared, device, request.into_inner()).await.map(Response::new)
     }
 
     async fn heads(&self, request: Request<pb::HeadsRequest>) -> Result<Response<pb::HeadsReply>, Status> {
-        self.authenticate(&request)?;
-        self.check_space(&request.get_ref().space)?;
-        let vector = self.shared.store.vector(&self.shared.space);
+        let shared = self.space_of(&request, Some(&request.get_ref().space))?;
+        Self::authenticate(shared, &request)?;
+        let vector = shared.store.vector(&shared.space);
         Ok(Response::new(pb::HeadsReply {
             heads: Some(wire::vector_to_pb(&vector)),
-            device: bytes::Bytes::copy_from_slice(self.shared.identity.author().as_bytes()),
+            device: bytes::Bytes::copy_from_slice(shared.identity.author().as_bytes()),
         }))
     }
 
     type PullStream = ReceiverStream<Result<pb::EventBatch, Status>>;
 
     async fn pull(&self, request: Request<pb::PullRequest>) -> Result<Response<Self::PullStream>, Status> {
-        let device = self.authenticate(&request)?;
+        let shared = self.space_of(&request, Some(&request.get_ref().space))?.clone();
+        let device = Self::authenticate(&shared, &request)?;
         let message = request.into_inner();
-        self.check_space(&message.space)?;
         let have = wire::vector_from_pb(&message.have.unwrap_or_default())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // A `have` naming this device's own chain beyond its head is a claim, not evidence: it
         // raises no fence (a peer's push of those events does, `Shared::store_from_peer`).
-        self.shared.reset_known(&device, &have);
+        shared.reset_known(&device, &have);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER_BATCHES);
-        tokio::spawn(stream_events(self.shared.clone(), device, have, message.follow, tx));
+        tokio::spawn(stream_events(shared, device, have, message.follow, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn push(&self, request: Request<Streaming<pb::EventBatch>>) -> Result<Response<pb::PushReply>, Status> {
-        let device = self.authenticate(&request)?;
+        let shared = self.space_of(&request, None)?.clone();
+        let device = Self::authenticate(&shared, &request)?;
         let mut stream = request.into_inner();
         let mut reply = pb::PushReply::default();
-        let mut stopping = self.shared.stopping.subscribe();
+        let mut stopping = shared.stopping.subscribe();
         // Batches are decoded here and ingested on the node's ingest thread while the next ones
         // are received (in order; at most one ingest in flight, see `Pipeline`).
-        let mut pipeline = push_pipeline(self.shared.clone(), device);
+        let mut pipeline = push_pipeline(shared.clone(), device);
         let mut flood = FloodWatch::default();
         loop {
             let batch = tokio::select! {
@@ -161,7 +181,7 @@ impl Sync for SyncServer {
             };
             if batch.events.is_empty() {
                 // The pusher's caught-up marker: nothing more was waiting behind what it sent.
-                caught_up(&self.shared, &mut pipeline, &mut flood, &mut reply).await?;
+                caught_up(&shared, &mut pipeline, &mut flood, &mut reply).await?;
                 continue;
             }
             if batch.events.len() > BATCH_EVENTS_MAX {
@@ -171,16 +191,16 @@ impl Sync for SyncServer {
                 )));
             }
             let full = batch_is_full(&batch);
-            flood.before(&self.shared, &batch).await.map_err(|e| Status::internal(e.to_string()))?;
-            let prepared = PreparedBatch::new(self.shared.space, batch.events);
-            let done = pipeline.push(&self.shared.ingest, prepared).await.map_err(grpc_status::ingest_thread)?;
+            flood.before(&shared, &batch).await.map_err(|e| Status::internal(e.to_string()))?;
+            let prepared = PreparedBatch::new(shared.space, batch.events);
+            let done = pipeline.push(&shared.ingest, prepared).await.map_err(grpc_status::ingest_thread)?;
             count(done, &mut reply)?;
             if !full && flood.in_bulk() {
                 // The flood ended: its last batch lands before the views are completed.
-                caught_up(&self.shared, &mut pipeline, &mut flood, &mut reply).await?;
+                caught_up(&shared, &mut pipeline, &mut flood, &mut reply).await?;
             }
         }
-        caught_up(&self.shared, &mut pipeline, &mut flood, &mut reply).await?;
+        caught_up(&shared, &mut pipeline, &mut flood, &mut reply).await?;
         Ok(Response::new(reply))
     }
 }

@@ -14,6 +14,10 @@ pub struct Cli {
     /// Print results as JSON (one document per line) for scripts.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The space to work in, by its name on this node (`casesync space list`); default: the
+    /// node's first. With `init`: the id (hex) of an existing space to join.
+    #[arg(long, global = true, env = "CASESYNC_SPACE")]
+    pub space: Option<String>,
     #[command(subcommand)]
     pub command: Commands,
 }
@@ -51,6 +55,9 @@ pub enum Commands {
         #[arg(long)]
         via: Option<String>,
     },
+    /// The spaces this node holds: each one's name, id and this device's role in it.
+    #[command(subcommand)]
+    Space(SpaceCommand),
     /// Enrol this computer with a code from `casesync invite`, and fetch the whole space.
     Join {
         /// The code.
@@ -58,6 +65,10 @@ pub enum Commands {
         /// This device's name, shown in history and audit.
         #[arg(long, default_value = "casesync-device")]
         name: String,
+        /// On a node that holds a space already: the name of the space it joins (a colleague's
+        /// practice it covers).
+        #[arg(long = "as")]
+        space_name: Option<String>,
     },
     /// This device's self-fork fence: shown, or cleared with --clear.
     ///
@@ -91,9 +102,6 @@ pub struct InitArgs {
     /// This device's name, shown in history and audit ("office", "laptop").
     #[arg(long, default_value = "casesync-device")]
     pub name: String,
-    /// Join an existing space (hex id from the first device's `init`).
-    #[arg(long)]
-    pub space: Option<String>,
     /// Make this node a relay: it stores and forwards events, holds no case views.
     #[arg(long)]
     pub relay: bool,
@@ -120,6 +128,24 @@ pub struct ServeArgs {
     /// Store and forward only.
     #[arg(long)]
     pub relay: bool,
+}
+
+/// `casesync space ...`.
+#[derive(Subcommand, Debug)]
+pub enum SpaceCommand {
+    /// Every space: name, id, this device's role, events held.
+    List,
+    /// Hold and sync one more space (a relay's further practice; a space to be granted in).
+    Add {
+        /// Its name on this node.
+        name: String,
+        /// The space id (hex).
+        #[arg(long = "id")]
+        id: String,
+        /// A peer to sync it with (repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+    },
 }
 
 /// `casesync device ...`.

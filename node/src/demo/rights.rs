@@ -126,7 +126,7 @@ pub async fn tablet_joins(
     };
     let reply = crate::invite::create(office.clone(), request).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     say(&format!("\nthe office invites a tablet as a writer: {}", reply.code));
-    let joined = crate::join::join(dir, &reply.code, "tablet").await?;
+    let joined = crate::join::join(dir, &reply.code, "tablet", None).await?;
     say(&format!(
         "the tablet joins with the code through the relay: {} events, state {}",
         joined.events, joined.state_hash

@@ -143,3 +143,47 @@ fn devices_are_granted_listed_and_revoked_with_who_and_when() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+#[test]
+fn a_node_holds_several_spaces_selected_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (office, colleague) = (dir.path().join("office"), dir.path().join("colleague"));
+    let own = json(&casesync(&office, &["init", "--name", "office", "--json"]));
+    let theirs = json(&casesync(&colleague, &["init", "--name", "colleague", "--json"]));
+    let space_b = theirs["space"].as_str().unwrap();
+    json(&casesync(&office, &["space", "add", "jan", "--id", space_b, "--json"]));
+    json(&casesync(&office, &["case", "add", "name=Anna", "--json"]));
+    // The office is not (yet) a member of the colleague's space: a write there is refused.
+    let refused = casesync(&office, &["--space", "jan", "case", "add", "name=Bernd"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not a member"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let list = casesync(&office, &["--space", "jan", "case", "list"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "space jan");
+    let main = casesync(&office, &["case", "list"]);
+    let main = String::from_utf8_lossy(&main.stdout);
+    assert!(main.starts_with("space main\n") && main.contains("Anna"), "{main}");
+    let spaces = json(&casesync(&office, &["space", "list", "--json"]));
+    let rows = spaces["spaces"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{spaces}");
+    assert_eq!(
+        (rows[0]["name"].as_str(), rows[0]["space"].as_str(), rows[0]["role"].as_str()),
+        (Some("main"), own["space"].as_str(), Some("admin"))
+    );
+    assert_eq!(
+        (rows[1]["name"].as_str(), rows[1]["space"].as_str(), rows[1]["role"].as_str()),
+        (Some("jan"), Some(space_b), Some(""))
+    );
+    // Bad input: an unknown space name, the same space twice.
+    let unknown = casesync(&office, &["--space", "nosuch", "case", "list"]);
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no space named \"nosuch\""),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    let twice = casesync(&office, &["space", "add", "again", "--id", space_b]);
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("already"), "{}", String::from_utf8_lossy(&twice.stderr));
+}

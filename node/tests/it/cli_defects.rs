@@ -344,3 +344,32 @@ async fn the_local_api_needs_the_token_only_the_data_dirs_owner_can_read() {
     let created = json_out(&casesync(&data, &["case", "add", "name=Anna", "--json"]));
     assert!(created["case_id"].is_string());
 }
+
+/// `casesync sync` beside a running daemon goes through it (with its token) and syncs the space
+/// `--space` names; without a daemon it opens the data dir itself.
+#[test]
+fn sync_now_goes_through_the_daemon_or_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let (office, laptop) = (dir.path().join("office"), dir.path().join("laptop"));
+    let init = json_out(&casesync(&office, &["init", "--name", "office", "--json"]));
+    let joined = json_out(&casesync(
+        &laptop,
+        &["init", "--name", "laptop", "--space", init["space"].as_str().unwrap(), "--json"],
+    ));
+    json_out(&casesync(&office, &["device", "grant", joined["device_key"].as_str().unwrap(), "--json"]));
+    json_out(&casesync(&office, &["case", "add", "name=Anna", "--json"]));
+    let _office = serve(&office, &[]);
+    let office_daemon: Value = serde_json::from_slice(&std::fs::read(office.join("daemon.json")).unwrap()).unwrap();
+    let url = format!("http://{}", office_daemon["sync"].as_str().unwrap());
+    // No daemon on the laptop: in-process.
+    let synced = json_out(&casesync(&laptop, &["sync", "--peer", &url, "--json"]));
+    assert_eq!(synced["results"][0]["error"], "", "{synced}");
+    let listed = json_out(&casesync(&laptop, &["case", "list", "--json"]));
+    assert_eq!(listed["cases"].as_array().unwrap().len(), 1, "{listed}");
+    // With its daemon running: through it.
+    let _laptop = serve(&laptop, &[]);
+    let synced = json_out(&casesync(&laptop, &["sync", "--peer", &url, "--json"]));
+    assert_eq!(synced["results"][0]["error"], "", "{synced}");
+    let unknown = casesync(&laptop, &["--space", "nosuch", "sync", "--peer", &url]);
+    assert!(!unknown.status.success());
+}

@@ -25,7 +25,7 @@ async fn a_new_computer_joins_with_a_code_while_the_admin_is_off_and_the_code_wo
 
     // The admin is off: the relay holds the invitation and judges the admission.
     let laptop = c._root.path().join("laptop");
-    let joined = casesync_node::join::join(&laptop, &reply.code, "laptop").await.unwrap();
+    let joined = casesync_node::join::join(&laptop, &reply.code, "laptop", None).await.unwrap();
     assert_eq!(joined.role, "writer");
     assert_eq!(joined.state_hash, hash, "the new computer ends with the same state");
     // It writes, and the relay takes its writes.
@@ -35,16 +35,17 @@ async fn a_new_computer_joins_with_a_code_while_the_admin_is_off_and_the_code_wo
 
     // The same code again, on another computer: refused, clearly.
     let other = c._root.path().join("other");
-    let reused = casesync_node::join::join(&other, &reply.code, "other").await.unwrap_err();
+    let reused = casesync_node::join::join(&other, &reply.code, "other", None).await.unwrap_err();
     assert!(format!("{reused:#}").contains("used already"), "{reused:#}");
     // A damaged code.
-    let wrong = casesync_node::join::join(&other, &reply.code.replace("csi1.", "csi1.A"), "other").await.unwrap_err();
+    let wrong =
+        casesync_node::join::join(&other, &reply.code.replace("csi1.", "csi1.A"), "other", None).await.unwrap_err();
     assert!(format!("{wrong:#}").contains("invitation code"), "{wrong:#}");
     // A code for an invitation the relay never saw (made by a device that is not an admin is
     // refused at once; here: the same space, an invented secret).
     let mut invented = invite::InviteCode::decode(&reply.code).unwrap();
     invented.secret = [7; 16];
-    let unknown = casesync_node::join::join(&other, &invented.encode(), "other").await.unwrap_err();
+    let unknown = casesync_node::join::join(&other, &invented.encode(), "other", None).await.unwrap_err();
     assert!(format!("{unknown:#}").contains("no such invitation"), "{unknown:#}");
     for n in [laptop, relay] {
         n.shutdown().await;
@@ -67,7 +68,7 @@ async fn an_expired_code_and_a_non_admin_invitation_are_refused() {
         assert!(std::time::Instant::now() < until);
         tokio::task::yield_now().await;
     }
-    let late = casesync_node::join::join(&c._root.path().join("late"), &reply.code, "late").await.unwrap_err();
+    let late = casesync_node::join::join(&c._root.path().join("late"), &reply.code, "late", None).await.unwrap_err();
     assert!(format!("{late:#}").contains("expired"), "{late:#}");
     for n in [home, office] {
         n.shutdown().await;

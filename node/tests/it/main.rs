@@ -5,5 +5,6 @@ mod cli_defects;
 mod invitations;
 mod refusals;
 mod rights;
+mod spaces;
 mod support;
 mod topologies;
