@@ -33,7 +33,7 @@ impl ProbeKey {
         ProbeKey { key: DeviceKey::from_secret(*blake3::hash(b"casesync-bench-probe").as_bytes()), space }
     }
 
-    /// The key in hex, for `casesync device add`.
+    /// The key in hex (granted a reader's role in the bench space).
     pub fn hex(&self) -> String {
         self.key.author().to_hex()
     }

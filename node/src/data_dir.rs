@@ -51,7 +51,7 @@ pub struct InitReport {
     pub data: String,
     /// Short device id.
     pub device: String,
-    /// Device key (hex): give it to the other devices (`casesync device add`).
+    /// Device key (hex): an admin grants it a role (`casesync device grant`).
     pub device_key: String,
     /// Device name.
     pub device_name: String,
