@@ -30,6 +30,17 @@ pub struct FileConfig {
     /// Store and forward only: no case views.
     #[serde(default)]
     pub relay: bool,
+    /// A CA-issued certificate chain (PEM) this node presents to peers instead of its device
+    /// certificate: a relay reachable from the internet under its host name. With `tls_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Root certificates (PEM) trusted beside the web's for relays behind a CA-issued
+    /// certificate (a practice's own CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_roots: Option<PathBuf>,
     /// The name of `space` on this node (default `main`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

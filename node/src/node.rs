@@ -111,10 +111,15 @@ impl Node {
         let relay = config.relay;
         let opened = tokio::task::spawn_blocking(move || data_dir::open(&data, relay)).await??;
         let relay = relay || opened.config.relay;
+        let tls_roots = match &opened.config.tls_roots {
+            Some(path) => crate::tls::roots_from_pem(path)?,
+            None => Vec::new(),
+        };
         let mut shareds = Vec::new();
         for space in &opened.spaces {
-            let shared = Shared::new(opened.store.clone(), opened.identity.clone(), space.space, relay)
-                .context("cannot start the ingest thread")?;
+            let shared =
+                Shared::new(opened.store.clone(), opened.identity.clone(), space.space, relay, tls_roots.clone())
+                    .context("cannot start the ingest thread")?;
             shareds.push((space.clone(), shared));
         }
         let first = shareds[0].1.clone();
@@ -144,7 +149,12 @@ impl Node {
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(sync_service);
-        let sync_tls = crate::tls::server_config(&first.cert)?;
+        // A relay behind a CA-issued certificate presents it; every other node its device's.
+        let sync_tls = match (&opened.config.tls_cert, &opened.config.tls_key) {
+            (Some(chain), Some(key)) => crate::tls::server_config_from_pem(chain, key)?,
+            (None, None) => crate::tls::server_config(&first.cert)?,
+            _ => anyhow::bail!("casesync.toml names tls_cert without tls_key or the other way round"),
+        };
         let mut stop = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
             let incoming = crate::tls::incoming(sync_listener, sync_tls);

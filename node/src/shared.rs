@@ -71,6 +71,8 @@ pub struct Shared {
     pub identity: DeviceIdentity,
     /// Its TLS certificate (made from its device key).
     pub cert: DeviceCert,
+    /// Roots beside the web's for relays behind a CA-issued certificate (a private CA).
+    pub tls_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// The space served.
     pub space: SpaceId,
     /// Store-and-forward only.
@@ -112,6 +114,7 @@ impl Shared {
         identity: DeviceIdentity,
         space: SpaceId,
         relay: bool,
+        tls_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     ) -> anyhow::Result<Arc<Shared>> {
         let cert = DeviceCert::new(&identity.key)?;
         let (changes, _) = watch::channel(store.next_position());
@@ -121,6 +124,7 @@ impl Shared {
             store,
             identity,
             cert,
+            tls_roots,
             space,
             relay,
             changes,

@@ -49,18 +49,34 @@ pub async fn connect(url: &str) -> anyhow::Result<Channel> {
 /// (this device's certificate and its policy for the server's key). The URL's scheme is not
 /// read: sync is always TLS.
 pub async fn connect_peer(url: &str, config: Arc<rustls::ClientConfig>) -> anyhow::Result<Channel> {
+    connect_with(url, tls::Dialer { config, ca: None }).await
+}
+
+/// Connects with a [`tls::Dialer`] (a device-key server, or a CA-certified relay).
+pub async fn connect_with(url: &str, dialer: tls::Dialer) -> anyhow::Result<Channel> {
     let connector = tower::service_fn(move |uri: tonic::transport::Uri| {
-        let config = config.clone();
+        let dialer = dialer.clone();
         async move {
             let host = uri
                 .host()
                 .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the peer URL names no host"))?
                 .to_string();
-            let stream = tls::dial(&host, uri.port_u16().unwrap_or(DEFAULT_PORT), config).await?;
+            let stream = tls::dial(&host, uri.port_u16().unwrap_or(DEFAULT_PORT), &dialer).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });
     endpoint(url)?.connect_with_connector(connector).await.with_context(|| format!("cannot reach peer {url}"))
+}
+
+/// The host name of an `https://` URL, when it names one (not an address): such a peer is
+/// checked by its CA-issued certificate for that name.
+pub fn ca_host(url: &str) -> Option<String> {
+    let uri: tonic::transport::Uri = url.parse().ok()?;
+    if uri.scheme_str() != Some("https") {
+        return None;
+    }
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>().is_err().then(|| host.to_string())
 }
 
 /// What one sync exchanged.
@@ -96,14 +112,46 @@ pub struct PeerClient {
 impl PeerClient {
     /// Connects over TLS as this device; the server's device key is the one its handshake
     /// proved, and it must be welcome (`Shared::server_policy`) before anything is sent.
+    ///
+    /// An `https://` URL with a host name is a relay behind a CA-issued certificate: the
+    /// certificate is checked for that name, then the relay proves its device key by signing
+    /// this connection's TLS exporter value (`Hello`), and that key must be welcome too.
     pub async fn open(shared: Arc<Shared>, url: &str) -> anyhow::Result<PeerClient> {
-        let seen = Arc::new(std::sync::Mutex::new(None));
-        let config = tls::client_config(&shared.cert, shared.server_policy(), seen.clone())?;
-        let channel = connect_peer(url, config).await?;
-        let server = seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .ok_or_else(|| anyhow!("peer {url}: the TLS handshake proved no device key"))?;
+        let (channel, server) = match ca_host(url) {
+            None => {
+                let seen = Arc::new(std::sync::Mutex::new(None));
+                let config = tls::client_config(&shared.cert, shared.server_policy(), seen.clone())?;
+                let channel = connect_peer(url, config).await?;
+                let server = seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .ok_or_else(|| anyhow!("peer {url}: the TLS handshake proved no device key"))?;
+                (channel, server)
+            }
+            Some(host) => {
+                let binding = Arc::new(std::sync::Mutex::new(None));
+                let config = tls::ca_client_config(&shared.cert, &shared.tls_roots)?;
+                let dialer = tls::Dialer { config, ca: Some((host, binding.clone())) };
+                let channel = connect_with(url, dialer).await?;
+                let hello = SyncClient::new(channel.clone())
+                    .hello(pb::HelloRequest {})
+                    .await
+                    .with_context(|| format!("peer {url} did not answer hello"))?
+                    .into_inner();
+                let binding = binding
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .ok_or_else(|| anyhow!("peer {url}: no TLS exporter value"))?;
+                let server = AuthorId::from_slice(&hello.device)
+                    .map_err(|_| anyhow!("peer {url} sent a malformed device key"))?;
+                casesync_engine::model::signing::VerifyingKey::new(&server)
+                    .and_then(|key| key.verify(&tls::binding_digest(&binding), &hello.binding_signature))
+                    .map_err(|_| anyhow!("peer {url} did not prove a device key on this connection"))?;
+                (shared.server_policy())(&server)
+                    .map_err(|why| anyhow!("peer {url}: server {} refused: {why}", server.device_id()))?;
+                (channel, server)
+            }
+        };
         let client = SyncClient::new(channel)
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);

@@ -118,10 +118,15 @@ fn count(done: Vec<Result<(u64, u64), Status>>, reply: &mut pb::PushReply) -> Re
 impl Sync for SyncServer {
     async fn hello(&self, request: Request<pb::HelloRequest>) -> Result<Response<pb::HelloReply>, Status> {
         let shared = self.space_of(&request, None)?;
+        let binding = request.extensions().get::<PeerDevice>().map(|peer| peer.binding);
+        let binding_signature = binding
+            .map(|b| bytes::Bytes::copy_from_slice(&shared.identity.key.sign(&crate::tls::binding_digest(&b))))
+            .unwrap_or_default();
         Ok(Response::new(pb::HelloReply {
             device: bytes::Bytes::copy_from_slice(shared.identity.author().as_bytes()),
             device_name: String::new(),
             spaces: Vec::new(),
+            binding_signature,
         }))
     }
 

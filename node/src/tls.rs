@@ -28,6 +28,18 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+/// The TLS exporter label of the value a device signs to bind its key to one connection.
+const BINDING_LABEL: &[u8] = b"EXPORTER-casesync-device-binding-v1";
+
+/// What a server signs to prove its device key on a connection whose certificate does not carry
+/// it (a relay behind a CA-issued certificate): this connection's exporter value.
+pub fn binding_digest(binding: &[u8; 32]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"casesync-binding-v1");
+    hasher.update(binding);
+    *hasher.finalize().as_bytes()
+}
+
 /// How long a peer may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the gRPC server to take them.
@@ -261,15 +273,92 @@ pub fn anonymous_client_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-/// Opens a TLS connection to `host:port` with `config`.
-pub async fn dial(host: &str, port: u16, config: Arc<rustls::ClientConfig>) -> std::io::Result<TlsClientStream> {
-    let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)).await?;
+/// Where a client leaves a connection's TLS exporter value, once its handshake is done.
+pub type BindingSlot = Arc<Mutex<Option<[u8; 32]>>>;
+
+/// How a client checks a server: by the device key its certificate carries (every node), or
+/// by a CA-issued certificate for the host name, the device key proven after (a public relay).
+#[derive(Clone)]
+pub struct Dialer {
+    /// The TLS configuration.
+    pub config: Arc<rustls::ClientConfig>,
+    /// With a CA-issued certificate: the host name it must be for, and where this connection's
+    /// exporter value is left for the device key's proof.
+    pub ca: Option<(String, BindingSlot)>,
+}
+
+/// Opens a TLS connection to `host:port`.
+pub async fn dial(host: &str, port: u16, dialer: &Dialer) -> std::io::Result<TlsClientStream> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = TcpStream::connect((host, port)).await?;
     tcp.set_nodelay(true)?;
-    let name = ServerName::try_from(CERT_NAME).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsConnector::from(config).connect(name, tcp))
+    let name = dialer.ca.as_ref().map_or(CERT_NAME.to_string(), |(name, _)| name.clone());
+    let name = ServerName::try_from(name).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsConnector::from(dialer.config.clone()).connect(name, tcp))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    if let Some((_, slot)) = &dialer.ca {
+        let mut binding = [0u8; 32];
+        stream
+            .get_ref()
+            .1
+            .export_keying_material(&mut binding, BINDING_LABEL, None)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(binding);
+    }
     Ok(TlsClientStream(stream))
+}
+
+/// A server configuration with a CA-issued certificate chain and its key (PEM files): for a
+/// relay reachable from the internet under its host name. Clients still present device
+/// certificates.
+pub fn server_config_from_pem(
+    chain: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain)
+        .with_context(|| format!("reading the certificate chain {}", chain.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not a PEM certificate chain", chain.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("{} is not a PEM private key", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(ClientKeyVerifier))
+        .with_single_cert(certs, key)
+        .context("the relay's certificate and key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Roots from a PEM file (a private CA), beside the web's.
+pub fn roots_from_pem(path: &std::path::Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not a PEM certificate file", path.display()))
+}
+
+/// A client configuration that checks a server's CA-issued certificate against the web's roots
+/// (Mozilla's, compiled in) and `extra` roots, presenting this device's certificate.
+pub fn ca_client_config(
+    cert: &DeviceCert,
+    extra: &[CertificateDer<'static>],
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    for root in extra {
+        roots.add(root.clone()).context("a configured root certificate is not usable")?;
+    }
+    let (chain, key) = cert.chain();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .context("the device's TLS certificate")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A client's TLS connection.
@@ -282,6 +371,8 @@ pub struct PeerDevice {
     pub device: AuthorId,
     /// Its address.
     pub remote: Option<SocketAddr>,
+    /// This connection's exporter value (see [`binding_digest`]).
+    pub binding: [u8; 32],
 }
 
 /// A server's TLS connection, with the device it authenticated.
@@ -371,7 +462,12 @@ pub fn incoming(
                 let Some(device) = device else {
                     return tracing::debug!(%remote, "a peer without a device certificate");
                 };
-                let _ = tx.send(Ok(TlsServerStream { io, peer: PeerDevice { device, remote: Some(remote) } })).await;
+                let mut binding = [0u8; 32];
+                if let Err(error) = io.get_ref().1.export_keying_material(&mut binding, BINDING_LABEL, None) {
+                    return tracing::debug!(%remote, %error, "no TLS exporter");
+                }
+                let peer = PeerDevice { device, remote: Some(remote), binding };
+                let _ = tx.send(Ok(TlsServerStream { io, peer })).await;
             });
         }
     });

@@ -3,6 +3,7 @@
 mod cli;
 mod cli_defects;
 mod invitations;
+mod public_relay;
 mod refusals;
 mod rights;
 mod spaces;
