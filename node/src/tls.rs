@@ -290,6 +290,17 @@ pub struct Dialer {
 /// Opens a TLS connection to `host:port`.
 pub async fn dial(host: &str, port: u16, dialer: &Dialer) -> std::io::Result<TlsClientStream> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Some((_, slot)) = &dialer.ca {
+        // A CA-certified relay proves its device key once per connection, in the session that
+        // made it: a channel reconnecting by itself would skip that proof, so it may not; the
+        // next session connects (and proves) afresh.
+        if slot.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the relay's connection ended: a new session proves its device key again",
+            ));
+        }
+    }
     let tcp = TcpStream::connect((host, port)).await?;
     tcp.set_nodelay(true)?;
     let name = dialer.ca.as_ref().map_or(CERT_NAME.to_string(), |(name, _)| name.clone());
