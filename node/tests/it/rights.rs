@@ -162,3 +162,39 @@ async fn headers_naming_another_device_carry_no_authority() {
     assert!(status.message().contains(&stranger.author().device_id()), "{status:?}");
     office.shutdown().await;
 }
+
+/// A revocation that reaches a node after it stored the revoked device's later events: the node
+/// folds its views again without them, sends them to nobody, and ends with the admin's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_arriving_late_removes_what_it_cuts_over_grpc() {
+    use casesync_node::sync_client::sync_once;
+    let c = cluster(&["office", "home", "laptop"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    let home = start(&c.dirs[1], vec![]).await;
+    let laptop = start(&c.dirs[2], vec![]).await;
+    create(&office, case(1), "Anna").await;
+    for node in [&home, &laptop] {
+        sync_once(node.shared().clone(), &office.sync_url(), |_, _| {}).await.unwrap();
+    }
+    // The laptop writes; the office, which has not seen it, revokes the laptop meanwhile.
+    create(&laptop, case(2), "written after the cut").await;
+    let laptop_id = key_of(&c.dirs[2]).author();
+    let o = office.shared().clone();
+    tokio::task::spawn_blocking(move || o.store.revoke(&o.space, &o.identity.key, now_ms(), laptop_id).unwrap())
+        .await
+        .unwrap();
+    // Home hears from the laptop first and shows its case...
+    sync_once(laptop.shared().clone(), &home.sync_url(), |_, _| {}).await.unwrap();
+    let space = home.shared().space;
+    assert!(home.shared().store.case_view(&space, &case(2)).unwrap().is_some());
+    // ...then from the office: the case is gone, and the two agree.
+    sync_once(home.shared().clone(), &office.sync_url(), |_, _| {}).await.unwrap();
+    assert!(home.shared().store.case_view(&space, &case(2)).unwrap().is_none());
+    assert_eq!(state_hash(&home), state_hash(&office));
+    assert!(!holds(&office, &laptop_id), "home sent the office nothing above the cut");
+    // The laptop is shut out of the office.
+    assert!(sync_once(laptop.shared().clone(), &office.sync_url(), |_, _| {}).await.is_err());
+    for n in [laptop, home, office] {
+        n.shutdown().await;
+    }
+}
