@@ -229,6 +229,17 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// A client configuration builder: TLS 1.3 only, with this module's provider.
+fn client_builder() -> anyhow::Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?)
+}
+
+/// A client configuration speaking HTTP/2, shared.
+fn h2_client(mut config: rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
 /// A server's TLS configuration: this device's certificate; clients must present theirs.
 pub fn server_config(cert: &DeviceCert) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let (chain, key) = cert.chain();
@@ -249,14 +260,12 @@ pub fn client_config(
     seen: Arc<Mutex<Option<AuthorId>>>,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let (chain, key) = cert.chain();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
+    let config = client_builder()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerKeyVerifier { policy, seen }))
         .with_client_auth_cert(chain, key)
         .context("the device's TLS certificate")?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok(h2_client(config))
 }
 
 /// A client configuration that presents no certificate (to show a server refuses it).
@@ -264,13 +273,11 @@ pub fn client_config(
 pub fn anonymous_client_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let seen = Arc::new(Mutex::new(None));
     let policy: ServerPolicy = Arc::new(|_| Ok(()));
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
+    let config = client_builder()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerKeyVerifier { policy, seen }))
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok(h2_client(config))
 }
 
 /// Where a client leaves a connection's TLS exporter value, once its handshake is done.
@@ -363,13 +370,11 @@ pub fn ca_client_config(
         roots.add(root.clone()).context("a configured root certificate is not usable")?;
     }
     let (chain, key) = cert.chain();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
+    let config = client_builder()?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .context("the device's TLS certificate")?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok(h2_client(config))
 }
 
 /// A client's TLS connection.

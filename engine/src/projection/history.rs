@@ -73,22 +73,30 @@ pub(crate) fn history(
                 reason: "history names a missing event".into(),
             });
         };
-        let Some(op) = operation_of(&event) else { continue };
-        items.push(HistoryItem {
-            event_id: event.id.to_hex(),
-            hlc: event.header.hlc,
-            author: author.to_hex(),
-            device: author.device_id(),
-            device_name: device_name(&author)?.unwrap_or_default(),
-            seq,
-            operation: op.name(),
-            entry_id: op.entry().map(|e| e.to_hex()),
-            fields: op.fields().iter().map(|w| (w.name.to_string(), w.value.clone())).collect(),
-            note: String::new(),
-        });
+        if let Some(item) = case_item(&event, device_name(&author)?.unwrap_or_default(), String::new()) {
+            items.push(item);
+        }
     }
     items.sort_by(|a, b| (a.hlc, &a.author, a.seq).cmp(&(b.hlc, &b.author, b.seq)));
     Ok(items)
+}
+
+/// The history item of a case event (`None` when its body is no operation).
+fn case_item(event: &SignedEvent, device_name: String, note: String) -> Option<HistoryItem> {
+    let op = operation_of(event)?;
+    let h = &event.header;
+    Some(HistoryItem {
+        event_id: event.id.to_hex(),
+        hlc: h.hlc,
+        author: h.author.to_hex(),
+        device: h.author.device_id(),
+        device_name,
+        seq: h.seq,
+        operation: op.name(),
+        entry_id: op.entry().map(|e| e.to_hex()),
+        fields: op.fields().iter().map(|w| (w.name.to_string(), w.value.clone())).collect(),
+        note,
+    })
 }
 
 /// Adds to a case's history what membership did beside it: the grants and revocations of the
@@ -102,21 +110,13 @@ pub(crate) fn add_membership(
     device_name: impl Fn(&AuthorId) -> Result<Option<String>, StoreError>,
 ) -> Result<(), StoreError> {
     for event in uncounted {
-        let Some(op) = operation_of(&event) else { continue };
         let h = &event.header;
         let why = membership.judge(&h.author, h.seq, h.hlc, None).err().map(|r| r.to_string()).unwrap_or_default();
-        items.push(HistoryItem {
-            event_id: event.id.to_hex(),
-            hlc: h.hlc,
-            author: h.author.to_hex(),
-            device: h.author.device_id(),
-            device_name: device_name(&h.author)?.unwrap_or_default(),
-            seq: h.seq,
-            operation: op.name(),
-            entry_id: op.entry().map(|e| e.to_hex()),
-            fields: op.fields().iter().map(|w| (w.name.to_string(), w.value.clone())).collect(),
-            note: format!("does not count: {why}"),
-        });
+        if let Some(item) =
+            case_item(&event, device_name(&h.author)?.unwrap_or_default(), format!("does not count: {why}"))
+        {
+            items.push(item);
+        }
     }
     let writers: std::collections::HashSet<String> = items.iter().map(|i| i.author.clone()).collect();
     for record in membership.records() {
