@@ -41,6 +41,7 @@ impl Binaries {
             .arg(data)
             .args(args)
             .env("CASESYNC_LOG", "warn")
+            .env("CASESYNC_PIN", crate::membership::BENCH_PIN)
             .output()
             .with_context(|| format!("running casesync {args:?}"))?;
         if !output.status.success() {
@@ -74,7 +75,7 @@ impl Binaries {
         if relay {
             command.arg("--relay");
         }
-        command.env("CASESYNC_LOG", "warn");
+        command.env("CASESYNC_LOG", "warn").env("CASESYNC_PIN", crate::membership::BENCH_PIN);
         let log = data.with_extension("log");
         let mut guard = ChildGuard::spawn(name, command, &log)?;
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -15,12 +15,21 @@ use casesync_engine::store::{Store, StoreOptions};
 use casesync_proto::v1 as pb;
 
 use crate::probe::ProbeKey;
-use crate::workload::WorkloadSpec;
+use crate::workload::{bench_data_secret, WorkloadSpec};
 
 /// Workload authors the founder grants: `--authors` may not exceed it.
 pub const AUTHORS_MAX: usize = 64;
 
 const NONCE: [u8; 16] = *b"casesync-bench-1";
+
+/// The PIN every bench node's device key is sealed under.
+pub const BENCH_PIN: &str = "casesync bench pin";
+
+/// What in-process bench stores open with: the probe's key (a reader, so the data key is
+/// wrapped for it), so that their folds open the sealed bodies as a member's node does.
+pub fn bench_recipients(space: SpaceId) -> Vec<DeviceKey> {
+    vec![ProbeKey::new(space).key]
+}
 
 /// The founder of the bench space, with its chain in a store of its own.
 pub struct BenchAdmin {
@@ -48,6 +57,9 @@ impl BenchAdmin {
         for index in 0..AUTHORS_MAX {
             admin.grant(pool.key(index).author(), Role::Writer, &format!("author-{index}"))?;
         }
+        // The space's data key, wrapped for the probe and every author.
+        admin.clock += 1;
+        admin.store.maintain_keys(&admin.space, &admin.key, admin.clock, bench_data_secret())?;
         admin.prefix = admin.head();
         Ok(admin)
     }
@@ -67,6 +79,10 @@ impl BenchAdmin {
         self.clock += 1;
         let grant = NewGrant { device, role, name: name.to_string(), until_ms: None };
         self.store.grant(&self.space, &self.key, self.clock, grant)?;
+        if self.prefix > 0 {
+            // A node granted after the template part: the data key wrapped for it too.
+            self.store.maintain_keys(&self.space, &self.key, self.clock, bench_data_secret())?;
+        }
         Ok(())
     }
 
@@ -100,7 +116,8 @@ impl BenchAdmin {
     /// Stores the founder's whole chain in a node's data dir (its daemon not running).
     pub fn deliver_to(&self, data: &Path, relay: bool) -> anyhow::Result<()> {
         let options = StoreOptions { projections: !relay, ..StoreOptions::default() };
-        let store = Store::open(&data.join("db"), options).context("opening a node's store")?;
+        let store =
+            Store::open_unlocked(&data.join("db"), options, bench_recipients(self.space)).context("opening a node's store")?;
         deliver(&store, self.space, self.chain(true)?)
     }
 }

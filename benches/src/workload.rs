@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use casesync_engine::codec::wire;
 use casesync_engine::model::event::{BodyEncoding, EventHeader, SignedEvent};
+use casesync_engine::model::sealing::DataKey;
 use casesync_engine::model::ids::{AuthorId, CaseId, EventId, SpaceId};
 use casesync_engine::model::operation::{smallvec, Dot, FieldValue, FieldWrite, Operation};
 use casesync_engine::model::signing::DeviceKey;
@@ -78,13 +79,22 @@ pub struct AuthorStream {
     prev: EventId,
     written: u64,
     last: HashMap<(u64, u8), Dot>,
+    /// The bench space's data key: every body is sealed under it, as a member's node seals.
+    data_key: DataKey,
+}
+
+/// The bench space's data key: fixed, so every run seals the same bytes (templates are reused);
+/// the bench founder introduces it (`membership.rs`).
+pub fn bench_data_secret() -> [u8; 32] {
+    *blake3::hash(b"casesync-bench-data-key").as_bytes()
 }
 
 impl AuthorStream {
     /// Author `index` of `spec`, writing into `space`, from seq 1.
     pub fn new(spec: WorkloadSpec, space: SpaceId, index: usize) -> AuthorStream {
         let key = spec.key(index);
-        AuthorStream { spec, index, key, space, seq: 0, prev: EventId::ZERO, written: 0, last: HashMap::new() }
+        let data_key = DataKey::from_secret(bench_data_secret());
+        AuthorStream { spec, index, key, space, seq: 0, prev: EventId::ZERO, written: 0, last: HashMap::new(), data_key }
     }
 
     /// Events left to write.
@@ -140,15 +150,15 @@ impl AuthorStream {
         } else {
             Operation::SetFields { case, fields: smallvec![write] }
         };
-        let body = Bytes::from(wire::encode_operation(&operation));
         let header = EventHeader {
             space: self.space,
             author: self.key.author(),
             seq: self.seq,
             prev: self.prev,
             hlc: (1_700_000_000_000u64 << 16) + self.seq,
-            encoding: BodyEncoding::Plain,
+            encoding: BodyEncoding::Sealed,
         };
+        let body = Bytes::from(self.data_key.seal(&header, &wire::encode_operation(&operation))?);
         let event = SignedEvent::build(&self.key, &header, body).context("building a bench event")?;
         self.prev = event.link;
         self.written += 1;

@@ -269,7 +269,12 @@ fn execute_run(db: &Db, writer: &mut Writer, run: &[Arc<QueuedCommand>]) {
         }
     };
     let judge = writer.log.judging_now(space).map(std::borrow::Cow::into_owned);
-    let mut overlay = Fold::new(writer.log.vector(space));
+    let keys = db.keys();
+    let mut overlay = Fold::new(writer.log.vector(space)).with_keys(keys.clone());
+    // The newest data key this device holds seals the bodies; a space with no key yet (written
+    // before sealing, and no admin's node has introduced one) is written plain.
+    let sealing = judge.as_ref().and_then(|m| m.sealing_key(|k| keys.holds(k))).and_then(|id| keys.get(&id));
+    let space_has_keys = judge.as_ref().is_some_and(|m| !m.keys().is_empty());
     let mut events = Vec::with_capacity(run.len());
     let mut planned: Vec<(usize, CaseView)> = Vec::with_capacity(run.len());
     for (index, queued) in run.iter().enumerate() {
@@ -279,13 +284,22 @@ fn execute_run(db: &Db, writer: &mut Writer, run: &[Arc<QueuedCommand>]) {
             let case = command.case();
             overlay.hold(case, |case| queries::load_case(db, space, case))?;
             let operation = plan(command, &overlay.seen, overlay.case(&case))?;
-            let body = Bytes::from(wire::encode_operation(&operation));
-            let header = tail.next_header(queued.now_ms, BodyEncoding::Plain);
+            let plain = wire::encode_operation(&operation);
+            let (encoding, sealing) = match sealing {
+                Some(data_key) => (BodyEncoding::Sealed, Some(data_key)),
+                None if space_has_keys => return Err(CommandError::NoDataKey.into()),
+                None => (BodyEncoding::Plain, None),
+            };
+            let header = tail.next_header(queued.now_ms, encoding);
             if let Some(membership) = &judge {
                 membership.judge(&header.author, header.seq, header.hlc, None).map_err(AppendError::from)?;
             }
+            let body = match sealing {
+                Some(data_key) => Bytes::from(data_key.seal(&header, &plain).map_err(CommandError::from)?),
+                None => Bytes::from(plain),
+            };
             let event = SignedEvent::build(key, &header, body).map_err(AppendError::from)?;
-            overlay.apply(&event, |_| Ok::<_, Error>(None))?;
+            overlay.apply_operation(&event.header, Some(operation), |_| Ok::<_, Error>(None))?;
             let view = overlay.case(&case).map(CaseView::of);
             let view = view.ok_or_else(|| CommandError::UnknownCase(case.to_hex()))?;
             Ok((event, view))

@@ -27,6 +27,13 @@ pub enum CommandError {
     /// the case views are rebuilt, so no write is planned against stale views.
     #[error("catching up with a peer ({0} events not yet in the case views): try again in a moment")]
     CatchingUp(u64),
+    /// The space's bodies are sealed and this device holds none of its data keys (or is locked):
+    /// an admin's node shares the key with it when they next sync.
+    #[error("this device holds no data key of the space yet (locked, or an admin's node has not shared it): unlock with the PIN, or sync with an admin's device")]
+    NoDataKey,
+    /// A body could not be sealed.
+    #[error(transparent)]
+    Seal(#[from] crate::model::sealing::SealError),
 }
 
 /// A failure to open a store.

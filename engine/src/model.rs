@@ -11,6 +11,7 @@ pub mod limits;
 pub mod membership;
 pub mod merge;
 pub mod operation;
+pub mod sealing;
 pub(crate) mod plain_fields;
 pub mod signing;
 pub mod state_hash;

@@ -7,6 +7,7 @@ pub mod families;
 pub mod format;
 
 use std::path::{Path, PathBuf};
+use crate::model::sealing::KeySet;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
@@ -44,6 +45,9 @@ pub struct Db {
     path: PathBuf,
     poisoned: AtomicBool,
     durability: AtomicU8,
+    /// The data keys this process unlocked, which every fold opens sealed bodies with (empty on
+    /// a relay and while locked). Replaced whole when a key arrives.
+    keys: std::sync::RwLock<std::sync::Arc<KeySet>>,
     /// Tests only: the named step at which the next [`Db::fault_point`] fails.
     #[cfg(test)]
     fail_at: std::sync::Mutex<Option<&'static str>>,
@@ -95,6 +99,7 @@ impl Db {
             path: path.to_path_buf(),
             poisoned: AtomicBool::new(false),
             durability: AtomicU8::new(Durability::Synced as u8),
+            keys: std::sync::RwLock::default(),
             #[cfg(test)]
             fail_at: std::sync::Mutex::new(None),
         })
@@ -103,6 +108,22 @@ impl Db {
     /// The directory of the database.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The data keys folds open sealed bodies with.
+    pub fn keys(&self) -> std::sync::Arc<KeySet> {
+        match self.keys.read() {
+            Ok(keys) => keys.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the data keys.
+    pub(crate) fn set_keys(&self, keys: std::sync::Arc<KeySet>) {
+        match self.keys.write() {
+            Ok(mut held) => *held = keys,
+            Err(poisoned) => *poisoned.into_inner() = keys,
+        }
     }
 
     /// A column family opened by [`Db::open`].

@@ -33,6 +33,8 @@ use crate::projection::spill_files;
 use crate::storage::{Db, Durability};
 use crate::writer::Writer;
 
+mod keys;
+
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
@@ -76,6 +78,11 @@ pub struct Store {
     options: StoreOptions,
     writer: Mutex<Writer>,
     commands: CommandQueue,
+    /// The secret keys data keys are wrapped to for this node: its device key, and the key of
+    /// the invitation it joined with (see `store/keys.rs`).
+    recipients: Mutex<Vec<DeviceKey>>,
+    /// Held while key shares are planned and written, so two callers do not rotate twice.
+    key_upkeep: Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -89,6 +96,12 @@ impl Store {
     /// match the stored events, and brings projections up to date if they lag (never on a clean
     /// open).
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store, OpenError> {
+        Store::open_unlocked(path, options, Vec::new())
+    }
+
+    /// [`Store::open`] holding the data keys wrapped in the log to `recipients` (this device's
+    /// key, and the invitation key it joined with), so that folds open sealed bodies.
+    pub fn open_unlocked(path: &Path, options: StoreOptions, recipients: Vec<DeviceKey>) -> Result<Store, OpenError> {
         let db = Db::open(path)?;
         // Only once the store is ours (RocksDB's lock): spill files a crash left are not wanted.
         spill_files::remove_stale(path)?;
@@ -99,7 +112,10 @@ impl Store {
             options,
             writer: Mutex::new(Writer { log, ..Writer::default() }),
             commands: CommandQueue::default(),
+            recipients: Mutex::new(recipients),
+            key_upkeep: Mutex::new(()),
         };
+        store.refresh_keys_locked(&mut store.lock_writer()).map_err(OpenError::CatchUp)?;
         if options.projections {
             store.lock_writer().catch_up_projections(&store.db).map_err(OpenError::CatchUp)?;
         }
@@ -173,6 +189,9 @@ impl Store {
         let mut writer = self.lock_writer();
         let events = writer.log.build_chain(space, key, now_ms, bodies)?;
         let summary = writer.commit_events(&self.db, self.options.projections, space, &events, None)?;
+        if events.iter().any(|e| e.header.encoding == BodyEncoding::Membership) {
+            self.refresh_keys_locked(&mut writer)?;
+        }
         Ok((events, summary))
     }
 
@@ -218,6 +237,9 @@ impl Store {
             // the views are folded again from the log, judged by the new membership.
             tracing::info!(space = %space.short(), "membership changed what counts: folding the views again");
             writer.rebuild(&self.db, &space)?;
+        }
+        if accepted.iter().any(|e| e.header.encoding == BodyEncoding::Membership) {
+            self.refresh_keys_locked(&mut writer)?;
         }
         Ok(report)
     }
@@ -540,19 +562,20 @@ impl Store {
             |author| self.member(space, author),
         )?;
         let membership = self.membership(space);
+        let keys = self.db.keys();
         let mut uncounted = Vec::new();
         for (author, cut) in membership.cuts() {
             let head = self.head(space, &author).map_or(0, |h| h.seq);
             // Bounded: a cut author's events beyond it are at most what it wrote offline.
             for seq in cut + 1..=head.min(cut.saturating_add(UNCOUNTED_SHOWN_MAX)) {
                 let event = self.get_event(space, &author, seq)?;
-                if let Some(event) = event.filter(|e| operation_of(e).is_some_and(|op| op.case() == *case)) {
+                if let Some(event) = event.filter(|e| operation_of(e, &keys).is_some_and(|op| op.case() == *case)) {
                     uncounted.push(event);
                 }
             }
         }
         let name = |author: &AuthorId| Ok(self.member(space, author)?.or_else(|| membership.name_of(author)));
-        history::add_membership(&mut items, &membership, uncounted, |a, s| self.get_event(space, a, s), name)?;
+        history::add_membership(&mut items, &membership, &keys, uncounted, |a, s| self.get_event(space, a, s), name)?;
         Ok(items)
     }
 

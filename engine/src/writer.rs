@@ -17,7 +17,7 @@ use crate::log::{CommitSummary, LogState, StagedEvents};
 use crate::model::event::SignedEvent;
 use crate::model::ids::SpaceId;
 use crate::projection::bulk_catch_up::{self, BulkState};
-use crate::projection::{incremental, queries, rebuild};
+use crate::projection::{incremental, missed_keys, queries, rebuild};
 use crate::storage::{Db, Durability};
 
 /// What the writer owns: the log's state and the bulk catch-ups in progress.
@@ -63,6 +63,7 @@ impl Writer {
                 vector_after.set(*author, head.seq);
             }
             batch.put_cf(db.cf(CF_META), meta_watermark(space), encode_vector(&vector_after));
+            missed_keys::stage_missed(db, &mut batch, space);
         }
         match announce {
             Some(announce) if db.durability() == Durability::Synced => {

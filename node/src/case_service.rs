@@ -117,6 +117,8 @@ impl CaseService {
         let list = tokio::task::spawn_blocking(move || {
             change()?;
             shared.notify(shared.store.next_position());
+            // A grant shares the keys with the device; a revocation rotates them.
+            shared.maintain_keys();
             device_list(&shared)
         })
         .await
@@ -366,6 +368,7 @@ impl Cases for CaseService {
                 let read = tokio::task::spawn_blocking(move || -> Result<(Vec<pb::CaseChange>, u64), GrpcStatus> {
                     let mut out = Vec::new();
                     let mut next = from;
+                    let keys = store.keys();
                     for arrival in store.arrivals_from(from, 10_000).map_err(|e| grpc_status::store(&e))? {
                         next = arrival.position + 1;
                         if arrival.space != space {
@@ -374,7 +377,7 @@ impl Cases for CaseService {
                         let event = store
                             .get_event(&space, &arrival.author, arrival.seq)
                             .map_err(|e| grpc_status::store(&e))?;
-                        if let Some(op) = event.as_ref().and_then(casesync_engine::projection::operation_of) {
+                        if let Some(op) = event.as_ref().and_then(|e| casesync_engine::projection::operation_of(e, &keys)) {
                             out.push(pb::CaseChange {
                                 case_id: op.case().to_hex(),
                                 author: arrival.author.to_hex(),

@@ -24,7 +24,7 @@ use crate::{data_dir, demo};
 
 pub mod args;
 
-use args::{CaseCommand, Cli, Commands, DeviceCommand, EntryCommand, InitArgs, ServeArgs, SpaceCommand};
+use args::{CaseCommand, Cli, Commands, DeviceCommand, EntryCommand, InitArgs, PinCommand, ServeArgs, SpaceCommand};
 
 /// Parses `FIELD=VALUE` arguments.
 pub fn parse_fields(args: &[String]) -> anyhow::Result<Vec<pb::NamedValue>> {
@@ -57,6 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Space(SpaceCommand::List) => space_list(&data, cli.json).await,
         Commands::Serve(args) => serve(&data, args).await,
         Commands::Demo { keep } => demo::run(keep, cli.json).await,
+        Commands::Pin(PinCommand::Change) => pin_change(&data, cli.json),
         Commands::Sync { peer } => sync(&data, cli.space.as_deref(), peer, cli.json).await,
         Commands::Join { code, name, space_name } => {
             let report = crate::join::join(&data, &code, &name, space_name.as_deref()).await?;
@@ -100,6 +101,25 @@ fn init(data: &Path, args: InitArgs, space: Option<&str>, as_json: bool) -> anyh
             report.device_key
         );
     }
+    Ok(())
+}
+
+/// `casesync pin change`: the device key sealed under a new PIN.
+fn pin_change(data: &Path, as_json: bool) -> anyhow::Result<()> {
+    if casesync_engine::storage::held_by_another_process(&data_dir::db_path(data)) {
+        bail!("a daemon runs on {}: stop it first (it holds the key unlocked)", data.display());
+    }
+    if !casesync_engine::identity::DeviceIdentity::exists(data) {
+        bail!("{} has no device key (run `casesync init --data {}`)", data.display(), data.display());
+    }
+    let old = crate::pin::current(&format!("current PIN for {}: ", data.display()))?;
+    let new = crate::pin::new_pin()?;
+    let identity =
+        crate::pin::guarded(data, || casesync_engine::identity::DeviceIdentity::change_pin(data, &old, &new))?;
+    if as_json {
+        return json(&serde_json::json!({"data": data.display().to_string(), "device": identity.author().device_id(), "pin_changed": true}));
+    }
+    println!("the device key of {} ({}) is sealed under the new PIN", data.display(), identity.author().device_id());
     Ok(())
 }
 
@@ -435,6 +455,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
         Commands::Init(_)
         | Commands::Serve(_)
         | Commands::Demo { .. }
+        | Commands::Pin(_)
         | Commands::Sync { .. }
         | Commands::Join { .. }
         | Commands::Space(_) => {

@@ -24,11 +24,7 @@ pub fn db_path(data: &Path) -> PathBuf {
     data.join("db")
 }
 
-fn fresh_secret() -> [u8; 32] {
-    let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut secret);
-    secret
-}
+use crate::shared::fresh_secret;
 
 /// Where this data dir lives: machine id, host name and canonical path, hashed.
 fn fingerprint(data: &Path) -> String {
@@ -82,16 +78,25 @@ pub fn init(
         (None, None) => None,
     };
     let created = existing.is_none();
-    let (identity, _) = DeviceIdentity::load_or_create(data, name, fresh_secret)?;
+    let pin = crate::pin::current(&format!("practice PIN for {}: ", data.display()))?;
+    let (identity, _) =
+        crate::pin::guarded(data, || DeviceIdentity::load_or_create(data, name, fresh_secret, &pin))?;
     std::fs::write(data.join(INSTANCE_FILE), fingerprint(data)).context("writing the instance file")?;
-    let store = Store::open(&db_path(data), StoreOptions { projections: !relay, ..StoreOptions::default() })?;
+    let store = Store::open_unlocked(
+        &db_path(data),
+        StoreOptions { projections: !relay, ..StoreOptions::default() },
+        identity.recipients(),
+    )?;
     let space = match space {
         Some(space) => space,
         // A new space: this device founds it and is its first admin.
         None => {
             let mut nonce = [0u8; 16];
             rand::rngs::OsRng.fill_bytes(&mut nonce);
-            store.found_space(&identity.key, &identity.name, nonce, crate::shared::now_ms())?
+            let space = store.found_space(&identity.key, &identity.name, nonce, crate::shared::now_ms())?;
+            // Its first data key: what the space's devices write is sealed under it.
+            store.maintain_keys(&space, &identity.key, crate::shared::now_ms(), fresh_secret())?;
+            space
         }
     };
     if created {
@@ -130,7 +135,7 @@ pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
     casesync_engine::identity::secure_data_dir(data)?;
     let spaces = config.node_spaces()?;
     let space = spaces[0].space;
-    let mut identity = DeviceIdentity::load(data)?.with_context(|| {
+    let mut identity = crate::pin::unlock(data)?.with_context(|| {
         format!("{} has no device key (run `casesync init --data {}`)", data.display(), data.display())
     })?;
     let here = fingerprint(data);
@@ -138,7 +143,8 @@ pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
     let copied = !recorded.trim().is_empty() && recorded.trim() != here;
     if copied {
         let old = identity.author().device_id();
-        identity = DeviceIdentity::create(data, &identity.name, fresh_secret())?;
+        let pin = crate::pin::current(&format!("practice PIN for {}: ", data.display()))?;
+        identity = DeviceIdentity::create(data, &identity.name, fresh_secret(), &pin)?;
         tracing::warn!(
             old = %old,
             new = %identity.author().device_id(),
@@ -147,8 +153,8 @@ pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
     }
     std::fs::write(data.join(INSTANCE_FILE), &here).context("writing the instance file")?;
     let relay = relay_flag || config.relay;
-    let store =
-        Store::open(&db_path(data), StoreOptions { projections: !relay, ..StoreOptions::default() }).map_err(|e| {
+    let options = StoreOptions { projections: !relay, ..StoreOptions::default() };
+    let store = Store::open_unlocked(&db_path(data), options, identity.recipients()).map_err(|e| {
             let context = if e.fault() == Some(StorageFault::NoSpace) {
                 crate::grpc_status::DISK_FULL
             } else if casesync_engine::storage::held_by_another_process(&db_path(data)) {
@@ -160,6 +166,14 @@ pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
         })?;
     if store.member(&space, &identity.author())?.is_none() {
         store.add_member(&space, &identity.author(), &identity.name)?;
+    }
+    // An admin's device keeps each space's keys right: introduces the first one in a space
+    // written before sealing, rotates after a revocation, shares with members who lack one.
+    for node_space in &spaces {
+        let written = store.maintain_keys(&node_space.space, &identity.key, crate::shared::now_ms(), fresh_secret())?;
+        if written > 0 {
+            tracing::info!(space = %node_space.space.short(), shares = written, "data keys shared");
+        }
     }
     Ok(OpenDataDir { config, space, spaces, identity, store: Arc::new(store) })
 }

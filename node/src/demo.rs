@@ -108,6 +108,8 @@ pub fn create_devices(root: &Path, devices: &[(&str, Role)]) -> anyhow::Result<V
         admin.store.grant(&space, &admin.identity.key, now_ms(), grant)?;
         admin.store.add_member(&space, device, name)?;
     }
+    // The space's data key, wrapped for every device granted to read or write (not the relay).
+    admin.store.maintain_keys(&space, &admin.identity.key, now_ms(), crate::shared::fresh_secret())?;
     let membership: Vec<_> = admin.store.events_after(&space, &Default::default()).collect::<Result<_, _>>()?;
     let membership: Vec<_> = membership.into_iter().map(|(_, _, event)| event).collect();
     for (dir, ..) in &others {
@@ -116,6 +118,23 @@ pub fn create_devices(root: &Path, devices: &[(&str, Role)]) -> anyhow::Result<V
     }
     Ok(dirs)
 }
+
+/// How many sealed case events a store holds, and how many of them it can open.
+fn relay_reads(store: &casesync_engine::store::Store, space: &SpaceId) -> anyhow::Result<(u64, u64)> {
+    let keys = store.keys();
+    let (mut sealed, mut opened) = (0, 0);
+    for item in store.events_after(space, &Default::default()) {
+        let event = casesync_engine::model::event::SignedEvent::from_wire(item?.2)?;
+        if event.header.encoding == casesync_engine::model::event::BodyEncoding::Sealed {
+            sealed += 1;
+            opened += u64::from(casesync_engine::projection::operation_of(&event, &keys).is_some());
+        }
+    }
+    Ok((sealed, opened))
+}
+
+/// The PIN the demo seals device keys under when `CASESYNC_PIN` is not set.
+pub const DEMO_PIN: &str = "2468-demo";
 
 /// Runs the demo; fails (non-zero exit) if any two devices differ.
 pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
@@ -126,6 +145,15 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
             println!("{line}");
         }
     };
+    // Every device key is sealed under the practice PIN: `CASESYNC_PIN` when set, else the
+    // demo's own, printed so that a kept data dir can be opened afterwards.
+    match std::env::var(crate::pin::PIN_ENV) {
+        Ok(_) => say("practice PIN: from CASESYNC_PIN"),
+        Err(_) => {
+            crate::pin::use_for_process(DEMO_PIN, casesync_engine::identity::KdfCost::STANDARD);
+            say(&format!("practice PIN: {DEMO_PIN} (the demo's; set CASESYNC_PIN to choose one)"));
+        }
+    }
     let dirs = tokio::task::spawn_blocking({
         let root = root.clone();
         move || {
@@ -295,6 +323,10 @@ pub async fn run(keep: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
         report.relay_events,
         if report.relay_holds_same_events { "the same as every device" } else { "DIFFERENT from the devices" }
     ));
+    let relay_store = relay.shared().store.clone();
+    let relay_space = relay.shared().space;
+    let (sealed, opened) = tokio::task::spawn_blocking(move || relay_reads(&relay_store, &relay_space)).await??;
+    say(&format!("relay can open {opened} of the {sealed} sealed case events it holds: it has no data key"));
     let first = report.devices[0].state_hash.clone();
     report.converged = report.relay_holds_same_events
         && report.devices.iter().all(|d| d.state_hash == first && d.events == report.devices[0].events);

@@ -169,6 +169,9 @@ pub async fn create(shared: Arc<Shared>, request: pb::InviteRequest) -> Result<p
         .map_err(grpc_status::join)?
         .map_err(|e| grpc_status::engine(&e.into()))?;
     shared.notify(shared.store.next_position());
+    // The invitation's key receives the space's keys, so the device that joins with it reads.
+    let keeper = shared.clone();
+    tokio::task::spawn_blocking(move || keeper.maintain_keys()).await.map_err(grpc_status::join)?;
     let mut delivered_to = Vec::new();
     let mut targets = vec![code.via.clone()];
     targets.extend(peers.into_iter().filter(|p| *p != code.via));

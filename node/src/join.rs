@@ -93,6 +93,7 @@ pub async fn join(data: &Path, code: &str, name: &str, space_name: Option<&str>)
     }
     let admit = admission(&code, &opened.identity.key, &opened.identity.name)?;
     let cert = tls::DeviceCert::new(&opened.identity.key)?;
+    let mut identity = opened.identity.clone();
     drop(opened);
     // The server is judged by what it does: only a node that holds the admin's invitation can
     // accept the admission, and every event it then sends is verified against the space id.
@@ -104,6 +105,13 @@ pub async fn join(data: &Path, code: &str, name: &str, space_name: Option<&str>)
         .await
         .map_err(|status| anyhow!("{} refused the invitation: {}", code.via, status.message()))?
         .into_inner();
+    // The space's data keys were wrapped to the invitation's key: kept (under the PIN) beside
+    // the device key, so this device opens them now and after every restart.
+    if !identity.invites.iter().any(|k| k.author() == code.key().author()) {
+        identity.invites.push(code.key());
+        let pin = crate::pin::current(&format!("practice PIN for {}: ", data.display()))?;
+        identity.save(data, &pin)?;
+    }
     let mut config = FileConfig::load(data)?;
     if config.node_spaces()?.first().is_some_and(|first| first.space == code.space)
         && !config.peers.iter().any(|p| p == &code.via)

@@ -19,6 +19,7 @@ pub mod join;
 pub mod node;
 pub mod output;
 pub mod peer_actor;
+pub mod pin;
 pub mod shared;
 pub mod sync_client;
 pub mod sync_server;

@@ -21,6 +21,15 @@ use crate::tls::{DeviceCert, ServerPolicy};
 /// Metadata naming the space of a sync call (a `Push`'s messages do not; the others' do).
 pub const SPACE_HEADER: &str = "x-casesync-space";
 
+/// 32 fresh random bytes from the operating system (a device key, a data key): the node owns
+/// randomness, as it owns time; the engine takes both as arguments.
+pub fn fresh_secret() -> [u8; 32] {
+    use rand::RngCore;
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    secret
+}
+
 /// Wall clock in ms since the epoch (the node owns time; the engine takes it as an argument).
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -138,6 +147,29 @@ impl Shared {
     }
 
     /// Announces a durable commit (to live streams and watchers).
+    /// Keeps the space's data keys right when this device is an admin (see
+    /// `Store::maintain_keys`): after a grant, a revocation, an invitation, or membership
+    /// changes from a peer. Returns the key shares written.
+    pub fn maintain_keys(&self) -> usize {
+        if self.relay {
+            return 0;
+        }
+        let fresh = fresh_secret();
+        match self.store.maintain_keys(&self.space, &self.identity.key, now_ms(), fresh) {
+            Ok(0) => 0,
+            Ok(written) => {
+                tracing::info!(space = %self.space.short(), shares = written, "data keys shared");
+                self.notify(self.store.next_position());
+                written
+            }
+            Err(error) => {
+                tracing::warn!(space = %self.space.short(), %error, "data keys could not be shared");
+                0
+            }
+        }
+    }
+
+    /// Wakes live streams and watchers: events up to `next_position` are stored.
     pub fn notify(&self, next_position: u64) {
         raise(&self.changes, next_position);
         raise(&self.visible, next_position);
@@ -174,6 +206,7 @@ impl Shared {
     /// back wait for the disk before anyone sees them.
     pub fn store_from_peer(&self, peer: &AuthorId, batch: PreparedBatch) -> Result<IngestReport, StoreError> {
         let me = self.identity.author();
+        let carries_membership = batch.carries_membership();
         let report = if let Some(newest) = batch.last_of(&me) {
             // This device's own events beyond its head (it was restored from an old copy):
             // signed evidence, so no local write may take those seqs until they are stored.
@@ -195,6 +228,9 @@ impl Shared {
         self.raise_known(peer, &report.sender_holds);
         if report.accepted > 0 {
             self.notify(report.commit.next_position);
+            if carries_membership {
+                self.maintain_keys();
+            }
         }
         Ok(report)
     }

@@ -116,7 +116,8 @@ pub fn open_store(data: &Path, projections: bool) -> anyhow::Result<Result<Store
     if !db.join("CURRENT").exists() {
         bail!("no casesync store in {} (expected {})", data.display(), db.display());
     }
-    Ok(Store::open(&db, StoreOptions { projections, ..StoreOptions::compatible() })
+    let recipients = crate::unlock::recipients(data)?;
+    Ok(Store::open_unlocked(&db, StoreOptions { projections, ..StoreOptions::compatible() }, recipients)
         .map_err(|error| classify(&db, error)))
 }
 

@@ -8,6 +8,7 @@ mod outcome;
 mod progress;
 mod source;
 mod time_arg;
+mod unlock;
 mod vector_arg;
 
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ use casesync_engine::store::{Store, StoreOptions};
 
 use crate::casesync_bin::copy_flat_dir;
 use crate::harness::Harness;
+use crate::membership::bench_recipients;
 use crate::process::ChildGuard;
 use crate::report::{ProcessReport, ScenarioReport};
 use crate::workload::WorkloadSpec;
@@ -36,7 +37,8 @@ pub fn run(h: &mut Harness, o: ReplayOptions) -> anyhow::Result<ScenarioReport> 
     let _ = std::fs::remove_dir_all(&copy);
     copy_flat_dir(&template, &copy)?;
     let (expected, secs) = {
-        let store = Store::open(&copy, StoreOptions::compatible()).context("opening the copy")?;
+        let store = Store::open_unlocked(&copy, StoreOptions::compatible(), bench_recipients(h.space))
+            .context("opening the copy")?;
         let before = store.state_hash(&h.space)?;
         // The fold of a rebuild on its own: read the log in place and fold it in memory (one
         // core, no writes), then check the views it gives against the stored ones.
@@ -97,7 +99,7 @@ pub fn run(h: &mut Harness, o: ReplayOptions) -> anyhow::Result<ScenarioReport> 
     ];
     for (step, args) in steps {
         let mut command = Command::new(&tool);
-        command.args(&args);
+        command.args(&args).env("CASESYNC_PIN", crate::membership::BENCH_PIN);
         let log = h.work.join("replay").join(format!("{step}.log"));
         let guard = ChildGuard::spawn(&format!("replay-tool {step}"), command, &log)?;
         let (success, usage, elapsed) = guard.wait_sampling(timeout)?;
@@ -130,7 +132,10 @@ pub fn run(h: &mut Harness, o: ReplayOptions) -> anyhow::Result<ScenarioReport> 
 }
 
 fn open_and_hash(db: &Path, h: &Harness) -> anyhow::Result<(u64, String)> {
-    let store = Store::open(db, StoreOptions::compatible()).with_context(|| format!("opening {}", db.display()))?;
+    // With the probe's key: an import without the data dir's key folds no sealed body and
+    // marks the key it missed, so this open folds them (as a node's first unlocked open does).
+    let store = Store::open_unlocked(db, StoreOptions::compatible(), bench_recipients(h.space))
+        .with_context(|| format!("opening {}", db.display()))?;
     // Scanned: the stored projections themselves, not the hash a bulk load remembered. The
     // workload's events: membership events (a node's grants differ) not counted.
     let membership = store.membership(&h.space).records().count() as u64;

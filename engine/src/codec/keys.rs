@@ -1,7 +1,7 @@
 //! Column families and key encodings. All integers are big-endian so keys sort numerically.
 //! `docs/log-format.md` draws the same layout byte by byte.
 
-use crate::model::ids::{AuthorId, CaseId, EntryId, SpaceId};
+use crate::model::ids::{AuthorId, CaseId, EntryId, KeyId, SpaceId};
 use crate::model::merge::CasePart;
 
 /// Events: space(16) author(32) seq(8) -> signature(64) event bytes.
@@ -49,6 +49,17 @@ pub fn meta_watermark(space: &SpaceId) -> Vec<u8> {
 /// the projection watermark it holds for.
 pub fn meta_state_hash(space: &SpaceId) -> Vec<u8> {
     [b"state_hash/".as_slice(), space.as_bytes()].concat()
+}
+
+/// Prefix of a space's markers of data keys its views miss bodies of.
+pub fn meta_missed_key_prefix(space: &SpaceId) -> Vec<u8> {
+    [b"missed_key/".as_slice(), space.as_bytes()].concat()
+}
+
+/// Meta key marking that a fold of `space` met a body sealed under `key` without holding it
+/// (value empty).
+pub fn meta_missed_key(space: &SpaceId, key: &KeyId) -> Vec<u8> {
+    [b"missed_key/".as_slice(), space.as_bytes(), key.as_bytes()].concat()
 }
 
 /// Meta key of a fence: the highest seq of an author seen at a peer.

@@ -5,9 +5,10 @@ use casesync_proto::v1 as pb;
 use prost::Message;
 
 use crate::model::error::OperationError;
-use crate::model::ids::AuthorId;
-use crate::model::limits::DEVICE_NAME_BYTES_MAX;
+use crate::model::ids::{AuthorId, KeyId};
+use crate::model::limits::{DEVICE_NAME_BYTES_MAX, KEY_WRAPS_PER_EVENT_MAX};
 use crate::model::membership::{MembershipOp, Role};
+use crate::model::sealing::KeyWrap;
 
 fn role_to_pb(role: Role) -> i32 {
     match role {
@@ -63,6 +64,13 @@ pub fn encode_membership(op: &MembershipOp) -> Vec<u8> {
             expires_ms: *expires_ms,
             until_ms: until_ms.unwrap_or(0),
         }),
+        MembershipOp::ShareKey { key, wraps } => Op::ShareKey(pb::ShareKey {
+            key_id: bytes(key.as_bytes()),
+            wraps: wraps
+                .iter()
+                .map(|w| pb::KeyWrap { to: bytes(w.to.as_bytes()), ephemeral: bytes(&w.ephemeral), sealed: bytes(&w.sealed) })
+                .collect(),
+        }),
         MembershipOp::Admit { invite, proof, name } => {
             Op::Admit(pb::Admit { invite: bytes(invite.as_bytes()), proof: bytes(proof), name: name.clone() })
         }
@@ -93,6 +101,28 @@ pub fn decode_membership(body: &[u8]) -> Result<MembershipOp, OperationError> {
             expires_ms: m.expires_ms,
             until_ms: until(m.until_ms),
         },
+        Op::ShareKey(m) => {
+            if m.wraps.is_empty() || m.wraps.len() > KEY_WRAPS_PER_EVENT_MAX {
+                return Err(OperationError::Malformed("a key share with no wraps or too many"));
+            }
+            let wraps = m
+                .wraps
+                .iter()
+                .map(|w| {
+                    Ok(KeyWrap {
+                        to: device(&w.to)?,
+                        ephemeral: w.ephemeral[..]
+                            .try_into()
+                            .map_err(|_| OperationError::Malformed("an ephemeral key is not 32 bytes"))?,
+                        sealed: w.sealed[..].try_into().map_err(|_| OperationError::Malformed("a wrap is not 48 bytes"))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, OperationError>>()?;
+            MembershipOp::ShareKey {
+                key: KeyId::from_slice(&m.key_id).map_err(|_| OperationError::Malformed("a key id is not 16 bytes"))?,
+                wraps,
+            }
+        }
         Op::Admit(m) => MembershipOp::Admit {
             invite: device(&m.invite)?,
             proof: m.proof[..].try_into().map_err(|_| OperationError::Malformed("a proof is not 64 bytes"))?,
@@ -115,6 +145,10 @@ mod tests {
             MembershipOp::Revoke { device: d, cut: 7 },
             MembershipOp::Invite { key: d, role: Role::Writer, expires_ms: 100, until_ms: None },
             MembershipOp::Admit { invite: d, proof: [3; 64], name: "laptop".into() },
+            MembershipOp::ShareKey {
+                key: KeyId([4; 16]),
+                wraps: vec![KeyWrap { to: d, ephemeral: [6; 32], sealed: [7; 48] }],
+            },
         ];
         for op in ops {
             assert_eq!(decode_membership(&encode_membership(&op)).unwrap(), op);
@@ -133,5 +167,9 @@ mod tests {
             op: Some(pb::membership::Op::Found(pb::Found { nonce: vec![0; 16].into(), name: "x".repeat(65) })),
         };
         assert!(decode_membership(&long_name.encode_to_vec()).is_err());
+        let no_wraps = pb::Membership {
+            op: Some(pb::membership::Op::ShareKey(pb::ShareKey { key_id: vec![0; 16].into(), wraps: vec![] })),
+        };
+        assert!(decode_membership(&no_wraps.encode_to_vec()).is_err());
     }
 }

@@ -101,6 +101,11 @@ pub struct PreparedBatch {
 }
 
 impl PreparedBatch {
+    /// Whether any event of the batch is a membership event.
+    pub fn carries_membership(&self) -> bool {
+        self.runs.values().flatten().any(|e| e.header.encoding == crate::model::event::BodyEncoding::Membership)
+    }
+
     /// Decodes and hashes a received batch for `space` (events of another space are refused).
     pub fn new(space: SpaceId, batch: Vec<pb::SignedEvent>) -> PreparedBatch {
         let mut prepared = PreparedBatch { space, runs: BTreeMap::new(), rejected: Vec::new(), events: 0 };

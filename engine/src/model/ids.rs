@@ -90,6 +90,13 @@ fixed_id!(
     32
 );
 fixed_id!(
+    /// A space data key's id: 16 bytes derived from the key with blake3, so a wrap that opens
+    /// to another key is detected.
+    KeyId,
+    16
+);
+
+fixed_id!(
     /// A device's ed25519 public key: the author of its events.
     AuthorId,
     32

@@ -16,3 +16,5 @@ pub const FIELD_NAME_BYTES_MAX: usize = 128;
 pub const DOTS_PER_WRITE_MAX: usize = 4096;
 /// Longest human device name, in bytes.
 pub const DEVICE_NAME_BYTES_MAX: usize = 64;
+/// Most data key wraps in one membership event (one per recipient).
+pub const KEY_WRAPS_PER_EVENT_MAX: usize = 4096;

@@ -24,13 +24,16 @@
 //! first in the order stands and the other falls (its author is cut below it).
 
 mod change;
+mod keys;
 
 use std::collections::{BTreeMap, HashMap};
 
 pub use change::{admit_digest, founded_space, MembershipOp, NewGrant, Role};
+pub use keys::KeyPlan;
 
 use crate::model::hlc;
-use crate::model::ids::{AuthorId, SpaceId};
+use crate::model::ids::{AuthorId, KeyId, SpaceId};
+use crate::model::sealing::KeyWrap;
 use crate::model::signing::VerifyingKey;
 
 /// Why an event does not count.
@@ -117,6 +120,12 @@ struct Decided {
     invites: HashMap<AuthorId, (Role, u64, Option<u64>, AuthorId, bool)>,
     /// Membership events that count, by (author, seq).
     counted: std::collections::HashSet<(AuthorId, u64)>,
+    /// Data keys in the order they were introduced (the last seals new events).
+    keys: Vec<KeyId>,
+    /// Data key wraps that count, by recipient.
+    wraps: HashMap<AuthorId, Vec<(KeyId, KeyWrap)>>,
+    /// The device each used invitation enrolled, by invitation key.
+    admitted: HashMap<AuthorId, AuthorId>,
 }
 
 /// What became of an invitation.
@@ -399,6 +408,7 @@ impl Membership {
                     if let Some(entry) = decided.invites.get_mut(invite) {
                         entry.4 = true;
                     }
+                    decided.admitted.insert(*invite, author);
                     decided.grants.entry(author).or_default().push(GrantRecord {
                         role,
                         after: 0,
@@ -443,6 +453,14 @@ impl Membership {
                         }
                         MembershipOp::Invite { key, role, expires_ms, until_ms } => {
                             decided.invites.entry(*key).or_insert((*role, *expires_ms, *until_ms, author, false));
+                        }
+                        MembershipOp::ShareKey { key, wraps } => {
+                            if !decided.keys.contains(key) {
+                                decided.keys.push(*key);
+                            }
+                            for wrap in wraps {
+                                decided.wraps.entry(wrap.to).or_default().push((*key, wrap.clone()));
+                            }
                         }
                         MembershipOp::Found { .. } | MembershipOp::Admit { .. } => {}
                     }

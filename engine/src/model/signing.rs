@@ -27,6 +27,12 @@ impl DeviceKey {
         AuthorId(self.0.verifying_key().to_bytes())
     }
 
+    /// The X25519 secret of this key (the standard conversion: the clamped scalar of its
+    /// ed25519 expansion), for opening data keys wrapped to it.
+    pub(crate) fn x25519_secret(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.0.to_scalar_bytes())
+    }
+
     /// Signs an id (or any 32-byte digest).
     pub fn sign(&self, digest: &[u8; 32]) -> [u8; 64] {
         self.0.sign(digest).to_bytes()

@@ -97,7 +97,7 @@ impl BulkState {
             let empty = self.digests && usable && !has_case_parts(db, space)?;
             db.fault_point("bulk catch-up: start")?;
             let writers = SpillWriters::start(SpillFiles::new(db, space)?, empty)?;
-            self.folds.insert(*space, BulkFold { fold: Fold::store_deltas(), writers, usable });
+            self.folds.insert(*space, BulkFold { fold: Fold::store_deltas().with_keys(db.keys()), writers, usable });
         }
         Ok(())
     }
@@ -151,6 +151,7 @@ pub(crate) fn finish(
     db.fault_point("bulk catch-up: ingest")?;
     files.ingest(db)?;
     batch.put_cf(db.cf(CF_META), meta_watermark(space), encode_vector(vector));
+    super::missed_keys::stage_missed(db, batch, space);
     if let Some(digests) = digests {
         db.fault_point("bulk catch-up: state hash")?;
         stage_state_hash(db, batch, space, vector, &digests.state_hash(db, space)?);

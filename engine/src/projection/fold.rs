@@ -1,12 +1,14 @@
 //! The in-memory fold of events into case states that every projection path shares.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::codec::keys::{case_event_key, history_record_value, HISTORY_ENTRIES_PER_RECORD};
 use crate::model::event::{EventHeader, SignedEvent};
 use crate::model::ids::{AuthorId, CaseId, SpaceId};
 use crate::model::merge::CaseState;
 use crate::model::operation::{Dot, FieldValue, Operation};
+use crate::model::sealing::KeySet;
 use crate::model::vector_clock::VersionVector;
 
 use super::operation_in;
@@ -36,6 +38,8 @@ pub struct Fold {
     clock: u64,
     /// Whether to hold each case's history records ([`Fold::store_deltas`]).
     keeps_history: bool,
+    /// The data keys sealed bodies are opened with.
+    keys: Arc<KeySet>,
 }
 
 /// One case state held by a [`Fold`], with its bookkeeping.
@@ -58,7 +62,25 @@ pub struct HeldCase {
 impl Fold {
     /// A fold starting from `seen`.
     pub fn new(seen: VersionVector) -> Fold {
-        Fold { seen, cases: Vec::new(), index: HashMap::default(), full: true, clock: 0, keeps_history: false }
+        Fold {
+            seen,
+            cases: Vec::new(),
+            index: HashMap::default(),
+            full: true,
+            clock: 0,
+            keeps_history: false,
+            keys: Arc::default(),
+        }
+    }
+
+    /// The fold, opening sealed bodies with `keys`.
+    pub fn with_keys(self, keys: Arc<KeySet>) -> Fold {
+        Fold { keys, ..self }
+    }
+
+    /// The keys sealed bodies are opened with.
+    pub(crate) fn keys(&self) -> &KeySet {
+        &self.keys
     }
 
     /// A fold of deltas: partial case states of only the events folded here.
@@ -89,7 +111,8 @@ impl Fold {
         body: &[u8],
         load: impl FnOnce(&CaseId) -> Result<Option<CaseState>, E>,
     ) -> Result<(), E> {
-        self.apply_operation(h, operation_in(h, body), load)
+        let operation = operation_in(h, body, &self.keys);
+        self.apply_operation(h, operation, load)
     }
 
     /// [`Fold::apply`] on a decoded header and the operation its body holds (`None`: sealed or

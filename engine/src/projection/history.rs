@@ -9,6 +9,7 @@ use crate::model::event::SignedEvent;
 use crate::model::ids::{AuthorId, CaseId, SpaceId};
 use crate::model::membership::{Membership, MembershipOp};
 use crate::model::operation::FieldValue;
+use crate::model::sealing::KeySet;
 use crate::projection::operation_of;
 use crate::storage::Db;
 
@@ -64,6 +65,7 @@ pub(crate) fn history(
         dots.extend(entries.into_iter().map(|(author, seq, _)| (author, seq)));
     }
     let mut items = Vec::with_capacity(dots.len());
+    let keys = db.keys();
     for (author, seq) in dots {
         let Some(event) = event(&author, seq)? else {
             return Err(StoreError::Corrupt {
@@ -73,7 +75,7 @@ pub(crate) fn history(
                 reason: "history names a missing event".into(),
             });
         };
-        if let Some(item) = case_item(&event, device_name(&author)?.unwrap_or_default(), String::new()) {
+        if let Some(item) = case_item(&event, &keys, device_name(&author)?.unwrap_or_default(), String::new()) {
             items.push(item);
         }
     }
@@ -82,8 +84,8 @@ pub(crate) fn history(
 }
 
 /// The history item of a case event (`None` when its body is no operation).
-fn case_item(event: &SignedEvent, device_name: String, note: String) -> Option<HistoryItem> {
-    let op = operation_of(event)?;
+fn case_item(event: &SignedEvent, keys: &KeySet, device_name: String, note: String) -> Option<HistoryItem> {
+    let op = operation_of(event, keys)?;
     let h = &event.header;
     Some(HistoryItem {
         event_id: event.id.to_hex(),
@@ -105,6 +107,7 @@ fn case_item(event: &SignedEvent, device_name: String, note: String) -> Option<H
 pub(crate) fn add_membership(
     items: &mut Vec<HistoryItem>,
     membership: &Membership,
+    keys: &KeySet,
     uncounted: Vec<SignedEvent>,
     membership_event: impl Fn(&AuthorId, u64) -> Result<Option<SignedEvent>, StoreError>,
     device_name: impl Fn(&AuthorId) -> Result<Option<String>, StoreError>,
@@ -113,7 +116,7 @@ pub(crate) fn add_membership(
         let h = &event.header;
         let why = membership.judge(&h.author, h.seq, h.hlc, None).err().map(|r| r.to_string()).unwrap_or_default();
         if let Some(item) =
-            case_item(&event, device_name(&h.author)?.unwrap_or_default(), format!("does not count: {why}"))
+            case_item(&event, keys, device_name(&h.author)?.unwrap_or_default(), format!("does not count: {why}"))
         {
             items.push(item);
         }
@@ -123,7 +126,7 @@ pub(crate) fn add_membership(
         let about = match &record.op {
             MembershipOp::Grant { device, .. } | MembershipOp::Revoke { device, .. } => *device,
             MembershipOp::Admit { .. } => record.author,
-            MembershipOp::Found { .. } | MembershipOp::Invite { .. } => continue,
+            MembershipOp::Found { .. } | MembershipOp::Invite { .. } | MembershipOp::ShareKey { .. } => continue,
         };
         if !writers.contains(&about.to_hex()) {
             continue;

@@ -16,7 +16,7 @@ use crate::storage::Db;
 /// Folds committed-to-be events into `batch`: the case parts they change, as merge operands (no
 /// read of the stored case), and the history index.
 pub(crate) fn fold_into_batch(db: &Db, batch: &mut WriteBatch, space: &SpaceId, events: &[SignedEvent]) {
-    let mut fold = Fold::store_deltas();
+    let mut fold = Fold::store_deltas().with_keys(db.keys());
     fold_events(&mut fold, events);
     for held in fold.take_all() {
         stage_case(db, space, batch, &held, None);
@@ -29,7 +29,7 @@ pub(crate) fn fold_into_batch(db: &Db, batch: &mut WriteBatch, space: &SpaceId, 
 pub(crate) fn fold_events(fold: &mut Fold, events: &[SignedEvent]) {
     let mut operations = Vec::with_capacity(FOLD_RUN_EVENTS.min(events.len()));
     for run in events.chunks(FOLD_RUN_EVENTS) {
-        operations.extend(run.iter().map(|event| operation_in(&event.header, &event.body)));
+        operations.extend(run.iter().map(|event| operation_in(&event.header, &event.body, fold.keys())));
         fold.warm(&operations);
         for (event, operation) in run.iter().zip(operations.drain(..)) {
             let _ = fold.apply_operation(&event.header, operation, |_| Ok::<_, std::convert::Infallible>(None));

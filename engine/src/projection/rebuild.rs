@@ -7,6 +7,7 @@ use super::fold::Fold;
 use super::spill_files::{SpillFiles, SpillWriters};
 use super::stored_events::fold_stored_events;
 use super::written_digests::{stage_state_hash, WrittenDigests};
+use super::missed_keys;
 use crate::codec::keys::{meta_watermark, CF_CASES, CF_CASE_EVENTS, CF_META};
 use crate::codec::meta::encode_vector;
 use crate::error::StoreError;
@@ -40,6 +41,8 @@ pub(crate) fn rebuild(
     // The watermark goes first: a crash from here on rebuilds at the next open.
     let mut unmark = WriteBatch::default();
     unmark.delete_cf(db.cf(CF_META), meta_watermark(space));
+    missed_keys::stage_clear(db, &mut unmark, space);
+    let _ = db.keys().take_missed(space);
     db.commit(unmark)?;
     // The old projections are cleared on a thread of its own while this one folds: nothing the
     // fold reads or writes before the ingest is theirs, and unlinking their files waits on the
@@ -61,6 +64,7 @@ pub(crate) fn rebuild(
     let hash = digests.state_hash(db, space)?;
     let mut done = WriteBatch::default();
     done.put_cf(db.cf(CF_META), meta_watermark(space), encode_vector(vector));
+    missed_keys::stage_missed(db, &mut done, space);
     stage_state_hash(db, &mut done, space, vector, &hash);
     db.fault_point("rebuild: watermark")?;
     db.commit(done)?;

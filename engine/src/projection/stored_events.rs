@@ -69,12 +69,13 @@ pub(crate) fn fold_stored_events(
     std::thread::scope(|scope| {
         let (batches, read) =
             std::sync::mpsc::sync_channel::<Vec<(EventHeader, Option<Operation>)>>(READ_BATCHES_AHEAD);
+        let keys = db.keys();
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(READ_BATCH_EVENTS);
             // The span of the last counted event (judged once per span, not per event).
             let mut counted_span: Option<(AuthorId, u64, u64)> = None;
             for_each_stored_event(db, space, |header, body| {
-                let mut operation = operation_in(&header, body);
+                let mut operation = operation_in(&header, body, &keys);
                 let within = |(a, last, below): (AuthorId, u64, u64)| {
                     a == header.author && header.seq <= last && header.hlc < below
                 };

@@ -8,4 +8,5 @@ mod ingest;
 mod membership;
 mod merge;
 mod properties;
+mod sealing;
 mod support;

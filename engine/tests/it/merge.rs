@@ -228,7 +228,7 @@ proptest! {
         let mut superseded: Vec<(Dot, String, Option<EntryId>)> = Vec::new();
         let mut written: Vec<(Dot, String, Option<EntryId>, CaseId)> = Vec::new();
         for e in &events {
-            let Some(op) = operation_of(e) else { continue };
+            let Some(op) = operation_of(e, &Default::default()) else { continue };
             let dot = Dot { author: e.header.author, seq: e.header.seq };
             for w in op.fields() {
                 written.push((dot, w.name.to_string(), op.entry(), op.case()));

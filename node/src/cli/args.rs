@@ -88,6 +88,9 @@ pub enum Commands {
     /// Entries of a case (session notes, appointments, documents' metadata).
     #[command(subcommand)]
     Entry(EntryCommand),
+    /// The practice PIN the device key is sealed under: change it.
+    #[command(subcommand)]
+    Pin(PinCommand),
     /// Run a relay and three devices on this machine, edit offline on two, and show they converge.
     Demo {
         /// Keep the demo's data dirs here instead of a temporary directory.
@@ -128,6 +131,15 @@ pub struct ServeArgs {
     /// Store and forward only.
     #[arg(long)]
     pub relay: bool,
+}
+
+/// `casesync space ...`.
+#[derive(Subcommand, Debug)]
+pub enum PinCommand {
+    /// Seal the device key under a new PIN: the current one from CASESYNC_PIN, CASESYNC_PIN_FILE
+    /// or the terminal, the new one from CASESYNC_NEW_PIN or the terminal (asked twice). Stop
+    /// the daemon first; other devices keep their own PIN.
+    Change,
 }
 
 /// `casesync space ...`.

@@ -83,9 +83,19 @@ pub async fn laptop_revoked(
     let laptop_key = laptop.shared().identity.author();
     laptop.shutdown().await;
     let o = office.clone();
-    tokio::task::spawn_blocking(move || o.store.revoke(&o.space, &o.identity.key, now_ms(), laptop_key)).await??;
+    let rotated = tokio::task::spawn_blocking(move || {
+        let before = o.store.sealing_key(&o.space);
+        o.store.revoke(&o.space, &o.identity.key, now_ms(), laptop_key)?;
+        // A new data key for what is written from now on, wrapped for everyone but the laptop.
+        o.maintain_keys();
+        Ok::<_, anyhow::Error>(o.store.sealing_key(&o.space) != before)
+    })
+    .await??;
     office.notify(office.store.next_position());
     say(&format!("\nthe laptop is lost: the office revokes it ({})", laptop_key.device_id()));
+    if rotated {
+        say("  the office seals what is written next under a new data key the laptop never receives");
+    }
     let offline = tokio::task::spawn_blocking({
         let dir = config.data.clone();
         move || data_dir::open(&dir, false)

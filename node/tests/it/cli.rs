@@ -4,7 +4,7 @@
 use std::process::Command;
 
 fn casesync(data: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_casesync")).arg("--data").arg(data).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_casesync")).env("CASESYNC_PIN", crate::support::TEST_PIN).arg("--data").arg(data).args(args).output().unwrap()
 }
 
 fn json(output: &std::process::Output) -> serde_json::Value {
@@ -54,14 +54,14 @@ fn case_commands_work_on_the_data_dir_and_speak_json() {
     // No fence: the device writes on; clearing none changes nothing.
     let fence = json(&casesync(&data, &["fence", "--json"]));
     assert_eq!(fence["blocks_writes"], false, "{fence}");
-    // The space's founding event and six case changes.
-    assert_eq!(fence["local_seq"], 7, "{fence}");
+    // The space's founding event, its first data key and six case changes.
+    assert_eq!(fence["local_seq"], 8, "{fence}");
     let cleared = json(&casesync(&data, &["fence", "--clear", "--json"]));
     assert_eq!(cleared["cleared_seq"], 0, "{cleared}");
     let text = casesync(&data, &["fence"]);
-    assert!(String::from_utf8_lossy(&text.stdout).contains("no fence: this device writes at seq 8"));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("no fence: this device writes at seq 9"));
     let status = json(&casesync(&data, &["status", "--json"]));
-    assert_eq!(status["events"], 7);
+    assert_eq!(status["events"], 8);
     assert_eq!(status["role"], "admin", "the founder");
 
     // Bad input: clear errors, non-zero exit, nothing changed.
@@ -80,7 +80,7 @@ fn case_commands_work_on_the_data_dir_and_speak_json() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
     let status = json(&casesync(&data, &["status", "--json"]));
-    assert_eq!(status["events"], 7);
+    assert_eq!(status["events"], 8);
 }
 
 #[test]
@@ -91,8 +91,12 @@ fn the_demo_converges() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let last = stdout.lines().last().unwrap();
     assert!(last.starts_with("converged: "), "{last}");
-    // 9 case events; the founding, 4 grants, a revocation, an invitation and an admission.
-    assert!(last.ends_with("(4 nodes, 17 events)"), "{last}");
+    // 9 case events; the rest is membership: the founding, grants, data key shares, a
+    // revocation and the key's rotation, an invitation and an admission.
+    let events: u64 = last.rsplit_once("nodes, ").and_then(|(_, n)| n.strip_suffix(" events)")?.parse().ok()).unwrap();
+    assert!(events > 17, "{last}");
+    assert!(stdout.contains("relay can open 0 of the 9 sealed case events it holds"), "{stdout}");
+    assert!(stdout.contains("under a new data key the laptop never receives"), "{stdout}");
     assert!(stdout.contains("the tablet joins with the code through the relay"), "{stdout}");
     assert!(stdout.contains("assistant (reader) tried to add a case: refused"), "{stdout}");
     assert!(stdout.contains("the relay refused the reader's event, signed and sent anyway"), "{stdout}");

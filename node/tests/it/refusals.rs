@@ -57,7 +57,7 @@ async fn forged_malformed_and_oversized_pushes_store_nothing() {
     let c = cluster(&["office", "home"]).await;
     let office = start(&c.dirs[0], vec![]).await;
     // Home's key is known to the office; use it to push crafted events.
-    let home = casesync_engine::identity::DeviceIdentity::load(&c.dirs[1]).unwrap().unwrap().key;
+    let home = crate::support::identity(&c.dirs[1]).key;
     let honest = events_by(&home, &office, 3, 100);
 
     // Malformed bytes.
@@ -120,7 +120,7 @@ async fn a_claim_about_this_devices_chain_without_its_events_changes_nothing() {
     let c = cluster(&["office", "home"]).await;
     let office = start(&c.dirs[0], vec![]).await;
     create(&office, case(1), "Anna").await;
-    let home = casesync_engine::identity::DeviceIdentity::load(&c.dirs[1]).unwrap().unwrap().key;
+    let home = crate::support::identity(&c.dirs[1]).key;
     let me = office.shared().identity.author();
     let claim: casesync_engine::model::vector_clock::VersionVector = [(me, u64::MAX)].into_iter().collect();
     let pull = pb::PullRequest {
@@ -132,7 +132,8 @@ async fn a_claim_about_this_devices_chain_without_its_events_changes_nothing() {
     while stream.message().await.unwrap().is_some() {}
     assert_eq!(office.shared().store.fence(&office.shared().space, &me), 0);
     set(&office, case(1), "phone", "030-1").await;
-    // Its founding event, the grant of home, the case, the change.
-    assert_eq!(office.shared().store.vector(&office.shared().space).get(&me), 4);
+    // Its founding event, its first data key, the grant of home, the key shared with home, the
+    // case, the change.
+    assert_eq!(office.shared().store.vector(&office.shared().space).get(&me), 6);
     office.shutdown().await;
 }

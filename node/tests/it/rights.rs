@@ -17,7 +17,7 @@ use tonic::{Code, Request};
 use crate::support::*;
 
 fn key_of(dir: &std::path::Path) -> DeviceKey {
-    casesync_engine::identity::DeviceIdentity::load(dir).unwrap().unwrap().key
+    crate::support::identity(dir).key
 }
 
 /// A case event signed by `key` as the next of its chain on `node`, sent around every check of

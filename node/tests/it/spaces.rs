@@ -12,17 +12,21 @@ use crate::support::*;
 
 /// `admin_dir`'s device grants `device` `role` in its first space (no daemon running there).
 fn grant(admin_dir: &std::path::Path, device: AuthorId, role: Role, name: &str) {
+    crate::support::use_test_pin();
     let admin = data_dir::open(admin_dir, false).unwrap();
     let grant = NewGrant { device, role, name: name.into(), until_ms: None };
     admin.store.grant(&admin.space, &admin.identity.key, now_ms(), grant).unwrap();
+    let fresh = casesync_node::shared::fresh_secret();
+    admin.store.maintain_keys(&admin.space, &admin.identity.key, now_ms(), fresh).unwrap();
 }
 
 fn device_of(dir: &std::path::Path) -> AuthorId {
-    casesync_engine::identity::DeviceIdentity::load(dir).unwrap().unwrap().author()
+    crate::support::identity(dir).author()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_holds_two_spaces_and_a_relay_serves_both() {
+    crate::support::use_test_pin();
     let own = cluster(&["relay", "office"]).await;
     let other = cluster(&["colleague"]).await;
     let (relay_dir, office_dir, colleague_dir) = (&own.dirs[0], &own.dirs[1], &other.dirs[0]);

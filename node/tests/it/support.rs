@@ -14,6 +14,21 @@ use casesync_node::{Node, NodeConfig};
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The practice PIN of every data dir the tests make.
+pub const TEST_PIN: &str = "test pin 2468";
+
+/// This test process's PIN, at the cheap cost (the real cost is measured in the engine's
+/// `kdf_cost`): set before any data dir is made or opened.
+pub fn use_test_pin() {
+    casesync_node::pin::use_for_process(TEST_PIN, casesync_engine::identity::KdfCost::FAST_FOR_TESTS);
+}
+
+/// The device identity of a data dir, opened with the test PIN.
+pub fn identity(dir: &std::path::Path) -> casesync_engine::identity::DeviceIdentity {
+    use_test_pin();
+    casesync_node::pin::unlock(dir).unwrap().unwrap()
+}
+
 pub struct Cluster {
     pub _root: tempfile::TempDir,
     pub dirs: Vec<PathBuf>,
@@ -23,6 +38,7 @@ pub struct Cluster {
 /// a name starting with "relay" is a relay, one starting with "reader" a reader, the others are
 /// writers.
 pub async fn cluster(names: &[&str]) -> Cluster {
+    use_test_pin();
     let root = tempfile::tempdir().unwrap();
     let founder = names.iter().position(|n| !n.starts_with("relay")).unwrap();
     let role = |index: usize, name: &str| match name {
@@ -44,6 +60,7 @@ pub async fn cluster(names: &[&str]) -> Cluster {
 }
 
 pub async fn start(dir: &PathBuf, peers: Vec<String>) -> Node {
+    use_test_pin();
     let mut config = NodeConfig::new(dir);
     config.peers = peers;
     Node::start(config).await.unwrap()

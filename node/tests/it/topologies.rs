@@ -210,16 +210,16 @@ async fn a_node_restored_from_an_old_copy_fetches_its_own_tail_before_writing() 
     office.shutdown().await;
     std::fs::remove_dir_all(&c.dirs[0]).unwrap();
     copy_dir(backup.path(), &c.dirs[0]);
-    // Restored: the office's own chain (its founding, the grant of home, the case) is at seq 3
-    // locally, seq 5 at home.
+    // Restored: the office's own chain (its founding, its first data key, the grant of home, the
+    // key shared with home, the case) is at seq 5 locally, seq 7 at home.
     let office = start(&c.dirs[0], vec![home.sync_url()]).await;
     converge(&[&office, &home]).await;
     let me = office.shared().identity.author();
-    assert_eq!(office.shared().store.vector(&office.shared().space).get(&me), 5);
-    // The next write continues the chain at seq 6: no fork, home accepts it.
+    assert_eq!(office.shared().store.vector(&office.shared().space).get(&me), 7);
+    // The next write continues the chain at seq 8: no fork, home accepts it.
     set(&office, case(1), "phone", "3").await;
     converge(&[&office, &home]).await;
-    assert_eq!(home.shared().store.vector(&home.shared().space).get(&me), 6);
+    assert_eq!(home.shared().store.vector(&home.shared().space).get(&me), 8);
     assert!(home.shared().store.forks(&home.shared().space).unwrap().is_empty());
     for n in [office, home] {
         n.shutdown().await;
@@ -254,7 +254,7 @@ async fn local_writes_wait_while_a_peer_holds_a_newer_own_tail() {
         1,
         Command::SetFields { case: case(1), fields: vec![("phone".into(), text("x"))] },
     );
-    assert!(matches!(refused, Err(casesync_engine::Error::Append(AppendError::Fenced { local: 2, remote: 5 }))));
+    assert!(matches!(refused, Err(casesync_engine::Error::Append(AppendError::Fenced { local: 3, remote: 5 }))));
     let via_node = edit(&shared, Command::SetFields { case: case(1), fields: vec![("phone".into(), text("x"))] }).await;
     assert!(via_node.unwrap_err().to_string().contains("sync with a peer"));
     // The operator's way out: the fence is cleared and the device writes again.

@@ -30,6 +30,9 @@ pub fn run(data: &Path, point: &Point) -> anyhow::Result<Outcome> {
     let config = data_dir::read_config(data)?;
     let store = data_dir::open_store(data, false)??;
     let space = data_dir::space_of(config.as_ref(), &store)?;
+    if store.keys().is_empty() && !store.membership(&space).keys().is_empty() {
+        anyhow::bail!("the space's bodies are sealed: set CASESYNC_PIN (or CASESYNC_PIN_FILE) to the practice PIN to see its cases");
+    }
     let held = store.vector(&space);
     let bar = progress::bar(held.total(), "replay");
     let mut events = 0u64;

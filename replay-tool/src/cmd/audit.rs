@@ -87,6 +87,8 @@ pub fn run(data: &Path, filter: &AuditFilter) -> anyhow::Result<Outcome> {
         names.entry(device.device).or_insert(device.name);
     }
     let mut lines = Vec::new();
+    // With the PIN, sealed bodies open: who changed what; without it, who and when only.
+    let keys = store.keys();
     for item in store.events_held(&space, &VersionVector::new()) {
         let (author, seq, message) = item?;
         if devices.as_ref().is_some_and(|d| !d.contains(&author)) {
@@ -98,7 +100,7 @@ pub fn run(data: &Path, filter: &AuditFilter) -> anyhow::Result<Outcome> {
         if ms < from || ms > to {
             continue;
         }
-        let op = operation_of(&event);
+        let op = operation_of(&event, &keys);
         if let Some(case) = case {
             if op.as_ref().is_none_or(|op| op.case() != case) {
                 continue;
@@ -121,7 +123,7 @@ pub fn run(data: &Path, filter: &AuditFilter) -> anyhow::Result<Outcome> {
                 let kind = match (event.header.encoding, membership_op(&event)) {
                     (_, Some(Ok(change))) => format!("membership: {change}"),
                     (BodyEncoding::Membership, _) => "membership: unreadable".to_string(),
-                    (BodyEncoding::Sealed, _) => "sealed".to_string(),
+                    (BodyEncoding::Sealed, _) => "sealed (give the PIN to read it)".to_string(),
                     (BodyEncoding::Plain, _) => "unreadable".to_string(),
                 };
                 (kind, None, None, Vec::new(), json!({}))

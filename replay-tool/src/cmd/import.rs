@@ -228,8 +228,15 @@ fn store_file(
 
 /// Opens the store an import writes into: without projections when they are rebuilt once at
 /// the end, holding case deltas in memory for `bulk`.
-fn open_for_import(path: &Path, projections: bool, bulk: bool, rebuild: bool) -> anyhow::Result<Store> {
-    let store = Store::open(path, StoreOptions { projections: projections && !rebuild, ..StoreOptions::compatible() })
+/// Opens a store of the import holding the keys of the data dir imported into (its device key
+/// opened with the PIN, when given), so that the views folded from sealed bodies hold their
+/// contents; without them the views miss those bodies until the device receives its keys.
+fn open_keyed(path: &Path, options: StoreOptions, data: &Path) -> anyhow::Result<Store> {
+    Ok(Store::open_unlocked(path, options, crate::unlock::recipients(data)?)?)
+}
+
+fn open_for_import(path: &Path, projections: bool, bulk: bool, rebuild: bool, data: &Path) -> anyhow::Result<Store> {
+    let store = open_keyed(path, StoreOptions { projections: projections && !rebuild, ..StoreOptions::compatible() }, data)
         .context("opening the store")?;
     if bulk {
         // The import reports the state hash: the bulk load takes it as it writes.
@@ -285,7 +292,7 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
     let rebuild = projections && mode == Projections::Rebuild;
     drop(existing);
     let db = data_dir::db_path(data);
-    let store = open_for_import(&db, projections, bulk, rebuild)?;
+    let store = open_for_import(&db, projections, bulk, rebuild, data)?;
     // Commits wait for the disk once, at the end, before anything is reported: an import cut
     // short by a crash or power loss keeps a consistent prefix and is simply run again.
     store.defer_syncs();
@@ -314,7 +321,7 @@ pub fn run(data: &Path, file: &Path, mode: Projections) -> anyhow::Result<Outcom
     let store = if rebuild {
         drop(store);
         // Opening with projections brings them up to date with the log (one rebuild).
-        Store::open(&db, StoreOptions { projections: true, ..StoreOptions::compatible() })
+        open_keyed(&db, StoreOptions { projections: true, ..StoreOptions::compatible() }, data)
             .context("rebuilding the projections")?
     } else {
         store
@@ -354,7 +361,7 @@ fn import_into_new_store(
     let rebuild = projections && mode == Projections::Rebuild;
     let bulk = projections && matches!(mode, Projections::Auto | Projections::Bulk);
     let staging = Staging::begin(data)?;
-    let store = open_for_import(staging.path(), projections, bulk, rebuild)?;
+    let store = open_for_import(staging.path(), projections, bulk, rebuild, data)?;
     // Nothing becomes visible before the final rename, and a crash leaves only a staging store
     // the next import removes: nothing needs the WAL. Everything is flushed once at the end.
     store.write_without_wal();
@@ -379,7 +386,7 @@ fn import_into_new_store(
     if rebuild {
         // Opening with projections brings them up to date with the log (one rebuild).
         drop(
-            Store::open(staging.path(), StoreOptions { projections: true, ..StoreOptions::compatible() })
+            open_keyed(staging.path(), StoreOptions { projections: true, ..StoreOptions::compatible() }, data)
                 .context("rebuilding the projections")?,
         );
     }
@@ -387,7 +394,7 @@ fn import_into_new_store(
     if config.is_none() {
         data_dir::write_minimal_config(data, &space)?;
     }
-    let store = Store::open(&db, StoreOptions { projections, ..StoreOptions::compatible() })
+    let store = open_keyed(&db, StoreOptions { projections, ..StoreOptions::compatible() }, data)
         .context("opening the imported store")?;
     let imported = Imported { space, accepted, skipped, summary };
     report(data, file, &store, &header, imported, Projected::of(projections, bulk, rebuild), started)

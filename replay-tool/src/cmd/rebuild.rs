@@ -18,6 +18,11 @@ pub fn run(data: &Path) -> anyhow::Result<Outcome> {
     // Opened without projections so the open itself never rebuilds (that is done once, below).
     let store = data_dir::open_store(data, false)??;
     let space = data_dir::space_of(config.as_ref(), &store)?;
+    if store.keys().is_empty() && !store.membership(&space).keys().is_empty() {
+        bail!(
+            "the space's bodies are sealed: rebuilding without the PIN would leave the views empty; set CASESYNC_PIN (or CASESYNC_PIN_FILE) to the practice PIN"
+        );
+    }
     let events = store.vector(&space).total();
     let started = Instant::now();
     let state_hash = store.rebuild_projections(&space)?;

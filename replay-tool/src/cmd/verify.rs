@@ -5,7 +5,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::path::Path;
 
+use std::sync::Arc;
+
+use casesync_engine::model::event::BodyEncoding;
 use casesync_engine::model::ids::{AuthorId, CaseId, SpaceId};
+use casesync_engine::model::sealing::KeySet;
 use casesync_engine::model::merge::CaseState;
 use casesync_engine::model::state_hash::StateHasher;
 use casesync_engine::model::vector_clock::Head;
@@ -24,6 +28,20 @@ use crate::vector_arg::vector_json;
 struct SpaceCheck {
     verifier: ChainVerifier,
     fold: Fold,
+    /// Sealed bodies seen, and those that did not open with the keys held (with a PIN).
+    sealed: u64,
+    unopened: u64,
+}
+
+impl SpaceCheck {
+    fn new(space: SpaceId, mode: SignatureCheck, keys: &Arc<KeySet>) -> SpaceCheck {
+        SpaceCheck {
+            verifier: ChainVerifier::new(space, mode),
+            fold: Fold::new(VersionVector::new()).with_keys(keys.clone()),
+            sealed: 0,
+            unopened: 0,
+        }
+    }
 }
 
 /// Runs the command.
@@ -44,7 +62,11 @@ pub fn run(data: &Path, full: bool) -> anyhow::Result<Outcome> {
                 Source::Store(store) => spaces.iter().map(|s| store.vector(s).total()).sum(),
                 Source::Raw { .. } => 0,
             };
-            let (checks, regions) = check_chains(&source, mode, &spaces, total)?;
+            let keys = match &source {
+                Source::Store(store) => store.keys(),
+                Source::Raw { .. } => Arc::default(),
+            };
+            let (checks, regions) = check_chains(&source, mode, &spaces, total, &keys)?;
             let Source::Store(store) = &source else { anyhow::bail!("internal: the store source changed kind") };
             let mut reports = Vec::new();
             let mut ok = regions.is_empty();
@@ -73,7 +95,7 @@ pub fn run(data: &Path, full: bool) -> anyhow::Result<Outcome> {
             let (heads, _) = source.heads();
             let mut spaces: Vec<SpaceId> = heads.keys().map(|(s, _)| *s).collect();
             spaces.dedup();
-            let (checks, regions) = check_chains(&source, mode, &spaces, 0)?;
+            let (checks, regions) = check_chains(&source, mode, &spaces, 0, &Arc::default())?;
             let mut reports = Vec::new();
             for (space, mut check) in checks {
                 check.verifier.expect_heads(heads.iter().filter(|((s, _), _)| *s == space).map(|((_, a), h)| (*a, *h)));
@@ -96,22 +118,24 @@ fn check_chains(
     mode: SignatureCheck,
     spaces: &[SpaceId],
     total: u64,
+    keys: &Arc<KeySet>,
 ) -> anyhow::Result<(BTreeMap<SpaceId, SpaceCheck>, Vec<String>)> {
-    let mut checks: BTreeMap<SpaceId, SpaceCheck> = spaces
-        .iter()
-        .map(|s| (*s, SpaceCheck { verifier: ChainVerifier::new(*s, mode), fold: Fold::new(VersionVector::new()) }))
-        .collect();
+    let mut checks: BTreeMap<SpaceId, SpaceCheck> =
+        spaces.iter().map(|s| (*s, SpaceCheck::new(*s, mode, keys))).collect();
     let mut regions = Vec::new();
     let bar = progress::bar(total, "verify");
     source.scan(&mut |item| {
         match item {
             Scanned::Event { space, author, seq, stored } => {
                 bar.inc(1);
-                let check = checks.entry(space).or_insert_with(|| SpaceCheck {
-                    verifier: ChainVerifier::new(space, mode),
-                    fold: Fold::new(VersionVector::new()),
-                });
+                let check = checks.entry(space).or_insert_with(|| SpaceCheck::new(space, mode, keys));
                 if let Ok(Some(event)) = check.verifier.push_stored((author, seq), &stored) {
+                    if event.header.encoding == BodyEncoding::Sealed {
+                        check.sealed += 1;
+                        if !keys.is_empty() && keys.open(&event.header, &event.body).is_err() {
+                            check.unopened += 1;
+                        }
+                    }
                     let _ = check.fold.apply(&event, |_| Ok::<_, Infallible>(None));
                 }
             }
@@ -144,8 +168,17 @@ fn finish_space(
     check.verifier.expect_heads(heads);
     let chains = check.verifier.finish();
     let mut ok = chains.faults.is_empty();
+    let locked = check.sealed > 0 && store.keys().is_empty();
+    let bodies = if locked {
+        json!({ "sealed": check.sealed, "opened": null })
+    } else {
+        ok &= check.unopened == 0;
+        json!({ "sealed": check.sealed, "opened": check.sealed - check.unopened })
+    };
     let projections = if relay {
         json!({ "checked": false, "reason": "relay: no projections" })
+    } else if locked {
+        json!({ "checked": false, "reason": "its bodies are sealed: with the PIN (CASESYNC_PIN) the views are compared with a replay" })
     } else {
         let replayed: BTreeMap<CaseId, CaseState> = check.fold.into_cases().collect();
         let replayed_hash = StateHasher::of(replayed.values());
@@ -210,7 +243,9 @@ fn finish_space(
             })
         }
     };
-    Ok((space_json(space, &chains, projections), ok))
+    let mut report = space_json(space, &chains, projections);
+    report["bodies"] = bodies;
+    Ok((report, ok))
 }
 
 fn space_json(space: SpaceId, chains: &ChainReport, projections: serde_json::Value) -> serde_json::Value {
@@ -280,6 +315,20 @@ fn outcome(
                 fault["seq"],
                 fault["message"].as_str().unwrap_or("")
             ));
+        }
+        let bodies = get("bodies");
+        match (bodies["sealed"].as_u64(), bodies["opened"].as_u64()) {
+            (Some(0) | None, _) => {}
+            (Some(sealed), None) => text.push_str(&format!(
+                "  {sealed} sealed bodies, not opened (no PIN: set CASESYNC_PIN to check that each opens)\n"
+            )),
+            (Some(sealed), Some(opened)) if opened == sealed => {
+                text.push_str(&format!("  {sealed} sealed bodies, every one opens with this device's keys\n"))
+            }
+            (Some(sealed), Some(opened)) => text.push_str(&format!(
+                "  SEALED BODIES THAT DO NOT OPEN: {} of {sealed} (damaged, or under a key this device was never given)\n",
+                sealed - opened
+            )),
         }
         let projections = get("projections");
         if projections["lagging"] == true {

@@ -49,6 +49,7 @@ fn verify_and_rebuild_on_a_good_dir() {
 
 #[test]
 fn migration_export_import_gives_the_same_state_hash() {
+    use_test_pin();
     let tmp = tempfile::tempdir().unwrap();
     // Two devices editing, synced: the old computer holds both chains.
     let office = Node::create(&tmp.path().join("office"), 1, "office");
@@ -326,6 +327,7 @@ fn an_import_adds_as_members_only_devices_whose_signed_events_it_holds() {
 #[test]
 fn a_founded_space_migrates_with_its_membership() {
     use casesync_engine::model::membership::{NewGrant, Role};
+    use_test_pin();
     let tmp = tempfile::tempdir().unwrap();
     let office_dir = tmp.path().join("office");
     casesync_node::data_dir::init(&office_dir, "office", None, false, None).unwrap();
@@ -335,16 +337,40 @@ fn a_founded_space_migrates_with_its_membership() {
     let newpc = casesync_engine::model::ids::AuthorId::from_hex(&joined.device_key).unwrap();
     let grant = NewGrant { device: newpc, role: Role::Writer, name: "newpc".into(), until_ms: None };
     office.store.grant(&office.space, &office.identity.key, T0_MS, grant).unwrap();
+    // The space's data key, wrapped for the new computer's device key too.
+    office.store.maintain_keys(&office.space, &office.identity.key, T0_MS, [9; 32]).unwrap();
     let command = casesync_engine::commands::Command::CreateCase {
         id: case(1),
-        fields: vec![("name".into(), casesync_engine::model::operation::FieldValue::Text("Anna".into()))],
+        fields: vec![(
+            "kontaktperson".into(),
+            casesync_engine::model::operation::FieldValue::Text("Annegret Zwiebelmeier".into()),
+        )],
     };
     office.store.execute(&office.space, &office.identity.key, T0_MS + 1, command).unwrap();
     let hash = office.store.state_hash(&office.space).unwrap();
     drop(office);
     let backup = tmp.path().join("office.bin");
-    let (code, report) = replay_json(&["export", "--data", s(&office_dir), "--out", s(&backup)]);
+    // Exported without the PIN: the backup holds sealed bodies only.
+    let (code, stdout, stderr) =
+        replay_with_pin(&["export", "--data", s(&office_dir), "--out", s(&backup), "--json"], None);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    let bytes = std::fs::read(&backup).unwrap();
+    for plain in ["Zwiebelmeier", "kontaktperson"] {
+        assert!(!bytes.windows(plain.len()).any(|w| w == plain.as_bytes()), "{plain} in the backup");
+    }
+    // Verified without the PIN: chains and signatures, bodies not opened; with it, every body.
+    let (code, stdout, _) = replay_with_pin(&["verify", "--data", s(&office_dir), "--json"], None);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["spaces"][0]["bodies"], serde_json::json!({"sealed": 1, "opened": null}), "{report:#}");
+    let (code, report) = replay_json(&["verify", "--data", s(&office_dir)]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["spaces"][0]["bodies"], serde_json::json!({"sealed": 1, "opened": 1}), "{report:#}");
+    assert_eq!(report["spaces"][0]["projections"]["equal"], true, "{report:#}");
+    let (code, _, stderr) = replay_with_pin(&["verify", "--data", s(&office_dir)], Some("not the pin"));
+    assert_eq!(code, 1, "a wrong PIN is refused: {stderr}");
+    assert!(stderr.contains("wrong PIN"), "{stderr}");
+    // Restored on the new computer with the PIN: its device key opens the key wrapped for it.
     let (code, report) = replay_json(&["import", "--data", s(&newpc_dir), s(&backup)]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["state_hash"], hash.as_str());

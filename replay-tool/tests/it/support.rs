@@ -123,9 +123,27 @@ pub fn busy_node(dir: &Path, cases: u32, edits: u32) -> Node {
     node
 }
 
-/// Runs the real binary: (exit code, stdout, stderr).
+/// The practice PIN of the data dirs these tests make with the node's code.
+pub const TEST_PIN: &str = "test pin 2468";
+
+/// This test process's PIN for the node's code, at the cheap cost.
+pub fn use_test_pin() {
+    casesync_node::pin::use_for_process(TEST_PIN, casesync_engine::identity::KdfCost::FAST_FOR_TESTS);
+}
+
+/// Runs the real binary with the test PIN: (exit code, stdout, stderr).
 pub fn replay(args: &[&str]) -> (i32, String, String) {
-    let output = Process::new(env!("CARGO_BIN_EXE_replay-tool"))
+    replay_with_pin(args, Some(TEST_PIN))
+}
+
+/// Runs the real binary with `pin` (none: no PIN in its environment).
+pub fn replay_with_pin(args: &[&str], pin: Option<&str>) -> (i32, String, String) {
+    let mut command = Process::new(env!("CARGO_BIN_EXE_replay-tool"));
+    command.env_remove("CASESYNC_PIN").env_remove("CASESYNC_PIN_FILE");
+    if let Some(pin) = pin {
+        command.env("CASESYNC_PIN", pin);
+    }
+    let output = command
         .args(args)
         .env("RUST_LOG", std::env::var("REPLAY_TOOL_TEST_LOG").unwrap_or_else(|_| "error".into()))
         .output()

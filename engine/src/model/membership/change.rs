@@ -1,7 +1,8 @@
 //! What membership events say: roles, the changes an admin (or an invited device) signs, and
 //! the ids and digests they are checked against.
 
-use crate::model::ids::{AuthorId, SpaceId};
+use crate::model::ids::{AuthorId, KeyId, SpaceId};
+use crate::model::sealing::KeyWrap;
 
 /// What a device may do in a space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,6 +92,14 @@ pub enum MembershipOp {
         /// The grant it gives lasts until then (`None`: no end).
         until_ms: Option<u64>,
     },
+    /// A data key handed to recipients (member devices or invitations), wrapped for each; the
+    /// first share of a key id that counts introduces the key.
+    ShareKey {
+        /// The data key's id.
+        key: KeyId,
+        /// One wrap per recipient.
+        wraps: Vec<KeyWrap>,
+    },
     /// A device's enrolment through an invitation (its own first event).
     Admit {
         /// The invitation's public key.
@@ -123,6 +132,10 @@ impl std::fmt::Display for MembershipOp {
                 key.device_id(),
                 until(until_ms)
             ),
+            MembershipOp::ShareKey { key, wraps } => {
+                let to: Vec<String> = wraps.iter().map(|w| w.to.device_id()).collect();
+                write!(f, "share data key {} with {}", key.short(), to.join(", "))
+            }
             MembershipOp::Admit { invite, name, .. } => {
                 write!(f, "join as {name:?} with invitation {}", invite.device_id())
             }
