@@ -6,6 +6,7 @@ mod invitations;
 mod public_relay;
 mod refusals;
 mod rights;
+mod sealing;
 mod spaces;
 mod support;
 mod topologies;
