@@ -65,8 +65,9 @@ impl Harness {
         }
         let _ = std::fs::remove_file(&marker);
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open_unlocked(&dir, StoreOptions::default(), crate::membership::bench_recipients(self.space))
-            .context("opening the template store")?;
+        let store =
+            Store::open_unlocked(&dir, StoreOptions::default(), crate::membership::bench_recipients(self.space))
+                .context("opening the template store")?;
         self.admin.prepare_template(&store, spec)?;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let report = workload::preload(&store, self.space, spec, threads)?;

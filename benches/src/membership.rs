@@ -116,8 +116,8 @@ impl BenchAdmin {
     /// Stores the founder's whole chain in a node's data dir (its daemon not running).
     pub fn deliver_to(&self, data: &Path, relay: bool) -> anyhow::Result<()> {
         let options = StoreOptions { projections: !relay, ..StoreOptions::default() };
-        let store =
-            Store::open_unlocked(&data.join("db"), options, bench_recipients(self.space)).context("opening a node's store")?;
+        let store = Store::open_unlocked(&data.join("db"), options, bench_recipients(self.space))
+            .context("opening a node's store")?;
         deliver(&store, self.space, self.chain(true)?)
     }
 }

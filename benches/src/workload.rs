@@ -13,9 +13,9 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use casesync_engine::codec::wire;
 use casesync_engine::model::event::{BodyEncoding, EventHeader, SignedEvent};
-use casesync_engine::model::sealing::DataKey;
 use casesync_engine::model::ids::{AuthorId, CaseId, EventId, SpaceId};
 use casesync_engine::model::operation::{smallvec, Dot, FieldValue, FieldWrite, Operation};
+use casesync_engine::model::sealing::DataKey;
 use casesync_engine::model::signing::DeviceKey;
 use casesync_engine::store::Store;
 use casesync_proto::v1 as pb;
@@ -94,7 +94,17 @@ impl AuthorStream {
     pub fn new(spec: WorkloadSpec, space: SpaceId, index: usize) -> AuthorStream {
         let key = spec.key(index);
         let data_key = DataKey::from_secret(bench_data_secret());
-        AuthorStream { spec, index, key, space, seq: 0, prev: EventId::ZERO, written: 0, last: HashMap::new(), data_key }
+        AuthorStream {
+            spec,
+            index,
+            key,
+            space,
+            seq: 0,
+            prev: EventId::ZERO,
+            written: 0,
+            last: HashMap::new(),
+            data_key,
+        }
     }
 
     /// Events left to write.

@@ -196,7 +196,8 @@ impl DeviceIdentity {
             }
             fs::rename(&key_path, &retired).map_err(io(&retired))?;
         }
-        let identity = DeviceIdentity { key: DeviceKey::from_secret(secret), name: name.to_string(), invites: Vec::new() };
+        let identity =
+            DeviceIdentity { key: DeviceKey::from_secret(secret), name: name.to_string(), invites: Vec::new() };
         identity.save(dir, pin)?;
         let name_path = dir.join(NAME_FILE);
         fs::write(&name_path, format!("{name}\n")).map_err(io(&name_path))?;

@@ -6,8 +6,8 @@
 pub mod families;
 pub mod format;
 
-use std::path::{Path, PathBuf};
 use crate::model::sealing::KeySet;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};

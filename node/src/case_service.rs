@@ -377,7 +377,9 @@ impl Cases for CaseService {
                         let event = store
                             .get_event(&space, &arrival.author, arrival.seq)
                             .map_err(|e| grpc_status::store(&e))?;
-                        if let Some(op) = event.as_ref().and_then(|e| casesync_engine::projection::operation_of(e, &keys)) {
+                        if let Some(op) =
+                            event.as_ref().and_then(|e| casesync_engine::projection::operation_of(e, &keys))
+                        {
                             out.push(pb::CaseChange {
                                 case_id: op.case().to_hex(),
                                 author: arrival.author.to_hex(),

@@ -117,7 +117,9 @@ fn pin_change(data: &Path, as_json: bool) -> anyhow::Result<()> {
     let identity =
         crate::pin::guarded(data, || casesync_engine::identity::DeviceIdentity::change_pin(data, &old, &new))?;
     if as_json {
-        return json(&serde_json::json!({"data": data.display().to_string(), "device": identity.author().device_id(), "pin_changed": true}));
+        return json(
+            &serde_json::json!({"data": data.display().to_string(), "device": identity.author().device_id(), "pin_changed": true}),
+        );
     }
     println!("the device key of {} ({}) is sealed under the new PIN", data.display(), identity.author().device_id());
     Ok(())

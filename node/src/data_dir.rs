@@ -79,8 +79,7 @@ pub fn init(
     };
     let created = existing.is_none();
     let pin = crate::pin::current(&format!("practice PIN for {}: ", data.display()))?;
-    let (identity, _) =
-        crate::pin::guarded(data, || DeviceIdentity::load_or_create(data, name, fresh_secret, &pin))?;
+    let (identity, _) = crate::pin::guarded(data, || DeviceIdentity::load_or_create(data, name, fresh_secret, &pin))?;
     std::fs::write(data.join(INSTANCE_FILE), fingerprint(data)).context("writing the instance file")?;
     let store = Store::open_unlocked(
         &db_path(data),
@@ -155,15 +154,15 @@ pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
     let relay = relay_flag || config.relay;
     let options = StoreOptions { projections: !relay, ..StoreOptions::default() };
     let store = Store::open_unlocked(&db_path(data), options, identity.recipients()).map_err(|e| {
-            let context = if e.fault() == Some(StorageFault::NoSpace) {
-                crate::grpc_status::DISK_FULL
-            } else if casesync_engine::storage::held_by_another_process(&db_path(data)) {
-                "the data dir is in use by another casesync process"
-            } else {
-                "cannot open the log store"
-            };
-            anyhow::Error::new(e).context(context)
-        })?;
+        let context = if e.fault() == Some(StorageFault::NoSpace) {
+            crate::grpc_status::DISK_FULL
+        } else if casesync_engine::storage::held_by_another_process(&db_path(data)) {
+            "the data dir is in use by another casesync process"
+        } else {
+            "cannot open the log store"
+        };
+        anyhow::Error::new(e).context(context)
+    })?;
     if store.member(&space, &identity.author())?.is_none() {
         store.add_member(&space, &identity.author(), &identity.name)?;
     }

@@ -68,7 +68,11 @@ pub fn encode_membership(op: &MembershipOp) -> Vec<u8> {
             key_id: bytes(key.as_bytes()),
             wraps: wraps
                 .iter()
-                .map(|w| pb::KeyWrap { to: bytes(w.to.as_bytes()), ephemeral: bytes(&w.ephemeral), sealed: bytes(&w.sealed) })
+                .map(|w| pb::KeyWrap {
+                    to: bytes(w.to.as_bytes()),
+                    ephemeral: bytes(&w.ephemeral),
+                    sealed: bytes(&w.sealed),
+                })
                 .collect(),
         }),
         MembershipOp::Admit { invite, proof, name } => {
@@ -114,7 +118,9 @@ pub fn decode_membership(body: &[u8]) -> Result<MembershipOp, OperationError> {
                         ephemeral: w.ephemeral[..]
                             .try_into()
                             .map_err(|_| OperationError::Malformed("an ephemeral key is not 32 bytes"))?,
-                        sealed: w.sealed[..].try_into().map_err(|_| OperationError::Malformed("a wrap is not 48 bytes"))?,
+                        sealed: w.sealed[..]
+                            .try_into()
+                            .map_err(|_| OperationError::Malformed("a wrap is not 48 bytes"))?,
                     })
                 })
                 .collect::<Result<Vec<_>, OperationError>>()?;

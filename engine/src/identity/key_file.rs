@@ -24,8 +24,11 @@ const HEADER_BYTES: usize = 8 + 12 + 16 + 24;
 /// The most invitation keys a file holds (a device joins a space once per invitation).
 const INVITES_MAX: usize = 64;
 
-/// Keys derived in this process, by blake3(PIN, salt, cost).
-static DERIVED: std::sync::Mutex<Vec<([u8; 32], Zeroizing<[u8; 32]>)>> = std::sync::Mutex::new(Vec::new());
+/// A key derived from a PIN, by blake3(PIN, salt, cost).
+type Derived = ([u8; 32], Zeroizing<[u8; 32]>);
+
+/// Keys derived in this process.
+static DERIVED: std::sync::Mutex<Vec<Derived>> = std::sync::Mutex::new(Vec::new());
 /// The most derived keys kept.
 const DERIVED_MAX: usize = 32;
 
@@ -107,7 +110,9 @@ impl Pin {
             lookup.update(&value.to_le_bytes());
         }
         let lookup = *lookup.finalize().as_bytes();
-        if let Some(key) = DERIVED.lock().ok().and_then(|d| d.iter().find(|(l, _)| *l == lookup).map(|(_, k)| k.clone())) {
+        if let Some(key) =
+            DERIVED.lock().ok().and_then(|d| d.iter().find(|(l, _)| *l == lookup).map(|(_, k)| k.clone()))
+        {
             return Ok(key);
         }
         let mut key = Zeroizing::new([0u8; 32]);
@@ -167,12 +172,16 @@ pub(crate) fn open(bytes: &[u8], pin: &Pin) -> Result<Secrets, IdentityError> {
     if bytes.len() < HEADER_BYTES + 33 + 16 || bytes[..8] != MAGIC {
         return Err(damaged("it is not a casesync key file"));
     }
-    let word = |i: usize| u32::from_le_bytes([bytes[8 + 4 * i], bytes[9 + 4 * i], bytes[10 + 4 * i], bytes[11 + 4 * i]]);
+    let word =
+        |i: usize| u32::from_le_bytes([bytes[8 + 4 * i], bytes[9 + 4 * i], bytes[10 + 4 * i], bytes[11 + 4 * i]]);
     let cost = KdfCost { memory_kib: word(0), passes: word(1), lanes: word(2) };
     let key = pin.derive(cost, &bytes[20..36])?;
     let plain = Zeroizing::new(
         XChaCha20Poly1305::new((&*key).into())
-            .decrypt(XNonce::from_slice(&bytes[36..60]), Payload { msg: &bytes[HEADER_BYTES..], aad: &bytes[..HEADER_BYTES] })
+            .decrypt(
+                XNonce::from_slice(&bytes[36..60]),
+                Payload { msg: &bytes[HEADER_BYTES..], aad: &bytes[..HEADER_BYTES] },
+            )
             .map_err(|_| IdentityError::WrongPin)?,
     );
     let count = usize::from(plain[32]);

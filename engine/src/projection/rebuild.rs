@@ -4,10 +4,10 @@ use rocksdb::WriteBatch;
 
 use super::bulk_catch_up::BulkState;
 use super::fold::Fold;
+use super::missed_keys;
 use super::spill_files::{SpillFiles, SpillWriters};
 use super::stored_events::fold_stored_events;
 use super::written_digests::{stage_state_hash, WrittenDigests};
-use super::missed_keys;
 use crate::codec::keys::{meta_watermark, CF_CASES, CF_CASE_EVENTS, CF_META};
 use crate::codec::meta::encode_vector;
 use crate::error::StoreError;

@@ -111,7 +111,9 @@ impl Store {
                         }
                         match unwrap_key(space, id, wrap, recipient) {
                             Ok(data_key) => new.push(data_key),
-                            Err(error) => tracing::warn!(space = %space.short(), key = %id.short(), %error, "a key share for this device does not open"),
+                            Err(error) => {
+                                tracing::warn!(space = %space.short(), key = %id.short(), %error, "a key share for this device does not open")
+                            }
                         }
                     }
                 }
@@ -137,7 +139,11 @@ impl Store {
 }
 
 /// A key share of `data_key` for `recipients`.
-fn share(space: &SpaceId, data_key: &DataKey, recipients: &[crate::model::ids::AuthorId]) -> Result<MembershipOp, AppendError> {
+fn share(
+    space: &SpaceId,
+    data_key: &DataKey,
+    recipients: &[crate::model::ids::AuthorId],
+) -> Result<MembershipOp, AppendError> {
     let wraps = recipients
         .iter()
         .filter_map(|to| match wrap_key(space, data_key, to) {

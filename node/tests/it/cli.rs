@@ -1,11 +1,7 @@
 //! The `casesync` binary end to end: init, case commands with and without a daemon, --json,
 //! clear errors for bad input, and the demo.
 
-use std::process::Command;
-
-fn casesync(data: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_casesync")).env("CASESYNC_PIN", crate::support::TEST_PIN).arg("--data").arg(data).args(args).output().unwrap()
-}
+use crate::support::casesync;
 
 fn json(output: &std::process::Output) -> serde_json::Value {
     assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));

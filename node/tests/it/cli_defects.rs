@@ -21,10 +21,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-fn casesync(data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_casesync")).env("CASESYNC_PIN", crate::support::TEST_PIN).arg("--data").arg(data).args(args).output().unwrap()
-}
-
 fn json_out(output: &std::process::Output) -> Value {
     assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap()
@@ -42,7 +38,8 @@ impl Drop for Daemon {
 
 /// Starts `casesync serve` and waits (bounded) until it says it serves.
 fn serve(data: &Path, args: &[&str]) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_casesync")).env("CASESYNC_PIN", crate::support::TEST_PIN)
+    let mut child = Command::new(env!("CARGO_BIN_EXE_casesync"))
+        .env("CASESYNC_PIN", crate::support::TEST_PIN)
         .arg("--data")
         .arg(data)
         .args(["serve", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])

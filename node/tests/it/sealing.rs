@@ -87,12 +87,7 @@ async fn a_relay_stores_and_forwards_without_one_readable_byte_of_the_cases() {
 }
 
 fn casesync(data: &Path, pin: Option<&str>, args: &[&str]) -> std::process::Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_casesync"));
-    command.env_remove("CASESYNC_PIN").env_remove("CASESYNC_PIN_FILE").env_remove("CASESYNC_NEW_PIN");
-    if let Some(pin) = pin {
-        command.env("CASESYNC_PIN", pin);
-    }
-    command.arg("--data").arg(data).args(args).output().unwrap()
+    casesync_with_pin(data, pin, args)
 }
 
 fn stderr(output: &std::process::Output) -> String {

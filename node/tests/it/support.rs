@@ -23,6 +23,21 @@ pub fn use_test_pin() {
     casesync_node::pin::use_for_process(TEST_PIN, casesync_engine::identity::KdfCost::FAST_FOR_TESTS);
 }
 
+/// Runs the `casesync` binary on `data` with the test PIN.
+pub fn casesync(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    casesync_with_pin(data, Some(TEST_PIN), args)
+}
+
+/// Runs the `casesync` binary on `data` with `pin` (none: no PIN in its environment).
+pub fn casesync_with_pin(data: &std::path::Path, pin: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_casesync"));
+    command.env_remove("CASESYNC_PIN").env_remove("CASESYNC_PIN_FILE").env_remove("CASESYNC_NEW_PIN");
+    if let Some(pin) = pin {
+        command.env("CASESYNC_PIN", pin);
+    }
+    command.arg("--data").arg(data).args(args).output().unwrap()
+}
+
 /// The device identity of a data dir, opened with the test PIN.
 pub fn identity(dir: &std::path::Path) -> casesync_engine::identity::DeviceIdentity {
     use_test_pin();

@@ -236,8 +236,9 @@ fn open_keyed(path: &Path, options: StoreOptions, data: &Path) -> anyhow::Result
 }
 
 fn open_for_import(path: &Path, projections: bool, bulk: bool, rebuild: bool, data: &Path) -> anyhow::Result<Store> {
-    let store = open_keyed(path, StoreOptions { projections: projections && !rebuild, ..StoreOptions::compatible() }, data)
-        .context("opening the store")?;
+    let store =
+        open_keyed(path, StoreOptions { projections: projections && !rebuild, ..StoreOptions::compatible() }, data)
+            .context("opening the store")?;
     if bulk {
         // The import reports the state hash: the bulk load takes it as it writes.
         store.begin_bulk_catch_up_holding(IMPORT_CASES_IN_MEMORY, true);

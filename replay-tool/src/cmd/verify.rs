@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use casesync_engine::model::event::BodyEncoding;
 use casesync_engine::model::ids::{AuthorId, CaseId, SpaceId};
-use casesync_engine::model::sealing::KeySet;
 use casesync_engine::model::merge::CaseState;
+use casesync_engine::model::sealing::KeySet;
 use casesync_engine::model::state_hash::StateHasher;
 use casesync_engine::model::vector_clock::Head;
 use casesync_engine::model::vector_clock::VersionVector;

@@ -76,11 +76,9 @@ impl Membership {
     pub fn key_plan(&self, holds: impl Fn(&KeyId) -> bool, now_ms: u64) -> KeyPlan {
         let rotate = match self.decided.keys.last() {
             None => true,
-            Some(newest) => self
-                .decided
-                .wraps
-                .iter()
-                .any(|(to, wraps)| wraps.iter().any(|(k, _)| k == newest) && self.is_out(to)),
+            Some(newest) => {
+                self.decided.wraps.iter().any(|(to, wraps)| wraps.iter().any(|(k, _)| k == newest) && self.is_out(to))
+            }
         };
         let recipients = self.key_recipients(now_ms);
         let mut share = Vec::new();
