@@ -285,11 +285,10 @@ fn execute_run(db: &Db, writer: &mut Writer, run: &[Arc<QueuedCommand>]) {
             overlay.hold(case, |case| queries::load_case(db, space, case))?;
             let operation = plan(command, &overlay.seen, overlay.case(&case))?;
             let plain = wire::encode_operation(&operation);
-            let (encoding, sealing) = match sealing {
-                Some(data_key) => (BodyEncoding::Sealed, Some(data_key)),
-                None if space_has_keys => return Err(CommandError::NoDataKey.into()),
-                None => (BodyEncoding::Plain, None),
-            };
+            if sealing.is_none() && space_has_keys {
+                return Err(CommandError::NoDataKey.into());
+            }
+            let encoding = if sealing.is_some() { BodyEncoding::Sealed } else { BodyEncoding::Plain };
             let header = tail.next_header(queued.now_ms, encoding);
             if let Some(membership) = &judge {
                 membership.judge(&header.author, header.seq, header.hlc, None).map_err(AppendError::from)?;

@@ -189,7 +189,7 @@ impl Store {
         let mut writer = self.lock_writer();
         let events = writer.log.build_chain(space, key, now_ms, bodies)?;
         let summary = writer.commit_events(&self.db, self.options.projections, space, &events, None)?;
-        if events.iter().any(|e| e.header.encoding == BodyEncoding::Membership) {
+        if events.iter().any(SignedEvent::is_membership) {
             self.refresh_keys_locked(&mut writer)?;
         }
         Ok((events, summary))
@@ -238,7 +238,7 @@ impl Store {
             tracing::info!(space = %space.short(), "membership changed what counts: folding the views again");
             writer.rebuild(&self.db, &space)?;
         }
-        if accepted.iter().any(|e| e.header.encoding == BodyEncoding::Membership) {
+        if accepted.iter().any(SignedEvent::is_membership) {
             self.refresh_keys_locked(&mut writer)?;
         }
         Ok(report)

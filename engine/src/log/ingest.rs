@@ -103,7 +103,7 @@ pub struct PreparedBatch {
 impl PreparedBatch {
     /// Whether any event of the batch is a membership event.
     pub fn carries_membership(&self) -> bool {
-        self.runs.values().flatten().any(|e| e.header.encoding == crate::model::event::BodyEncoding::Membership)
+        self.runs.values().flatten().any(SignedEvent::is_membership)
     }
 
     /// Decodes and hashes a received batch for `space` (events of another space are refused).
@@ -204,6 +204,7 @@ pub(crate) struct CheckedBatch {
 /// Checks every run of a prepared batch against the stored chains (see the module
 /// documentation) and stores the evidence of any fork it offers.
 pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) -> Result<CheckedBatch, StoreError> {
+    let changes_membership = prepared.carries_membership();
     let PreparedBatch { space, runs, rejected, .. } = prepared;
     let space = &space;
     let mut report = IngestReport { rejected, ..IngestReport::default() };
@@ -214,8 +215,6 @@ pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) 
     // taken out of the state while the batch is checked (no copy) and put back after; with
     // some, a copy that takes them in as they are judged (the state's changes only when the
     // batch commits).
-    let changes_membership =
-        runs.values().flatten().any(|e| e.header.encoding == crate::model::event::BodyEncoding::Membership);
     let judged = state.judging(space).is_some();
     let mut judge = match (judged, changes_membership) {
         (false, _) => None,

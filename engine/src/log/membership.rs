@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::codec::keys::{event_key, CF_EVENTS, CF_META, META_MEMBERSHIP_PREFIX};
 use crate::codec::membership::decode_membership;
 use crate::error::OpenError;
-use crate::model::event::{BodyEncoding, SignedEvent};
+use crate::model::event::SignedEvent;
 use crate::model::ids::{AuthorId, SpaceId};
 use crate::model::membership::{Membership, MembershipOp, MembershipRecord, Refusal};
 use crate::storage::Db;
@@ -29,7 +29,8 @@ pub enum Access {
 /// The membership change an event carries, if it is a membership event; `Err` when its body
 /// does not decode (such an event never counts).
 pub fn membership_op(event: &SignedEvent) -> Option<Result<MembershipOp, Refusal>> {
-    (event.header.encoding == BodyEncoding::Membership)
+    event
+        .is_membership()
         .then(|| decode_membership(&event.body).map_err(|_| Refusal::Invalid("a membership body that does not decode")))
 }
 

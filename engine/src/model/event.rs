@@ -159,6 +159,11 @@ impl SignedEvent {
         Ok(SignedEvent { bytes, id, signature, link, header, body })
     }
 
+    /// Whether this is a membership event (its body in the clear, judged by every node).
+    pub fn is_membership(&self) -> bool {
+        self.header.encoding == BodyEncoding::Membership
+    }
+
     /// Verifies the signature against the author key (about 34 us: use it per range on ingest).
     pub fn verify_signature(&self) -> Result<(), EventError> {
         VerifyingKey::new(&self.header.author)?.verify(&self.id.0, &self.signature)
