@@ -4,6 +4,7 @@
 //!
 //! After a failed write the store is poisoned and refuses further writes until it is reopened.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -224,6 +225,20 @@ impl Store {
 
     fn ingest_prepared_with(
         &self,
+        mut prepared: PreparedBatch,
+        mut announce: Option<&mut dyn FnMut(&CommitSummary)>,
+    ) -> Result<IngestReport, StoreError> {
+        if let Some(membership) = prepared.split_membership_runs() {
+            let mut report = self.ingest_checked(membership, announce.as_mut().map(|a| &mut **a as _))?;
+            report.absorb(self.ingest_checked(prepared, announce)?);
+            return Ok(report);
+        }
+        self.ingest_checked(prepared, announce)
+    }
+
+    /// Checks and commits one prepared batch (one synced write).
+    fn ingest_checked(
+        &self,
         prepared: PreparedBatch,
         announce: Option<&mut dyn FnMut(&CommitSummary)>,
     ) -> Result<IngestReport, StoreError> {
@@ -248,20 +263,22 @@ impl Store {
     /// Events a revocation removed (above its cut) are never sent: they count nowhere.
     pub fn events_after(&self, space: &SpaceId, have: &VersionVector) -> EventsAfter<'_> {
         let mut held = self.vector(space);
+        let mut first = BTreeSet::new();
         if let Some(membership) = self.lock_writer().log.judging(space) {
             for (author, cut) in membership.cuts() {
                 if held.get(&author) > cut {
                     held.set(author, cut);
                 }
             }
+            first = membership.authors();
         }
-        reader::events_after(&self.db, space, &held, have)
+        reader::events_after(&self.db, space, &held, have, &first)
     }
 
     /// Every event this node holds beyond `have`, those that no longer count included (for
     /// audit and backups: the log keeps what it stored).
     pub fn events_held(&self, space: &SpaceId, have: &VersionVector) -> EventsAfter<'_> {
-        reader::events_after(&self.db, space, &self.vector(space), have)
+        reader::events_after(&self.db, space, &self.vector(space), have, &BTreeSet::new())
     }
 
     /// Arrival records from `position` on, at most `limit`, one per event.

@@ -156,6 +156,13 @@ impl Writer {
             if bulk_catch_up::finish(db, folds.remove(&space), &mut batch, &space, &vector)? {
                 db.fault_point("bulk catch-up: watermark")?;
                 db.commit(batch)?;
+                // Bodies folded before their key arrived during the catch-up: folded again now.
+                let keys = db.keys();
+                if missed_keys::missed(db, &space)?.iter().any(|key| keys.holds(key)) {
+                    tracing::info!(space = %space.short(), "a data key arrived during the catch-up: folding the views again");
+                    rebuild::rebuild(db, &mut self.bulk, &space, &vector, self.log.judging(&space))?;
+                    rebuilt += 1;
+                }
             } else {
                 rebuild::rebuild(db, &mut self.bulk, &space, &vector, self.log.judging(&space))?;
                 rebuilt += 1;

@@ -88,6 +88,20 @@ pub struct IngestReport {
     pub sender_holds: VersionVector,
 }
 
+impl IngestReport {
+    /// This report followed by `later`'s, of a commit made right after this one.
+    pub fn absorb(&mut self, later: IngestReport) {
+        self.accepted += later.accepted;
+        self.duplicates += later.duplicates;
+        self.rejected.extend(later.rejected);
+        self.commit = CommitSummary {
+            events: self.commit.events + later.commit.events,
+            next_position: self.commit.next_position.max(later.commit.next_position),
+        };
+        self.sender_holds.merge(&later.sender_holds);
+    }
+}
+
 /// A batch of received events decoded, hashed and grouped by author, ready for
 /// [`Store::ingest_prepared`]. Preparing reads nothing from the store, so it can run on the
 /// thread that received the batch while the store is busy with the one before; prepared batches
@@ -154,6 +168,31 @@ impl PreparedBatch {
                 std::collections::btree_map::Entry::Occupied(mut held) => held.get_mut().extend(run),
             }
         }
+    }
+
+    /// Splits off the runs of the authors whose events in this batch carry membership, when it
+    /// holds other authors' runs too: committed first, the grants and key shares they carry then
+    /// decide and open the other events of the same batch (a device catching up meets its data
+    /// key in the first batch, beside the first case events it opens).
+    pub fn split_membership_runs(&mut self) -> Option<PreparedBatch> {
+        let authors: Vec<AuthorId> = self
+            .runs
+            .iter()
+            .filter(|(_, run)| run.iter().any(SignedEvent::is_membership))
+            .map(|(author, _)| *author)
+            .collect();
+        if authors.is_empty() || authors.len() == self.runs.len() {
+            return None;
+        }
+        let mut first = PreparedBatch { space: self.space, runs: BTreeMap::new(), rejected: Vec::new(), events: 0 };
+        for author in authors {
+            if let Some(run) = self.runs.remove(&author) {
+                self.events -= run.len();
+                first.events += run.len();
+                first.runs.insert(author, run);
+            }
+        }
+        Some(first)
     }
 
     /// Whether the batch holds events of `author`.

@@ -1,6 +1,8 @@
 //! Streaming reads: the events a peer lacks, per author in seq order, and the arrival index. Both
 //! iterate RocksDB lazily, so a million-event catch-up never sits in memory.
 
+use std::collections::BTreeSet;
+
 use casesync_proto::v1 as pb;
 use rocksdb::{DBRawIteratorWithThreadMode, ReadOptions, DB};
 
@@ -96,14 +98,19 @@ pub struct Arrival {
     pub seq: u64,
 }
 
-/// Every event this node holds beyond `have`, per author in seq order, read lazily.
+/// Every event this node holds beyond `have`, per author in seq order, read lazily: the authors
+/// in `first` before the others (the authors of membership events, so that a device catching up
+/// holds its grant and the data keys before the case events they decide and open).
 pub(crate) fn events_after<'a>(
     db: &'a Db,
     space: &SpaceId,
     held: &VersionVector,
     have: &VersionVector,
+    first: &BTreeSet<AuthorId>,
 ) -> EventsAfter<'a> {
-    let ranges = held.missing_in(have);
+    let mut ranges = held.missing_in(have);
+    // Stable: key order within each group.
+    ranges.sort_by_key(|range| !first.contains(&range.author));
     EventsAfter { db, space: *space, ranges: ranges.into_iter(), current: None }
 }
 

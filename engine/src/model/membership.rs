@@ -26,7 +26,7 @@
 mod change;
 mod keys;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use change::{admit_digest, founded_space, MembershipOp, NewGrant, Role};
 pub use keys::KeyPlan;
@@ -198,6 +198,11 @@ impl Membership {
             hlc: *hlc,
             op: op.clone(),
         })
+    }
+
+    /// The authors of the membership events held, each once.
+    pub fn authors(&self) -> BTreeSet<AuthorId> {
+        self.records.keys().map(|(_, author, _)| *author).collect()
     }
 
     /// Whether a held membership event counts.

@@ -7,6 +7,7 @@
 //! that say they lack those events: the next commit or open rebuilds them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rocksdb::WriteBatch;
 
@@ -20,6 +21,7 @@ use crate::codec::meta::encode_vector;
 use crate::error::StoreError;
 use crate::model::event::SignedEvent;
 use crate::model::ids::SpaceId;
+use crate::model::sealing::KeySet;
 use crate::model::vector_clock::VersionVector;
 use crate::storage::Db;
 
@@ -115,6 +117,15 @@ impl BulkState {
             return Ok(());
         }
         bulk.writers.spill(bulk.fold.evict_least_recent(cases_max / 4))
+    }
+
+    /// Opens the rest of every bulk fold's sealed bodies with `keys`, which a membership commit
+    /// of the catch-up has just extended: the events folded before it that missed a key are
+    /// still noted as missed, and folded again once the catch-up ends.
+    pub(crate) fn use_keys(&mut self, keys: &Arc<KeySet>) {
+        for bulk in self.folds.values_mut() {
+            bulk.fold.use_keys(keys.clone());
+        }
     }
 
     /// Marks a space's deltas unusable (events in the deltas but not stored, or stored but not

@@ -78,6 +78,12 @@ impl Fold {
         Fold { keys, ..self }
     }
 
+    /// Opens later sealed bodies with `keys` (a key arrived while folding); the misses noted so
+    /// far must already be in `keys` (`KeySet::extended` takes them over).
+    pub(crate) fn use_keys(&mut self, keys: Arc<KeySet>) {
+        self.keys = keys;
+    }
+
     /// The keys sealed bodies are opened with.
     pub(crate) fn keys(&self) -> &KeySet {
         &self.keys

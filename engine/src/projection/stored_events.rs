@@ -1,5 +1,5 @@
-//! The stored events of a space read for a fold: in key order, in place, on a reader thread of
-//! their own.
+//! The stored events of a space read for a fold: in key order, in place, read, opened and
+//! folded on threads of their own.
 
 use std::ops::ControlFlow;
 
@@ -48,14 +48,43 @@ pub(crate) fn for_each_stored_event(
     Ok(iter.status()?)
 }
 
-/// Events the log reader hands to the fold at a time, and batches it may read ahead.
+/// Events the log reader hands on at a time, and batches each stage may run ahead.
 const READ_BATCH_EVENTS: usize = if cfg!(test) { 16 } else { 1024 };
 const READ_BATCHES_AHEAD: usize = 4;
 
-/// Folds the stored events of a space in two stages: a scoped thread reads the log (iterates,
-/// parses headers, decodes bodies) while `fold` takes runs of up to [`FOLD_RUN_EVENTS`] headers
-/// with their operations (to be taken out), in key order, on the calling thread. The reader is
-/// joined before this returns; the first error either side meets ends both.
+/// Events as read from the log: their headers, and their bodies end to end.
+struct ReadBatch {
+    headers: Vec<EventHeader>,
+    bodies: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl ReadBatch {
+    fn new() -> ReadBatch {
+        ReadBatch {
+            headers: Vec::with_capacity(READ_BATCH_EVENTS),
+            bodies: Vec::with_capacity(READ_BATCH_EVENTS * 256),
+            ends: Vec::with_capacity(READ_BATCH_EVENTS),
+        }
+    }
+
+    fn push(&mut self, header: EventHeader, body: &[u8]) {
+        self.headers.push(header);
+        self.bodies.extend_from_slice(body);
+        self.ends.push(self.bodies.len());
+    }
+
+    fn len(&self) -> usize {
+        self.headers.len()
+    }
+}
+
+/// Folds the stored events of a space in three stages, each on its own thread: a scoped thread
+/// reads the log (iterates, parses headers, copies the bodies out), another opens and decodes
+/// the bodies (opening a sealed body costs about as much as reading it), while `fold` takes runs
+/// of up to [`FOLD_RUN_EVENTS`] headers with their operations (to be taken out), in key order,
+/// on the calling thread. Both are joined before this returns; the first error any stage meets
+/// ends them all.
 ///
 /// With `judge`, a case event whose author's role does not allow it (revoked above a cut,
 /// expired, a reader) is handed on without its operation: it stays in the log and folds to
@@ -67,43 +96,59 @@ pub(crate) fn fold_stored_events(
     mut fold: impl FnMut(&mut [(EventHeader, Option<Operation>)]) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     std::thread::scope(|scope| {
-        let (batches, read) =
+        let (to_open, read) = std::sync::mpsc::sync_channel::<ReadBatch>(READ_BATCHES_AHEAD);
+        let (to_fold, opened) =
             std::sync::mpsc::sync_channel::<Vec<(EventHeader, Option<Operation>)>>(READ_BATCHES_AHEAD);
-        let keys = db.keys();
         let reader = scope.spawn(move || {
-            let mut batch = Vec::with_capacity(READ_BATCH_EVENTS);
-            // The span of the last counted event (judged once per span, not per event).
-            let mut counted_span: Option<(AuthorId, u64, u64)> = None;
+            let mut batch = ReadBatch::new();
             for_each_stored_event(db, space, |header, body| {
-                let mut operation = operation_in(&header, body, &keys);
-                let within = |(a, last, below): (AuthorId, u64, u64)| {
-                    a == header.author && header.seq <= last && header.hlc < below
-                };
-                if let (Some(membership), Some(_)) = (judge, &operation) {
-                    if !counted_span.is_some_and(within) {
-                        if membership.judge(&header.author, header.seq, header.hlc, None).is_ok() {
-                            let (last, below) = membership.case_verdict_span(&header.author, header.seq);
-                            counted_span = Some((header.author, last, below));
-                        } else {
-                            operation = None;
-                        }
-                    }
-                }
-                batch.push((header, operation));
+                batch.push(header, body);
                 if batch.len() < READ_BATCH_EVENTS {
                     return Ok(ControlFlow::Continue(()));
                 }
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH_EVENTS));
-                // The fold stopped (it failed): stop reading.
-                Ok(if batches.send(full).is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+                let full = std::mem::replace(&mut batch, ReadBatch::new());
+                // A later stage stopped (the fold failed): stop reading.
+                Ok(if to_open.send(full).is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
             })?;
-            if !batch.is_empty() {
-                let _ = batches.send(batch);
+            if batch.len() > 0 {
+                let _ = to_open.send(batch);
             }
-            Ok(())
+            Ok::<_, StoreError>(())
         });
-        let folded = read.iter().try_for_each(|mut batch| batch.chunks_mut(FOLD_RUN_EVENTS).try_for_each(&mut fold));
-        drop(read);
+        let keys = db.keys();
+        let opener = scope.spawn(move || {
+            // The span of the last counted event (judged once per span, not per event).
+            let mut counted_span: Option<(AuthorId, u64, u64)> = None;
+            for batch in read {
+                let mut out = Vec::with_capacity(batch.len());
+                let mut start = 0;
+                for (header, &end) in batch.headers.into_iter().zip(&batch.ends) {
+                    let body = batch.bodies.get(start..end).unwrap_or_default();
+                    start = end;
+                    let mut operation = operation_in(&header, body, &keys);
+                    let within = |(a, last, below): (AuthorId, u64, u64)| {
+                        a == header.author && header.seq <= last && header.hlc < below
+                    };
+                    if let (Some(membership), Some(_)) = (judge, &operation) {
+                        if !counted_span.is_some_and(within) {
+                            if membership.judge(&header.author, header.seq, header.hlc, None).is_ok() {
+                                let (last, below) = membership.case_verdict_span(&header.author, header.seq);
+                                counted_span = Some((header.author, last, below));
+                            } else {
+                                operation = None;
+                            }
+                        }
+                    }
+                    out.push((header, operation));
+                }
+                if to_fold.send(out).is_err() {
+                    break;
+                }
+            }
+        });
+        let folded = opened.iter().try_for_each(|mut batch| batch.chunks_mut(FOLD_RUN_EVENTS).try_for_each(&mut fold));
+        drop(opened);
+        opener.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let read = reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         folded.and(read)
     })

@@ -120,7 +120,9 @@ impl Store {
             }
         }
         if !new.is_empty() {
-            self.db.set_keys(Arc::new(held.extended(new)));
+            let keys = Arc::new(held.extended(new));
+            self.db.set_keys(keys.clone());
+            writer.bulk.use_keys(&keys);
         }
         let held = self.db.keys();
         let mut refolded = Vec::new();

@@ -194,3 +194,56 @@ fn events_that_arrive_before_their_key_are_folded_once_it_comes() {
     let store = Store::open_unlocked(dir.path(), StoreOptions::default(), vec![key.clone()]).unwrap();
     assert_eq!(store.list_cases(&space, &Default::default()).unwrap().len(), 1);
 }
+
+/// A space founded by the office, with a writing laptop (synced) and a reading home node (not
+/// yet): the office's last event is the key share wrapped for home.
+fn office_laptop_and_home() -> (Device, Device, Device, SpaceId) {
+    let (office, laptop, home) = (node(1), node(2), node(3));
+    let space = office.store.found_space(&office.key, "office", [1; 16], 1_000).unwrap();
+    office.store.maintain_keys(&space, &office.key, 1_001, [7; 32]).unwrap();
+    grant(&office, &space, &laptop, Role::Writer, 1_002);
+    grant(&office, &space, &home, Role::Reader, 1_003);
+    sync(&office, &laptop, &space);
+    (office, laptop, home, space)
+}
+
+#[test]
+fn a_bulk_catch_up_that_meets_the_key_late_folds_those_bodies_when_it_ends() {
+    let (office, laptop, home, space) = office_laptop_and_home();
+    for n in 10..20 {
+        create(&laptop, &space, n, &format!("case {n}"));
+    }
+    // A sender that streams the laptop's cases before the office's last key share (the one
+    // wrapped for home).
+    let held = |from: &Device| -> Vec<_> {
+        from.store.events_after(&space, &home.store.vector(&space)).map(|r| r.unwrap()).collect()
+    };
+    let cases: Vec<_> =
+        held(&laptop).into_iter().filter(|(a, ..)| *a == laptop.key.author()).map(|(.., m)| m).collect();
+    let mut membership: Vec<_> = held(&office).into_iter().map(|(.., m)| m).collect();
+    let share_for_home = membership.pop().unwrap();
+    home.store.begin_bulk_catch_up();
+    home.store.ingest(&space, membership).unwrap();
+    assert_eq!(home.store.ingest(&space, cases).unwrap().accepted, 10);
+    assert_eq!(home.store.keys().len(), 0);
+    home.store.ingest(&space, vec![share_for_home]).unwrap();
+    assert_eq!(home.store.keys().len(), 1);
+    home.store.end_bulk_catch_up().unwrap();
+    assert_eq!(names(&home, &space).len(), 10);
+    assert_eq!(home.store.state_hash(&space).unwrap(), laptop.store.state_hash(&space).unwrap());
+}
+
+#[test]
+fn senders_stream_the_membership_authors_first_so_keys_arrive_before_the_bodies_they_open() {
+    let (office, laptop, home, space) = office_laptop_and_home();
+    create(&laptop, &space, 10, "one");
+    let authors: Vec<_> = laptop.store.events_after(&space, &home.store.vector(&space)).map(|r| r.unwrap().0).collect();
+    let first_case = authors.iter().position(|a| *a == laptop.key.author()).unwrap();
+    assert!(authors[..first_case].iter().all(|a| *a == office.key.author()));
+    assert!(authors[first_case..].iter().all(|a| *a == laptop.key.author()));
+    // In one catch-up, the home node reads the case: no fold missed its key.
+    home.store.begin_bulk_catch_up();
+    sync(&laptop, &home, &space);
+    home.store.end_bulk_catch_up().unwrap();
+    assert_eq!(names(&home, &space), vec!["Text(\"one\")".to_string()]);
+}
