@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ConflictList",
         "PeerStatus",
         "NodeStatus",
+        "RefusedAuthor",
         "SyncNowReply",
         "PeerSyncResult",
         "CaseChange",

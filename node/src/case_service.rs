@@ -487,6 +487,18 @@ pub fn node_status(shared: &Shared, skip_state_hash: bool) -> Result<pb::NodeSta
         peers,
         relay: shared.relay,
         projections_behind,
+        refused: shared
+            .refused_authors()
+            .into_iter()
+            .map(|r| pb::RefusedAuthor {
+                device: r.author.device_id(),
+                seq: r.seq,
+                reason: r.reason,
+                times: r.times,
+                peer: r.peer.device_id(),
+                last_ms: r.last_ms,
+            })
+            .collect(),
     })
 }
 

@@ -264,6 +264,17 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
                     p.url, p.state, last, p.events_to_send, p.last_error
                 );
             }
+            for r in &status.refused {
+                println!(
+                    "refused {}  {} times, the last at seq {} from {} at {}: {}",
+                    r.device,
+                    r.times,
+                    r.seq,
+                    r.peer,
+                    output::utc(r.last_ms),
+                    r.reason
+                );
+            }
             Ok(())
         }
         Commands::Fence { clear } => {

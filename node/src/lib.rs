@@ -20,6 +20,7 @@ pub mod node;
 pub mod output;
 pub mod peer_actor;
 pub mod pin;
+pub mod refusals;
 pub mod shared;
 pub mod sync_client;
 pub mod sync_server;

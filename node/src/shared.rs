@@ -16,6 +16,7 @@ use casesync_engine::store::Store;
 use tokio::sync::{watch, Notify};
 
 use crate::ingest_thread::IngestThread;
+use crate::refusals::{Refusals, RefusedAuthor};
 use crate::tls::{DeviceCert, ServerPolicy};
 
 /// Metadata naming the space of a sync call (a `Push`'s messages do not; the others' do).
@@ -99,6 +100,7 @@ pub struct Shared {
     bulk_catch_ups: AtomicU64,
     known: Mutex<HashMap<AuthorId, VersionVector>>,
     peers: Mutex<BTreeMap<String, PeerInfo>>,
+    refusals: Mutex<Refusals>,
 }
 
 /// Moves a position signal forward (never back), waking its receivers only when it moved.
@@ -143,6 +145,7 @@ impl Shared {
             bulk_catch_ups: AtomicU64::new(0),
             known: Mutex::new(HashMap::new()),
             peers: Mutex::new(BTreeMap::new()),
+            refusals: Mutex::new(Refusals::default()),
         }))
     }
 
@@ -261,16 +264,27 @@ impl Shared {
         membership.may_connect(device, next, now_ms())
     }
 
-    /// The first refusal in a report that should end the session (a broken chain, a bad
-    /// signature, a fork). Events the membership does not count are logged and skipped: they
-    /// are nobody's fault but their author's, and may count once a grant arrives.
+    /// Notes the refusals of an ingest from `peer` and returns the first that ends the session:
+    /// one of the peer's own events (it misbehaves; the session with it ends). Refused events of
+    /// other authors the peer relays are noted (`casesync status`) and the session goes on, so
+    /// one bad member's events never hold back anyone else's. Events that do not count are logged
+    /// and skipped: they may count once a grant arrives.
     pub fn session_ending<'r>(&self, peer: &AuthorId, report: &'r IngestReport) -> Option<&'r Rejection> {
-        let (judged, ending): (Vec<&Rejection>, Vec<&Rejection>) =
+        let (judged, refused): (Vec<&Rejection>, Vec<&Rejection>) =
             report.rejected.iter().partition(|r| matches!(r.reason, RejectReason::NotCounted(_)));
         if let Some(first) = judged.first() {
             tracing::warn!(peer = %peer.device_id(), refused = judged.len(), "events that do not count were not stored: {}", first.reason);
         }
-        ending.first().copied()
+        if let Some(first) = refused.first() {
+            tracing::warn!(peer = %peer.device_id(), refused = refused.len(), "events refused: {}", first.reason);
+            lock(&self.refusals).note(peer, &report.rejected, now_ms());
+        }
+        refused.into_iter().find(|r| r.author.is_none_or(|author| author == *peer))
+    }
+
+    /// Authors whose events this node refused, the latest first.
+    pub fn refused_authors(&self) -> Vec<RefusedAuthor> {
+        lock(&self.refusals).list()
     }
 
     /// Raises what a peer device is known to hold.

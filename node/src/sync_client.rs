@@ -188,8 +188,9 @@ impl PeerClient {
         Ok(vector)
     }
 
-    /// The ingests of one stream from this peer. Each fails on any refusal (after the honest
-    /// part landed).
+    /// The ingests of one stream from this peer. Each fails on a refusal of the peer's own
+    /// events (after the honest part landed); refused events of other authors it relays are
+    /// noted and the stream goes on (`Shared::session_ending`).
     fn pipeline(&self) -> IngestPipeline {
         let (shared, server) = (self.shared.clone(), self.server);
         IngestPipeline::new(move |batch| {

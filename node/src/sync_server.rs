@@ -79,8 +79,9 @@ impl SyncServer {
 /// The ingests of one pushed stream: each returns (accepted, duplicates).
 type PushPipeline = Pipeline<Result<(u64, u64), Status>>;
 
-/// The ingests of a stream pushed by `device`; each fails on any refusal (after the honest part
-/// landed).
+/// The ingests of a stream pushed by `device`; each fails on a refusal of `device`'s own events
+/// (after the honest part landed). Refused events of other authors it relays are noted and the
+/// stream goes on (`Shared::session_ending`).
 fn push_pipeline(shared: Arc<Shared>, device: AuthorId) -> PushPipeline {
     PushPipeline::new(move |batch| {
         let report = shared.store_from_peer(&device, batch).map_err(|e| grpc_status::store(&e))?;

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use casesync_engine::model::event::SignedEvent;
+use casesync_engine::model::ids::AuthorId;
 use casesync_engine::model::limits::BATCH_EVENTS_MAX;
 use casesync_engine::model::signing::DeviceKey;
 use casesync_engine::testkit::{chain_with_bodies, wire};
@@ -136,4 +137,59 @@ async fn a_claim_about_this_devices_chain_without_its_events_changes_nothing() {
     // case, the change.
     assert_eq!(office.shared().store.vector(&office.shared().space).get(&me), 6);
     office.shutdown().await;
+}
+
+/// One member forks its chain: each side reaches a different node, the longer one the office.
+/// When home pulls from the office, the forking author's next events do not continue the chain
+/// home holds and are refused; every other author's events in the same stream still land,
+/// though the forking author's range comes first; `status` names the refused author. The
+/// session itself succeeds, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forking_author_is_refused_alone_and_every_other_author_still_syncs() {
+    let c = cluster(&["office", "home", "mallory", "carol"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    let home = start(&c.dirs[1], vec![]).await;
+    let (mut forking, mut honest) = (identity(&c.dirs[2]).key, identity(&c.dirs[3]).key);
+    // The forking author sorts first: a sender streams its range before the honest one's.
+    if forking.author() > honest.author() {
+        std::mem::swap(&mut forking, &mut honest);
+    }
+    let space = office.shared().space;
+    let one_side = chain_with_bodies(&forking, space, 3, |_| Bytes::from_static(b"one side"));
+    let other_side = chain_with_bodies(&forking, space, 5, |_| Bytes::from_static(b"the other side"));
+    let honest_events = chain_with_bodies(&honest, space, 5, |_| Bytes::from_static(b"honest"));
+    push(&home, &forking, wire(&one_side)).await.unwrap();
+    push(&office, &forking, wire(&other_side)).await.unwrap();
+    push(&office, &honest, wire(&honest_events)).await.unwrap();
+
+    let counts =
+        casesync_node::sync_client::sync_once(home.shared().clone(), &office.sync_url(), |_, _| {}).await.unwrap();
+    assert_eq!(counts.received, 5);
+    let held = |node: &casesync_node::Node, author: AuthorId| node.shared().store.vector(&space).get(&author);
+    assert_eq!((held(&home, honest.author()), held(&home, forking.author())), (5, 3));
+    let refused = home.shared().refused_authors();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!((refused[0].author, refused[0].seq), (forking.author(), 4));
+    assert!(refused[0].reason.contains("broken chain"), "{}", refused[0].reason);
+    let status = casesync_node::case_service::node_status(home.shared(), true).unwrap();
+    assert_eq!(status.refused.len(), 1);
+    assert_eq!(status.refused[0].device, forking.author().device_id());
+    assert_eq!(status.refused[0].peer, office.shared().identity.author().device_id());
+    assert!(office.shared().refused_authors().is_empty());
+    // The next session goes the same way: nothing stops, nothing more is refused than that run.
+    let again =
+        casesync_node::sync_client::sync_once(home.shared().clone(), &office.sync_url(), |_, _| {}).await.unwrap();
+    assert_eq!(again.received, 0);
+    assert_eq!(home.shared().refused_authors()[0].times, 2, "one refusal a session");
+    // The other way: the office pushes the forking author's run (refused by home, which goes on
+    // with the stream) and the honest author's next events (stored).
+    let more = chain_with_bodies(&honest, space, 8, |_| Bytes::from_static(b"honest"));
+    push(&office, &honest, wire(&more)).await.unwrap();
+    let pushed =
+        casesync_node::sync_client::sync_once(office.shared().clone(), &home.sync_url(), |_, _| {}).await.unwrap();
+    assert_eq!(pushed.sent, 3);
+    assert_eq!(held(&home, honest.author()), 8);
+    assert_eq!(home.shared().refused_authors()[0].times, 3);
+    office.shutdown().await;
+    home.shutdown().await;
 }
