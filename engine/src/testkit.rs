@@ -93,14 +93,39 @@ pub fn chain_with_bodies(
     key: &DeviceKey,
     space: SpaceId,
     count: u64,
+    body: impl FnMut(u64) -> Bytes,
+) -> Vec<SignedEvent> {
+    chain_signed(key, space, count, body, |_| false)
+}
+
+/// A chain like [`chain`] whose events at the seqs `junk` picks carry a junk signature, the
+/// chain still linking through them: what a misbehaving author can sign (a later signature that
+/// verifies authenticates them).
+pub fn chain_with_junk_signatures(
+    key: &DeviceKey,
+    space: SpaceId,
+    count: u64,
+    junk: impl Fn(u64) -> bool,
+) -> Vec<SignedEvent> {
+    chain_signed(key, space, count, |seq| Bytes::from(format!("body {seq}")), junk)
+}
+
+fn chain_signed(
+    key: &DeviceKey,
+    space: SpaceId,
+    count: u64,
     mut body: impl FnMut(u64) -> Bytes,
+    junk: impl Fn(u64) -> bool,
 ) -> Vec<SignedEvent> {
     let mut prev = EventId::ZERO;
     (1..=count)
         .map(|seq| {
             let header =
                 EventHeader { space, author: key.author(), seq, prev, hlc: seq << 16, encoding: BodyEncoding::Sealed };
-            let event = SignedEvent::build(key, &header, body(seq)).unwrap();
+            let mut event = SignedEvent::build(key, &header, body(seq)).unwrap();
+            if junk(seq) {
+                event = SignedEvent::decode(event.bytes.clone(), &[0x5a; 64]).unwrap();
+            }
             prev = event.link;
             event
         })

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use casesync_engine::model::event::SignedEvent;
 use casesync_engine::model::ids::{AuthorId, SpaceId};
 use casesync_engine::model::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
 use casesync_engine::model::vector_clock::VersionVector;
@@ -27,8 +28,8 @@ pub fn read_batch(
     from: &VersionVector,
 ) -> Result<(Vec<pb::SignedEvent>, VersionVector), Status> {
     let mut events = Vec::new();
+    let mut positions = Vec::new();
     let mut bytes = 0usize;
-    let mut upto = VersionVector::new();
     for item in store.events_after(space, from) {
         let (author, seq, message) = item.map_err(|e| grpc_status::store(&e))?;
         let size = message.event.len() + message.signature.len();
@@ -36,13 +37,44 @@ pub fn read_batch(
             break;
         }
         bytes += size;
-        upto.raise(author, seq);
+        positions.push((author, seq));
         events.push(message);
         if events.len() >= BATCH_EVENTS_MAX {
             break;
         }
     }
+    let keep = authenticated_end(&events, &positions);
+    events.truncate(keep);
+    positions.truncate(keep);
+    let mut upto = VersionVector::new();
+    for (author, seq) in positions {
+        upto.raise(author, seq);
+    }
     Ok((events, upto))
+}
+
+/// How many of a batch's events to send so that it never ends on an event no signature in it
+/// authenticates: the receiver accepts an author's run up to its last signature that verifies
+/// (a link covers the signature before it), and an author may have signed junk in the middle of
+/// its chain. One check in the usual case (the last event's signature verifies); otherwise the
+/// last author's events are checked back to one that verifies, and those after it start the
+/// next batch (a stored chain always ends on one: nothing past the last is ever accepted). A
+/// batch of nothing but such events is sent whole: its receiver refuses it, for that author only.
+fn authenticated_end(events: &[pb::SignedEvent], positions: &[(AuthorId, u64)]) -> usize {
+    let Some(&(last_author, _)) = positions.last() else { return 0 };
+    let verifies = |message: &pb::SignedEvent| {
+        SignedEvent::from_wire(message.clone()).is_ok_and(|event| event.verify_signature().is_ok())
+    };
+    for index in (0..events.len()).rev() {
+        if positions[index].0 != last_author {
+            // The last author's events here hold no signature that verifies: they wait.
+            return index + 1;
+        }
+        if verifies(&events[index]) {
+            return index + 1;
+        }
+    }
+    events.len()
 }
 
 /// Streams every event `device` lacks beyond `have`, then (with `follow`) an empty batch as the
@@ -102,5 +134,35 @@ pub async fn stream_events(
             _ = tx.closed() => return,
             _ = stopping.wait_for(|s| *s) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use casesync_engine::testkit::{chain_with_junk_signatures, device, wire};
+
+    fn positions(events: &[SignedEvent]) -> Vec<(AuthorId, u64)> {
+        events.iter().map(|e| (e.header.author, e.header.seq)).collect()
+    }
+
+    #[test]
+    fn a_batch_never_ends_on_an_event_no_signature_in_it_authenticates() {
+        let space = SpaceId([1; 16]);
+        let junk = chain_with_junk_signatures(&device(1), space, 8, |seq| [3, 4, 7].contains(&seq));
+        let other = chain_with_junk_signatures(&device(2), space, 2, |_| false);
+        let end = |events: &[SignedEvent]| authenticated_end(&wire(events), &positions(events));
+        // Ends on a signature that verifies: sent whole (one check).
+        assert_eq!(end(&junk[..6]), 6);
+        assert_eq!(end(&junk), 8);
+        // Ends on junk: back to the last event that verifies; what follows starts the next batch.
+        assert_eq!(end(&junk[..4]), 2);
+        assert_eq!(end(&junk[..7]), 6);
+        // The last author's events hold none that verifies: they wait for the next batch.
+        let mixed: Vec<SignedEvent> = other.iter().chain(&junk[2..4]).cloned().collect();
+        assert_eq!(end(&mixed), 2);
+        // Nothing but junk: sent whole (its receiver refuses it, for that author alone).
+        assert_eq!(end(&junk[2..4]), 2);
+        assert_eq!(end(&[]), 0);
     }
 }

@@ -5,8 +5,11 @@
 //! hash (anchoring the range), every later `prev` the link hash of the event before it, and the
 //! last event's signature must verify. A link hash covers an event's id and its signature, so an
 //! intact chain up to one valid signature authenticates every byte before it, signatures
-//! included. When a run fails, the valid prefix before the failure is found (checking each signature on
-//! this slow path) and lands; nothing from the failure on is stored. One durable write per call.
+//! included. When the last signature fails, the longest prefix that ends on a signature that
+//! verifies lands (checking signatures from the end on this slow path), so what a node accepts
+//! does not depend on where a sender's batches ended; nothing after it is stored. Senders never
+//! end a batch on an event no later signature of the batch authenticates (`node`'s
+//! `event_stream`). One durable write per call.
 
 use std::collections::BTreeMap;
 
@@ -390,7 +393,10 @@ fn check_run(
         fresh.push(event);
     }
     // The chain is intact from the stored head to the last fresh event: one signature
-    // authenticates the range. If it fails, find the longest prefix that verifies.
+    // authenticates the range (a link covers the signature before it). If it fails, the
+    // longest prefix that ends on a signature that verifies is authenticated the same way,
+    // whatever signatures it holds before (an author's junk middle signature is its own
+    // business, and a node must accept the same events however batches happened to end).
     if let Some(last) = fresh.last() {
         let key = match state.keys.get(author) {
             Some(key) => Ok(key.clone()),
@@ -400,7 +406,10 @@ fn check_run(
             Ok(key) => {
                 state.keys.entry(*author).or_insert_with(|| key.clone());
                 if key.verify(&last.id.0, &last.signature).is_err() {
-                    let good = fresh.iter().take_while(|e| key.verify(&e.id.0, &e.signature).is_ok()).count();
+                    let good = fresh
+                        .iter()
+                        .rposition(|e| key.verify(&e.id.0, &e.signature).is_ok())
+                        .map_or(0, |last| last + 1);
                     let bad_seq = fresh[good].header.seq;
                     fresh.truncate(good);
                     failure = Some((bad_seq, EventError::BadSignature.into()));

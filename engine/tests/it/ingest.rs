@@ -29,6 +29,35 @@ fn honest_runs_land_while_a_forged_run_is_refused() {
     assert_eq!(store.vector(&SPACE).get(&device(2).author()), 3);
 }
 
+/// An author that signed junk in the middle of its chain: a later signature that verifies
+/// authenticates those events through the links, however the batches that carry them end.
+#[test]
+fn junk_middle_signatures_are_authenticated_by_a_later_signature_however_batches_end() {
+    let junk = |seq: u64| [4, 5, 8].contains(&seq);
+    let events = chain_with_junk_signatures(&device(1), SPACE, 10, junk);
+    let author = device(1).author();
+    // A batch that ends on a signature that verifies lands whole, junk and all.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.ingest(&SPACE, wire(&events[..6])).unwrap().accepted, 6);
+    // One that ends on junk lands up to its last signature that verifies; the rest is refused.
+    let report = store.ingest(&SPACE, wire(&events[6..8])).unwrap();
+    assert_eq!((report.accepted, report.rejected[0].seq), (1, 8));
+    assert_eq!(report.rejected[0].reason, RejectReason::Event(EventError::BadSignature));
+    assert_eq!(store.ingest(&SPACE, wire(&events[7..])).unwrap().accepted, 3);
+    assert_eq!(store.vector(&SPACE).get(&author), 10);
+    // Whatever the first batch's end, the next delivery completes the chain.
+    for cut in 0..=events.len() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.ingest(&SPACE, wire(&events[..cut])).unwrap();
+        let held = store.vector(&SPACE).get(&author) as usize;
+        assert!(held == cut || junk(cut as u64), "cut {cut}: {held} held");
+        store.ingest(&SPACE, wire(&events[held..])).unwrap();
+        assert_eq!(store.vector(&SPACE).get(&author), 10, "cut {cut}");
+    }
+}
+
 #[test]
 fn prepared_batches_joined_land_in_one_commit_and_refuse_another_space() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,9 @@
 
 use casesync_engine::model::ids::{EventId, SpaceId};
 use casesync_engine::store::Store;
-pub use casesync_engine::testkit::{chain, device, interleave_authors, open_store as open, wire, SeededRng};
+pub use casesync_engine::testkit::{
+    chain, chain_with_junk_signatures, device, interleave_authors, open_store as open, wire, SeededRng,
+};
 
 pub const SPACE: SpaceId = SpaceId([0x5a; 16]);
 
