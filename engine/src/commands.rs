@@ -257,11 +257,11 @@ impl CommandQueue {
 fn execute_run(db: &Db, writer: &mut Writer, run: &[Arc<QueuedCommand>]) {
     let Some(first) = run.first() else { return };
     let (space, key) = (&first.space, &first.key);
-    let mut tail = match writer.log.tail(space, &key.author()) {
+    let mut tail = match writer.log.tail(db, space, &key.author()) {
         Ok(tail) => tail,
         Err(_) => {
             for queued in run {
-                if let Err(error) = writer.log.tail(space, &key.author()) {
+                if let Err(error) = writer.log.tail(db, space, &key.author()) {
                     *lock(&queued.result) = Some(Err(error.into()));
                 }
             }

@@ -188,7 +188,7 @@ impl Store {
         bodies: Vec<(BodyEncoding, Bytes)>,
     ) -> Result<(Vec<SignedEvent>, CommitSummary), crate::error::AppendError> {
         let mut writer = self.lock_writer();
-        let events = writer.log.build_chain(space, key, now_ms, bodies)?;
+        let events = writer.log.build_chain(&self.db, space, key, now_ms, bodies)?;
         let summary = writer.commit_events(&self.db, self.options.projections, space, &events, None)?;
         if events.iter().any(SignedEvent::is_membership) {
             self.refresh_keys_locked(&mut writer)?;

@@ -199,7 +199,7 @@ pub async fn admit(shared: Arc<Shared>, device: AuthorId, request: pb::JoinReque
         return Err(Status::not_found("this node does not serve that space"));
     }
     let admit = request.admit.ok_or_else(|| Status::invalid_argument("the request carries no admission"))?;
-    let event = SignedEvent::from_wire(admit).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let event = SignedEvent::from_peer(admit).map_err(|e| Status::invalid_argument(e.to_string()))?;
     if event.header.author != device {
         return Err(Status::permission_denied("the admission is not signed by the connected device"));
     }

@@ -11,6 +11,7 @@ use crate::model::event::{BodyEncoding, EventHeader, SignedEvent};
 use crate::model::hlc;
 use crate::model::ids::{AuthorId, EventId, SpaceId};
 use crate::model::signing::DeviceKey;
+use crate::storage::Db;
 
 /// The end of a device's chain as the next event must continue it.
 #[derive(Clone, Copy, Debug)]
@@ -19,7 +20,10 @@ pub(crate) struct ChainTail {
     author: AuthorId,
     seq: u64,
     prev: EventId,
+    /// The clock of this device's last event in the space.
     hlc: u64,
+    /// The newest clock of every event held (see [`hlc::next_plausible`]).
+    seen_hlc: u64,
 }
 
 impl ChainTail {
@@ -30,7 +34,7 @@ impl ChainTail {
             author: self.author,
             seq: self.seq + 1,
             prev: self.prev,
-            hlc: hlc::next(now_ms, self.hlc),
+            hlc: hlc::next_plausible(now_ms, self.hlc, self.seen_hlc),
             encoding,
         }
     }
@@ -59,25 +63,31 @@ impl ChainTail {
 impl LogState {
     /// Where `author`'s next event in `space` goes; refused while a peer holds its events beyond
     /// the local head (see [`LogState::note_remote_head`]): writing there would fork the chain.
-    pub(crate) fn tail(&self, space: &SpaceId, author: &AuthorId) -> Result<ChainTail, AppendError> {
+    pub(crate) fn tail(&self, db: &Db, space: &SpaceId, author: &AuthorId) -> Result<ChainTail, AppendError> {
         let head = self.head(space, author);
         let local = head.map_or(0, |h| h.seq);
         let fence = self.fence(space, author);
         if fence > local {
             return Err(AppendError::Fenced { local, remote: fence });
         }
+        let own_hlc = match local {
+            0 => 0,
+            seq => super::get_event(db, space, author, seq)?.map_or(0, |event| event.header.hlc),
+        };
         Ok(ChainTail {
             space: *space,
             author: *author,
             seq: local,
             prev: head.map_or(EventId::ZERO, |h| h.link),
-            hlc: self.max_hlc,
+            hlc: own_hlc,
+            seen_hlc: self.max_hlc,
         })
     }
 
     /// Builds and signs this device's next events, one per body, in order.
     pub(crate) fn build_chain(
         &self,
+        db: &Db,
         space: &SpaceId,
         key: &DeviceKey,
         now_ms: u64,
@@ -86,7 +96,7 @@ impl LogState {
         if bodies.is_empty() {
             return Err(AppendError::Empty);
         }
-        let mut tail = self.tail(space, &key.author())?;
+        let mut tail = self.tail(db, space, &key.author())?;
         let mut judge = self.judging_now(space).map(std::borrow::Cow::into_owned);
         let mut events = Vec::with_capacity(bodies.len());
         for (encoding, body) in bodies {

@@ -127,7 +127,7 @@ impl PreparedBatch {
     pub fn new(space: SpaceId, batch: Vec<pb::SignedEvent>) -> PreparedBatch {
         let mut prepared = PreparedBatch { space, runs: BTreeMap::new(), rejected: Vec::new(), events: 0 };
         for message in batch {
-            match SignedEvent::from_wire(message) {
+            match SignedEvent::from_peer(message) {
                 Ok(event) => prepared.add(event),
                 Err(error) => prepared.rejected.push(Rejection { author: None, seq: 0, reason: error.into() }),
             }

@@ -27,6 +27,17 @@ pub enum BodyEncoding {
     Membership,
 }
 
+impl BodyEncoding {
+    /// The value on the wire.
+    pub fn wire(self) -> pb::BodyEncoding {
+        match self {
+            BodyEncoding::Plain => pb::BodyEncoding::Plain,
+            BodyEncoding::Sealed => pb::BodyEncoding::Sealed,
+            BodyEncoding::Membership => pb::BodyEncoding::Membership,
+        }
+    }
+}
+
 /// The header of an event, in the clear.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventHeader {
@@ -126,11 +137,7 @@ impl SignedEvent {
             seq: header.seq,
             prev: Bytes::copy_from_slice(header.prev.as_bytes()),
             hlc: header.hlc,
-            encoding: match header.encoding {
-                BodyEncoding::Plain => pb::BodyEncoding::Plain,
-                BodyEncoding::Sealed => pb::BodyEncoding::Sealed,
-                BodyEncoding::Membership => pb::BodyEncoding::Membership,
-            } as i32,
+            encoding: header.encoding.wire() as i32,
             body,
         };
         let bytes = Bytes::from(message.encode_to_vec());
@@ -200,6 +207,17 @@ impl SignedEvent {
     /// Decodes a wire message (does not verify the signature).
     pub fn from_wire(message: pb::SignedEvent) -> Result<SignedEvent, EventError> {
         SignedEvent::decode(message.event, &message.signature)
+    }
+
+    /// [`SignedEvent::from_wire`] of a message received from another node: only the canonical
+    /// encoding is taken (one byte form per event; unknown, repeated or reordered fields and
+    /// padded varints are refused).
+    pub fn from_peer(message: pb::SignedEvent) -> Result<SignedEvent, EventError> {
+        let event = SignedEvent::from_wire(message)?;
+        if !plain_header::is_canonical(&event.bytes, &event.header, &event.body) {
+            return Err(EventError::Malformed("not the canonical encoding of an event"));
+        }
+        Ok(event)
     }
 
     /// Size on the wire and on disk, roughly: event bytes plus signature.

@@ -290,3 +290,58 @@ proptest! {
         prop_assert_eq!(store.vector(&SPACE), reference.vector(&SPACE));
     }
 }
+
+/// A member stamps its event 2^64-1: it is stored as signed, and this device's next events
+/// still carry its own clock (at most a day ahead of it), each after the one before.
+#[test]
+fn a_clock_of_two_to_the_sixty_four_does_not_drag_the_local_clock_along() {
+    use casesync_engine::commands::Command;
+    use casesync_engine::model::event::{BodyEncoding, EventHeader};
+    use casesync_engine::model::hlc;
+    use casesync_engine::model::ids::{CaseId, EventId};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let far = EventHeader {
+        space: SPACE,
+        author: device(2).author(),
+        seq: 1,
+        prev: EventId::ZERO,
+        hlc: u64::MAX,
+        encoding: BodyEncoding::Sealed,
+    };
+    let event = SignedEvent::build(&device(2), &far, Bytes::from_static(b"from the far future")).unwrap();
+    assert_eq!(store.ingest(&SPACE, wire(&[event])).unwrap().accepted, 1);
+    let now = 1_800_000_000_000;
+    let me = device(1);
+    for n in 0..3u8 {
+        let command = Command::CreateCase { id: CaseId([n; 16]), fields: Vec::new() };
+        store.execute(&SPACE, &me, now, command).unwrap();
+    }
+    let clocks: Vec<u64> =
+        (1..=3).map(|seq| store.get_event(&SPACE, &me.author(), seq).unwrap().unwrap().header.hlc).collect();
+    assert!(clocks.windows(2).all(|w| w[0] < w[1]), "{clocks:?}");
+    assert!(hlc::millis(clocks[2]) <= now + hlc::AHEAD_MAX_MS, "{clocks:?}");
+}
+
+/// The same event in another byte form (an unknown field added, then signed by its own author):
+/// refused, so one event never travels under several ids.
+#[test]
+fn a_non_canonical_encoding_is_refused_even_when_signed() {
+    use casesync_engine::model::ids::EventId;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let key = device(1);
+    let honest = chain(&key, SPACE, 1);
+    let mut bytes = honest[0].bytes.to_vec();
+    bytes.extend_from_slice(&[0x40, 0x01]);
+    let signature = key.sign(&EventId::of(&bytes).0);
+    let other = SignedEvent::decode(Bytes::from(bytes), &signature).unwrap();
+    assert_eq!(other.header, honest[0].header);
+    let report = store.ingest(&SPACE, wire(&[other])).unwrap();
+    assert_eq!(report.accepted, 0);
+    assert_eq!(
+        report.rejected[0].reason,
+        RejectReason::Event(EventError::Malformed("not the canonical encoding of an event"))
+    );
+    assert_eq!(store.ingest(&SPACE, wire(&honest)).unwrap().accepted, 1);
+}

@@ -51,6 +51,64 @@ pub(crate) fn decode_plain_header(event: &[u8]) -> Option<(EventHeader, Range<us
     Some((header, body))
 }
 
+/// Whether `event` is exactly the canonical encoding of `header` with `body`, the bytes
+/// [`crate::model::event::SignedEvent::build`] writes (prost's): fields 1-7 in order, each once,
+/// defaults (a zero clock, an empty body) left out, varints and lengths in their fewest bytes.
+/// Any other encoding of the same header decodes to the same event under another id: a peer
+/// could offer one event in many byte forms, so only this one is accepted from the network.
+pub(crate) fn is_canonical(event: &[u8], header: &EventHeader, body: &[u8]) -> bool {
+    let mut expect = Canonical { rest: event };
+    expect.bytes(1, header.space.as_bytes())
+        && expect.bytes(2, header.author.as_bytes())
+        && expect.varint_field(3, header.seq)
+        && expect.bytes(4, header.prev.as_bytes())
+        && expect.varint_field(5, header.hlc)
+        && expect.varint_field(6, header.encoding.wire() as u64)
+        && expect.bytes(7, body)
+        && expect.rest.is_empty()
+}
+
+/// Matches expected fields against the front of the bytes.
+struct Canonical<'a> {
+    rest: &'a [u8],
+}
+
+impl Canonical<'_> {
+    fn varint(&mut self, mut value: u64) -> bool {
+        loop {
+            let byte = (value & 0x7f) as u8 | if value >= 0x80 { 0x80 } else { 0 };
+            match self.rest.split_first() {
+                Some((&first, rest)) if first == byte => self.rest = rest,
+                _ => return false,
+            }
+            value >>= 7;
+            if value == 0 {
+                return true;
+            }
+        }
+    }
+
+    fn varint_field(&mut self, tag: u64, value: u64) -> bool {
+        value == 0 || (self.varint(tag << 3) && self.varint(value))
+    }
+
+    fn bytes(&mut self, tag: u64, value: &[u8]) -> bool {
+        if value.is_empty() {
+            return true;
+        }
+        if !(self.varint((tag << 3) | 2) && self.varint(value.len() as u64)) {
+            return false;
+        }
+        match self.rest.strip_prefix(value) {
+            Some(rest) => {
+                self.rest = rest;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +162,31 @@ mod tests {
             }
         }
 
+        /// What prost encodes is canonical; any other byte form of a valid event is not.
+        #[test]
+        fn only_prosts_own_encoding_is_canonical(message in event(), how in 0u8..4) {
+            let bytes = Bytes::from(message.encode_to_vec());
+            let Ok((header, body)) = parse_event(bytes.clone()) else { return Ok(()) };
+            prop_assert!(is_canonical(&bytes, &header, &body));
+            let mut other = bytes.to_vec();
+            match how {
+                // An unknown field, or a repeated one (prost keeps the last).
+                0 => other.extend_from_slice(&[0x40, 1]),
+                1 => other.extend_from_slice(&pb::Event { seq: header.seq, ..Default::default() }.encode_to_vec()),
+                // A zero clock written out, where prost leaves it out.
+                2 => other.extend_from_slice(&[0x28, 0]),
+                // Fields in another order: one moved to the end.
+                _ => {
+                    let first = 2 + usize::from(other[1]);
+                    let moved: Vec<u8> = other.drain(..first).collect();
+                    other.extend_from_slice(&moved);
+                }
+            }
+            if let Ok((h, b)) = parse_event(Bytes::from(other.clone())) {
+                prop_assert!(!is_canonical(&other, &h, &b), "{:?}", how);
+            }
+        }
+
         /// Damaged bytes (a flipped byte, cut short, two events joined) never give a header
         /// prost reads differently.
         #[test]
@@ -121,6 +204,31 @@ mod tests {
                 prop_assert_eq!(&bytes[body], &prost_body[..]);
             }
         }
+    }
+
+    #[test]
+    fn a_padded_varint_is_not_canonical() {
+        let message = pb::Event {
+            space: id(16, 1),
+            author: id(32, 2),
+            seq: 3,
+            prev: id(32, 4),
+            hlc: 5,
+            encoding: 2,
+            body: Bytes::from_static(b"body"),
+        };
+        let bytes = message.encode_to_vec();
+        let (header, body) = parse_event(Bytes::from(bytes.clone())).unwrap();
+        assert!(is_canonical(&bytes, &header, &body));
+        // seq 3 as two bytes (0x83 0x00): the same number, another byte form.
+        let at = 2 + 16 + 2 + 32;
+        assert_eq!(&bytes[at..at + 2], &[0x18, 3]);
+        let mut padded = bytes[..at + 1].to_vec();
+        padded.extend_from_slice(&[0x83, 0x00]);
+        padded.extend_from_slice(&bytes[at + 2..]);
+        let (h, b) = parse_event(Bytes::from(padded.clone())).unwrap();
+        assert_eq!(h, header);
+        assert!(!is_canonical(&padded, &h, &b));
     }
 
     #[test]
