@@ -206,17 +206,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_padded_varint_is_not_canonical() {
-        let message = pb::Event {
+    /// A valid event with seq 3 and the body encoding `encoding`.
+    fn sample(encoding: i32) -> pb::Event {
+        pb::Event {
             space: id(16, 1),
             author: id(32, 2),
             seq: 3,
             prev: id(32, 4),
             hlc: 5,
-            encoding: 2,
+            encoding,
             body: Bytes::from_static(b"body"),
-        };
+        }
+    }
+
+    #[test]
+    fn a_padded_varint_is_not_canonical() {
+        let message = sample(2);
         let bytes = message.encode_to_vec();
         let (header, body) = parse_event(Bytes::from(bytes.clone())).unwrap();
         assert!(is_canonical(&bytes, &header, &body));
@@ -233,15 +238,7 @@ mod tests {
 
     #[test]
     fn a_repeated_or_unknown_field_is_left_to_prost() {
-        let message = pb::Event {
-            space: id(16, 1),
-            author: id(32, 2),
-            seq: 3,
-            prev: id(32, 4),
-            hlc: 5,
-            encoding: 1,
-            body: Bytes::from_static(b"body"),
-        };
+        let message = sample(1);
         let bytes = message.encode_to_vec();
         assert!(decode_plain_header(&bytes).is_some());
         // prost keeps the last of a repeated singular field: the plain reader does not guess.
