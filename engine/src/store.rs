@@ -391,7 +391,8 @@ impl Store {
     /// Starts a bulk catch-up: until the matching [`Store::end_bulk_catch_up`], ingested events
     /// are folded into in-memory deltas (written out with the events whenever many cases are
     /// held) instead of into the views; the watermark stays behind, so a crash meanwhile is
-    /// repaired by the rebuild at the next open, and commands are refused. Worth it when far
+    /// repaired by the rebuild at the next open, and commands are refused (a node makes them
+    /// wait for the end, bounded). Worth it when far
     /// more events arrive than the store holds: each case is written once per thousands of
     /// events instead of once per batch.
     pub fn begin_bulk_catch_up(&self) {

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use casesync_engine::model::event::SignedEvent;
 use casesync_engine::model::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
 use casesync_proto::v1 as pb;
 
@@ -58,7 +59,9 @@ impl BulkCatchUp {
         if let Some(shared) = self.shared.take() {
             // On the ingest thread, after every batch of the catch-up, and in its malloc arena.
             let store = shared.store.clone();
-            shared.ingest.run(move || store.end_bulk_catch_up()).await??;
+            let ended = shared.ingest.run(move || store.end_bulk_catch_up()).await;
+            shared.note_bulk_catch_up_ended();
+            ended??;
             shared.notify(shared.store.next_position());
         }
         Ok(())
@@ -74,6 +77,7 @@ impl Drop for BulkCatchUp {
                 if let Err(error) = store.end_bulk_catch_up() {
                     tracing::error!(%error, "completing the case views after a bulk catch-up failed");
                 }
+                shared.note_bulk_catch_up_ended();
                 shared.notify(shared.store.next_position());
             });
         }
@@ -91,10 +95,26 @@ pub fn batch_is_full(batch: &pb::EventBatch) -> bool {
     batch.events.len() >= BATCH_EVENTS_MAX || bytes >= BATCH_BYTES_MAX / 2
 }
 
+/// How long a bulk catch-up waits for the next batch before it ends (its views completed): a
+/// peer that announces a backlog, or floods, and then sends nothing holds no node in bulk.
+pub const BULK_IDLE_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a batch brings events this node lacks: its first or last event lies beyond what is
+/// held of its author. A peer replaying what this node holds (its own events included) sends
+/// full batches that bring nothing: they never start or prolong a bulk catch-up.
+pub fn brings_new_events(shared: &Shared, batch: &pb::EventBatch) -> bool {
+    let held = shared.store.vector(&shared.space);
+    let ends = [batch.events.first(), batch.events.last()];
+    ends.into_iter().flatten().any(|message| {
+        SignedEvent::from_wire(message.clone()).is_ok_and(|event| event.header.seq > held.get(&event.header.author))
+    })
+}
+
 /// Watches the batches of one incoming stream and runs a bulk catch-up while a flood lasts:
-/// from the [`FLOOD_FULL_BATCHES`]th full batch in a row to the first batch that is not full
-/// (the sender had nothing more waiting). Commands are refused meanwhile, as in any bulk
-/// catch-up; the views are complete again once the flood is stored.
+/// from the [`FLOOD_FULL_BATCHES`]th full batch of new events in a row to the first batch that
+/// is not full (the sender had nothing more waiting), or to [`BULK_IDLE_MAX`] without a batch.
+/// Commands wait meanwhile (bounded), as in any bulk catch-up; the views are complete again once
+/// the flood is stored.
 #[derive(Default)]
 pub struct FloodWatch {
     full_in_a_row: u32,
@@ -110,7 +130,7 @@ impl FloodWatch {
     /// Before a batch is handed to the ingest thread: starts a bulk catch-up when the flood is
     /// long enough. In order with the ingests on that thread, so the batch is folded in bulk.
     pub async fn before(&mut self, shared: &Arc<Shared>, batch: &pb::EventBatch) -> anyhow::Result<()> {
-        if !batch_is_full(batch) {
+        if !batch_is_full(batch) || !brings_new_events(shared, batch) {
             self.full_in_a_row = 0;
             return Ok(());
         }

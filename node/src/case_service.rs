@@ -22,6 +22,9 @@ use crate::shared::{now_ms, Shared};
 use crate::sync_client::sync_once;
 use crate::views_pb;
 
+/// How long a command waits for a bulk catch-up to end before the engine refuses it.
+pub const COMMAND_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The case service of one node.
 #[derive(Clone)]
 pub struct CaseService {
@@ -74,6 +77,9 @@ impl CaseService {
         &self,
         make: impl FnOnce(&Shared) -> Result<Command, GrpcStatus> + Send + 'static,
     ) -> Result<Response<pb::CaseView>, GrpcStatus> {
+        // A bulk catch-up defers the views a command is planned against: wait for its end
+        // (bounded) rather than refuse; past the bound the engine refuses with how far behind.
+        self.shared.wait_out_bulk_catch_ups(COMMAND_WAIT_MAX).await;
         let (view, next) = self
             .blocking(move |shared| {
                 let command = make(shared)?;

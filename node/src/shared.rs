@@ -98,6 +98,8 @@ pub struct Shared {
     pub ingest: IngestThread,
     /// Bulk catch-ups started since the node started (far-behind sessions and floods).
     bulk_catch_ups: AtomicU64,
+    /// Bulk catch-ups running now.
+    bulk_running: watch::Sender<u32>,
     known: Mutex<HashMap<AuthorId, VersionVector>>,
     peers: Mutex<BTreeMap<String, PeerInfo>>,
     refusals: Mutex<Refusals>,
@@ -143,6 +145,7 @@ impl Shared {
             stopping,
             ingest: IngestThread::start()?,
             bulk_catch_ups: AtomicU64::new(0),
+            bulk_running: watch::channel(0).0,
             known: Mutex::new(HashMap::new()),
             peers: Mutex::new(BTreeMap::new()),
             refusals: Mutex::new(Refusals::default()),
@@ -178,9 +181,23 @@ impl Shared {
         raise(&self.visible, next_position);
     }
 
-    /// Counts a bulk catch-up started.
+    /// Counts a bulk catch-up started (and running, until [`Shared::note_bulk_catch_up_ended`]).
     pub fn note_bulk_catch_up(&self) {
         self.bulk_catch_ups.fetch_add(1, Ordering::Relaxed);
+        self.bulk_running.send_modify(|running| *running += 1);
+    }
+
+    /// A bulk catch-up ended: its views are complete.
+    pub fn note_bulk_catch_up_ended(&self) {
+        self.bulk_running.send_modify(|running| *running = running.saturating_sub(1));
+    }
+
+    /// Waits until no bulk catch-up runs, at most `limit`; whether none runs. Local commands wait
+    /// here rather than be refused while a catch-up defers the views (each catch-up is bounded:
+    /// it ends when its stream ends, or after `BULK_IDLE_MAX` without a batch).
+    pub async fn wait_out_bulk_catch_ups(&self, limit: std::time::Duration) -> bool {
+        let mut running = self.bulk_running.subscribe();
+        tokio::time::timeout(limit, running.wait_for(|n| *n == 0)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Bulk catch-ups started since the node started.

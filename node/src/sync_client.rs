@@ -18,11 +18,14 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
-use crate::bulk_catch_up::{batch_is_full, BulkCatchUp, FloodWatch};
+use crate::bulk_catch_up::{batch_is_full, BulkCatchUp, FloodWatch, BULK_IDLE_MAX};
 use crate::event_stream::{stream_events, GRPC_MESSAGE_BYTES_MAX, STREAM_BUFFER_BATCHES};
 use crate::ingest_thread::Pipeline;
 use crate::shared::{now_ms, PeerState, Shared};
 use crate::tls;
+
+/// How long a one-shot pull waits for the peer's next batch.
+pub const PULL_IDLE_MAX: Duration = Duration::from_secs(60);
 
 /// The port of a peer URL that names none.
 pub const DEFAULT_PORT: u16 = 7000;
@@ -220,7 +223,11 @@ impl PeerClient {
         let mut stream = self.client.pull(request).await.context("pull refused")?.into_inner();
         let mut received = 0;
         let mut pipeline = self.pipeline();
-        while let Some(batch) = stream.message().await.context("pull stream failed")? {
+        // A peer that stops sending mid-pull ends the session (and a bulk catch-up with it).
+        while let Some(batch) = match tokio::time::timeout(PULL_IDLE_MAX, stream.message()).await {
+            Ok(message) => message.context("pull stream failed")?,
+            Err(_) => bail!("the peer sent nothing for {} s", PULL_IDLE_MAX.as_secs()),
+        } {
             received += self.ingest(&mut pipeline, batch).await?;
             progress(received);
         }
@@ -324,6 +331,12 @@ pub async fn live_session(
                 if !heads.missing_in(&shared.store.vector(&shared.space)).is_empty() {
                     peer.pull_once(|_| {}).await?;
                 }
+            }
+            // A backlog announced (or a flood begun) and then not sent: the bulk catch-up ends
+            // and commands wait no longer.
+            _ = tokio::time::sleep(BULK_IDLE_MAX), if flood.in_bulk() => {
+                if let Err(e) = landed(&shared, &mut pipeline).await { break Err(e); }
+                if let Err(e) = flood.finish().await { break Err(e); }
             }
             _ = shutdown.changed() => break Ok(()),
         }

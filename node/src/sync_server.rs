@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::bulk_catch_up::{batch_is_full, FloodWatch};
+use crate::bulk_catch_up::{batch_is_full, FloodWatch, BULK_IDLE_MAX};
 use crate::event_stream::{stream_events, STREAM_BUFFER_BATCHES};
 use crate::grpc_status;
 use crate::ingest_thread::Pipeline;
@@ -180,10 +180,16 @@ impl Sync for SyncServer {
         loop {
             let batch = tokio::select! {
                 message = stream.message() => match message? {
-                    Some(batch) => batch,
+                    Some(batch) => Some(batch),
                     None => break,
                 },
                 _ = stopping.wait_for(|s| *s) => return Err(Status::unavailable("node is stopping")),
+                _ = tokio::time::sleep(BULK_IDLE_MAX), if flood.in_bulk() => None,
+            };
+            let Some(batch) = batch else {
+                // A flood that stalls ends its bulk catch-up: commands wait no longer.
+                caught_up(&shared, &mut pipeline, &mut flood, &mut reply).await?;
+                continue;
             };
             if batch.events.is_empty() {
                 // The pusher's caught-up marker: nothing more was waiting behind what it sent.

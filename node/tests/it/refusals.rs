@@ -193,3 +193,53 @@ async fn a_forking_author_is_refused_alone_and_every_other_author_still_syncs() 
     office.shutdown().await;
     home.shutdown().await;
 }
+
+async fn push_batches(node: &Node, key: &DeviceKey, batches: Vec<pb::EventBatch>) -> pb::PushReply {
+    client(node, key).await.push(Request::new(tokio_stream::iter(batches))).await.unwrap().into_inner()
+}
+
+/// A member that replays, in full batches, what the node already holds (a flood of nothing new)
+/// never switches it into a bulk catch-up: only batches of new events count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_replaying_what_a_node_holds_never_holds_it_in_bulk() {
+    let c = cluster(&["office", "home"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    let home = crate::support::identity(&c.dirs[1]).key;
+    let events = events_by(&home, &office, 12 * BATCH_EVENTS_MAX as u64, 10);
+    let batches: Vec<pb::EventBatch> =
+        events.chunks(BATCH_EVENTS_MAX).map(|chunk| pb::EventBatch { events: wire(chunk) }).collect();
+    let first = push_batches(&office, &home, batches.clone()).await;
+    assert_eq!(first.accepted, events.len() as u64);
+    let floods = office.shared().bulk_catch_ups();
+    assert_eq!(floods, 1, "twelve full batches of new events are a flood");
+    let replay = push_batches(&office, &home, batches).await;
+    assert_eq!((replay.accepted, replay.duplicates), (0, events.len() as u64));
+    assert_eq!(office.shared().bulk_catch_ups(), floods, "a replay is no flood");
+    office.shutdown().await;
+}
+
+/// A local command during a bulk catch-up waits for its end instead of being refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_during_a_bulk_catch_up_waits_for_its_end() {
+    use casesync_node::bulk_catch_up::BulkCatchUp;
+    use casesync_proto::v1::cases_server::Cases;
+    let c = cluster(&["office"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    let shared = office.shared().clone();
+    let bulk = BulkCatchUp::start_on_ingest_thread(&shared).await.unwrap();
+    let service = casesync_node::case_service::CaseService::new(shared.clone());
+    let request = pb::CreateCaseRequest {
+        fields: vec![pb::NamedValue {
+            name: "name".into(),
+            value: Some(pb::Value { kind: Some(pb::value::Kind::Text("waited".into())) }),
+        }],
+    };
+    let mut command = tokio::spawn(async move { service.create_case(Request::new(request)).await });
+    // Still waiting while the catch-up runs (refused at once before).
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut command).await;
+    assert!(early.is_err(), "the command did not wait: {early:?}");
+    bulk.finish().await.unwrap();
+    let view = command.await.unwrap().unwrap().into_inner();
+    assert!(!view.case_id.is_empty());
+    office.shutdown().await;
+}
