@@ -314,6 +314,9 @@ fn execute_run(db: &Db, writer: &mut Writer, run: &[Arc<QueuedCommand>]) {
     }
     match writer.commit_events(db, true, space, &events, None) {
         Ok(summary) => {
+            if let Some(last) = events.last() {
+                writer.log.note_own_write(last);
+            }
             for (event, (index, view)) in events.into_iter().zip(planned) {
                 *lock(&run[index].result) = Some(Ok((event, view, summary.clone())));
             }

@@ -33,6 +33,9 @@ pub(crate) struct LogState {
     pub(crate) max_hlc: u64,
     pub(crate) fences: HashMap<(SpaceId, AuthorId), u64>,
     pub(crate) keys: HashMap<AuthorId, VerifyingKey>,
+    /// The clock of the last event this node wrote as each author, per space, once known (read
+    /// from the log at the first write after open, then kept by each local write).
+    pub(crate) own_hlc: HashMap<(SpaceId, AuthorId), u64>,
     /// Who may write (see [`Access`]).
     pub(crate) access: Access,
     /// Each space's membership, as its stored membership events decide it.
@@ -288,6 +291,11 @@ pub(crate) struct StateAfter {
 impl StateAfter {
     /// Moves the log state to this, after the commit.
     pub(crate) fn apply(self, state: &mut LogState, space: &SpaceId) -> CommitSummary {
+        // A clock kept for a local writer is stale once any event of that author is committed
+        // (its own events may come back from a peer): read again, or noted by the local write.
+        for author in self.heads.keys() {
+            state.own_hlc.remove(&(*space, *author));
+        }
         state.heads.entry(*space).or_default().extend(self.heads);
         if !self.membership.is_empty() {
             state.membership.entry(*space).or_insert_with(|| Membership::new(*space)).add(self.membership);

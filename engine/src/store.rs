@@ -190,6 +190,9 @@ impl Store {
         let mut writer = self.lock_writer();
         let events = writer.log.build_chain(&self.db, space, key, now_ms, bodies)?;
         let summary = writer.commit_events(&self.db, self.options.projections, space, &events, None)?;
+        if let Some(last) = events.last() {
+            writer.log.note_own_write(last);
+        }
         if events.iter().any(SignedEvent::is_membership) {
             self.refresh_keys_locked(&mut writer)?;
         }

@@ -95,6 +95,10 @@ pub fn batch_is_full(batch: &pb::EventBatch) -> bool {
     batch.events.len() >= BATCH_EVENTS_MAX || bytes >= BATCH_BYTES_MAX / 2
 }
 
+/// During a bulk catch-up, every this many full batches in a row, whether they still bring new
+/// events is checked: a replay of what is held ends the catch-up.
+pub const FLOOD_RECHECK_BATCHES: u32 = 16;
+
 /// How long a bulk catch-up waits for the next batch before it ends (its views completed): a
 /// peer that announces a backlog, or floods, and then sends nothing holds no node in bulk.
 pub const BULK_IDLE_MAX: std::time::Duration = std::time::Duration::from_secs(10);
@@ -112,7 +116,8 @@ pub fn brings_new_events(shared: &Shared, batch: &pb::EventBatch) -> bool {
 
 /// Watches the batches of one incoming stream and runs a bulk catch-up while a flood lasts:
 /// from the [`FLOOD_FULL_BATCHES`]th full batch of new events in a row to the first batch that
-/// is not full (the sender had nothing more waiting), or to [`BULK_IDLE_MAX`] without a batch.
+/// is not full (the sender had nothing more waiting), to [`BULK_IDLE_MAX`] without a batch, or to
+/// a run of full batches that bring nothing new.
 /// Commands wait meanwhile (bounded), as in any bulk catch-up; the views are complete again once
 /// the flood is stored.
 #[derive(Default)]
@@ -129,17 +134,33 @@ impl FloodWatch {
 
     /// Before a batch is handed to the ingest thread: starts a bulk catch-up when the flood is
     /// long enough. In order with the ingests on that thread, so the batch is folded in bulk.
-    pub async fn before(&mut self, shared: &Arc<Shared>, batch: &pb::EventBatch) -> anyhow::Result<()> {
-        if !batch_is_full(batch) || !brings_new_events(shared, batch) {
+    /// Returns true when the flood turned out to be a replay of what this node holds: the caller
+    /// lands what it handed on and ends the bulk catch-up ([`FloodWatch::finish`]). Whether a
+    /// batch brings new events is asked only where it decides something (the batch that would
+    /// start a catch-up, and every [`FLOOD_RECHECK_BATCHES`]th during one): it takes the store's
+    /// writer lock, which the ingest thread holds while it commits.
+    pub async fn before(&mut self, shared: &Arc<Shared>, batch: &pb::EventBatch) -> anyhow::Result<bool> {
+        if !batch_is_full(batch) {
             self.full_in_a_row = 0;
-            return Ok(());
+            return Ok(false);
         }
         self.full_in_a_row = self.full_in_a_row.saturating_add(1);
-        if self.bulk.is_none() && self.full_in_a_row >= FLOOD_FULL_BATCHES && !shared.relay {
+        let deciding = match self.bulk {
+            None => self.full_in_a_row >= FLOOD_FULL_BATCHES && !shared.relay,
+            Some(_) => self.full_in_a_row.is_multiple_of(FLOOD_RECHECK_BATCHES),
+        };
+        if !deciding {
+            return Ok(false);
+        }
+        if !brings_new_events(shared, batch) {
+            self.full_in_a_row = 0;
+            return Ok(self.bulk.is_some());
+        }
+        if self.bulk.is_none() {
             tracing::info!("a flood of events: catching up in bulk, case views completed when it ends");
             self.bulk = Some(BulkCatchUp::start_on_ingest_thread(shared).await?);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Whether a bulk catch-up is running.

@@ -309,7 +309,15 @@ pub async fn live_session(
                 }
                 Ok(Some(batch)) => {
                     let full = batch_is_full(&batch);
-                    if let Err(e) = flood.before(&shared, &batch).await { break Err(e); }
+                    match flood.before(&shared, &batch).await {
+                        Err(e) => break Err(e),
+                        Ok(true) => {
+                            // A replay, not a flood: the catch-up ends.
+                            if let Err(e) = landed(&shared, &mut pipeline).await { break Err(e); }
+                            if let Err(e) = flood.finish().await { break Err(e); }
+                        }
+                        Ok(false) => {}
+                    }
                     if let Err(e) = peer.ingest(&mut pipeline, batch).await { break Err(e); }
                     if !full && flood.in_bulk() {
                         // The flood ended: its last batch lands before the views are completed.

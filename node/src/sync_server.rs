@@ -203,7 +203,10 @@ impl Sync for SyncServer {
                 )));
             }
             let full = batch_is_full(&batch);
-            flood.before(&shared, &batch).await.map_err(|e| Status::internal(e.to_string()))?;
+            if flood.before(&shared, &batch).await.map_err(|e| Status::internal(e.to_string()))? {
+                // A replay, not a flood: the catch-up ends.
+                caught_up(&shared, &mut pipeline, &mut flood, &mut reply).await?;
+            }
             let prepared = PreparedBatch::new(shared.space, batch.events);
             let done = pipeline.push(&shared.ingest, prepared).await.map_err(grpc_status::ingest_thread)?;
             count(done, &mut reply)?;

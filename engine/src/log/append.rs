@@ -61,6 +61,12 @@ impl ChainTail {
 }
 
 impl LogState {
+    /// Notes the clock of the last event this node just committed as `author` (its next write
+    /// then needs no read of the log).
+    pub(crate) fn note_own_write(&mut self, last: &SignedEvent) {
+        self.own_hlc.insert((last.header.space, last.header.author), last.header.hlc);
+    }
+
     /// Where `author`'s next event in `space` goes; refused while a peer holds its events beyond
     /// the local head (see [`LogState::note_remote_head`]): writing there would fork the chain.
     pub(crate) fn tail(&self, db: &Db, space: &SpaceId, author: &AuthorId) -> Result<ChainTail, AppendError> {
@@ -70,9 +76,10 @@ impl LogState {
         if fence > local {
             return Err(AppendError::Fenced { local, remote: fence });
         }
-        let own_hlc = match local {
-            0 => 0,
-            seq => super::get_event(db, space, author, seq)?.map_or(0, |event| event.header.hlc),
+        let own_hlc = match (self.own_hlc.get(&(*space, *author)), local) {
+            (Some(hlc), _) => *hlc,
+            (None, 0) => 0,
+            (None, seq) => super::get_event(db, space, author, seq)?.map_or(0, |event| event.header.hlc),
         };
         Ok(ChainTail {
             space: *space,
