@@ -24,6 +24,9 @@ pub const WAL_BYTES_MAX: u64 = 128 << 20;
 
 /// Block cache shared by all column families, in bytes.
 pub const BLOCK_CACHE_BYTES: usize = 64 << 20;
+/// Table files RocksDB keeps open at once (the rest are opened as read, through its table
+/// cache): well under the usual limit of 1024 descriptors per process, leaving room for sockets.
+pub const OPEN_FILES_MAX: i32 = 512;
 
 /// How commits reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +79,9 @@ impl Db {
         // sync and an open after a crash replayed all of it. Past this total RocksDB flushes
         // the families that hold the oldest WAL.
         db_options.set_max_total_wal_size(WAL_BYTES_MAX);
+        // File descriptors: RocksDB keeps every table file open by default, so a large store
+        // (and a node's sockets beside it) could exhaust the process's limit, failing writes.
+        db_options.set_max_open_files(OPEN_FILES_MAX);
         // One block cache for every column family (RocksDB's default is a cache per family).
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let existing = known_families(path)?;

@@ -332,8 +332,12 @@ fn api_beside(api: &str) -> String {
     format!("{host}:0")
 }
 
+/// Concurrent gRPC calls (HTTP/2 streams) one connection may hold open.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 32;
+
 fn server_builder() -> Server {
     Server::builder()
+        .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .tcp_nodelay(true)

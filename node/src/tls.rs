@@ -44,6 +44,9 @@ pub fn binding_digest(binding: &[u8; 32]) -> [u8; 32] {
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the gRPC server to take them.
 const ACCEPTED_BACKLOG: usize = 64;
+/// Sync connections open at once, handshakes included: past it a new connection is closed at
+/// once (a flood of connections holds no more than this many descriptors and tasks).
+pub const SYNC_CONNECTIONS_MAX: usize = 256;
 /// The name in every device certificate (the identity is the key, not a name).
 const CERT_NAME: &str = "casesync";
 
@@ -395,6 +398,8 @@ pub struct PeerDevice {
 pub struct TlsServerStream {
     io: tokio_rustls::server::TlsStream<TcpStream>,
     peer: PeerDevice,
+    /// This connection's place among [`SYNC_CONNECTIONS_MAX`], given back when it closes.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Connected for TlsServerStream {
@@ -445,13 +450,24 @@ delegate_io!(TlsServerStream, io);
 delegate_io!(TlsClientStream, 0);
 
 /// The connections of a TLS listener, each handshaken on a task of its own (bounded in time), so
-/// a slow or silent peer holds up nobody. Ends when the server drops it.
+/// a slow or silent peer holds up nobody; at most [`SYNC_CONNECTIONS_MAX`] at once. Ends when
+/// the server drops it.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
 ) -> ReceiverStream<std::io::Result<TlsServerStream>> {
+    incoming_at_most(listener, config, SYNC_CONNECTIONS_MAX)
+}
+
+/// [`incoming`] with at most `connections` open at once.
+pub fn incoming_at_most(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    connections: usize,
+) -> ReceiverStream<std::io::Result<TlsServerStream>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_BACKLOG);
     let acceptor = TlsAcceptor::from(config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(connections));
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -465,6 +481,11 @@ pub fn incoming(
                     }
                 },
                 _ = tx.closed() => return,
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%remote, "too many sync connections: closed");
+                drop(tcp);
+                continue;
             };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
@@ -483,7 +504,7 @@ pub fn incoming(
                     return tracing::debug!(%remote, %error, "no TLS exporter");
                 }
                 let peer = PeerDevice { device, remote: Some(remote), binding };
-                let _ = tx.send(Ok(TlsServerStream { io, peer })).await;
+                let _ = tx.send(Ok(TlsServerStream { io, peer, _slot: slot })).await;
             });
         }
     });

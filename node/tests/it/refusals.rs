@@ -243,3 +243,38 @@ async fn a_command_during_a_bulk_catch_up_waits_for_its_end() {
     assert!(!view.case_id.is_empty());
     office.shutdown().await;
 }
+
+/// Past its bound a sync listener closes new connections at once (a flood of connections holds
+/// no more descriptors and tasks than that); a slot frees when a connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_is_bounded() {
+    use casesync_node::tls;
+    use tokio::io::AsyncReadExt;
+    use tokio_stream::StreamExt;
+    let cert = tls::DeviceCert::new(&DeviceKey::from_secret([5; 32])).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut accepted = tls::incoming_at_most(listener, tls::server_config(&cert).unwrap(), 1);
+    // The first connection takes the only slot (it never completes its handshake).
+    let first = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), second.read(&mut [0u8; 1])).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the second connection was not closed: {read:?}");
+    // Once the first closes, a device connects and completes its handshake.
+    drop(first);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let config = tls::client_config(&cert, std::sync::Arc::new(|_| Ok(())), seen).unwrap();
+    let dialer = tls::Dialer { config, ca: None };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let _client = loop {
+        match tls::dial("127.0.0.1", port, &dialer).await {
+            Ok(client) => break client,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%error, "the slot is not free yet");
+                tokio::task::yield_now().await;
+            }
+            Err(error) => panic!("no connection once the slot was free: {error}"),
+        }
+    };
+    assert!(accepted.next().await.unwrap().is_ok());
+}
