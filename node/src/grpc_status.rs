@@ -46,7 +46,9 @@ pub fn rejection(rejection: &Rejection) -> Status {
     match &rejection.reason {
         RejectReason::Event(EventError::BadSignature) => Status::unauthenticated(message),
         RejectReason::Event(EventError::TooLarge { .. }) => Status::resource_exhausted(message),
-        RejectReason::Gap { .. } | RejectReason::Fork { .. } => Status::failed_precondition(message),
+        RejectReason::Gap { .. } | RejectReason::Fork { .. } | RejectReason::ClockAhead { .. } => {
+            Status::failed_precondition(message)
+        }
         RejectReason::NotCounted(_) => Status::permission_denied(message),
         _ => Status::invalid_argument(message),
     }

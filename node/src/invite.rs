@@ -219,7 +219,7 @@ pub async fn admit(shared: Arc<Shared>, device: AuthorId, request: pb::JoinReque
         InviteState::Expired => return Err(Status::permission_denied("this invitation expired")),
         InviteState::Open(role) => role,
     };
-    let batch = PreparedBatch::new(shared.space, vec![event.to_wire()]);
+    let batch = PreparedBatch::received(shared.space, vec![event.to_wire()], now_ms());
     let storing = shared.clone();
     let report = tokio::task::spawn_blocking(move || storing.store_from_peer(&device, batch))
         .await

@@ -208,7 +208,7 @@ impl PeerClient {
     /// Decodes and hashes one received batch here and hands it to the ingest thread (see
     /// [`Pipeline::push`]); returns how many events the ingests that ended meanwhile stored.
     async fn ingest(&self, pipeline: &mut IngestPipeline, batch: pb::EventBatch) -> anyhow::Result<u64> {
-        let prepared = PreparedBatch::new(self.shared.space, batch.events);
+        let prepared = PreparedBatch::received(self.shared.space, batch.events, now_ms());
         stored(pipeline.push(&self.shared.ingest, prepared).await?)
     }
 

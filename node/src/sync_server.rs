@@ -18,7 +18,7 @@ use crate::bulk_catch_up::{batch_is_full, FloodWatch, BULK_IDLE_MAX};
 use crate::event_stream::{stream_events, STREAM_BUFFER_BATCHES};
 use crate::grpc_status;
 use crate::ingest_thread::Pipeline;
-use crate::shared::Shared;
+use crate::shared::{now_ms, Shared};
 use crate::tls::PeerDevice;
 
 /// The sync service of one node, for every space it holds.
@@ -207,7 +207,7 @@ impl Sync for SyncServer {
                 // A replay, not a flood: the catch-up ends.
                 caught_up(&shared, &mut pipeline, &mut flood, &mut reply).await?;
             }
-            let prepared = PreparedBatch::new(shared.space, batch.events);
+            let prepared = PreparedBatch::received(shared.space, batch.events, now_ms());
             let done = pipeline.push(&shared.ingest, prepared).await.map_err(grpc_status::ingest_thread)?;
             count(done, &mut reply)?;
             if !full && flood.in_bulk() {

@@ -10,7 +10,7 @@ use crate::codec::keys::{case_key, CASE_PART_ENTRY, CASE_PART_FIELD, CASE_PART_S
 use crate::model::error::OperationError;
 use crate::model::ids::SpaceId;
 use crate::model::ids::{AuthorId, CaseId, EntryId};
-use crate::model::merge::{CasePart, CaseState, Record, Register, StatusValue, Version};
+use crate::model::merge::{CasePart, CaseState, PendingDot, Record, Register, StatusValue, Version};
 use crate::model::operation::{
     Dot, Dots, FieldValue, FieldWrite, FieldWrites, Operation, Status, StatusChange, StatusWrite,
 };
@@ -275,7 +275,8 @@ fn status_register_to_pb(status: &Register<StatusValue>) -> st::StatusRegister {
                 seen: vector_to_pb(&v.value.seen).heads,
             })
             .collect(),
-        pending: status.pending.iter().map(dot_to_pb).collect(),
+        pending: status.pending.iter().map(|p| dot_to_pb(&p.dot)).collect(),
+        pending_hlc: status.pending.iter().map(|p| p.hlc).collect(),
     }
 }
 
@@ -287,7 +288,8 @@ fn register_to_pb(name: &str, register: &Register<FieldValue>) -> st::Register {
             .iter()
             .map(|v| st::Version { dot: Some(dot_to_pb(&v.dot)), hlc: v.hlc, value: Some(value_to_pb(&v.value)) })
             .collect(),
-        pending: register.pending.iter().map(dot_to_pb).collect(),
+        pending: register.pending.iter().map(|p| dot_to_pb(&p.dot)).collect(),
+        pending_hlc: register.pending.iter().map(|p| p.hlc).collect(),
     }
 }
 
@@ -303,20 +305,27 @@ fn required_dot(dot: Option<&pb::Dot>) -> Result<Dot, OperationError> {
     dot_from_pb(dot.ok_or(OperationError::Malformed("stored version without a dot"))?)
 }
 
-/// A register from its stored versions and pending dots.
+/// A register from its stored versions and pending dots (with the clock of each: one per dot).
 fn register_from_parts<P, T>(
     current: impl IntoIterator<Item = P>,
-    pending: &[pb::Dot],
+    (pending, pending_hlc): (&[pb::Dot], &[u64]),
     version: impl FnMut(P) -> Result<Version<T>, OperationError>,
 ) -> Result<Register<T>, OperationError> {
+    if pending.len() != pending_hlc.len() {
+        return Err(OperationError::Malformed("stored pending dots without their clocks"));
+    }
     Ok(Register {
         current: current.into_iter().map(version).collect::<Result<_, _>>()?,
-        pending: pending.iter().map(dot_from_pb).collect::<Result<_, _>>()?,
+        pending: pending
+            .iter()
+            .zip(pending_hlc)
+            .map(|(dot, hlc)| Ok(PendingDot { dot: dot_from_pb(dot)?, hlc: *hlc }))
+            .collect::<Result<_, OperationError>>()?,
     })
 }
 
 fn status_register_from_pb(status: &st::StatusRegister) -> Result<Register<StatusValue>, OperationError> {
-    register_from_parts(&status.current, &status.pending, |v: &st::StatusVersion| {
+    register_from_parts(&status.current, (&status.pending, &status.pending_hlc), |v: &st::StatusVersion| {
         Ok(Version {
             dot: required_dot(v.dot.as_ref())?,
             hlc: v.hlc,
@@ -330,7 +339,7 @@ fn status_register_from_pb(status: &st::StatusRegister) -> Result<Register<Statu
 
 fn register_from_pb(register: st::Register) -> Result<Register<FieldValue>, OperationError> {
     // The versions are moved out of the message: their texts are not copied.
-    register_from_parts(register.current, &register.pending, |v| {
+    register_from_parts(register.current, (&register.pending, &register.pending_hlc), |v| {
         Ok(Version { dot: required_dot(v.dot.as_ref())?, hlc: v.hlc, value: value_from_pb_owned(v.value)? })
     })
 }

@@ -22,6 +22,7 @@ use crate::codec::keys::{event_key, CF_FORKS};
 use crate::error::StoreError;
 use crate::model::error::EventError;
 use crate::model::event::SignedEvent;
+use crate::model::hlc;
 use crate::model::ids::{AuthorId, EventId, SpaceId};
 use crate::model::membership::Refusal;
 use crate::model::signing::VerifyingKey;
@@ -54,6 +55,14 @@ pub enum RejectReason {
     /// unknown author's events may count once the grant that admits them arrives.
     #[error(transparent)]
     NotCounted(#[from] Refusal),
+    /// The event's clock is further ahead of this node's wall clock than any honest device's
+    /// can be ([`hlc::RECEIVED_AHEAD_MAX_MS`]): not stored now (it would win every display and
+    /// escape every audit window); offered again once this node's clock is near, it is taken.
+    #[error("clock ahead: the event is stamped {} ms after this node's clock allows", .ahead_ms)]
+    ClockAhead {
+        /// How far beyond the allowed ceiling, in milliseconds.
+        ahead_ms: u64,
+    },
     /// The author signed two different events at one seq. Both are kept as evidence.
     #[error("fork: the author signed two different events at this seq (stored {stored}, offered {offered})")]
     Fork {
@@ -135,6 +144,15 @@ impl PreparedBatch {
         prepared
     }
 
+    /// [`PreparedBatch::new`] for a batch a peer sent to a node whose wall clock reads `now_ms`:
+    /// events stamped further ahead than any honest clock runs are refused
+    /// ([`PreparedBatch::refuse_clocks_ahead_of`]).
+    pub fn received(space: SpaceId, batch: Vec<pb::SignedEvent>, now_ms: u64) -> PreparedBatch {
+        let mut prepared = PreparedBatch::new(space, batch);
+        prepared.refuse_clocks_ahead_of(now_ms);
+        prepared
+    }
+
     fn add(&mut self, event: SignedEvent) {
         if event.header.space != self.space {
             self.rejected.push(Rejection {
@@ -150,6 +168,28 @@ impl PreparedBatch {
                 _ => self.runs.entry(event.header.author).or_default().push(event),
             }
         }
+    }
+
+    /// Refuses, in each author's run, the events from the first whose clock lies beyond what a
+    /// node whose wall clock reads `now_ms` accepts ([`hlc::received_ceiling`]): what comes
+    /// before it is checked and stored as usual. Nodes apply this to what peers send; a store's
+    /// own tools (tests, salvage) do not.
+    pub fn refuse_clocks_ahead_of(&mut self, now_ms: u64) {
+        let ceiling = hlc::received_ceiling(now_ms);
+        for (author, run) in self.runs.iter_mut() {
+            if let Some(at) = run.iter().position(|event| event.header.hlc > ceiling) {
+                let first = &run[at];
+                let ahead_ms = hlc::millis(first.header.hlc).saturating_sub(hlc::millis(ceiling));
+                self.rejected.push(Rejection {
+                    author: Some(*author),
+                    seq: first.header.seq,
+                    reason: RejectReason::ClockAhead { ahead_ms },
+                });
+                self.events -= run.len() - at;
+                run.truncate(at);
+            }
+        }
+        self.runs.retain(|_, run| !run.is_empty());
     }
 
     /// Adds the events of a batch received after this one (of another space: refused). An

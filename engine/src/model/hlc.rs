@@ -22,6 +22,18 @@ pub fn next_plausible(now_ms: u64, own_last: u64, seen_max: u64) -> u64 {
     next(now_ms, own_last.max(seen_max.min(ceiling)))
 }
 
+/// How far ahead of a node's wall clock a received event's clock may be: twice
+/// [`AHEAD_MAX_MS`]. An honest device's clock runs at most a day ahead of its own wall clock
+/// (dragged by others), and wall clocks of one practice differ by less than another day. An
+/// event beyond it waits (refused now, taken once this node's clock is near), so no stamp far in
+/// the future (2^64-1) wins the display of a field for ever or escapes an audit window.
+pub const RECEIVED_AHEAD_MAX_MS: u64 = 2 * AHEAD_MAX_MS;
+
+/// The highest clock a node whose wall clock reads `now_ms` takes from its peers.
+pub fn received_ceiling(now_ms: u64) -> u64 {
+    now_ms.saturating_add(RECEIVED_AHEAD_MAX_MS).saturating_mul(1 << 16) | 0xffff
+}
+
 /// Milliseconds since the Unix epoch of a clock value.
 pub fn millis(hlc: u64) -> u64 {
     hlc >> 16

@@ -4,6 +4,12 @@
 //! superseded by a known write but not seen yet ("pending"), so a version that arrives after the
 //! write that superseded it does not come back. The current set is the same for every arrival
 //! order; pending is bookkeeping only and is never part of the state hash.
+//!
+//! A write supersedes only what its writer could have seen: a version whose clock is below the
+//! write's. A device's clock passes every event it holds (`hlc::next_plausible`), so an honest
+//! write always orders after what it names; a write naming a version it could not have seen (a
+//! future seq of another device, forged by a hostile member) leaves that version current beside
+//! it, a conflict shown to users rather than a write silently hidden.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +18,7 @@ use crate::model::operation::{
     Dot, Dots, FieldName, FieldValue, FieldWrite, FieldWrites, Operation, Status, StatusWrite,
 };
 use crate::model::vector_clock::VersionVector;
+use smallvec::SmallVec;
 
 /// One version of a register: who wrote it, when, and the value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,13 +53,24 @@ pub enum CasePart {
 /// a case may hold by the thousand, stay in a B-tree).
 pub type FieldMap = litemap::LiteMap<FieldName, Register<FieldValue>>;
 
+/// A dot named as superseded by a known write whose version is not seen yet, with the highest
+/// clock of the writes naming it: the version, when it arrives, is superseded only if its own
+/// clock is below that (its writers could have seen it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PendingDot {
+    /// The superseded version's dot.
+    pub dot: Dot,
+    /// The highest clock of the writes that name it.
+    pub hlc: u64,
+}
+
 /// A multi-value register.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Register<T> {
     /// Versions no known write supersedes, sorted by dot.
     pub current: CurrentVersions<T>,
-    /// Superseded dots not seen yet, sorted.
-    pub pending: Vec<Dot>,
+    /// Superseded dots not seen yet, sorted by dot, each once.
+    pub pending: Vec<PendingDot>,
 }
 
 impl<T> Default for Register<T> {
@@ -63,36 +81,44 @@ impl<T> Default for Register<T> {
 
 impl<T> Register<T> {
     /// Applies a write. `seen` says whether an event has already been folded in; it must be false
-    /// for `version.dot` itself.
+    /// for `version.dot` itself. A named version is superseded only if its clock is below the
+    /// write's (see the module's documentation).
     pub fn apply(&mut self, version: Version<T>, supersedes: &[Dot], seen: &dyn Fn(&Dot) -> bool) {
-        let own = version.dot;
-        self.pending.retain(|dot| !seen(dot));
+        let (own, hlc) = (version.dot, version.hlc);
+        if !self.pending.is_empty() {
+            self.pending.retain(|pending| !seen(&pending.dot));
+        }
         // What the write supersedes goes first (it never names the write itself), so a write
         // replacing the one current version never holds two, which would spill the inline slot.
+        let mut unseen: SmallVec<[PendingDot; 1]> = SmallVec::new();
         for dot in supersedes {
             if *dot == own {
                 continue;
             }
             if let Ok(index) = self.current.binary_search_by(|v| v.dot.cmp(dot)) {
-                self.current.remove(index);
-            } else if !seen(dot) {
-                if let Err(index) = self.pending.binary_search(dot) {
-                    self.pending.reserve_exact(1);
-                    self.pending.insert(index, *dot);
+                if self.current[index].hlc < hlc {
+                    self.current.remove(index);
                 }
+            } else if !seen(dot) {
+                unseen.push(PendingDot { dot: *dot, hlc });
             }
         }
-        match self.pending.binary_search(&own) {
-            Ok(index) => {
-                // A write we already know supersedes this version: it never becomes current.
-                self.pending.remove(index);
-            }
-            Err(_) => match self.current.binary_search_by(|v| v.dot.cmp(&own)) {
+        if !unseen.is_empty() {
+            merge_pending(&mut self.pending, unseen);
+        }
+        let superseded = match self.pending.binary_search_by(|p| p.dot.cmp(&own)) {
+            // A write we already know names this version: it never becomes current if that
+            // write could have seen it. Either way the dot is seen now.
+            Ok(index) => self.pending.remove(index).hlc > hlc,
+            Err(_) => false,
+        };
+        if !superseded {
+            match self.current.binary_search_by(|v| v.dot.cmp(&own)) {
                 Ok(_) => {} // Already folded in (idempotent).
                 // Superseded versions were removed above, so a replacing write reuses the inline
                 // slot.
                 Err(index) => self.current.insert(index, version),
-            },
+            }
         }
     }
 
@@ -105,18 +131,21 @@ impl<T> Register<T> {
     pub fn join(&mut self, other: Register<T>) {
         let pending_mine = std::mem::take(&mut self.pending);
         let current_mine = std::mem::take(&mut self.current);
-        let is_pending_mine = |dot: &Dot| pending_mine.binary_search(dot).is_ok();
-        let is_pending_theirs = |dot: &Dot| other.pending.binary_search(dot).is_ok();
+        let superseded_by = |pending: &[PendingDot], version: &Version<T>| {
+            pending.binary_search_by(|p| p.dot.cmp(&version.dot)).is_ok_and(|i| version.hlc < pending[i].hlc)
+        };
         let in_current_mine = |dot: &Dot| current_mine.binary_search_by(|v| v.dot.cmp(dot)).is_ok();
         let in_current_theirs = |dot: &Dot| other.current.binary_search_by(|v| v.dot.cmp(dot)).is_ok();
-        let mut pending: Vec<Dot> = pending_mine.iter().filter(|d| !in_current_theirs(d)).copied().collect();
-        pending.extend(other.pending.iter().filter(|d| !in_current_mine(d)));
-        pending.sort_unstable();
-        pending.dedup();
+        let mut pending: Vec<PendingDot> =
+            pending_mine.iter().filter(|p| !in_current_theirs(&p.dot)).copied().collect();
+        merge_pending(&mut pending, other.pending.iter().filter(|p| !in_current_mine(&p.dot)).copied());
         let mut current = CurrentVersions::<T>::new();
-        let theirs: CurrentVersions<T> =
-            other.current.into_iter().filter(|v| !is_pending_mine(&v.dot) && !in_current_mine(&v.dot)).collect();
-        current.extend(current_mine.into_iter().filter(|v| !is_pending_theirs(&v.dot)));
+        let theirs: CurrentVersions<T> = other
+            .current
+            .into_iter()
+            .filter(|v| !superseded_by(&pending_mine, v) && !in_current_mine(&v.dot))
+            .collect();
+        current.extend(current_mine.into_iter().filter(|v| !superseded_by(&other.pending, v)));
         current.extend(theirs);
         current.sort_by_key(|v| v.dot);
         self.current = current;
@@ -142,6 +171,33 @@ impl<T> Register<T> {
     pub fn in_conflict(&self) -> bool {
         self.current.len() > 1
     }
+}
+
+/// Merges dots into a sorted pending list in one linear pass (a write naming thousands of unseen
+/// dots costs one merge, not a shift per dot); a dot named twice keeps the higher clock.
+fn merge_pending(pending: &mut Vec<PendingDot>, more: impl IntoIterator<Item = PendingDot>) {
+    let mut more: SmallVec<[PendingDot; 1]> = more.into_iter().collect();
+    if more.is_empty() {
+        return;
+    }
+    more.sort_unstable();
+    let old = std::mem::take(pending);
+    let mut merged: Vec<PendingDot> = Vec::with_capacity(old.len() + more.len());
+    let (mut old, mut more) = (old.into_iter().peekable(), more.into_iter().peekable());
+    loop {
+        let next = match (old.peek(), more.peek()) {
+            (Some(a), Some(b)) if a <= b => old.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => more.next(),
+            (Some(_), None) => old.next(),
+            (None, None) => break,
+        };
+        let Some(next) = next else { break };
+        match merged.last_mut() {
+            Some(last) if last.dot == next.dot => last.hlc = last.hlc.max(next.hlc),
+            _ => merged.push(next),
+        }
+    }
+    *pending = merged;
 }
 
 /// A status version's value: the status and what its writer had seen.
@@ -191,6 +247,15 @@ impl Record {
             .iter()
             .map(|v| v.dot)
             .chain(self.fields.values().flat_map(|r| r.current.iter().map(|v| v.dot)))
+    }
+
+    /// Every current version's dot and clock, over the status and the fields.
+    pub fn current_clocks(&self) -> impl Iterator<Item = (Dot, u64)> + '_ {
+        self.status
+            .current
+            .iter()
+            .map(|v| (v.dot, v.hlc))
+            .chain(self.fields.values().flat_map(|r| r.current.iter().map(|v| (v.dot, v.hlc))))
     }
 
     /// Highest hlc of any current version.
@@ -302,10 +367,94 @@ mod tests {
         // The superseding write first.
         let mut b: Register<&str> = Register::default();
         b.apply(v2.clone(), &[v1.dot], &|_| false);
-        assert_eq!(b.pending, vec![v1.dot]);
+        assert_eq!(b.pending, vec![PendingDot { dot: v1.dot, hlc: 2 }]);
         b.apply(v1.clone(), &[], &|d| *d == v2.dot);
         assert_eq!(a.current, b.current);
         assert_eq!(b.current.as_slice(), [v2]);
         assert!(b.pending.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+    use crate::model::ids::AuthorId;
+
+    fn version(author: u8, seq: u64, hlc: u64) -> Version<u64> {
+        Version { dot: Dot { author: AuthorId([author; 32]), seq }, hlc, value: hlc }
+    }
+
+    /// Folds `writes` (a version and what it names) in the given order into one register.
+    fn fold(writes: &[(Version<u64>, Vec<Dot>)], order: &[usize]) -> Register<u64> {
+        let mut register = Register::default();
+        let mut folded: Vec<Dot> = Vec::new();
+        for &i in order {
+            let (version, supersedes) = &writes[i];
+            register.apply(version.clone(), supersedes, &|d| folded.contains(d));
+            folded.push(version.dot);
+        }
+        register
+    }
+
+    #[test]
+    fn a_write_cannot_supersede_a_version_its_writer_could_not_have_seen() {
+        // Device 2 writes seq 1 at clock 50. A hostile member names it at clock 10 (before it
+        // existed): the version stays current beside the hostile one, in every order. An honest
+        // write at clock 90 that saw it supersedes it, in every order too.
+        let honest = version(2, 1, 50);
+        let forged = (version(9, 1, 10), vec![honest.dot]);
+        let writes = [(honest.clone(), vec![]), forged.clone()];
+        for order in [[0, 1], [1, 0]] {
+            let register = fold(&writes, &order);
+            assert_eq!(register.current.len(), 2, "{order:?}: {register:?}");
+            assert!(register.pending.is_empty());
+        }
+        let later = (version(3, 1, 90), vec![honest.dot]);
+        let writes = [(honest, vec![]), forged, later];
+        let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+        let results: Vec<Register<u64>> = orders.iter().map(|order| fold(&writes, order)).collect();
+        let mut expected = vec![writes[1].0.dot, writes[2].0.dot];
+        expected.sort();
+        for register in &results {
+            let dots: Vec<Dot> = register.current.iter().map(|v| v.dot).collect();
+            assert_eq!(dots, expected);
+        }
+    }
+
+    #[test]
+    fn joins_agree_with_folds_under_forged_supersedes() {
+        let honest = version(2, 1, 50);
+        let writes =
+            [(honest.clone(), vec![]), (version(9, 1, 10), vec![honest.dot]), (version(3, 1, 90), vec![honest.dot])];
+        let whole = fold(&writes, &[0, 1, 2]);
+        // Every split of the writes into two registers, joined either way round.
+        for mask in 0u8..8 {
+            let (mine, theirs): (Vec<usize>, Vec<usize>) = (0..3).partition(|i| mask & (1 << i) != 0);
+            for (a, b) in [(&mine, &theirs), (&theirs, &mine)] {
+                let mut left = Register::default();
+                for &i in a {
+                    left.apply(writes[i].0.clone(), &writes[i].1, &|_| false);
+                }
+                let mut right = Register::default();
+                for &i in b {
+                    right.apply(writes[i].0.clone(), &writes[i].1, &|_| false);
+                }
+                left.join(right);
+                assert_eq!(left.current, whole.current, "{a:?} joined with {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn pending_dots_named_by_several_writes_keep_the_highest_clock() {
+        let mut pending = vec![PendingDot { dot: version(1, 5, 0).dot, hlc: 7 }];
+        merge_pending(
+            &mut pending,
+            [PendingDot { dot: version(1, 5, 0).dot, hlc: 3 }, PendingDot { dot: version(1, 2, 0).dot, hlc: 9 }],
+        );
+        assert_eq!(
+            pending,
+            [PendingDot { dot: version(1, 2, 0).dot, hlc: 9 }, PendingDot { dot: version(1, 5, 0).dot, hlc: 7 }]
+        );
     }
 }

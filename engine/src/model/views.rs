@@ -3,9 +3,8 @@
 use serde::Serialize;
 
 use crate::model::ids::{AuthorId, CaseId, EntryId};
-use crate::model::merge::{CaseState, Record, Register, Version};
+use crate::model::merge::{CaseState, Record, Register, StatusValue, Version};
 use crate::model::operation::{Dot, FieldValue, Status};
-use crate::model::vector_clock::VersionVector;
 
 /// One current version of a field or status, with who wrote it and when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -134,21 +133,26 @@ fn effective_status(register: &Register<crate::model::merge::StatusValue>, defau
     register.shown().map(|v| v.value.status).unwrap_or(default)
 }
 
-/// The union of what the current tombstones (delete/remove) had seen, with their own dots.
-fn tombstone_horizon(record: &Record) -> Option<VersionVector> {
-    let mut horizon: Option<VersionVector> = None;
-    for version in &record.status.current {
-        if matches!(version.value.status, Status::Deleted | Status::Removed) {
-            let h = horizon.get_or_insert_with(VersionVector::new);
-            h.merge(&version.value.seen);
-            h.raise(version.dot.author, version.dot.seq);
-        }
-    }
-    horizon
+/// The current tombstones (deletes or removals) of a record: each covers what its writer had
+/// seen, `None` when there is none.
+fn tombstones(record: &Record) -> Option<Vec<&Version<StatusValue>>> {
+    let tombs: Vec<_> =
+        record.status.current.iter().filter(|v| matches!(v.value.status, Status::Deleted | Status::Removed)).collect();
+    (!tombs.is_empty()).then_some(tombs)
 }
 
-fn unseen_by(horizon: &VersionVector, dot: &Dot) -> bool {
-    !horizon.contains(&dot.author, dot.seq)
+/// Whether no tombstone covers a version: none had seen it. A tombstone covers its own device's
+/// earlier versions, and another device's version its `seen` names only if that version's clock
+/// is below its own (a writer cannot have seen what came after it: a delete claiming to have seen
+/// everything does not bury the edits made after it).
+fn unseen_by(tombs: &[&Version<StatusValue>], dot: &Dot, hlc: u64) -> bool {
+    !tombs.iter().any(|tomb| {
+        if dot.author == tomb.dot.author {
+            dot.seq <= tomb.dot.seq
+        } else {
+            hlc < tomb.hlc && tomb.value.seen.contains(&dot.author, dot.seq)
+        }
+    })
 }
 
 fn status_conflict(record: &Record) -> Vec<VersionView<Status>> {
@@ -174,12 +178,12 @@ impl CaseView {
     /// Derives the view of a case state.
     pub fn of(state: &CaseState) -> CaseView {
         let status = effective_status(&state.record.status, Status::Active);
-        let case_horizon = if status == Status::Deleted { tombstone_horizon(&state.record) } else { None };
+        let case_horizon = if status == Status::Deleted { tombstones(&state.record) } else { None };
         let mut concurrent_with_delete = false;
         let mut entries = Vec::new();
         for (id, record) in &state.entries {
             if let Some(h) = &case_horizon {
-                concurrent_with_delete |= record.current_dots().any(|d| unseen_by(h, &d));
+                concurrent_with_delete |= record.current_clocks().any(|(d, hlc)| unseen_by(h, &d, hlc));
             }
             if let Some((entry_status, removed_concurrent)) = entry_shown(record) {
                 entries.push(EntryView {
@@ -191,7 +195,7 @@ impl CaseView {
             }
         }
         if let Some(h) = &case_horizon {
-            concurrent_with_delete |= state.record.current_dots().any(|d| unseen_by(h, &d));
+            concurrent_with_delete |= state.record.current_clocks().any(|(d, hlc)| unseen_by(h, &d, hlc));
         }
         CaseView {
             case_id: state.id.to_hex(),
@@ -270,8 +274,9 @@ pub fn conflicts_of(state: &CaseState) -> Vec<ConflictView> {
 fn entry_shown(record: &Record) -> Option<(Status, bool)> {
     let status = effective_status(&record.status, Status::Present);
     let removed_concurrent = status == Status::Removed
-        && tombstone_horizon(record)
-            .is_some_and(|h| record.fields.values().flat_map(|r| r.current.iter()).any(|v| unseen_by(&h, &v.dot)));
+        && tombstones(record).is_some_and(|h| {
+            record.fields.values().flat_map(|r| r.current.iter()).any(|v| unseen_by(&h, &v.dot, v.hlc))
+        });
     (status == Status::Present || removed_concurrent).then_some((status, removed_concurrent))
 }
 
@@ -289,7 +294,8 @@ pub fn case_id_of(view: &CaseView) -> Option<CaseId> {
 mod tests {
     use super::*;
     use crate::model::merge::CaseState;
-    use crate::model::operation::{FieldWrite, Operation, StatusWrite};
+    use crate::model::operation::{FieldWrite, Operation, StatusChange, StatusWrite};
+    use crate::model::vector_clock::VersionVector;
 
     fn dot(author: u8, seq: u64) -> Dot {
         Dot { author: AuthorId([author; 32]), seq }
@@ -308,7 +314,12 @@ mod tests {
         let (case, entry) = (CaseId([1; 16]), EntryId([2; 16]));
         let mut state = CaseState::new(case);
         let never = |_: &Dot| false;
-        let apply = |state: &mut CaseState, op: Operation, dot: Dot| state.apply(op, dot, dot.seq, &never);
+        // Clocks in the order the writes are made here, as a device's clock passes what it saw.
+        let clock = std::cell::Cell::new(0);
+        let apply = |state: &mut CaseState, op: Operation, dot: Dot| {
+            clock.set(clock.get() + 10);
+            state.apply(op, dot, clock.get(), &never)
+        };
         apply(&mut state, Operation::CreateCase { case, fields: Default::default() }, dot(1, 1));
         let fields = [write("note", "first", &[])].into_iter().collect();
         apply(&mut state, Operation::AddEntry { case, entry, fields }, dot(1, 2));
@@ -336,5 +347,39 @@ mod tests {
         assert_eq!(view.entries[0].status, Status::Present);
         assert!(view.has_conflicts());
         assert_eq!(conflicts_of(&state).len(), 1);
+    }
+
+    #[test]
+    fn a_delete_claiming_to_have_seen_everything_does_not_bury_later_edits() {
+        let case = CaseId([1; 16]);
+        let mut state = CaseState::new(case);
+        let never = |_: &Dot| false;
+        state.apply(Operation::CreateCase { case, fields: Default::default() }, dot(1, 1), 10, &never);
+        // A hostile member deletes at clock 20, claiming to have seen every seq of device 2.
+        let seen: VersionVector = [(AuthorId([2; 32]), u64::MAX)].into_iter().collect();
+        let status = StatusWrite { supersedes: [dot(1, 1)].into_iter().collect(), seen };
+        let delete = Operation::ChangeStatus { case, change: StatusChange::Delete, write: status };
+        state.apply(delete, dot(9, 1), 20, &never);
+        assert!(!CaseView::of(&state).deleted_with_concurrent_changes);
+        // Device 2 edits later (clock 30): the delete cannot have seen that.
+        let fields = [write("phone", "0176", &[])].into_iter().collect();
+        state.apply(Operation::SetFields { case, fields }, dot(2, 1), 30, &never);
+        let view = CaseView::of(&state);
+        assert_eq!(view.status, Status::Deleted);
+        assert!(view.deleted_with_concurrent_changes, "{view:?}");
+        // An edit the delete could have seen (clock 15, named in its `seen`) is covered.
+        let mut earlier = CaseState::new(case);
+        earlier.apply(Operation::CreateCase { case, fields: Default::default() }, dot(1, 1), 10, &never);
+        let fields = [write("phone", "0176", &[])].into_iter().collect();
+        earlier.apply(Operation::SetFields { case, fields }, dot(2, 1), 15, &never);
+        let seen: VersionVector = [(AuthorId([2; 32]), 1)].into_iter().collect();
+        let status = StatusWrite { supersedes: [dot(1, 1)].into_iter().collect(), seen };
+        earlier.apply(
+            Operation::ChangeStatus { case, change: StatusChange::Delete, write: status },
+            dot(9, 1),
+            20,
+            &never,
+        );
+        assert!(!CaseView::of(&earlier).deleted_with_concurrent_changes);
     }
 }

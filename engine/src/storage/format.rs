@@ -7,7 +7,7 @@ use crate::codec::keys::{CF_META, META_FORMAT_VERSION};
 use crate::error::OpenError;
 
 /// The on-disk format this build writes and reads. See `docs/log-format.md`.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Checks the format version of an opened database: writes it into a new one, upgrades an older
 /// one, refuses a newer one.
@@ -48,10 +48,10 @@ pub(crate) fn check(db: &DB) -> Result<(), OpenError> {
 fn upgrade(db: &DB, found: u32) -> Result<(), OpenError> {
     let mut batch = WriteBatch::default();
     let meta = cf_meta(db)?;
-    if found < 3 {
+    if found < 6 {
         tracing::info!(from = found, to = FORMAT_VERSION, "upgrading the store format: projections are rebuilt");
-        // The old projections are in the legacy family (dropped after this); `case_parts` is
-        // new and empty, and the rebuild fills it.
+        // Before 3 the old projections are in the legacy family (dropped after this) and
+        // `case_parts` is new and empty; from 3 the rebuild clears `case_parts` first.
         for item in db.prefix_iterator_cf(meta, b"watermark/") {
             let (key, _) = item?;
             if !key.starts_with(b"watermark/") {

@@ -98,15 +98,16 @@ fn a_store_with_an_unknown_column_family_is_refused_before_its_log_is_replayed()
 }
 
 #[test]
-fn a_format_3_store_keeps_its_views_and_its_single_event_arrival_records() {
+fn a_format_3_store_rebuilds_its_views_and_keeps_its_single_event_arrival_records() {
     use casesync_engine::codec::keys::{
         arrival_run_value, case_event_key, event_key, parse_arrival_run, CF_ARRIVAL, CF_CASE_EVENTS,
     };
     let dir = tempfile::tempdir().unwrap();
     let hash = a_store_with_cases(dir.path());
     let author = device(1).author();
-    // A history record no event explains: a rebuild (which rewrites the history index) would
-    // drop it, so finding it after the upgrade shows the views were kept, not rebuilt.
+    // A history record no event explains: a rebuild (which rewrites the history index) drops it,
+    // so its absence after the upgrade shows the views were rebuilt (stores before format 6 hold
+    // no clocks for their pending dots).
     let marker = case_event_key(&SPACE, &CaseId([9; 16]), &author, 99);
     {
         // Format 3: one arrival record per event, without a count.
@@ -130,7 +131,7 @@ fn a_format_3_store_keeps_its_views_and_its_single_event_arrival_records() {
     assert_eq!(seqs, (1..=6).map(|n| (n, n)).collect::<Vec<_>>(), "old and new records, in order");
     drop(store);
     let db = raw(dir.path());
-    assert!(db.get_cf(db.cf_handle(CF_CASE_EVENTS).unwrap(), marker).unwrap().is_some(), "views were rebuilt");
+    assert!(db.get_cf(db.cf_handle(CF_CASE_EVENTS).unwrap(), marker).unwrap().is_none(), "views were kept");
     let stored = db.get_cf(db.cf_handle(CF_META).unwrap(), META_FORMAT_VERSION).unwrap().unwrap();
     assert_eq!(stored, FORMAT_VERSION.to_be_bytes());
 }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use casesync_engine::log::ingest::{PreparedBatch, RejectReason};
 use casesync_engine::model::error::EventError;
-use casesync_engine::model::event::SignedEvent;
+use casesync_engine::model::event::{BodyEncoding, SignedEvent};
 use casesync_engine::model::ids::SpaceId;
 use proptest::prelude::*;
 
@@ -296,7 +296,7 @@ proptest! {
 #[test]
 fn a_clock_of_two_to_the_sixty_four_does_not_drag_the_local_clock_along() {
     use casesync_engine::commands::Command;
-    use casesync_engine::model::event::{BodyEncoding, EventHeader};
+    use casesync_engine::model::event::EventHeader;
     use casesync_engine::model::hlc;
     use casesync_engine::model::ids::{CaseId, EventId};
     let dir = tempfile::tempdir().unwrap();
@@ -321,6 +321,32 @@ fn a_clock_of_two_to_the_sixty_four_does_not_drag_the_local_clock_along() {
         (1..=3).map(|seq| store.get_event(&SPACE, &me.author(), seq).unwrap().unwrap().header.hlc).collect();
     assert!(clocks.windows(2).all(|w| w[0] < w[1]), "{clocks:?}");
     assert!(hlc::millis(clocks[2]) <= now + hlc::AHEAD_MAX_MS, "{clocks:?}");
+}
+
+/// A node takes from its peers no event stamped further ahead of its clock than an honest device's
+/// runs: the run lands up to it, the rest waits and is taken once the node's clock is near.
+#[test]
+fn events_stamped_far_ahead_of_the_node_s_clock_wait_until_it_is_near() {
+    use casesync_engine::model::hlc;
+    let (source_dir, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (source, store) = (open(source_dir.path()), open(dir.path()));
+    let key = device(4);
+    let now = 1_800_000_000_000;
+    let later = now + 3 * hlc::AHEAD_MAX_MS;
+    for at in [now, now + 1, later, later + 1] {
+        source.append(&SPACE, &key, at, vec![(BodyEncoding::Sealed, Bytes::from_static(b"x"))]).unwrap();
+    }
+    let events: Vec<_> = source.events_after(&SPACE, &Default::default()).map(|r| r.unwrap().2).collect();
+    let report = store.ingest_prepared(PreparedBatch::received(SPACE, events.clone(), now)).unwrap();
+    assert_eq!(report.accepted, 2);
+    assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
+    assert_eq!(report.rejected[0].seq, 3);
+    assert!(matches!(report.rejected[0].reason, RejectReason::ClockAhead { ahead_ms } if ahead_ms > 0));
+    assert_eq!(store.vector(&SPACE).get(&key.author()), 2);
+    // A day later the same batch is taken whole (the first two as duplicates).
+    let report = store.ingest_prepared(PreparedBatch::received(SPACE, events, later - hlc::AHEAD_MAX_MS)).unwrap();
+    assert_eq!((report.accepted, report.duplicates), (2, 2), "{:?}", report.rejected);
+    assert!(report.rejected.is_empty());
 }
 
 /// The same event in another byte form (an unknown field added, then signed by its own author):

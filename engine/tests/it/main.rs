@@ -1,6 +1,7 @@
 //! Engine integration tests: one binary, one module per subject.
 
 mod crash;
+mod forged_metadata;
 mod format;
 mod group_commit;
 mod history;

@@ -155,20 +155,24 @@ fn decode_records(
 }
 
 /// The storing pass's reader: reads the file and hands on its events in batches, decoded and
-/// hashed ([`PreparedBatch`]); returns the file's summary once its trailer verified, or `None` if
-/// the receiver stopped first.
+/// hashed ([`PreparedBatch`]), refusing events stamped further ahead of this machine's clock than
+/// any honest device's runs, as a node does; returns the file's summary once its trailer
+/// verified, or `None` if the receiver stopped first.
 fn read_batches(
     mut reader: BackupReader<BufReader<File>>,
     space: SpaceId,
     batches: std::sync::mpsc::SyncSender<PreparedBatch>,
 ) -> Result<Option<BackupSummary>, BackupError> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
     read_records(&mut reader, |records| {
         // A record is the signature followed by the event bytes: both are slices of it.
         let events = records.into_iter().map(|(_, stored)| {
             let stored = bytes::Bytes::from(stored);
             pb::SignedEvent { signature: stored.slice(..SIGNATURE_BYTES), event: stored.slice(SIGNATURE_BYTES..) }
         });
-        batches.send(PreparedBatch::new(space, events.collect())).is_ok()
+        batches.send(PreparedBatch::received(space, events.collect(), now_ms)).is_ok()
     })
 }
 

@@ -30,7 +30,7 @@ use crate::codec::keys::{CASE_PART_ENTRY, CASE_PART_FIELD, CASE_PART_STATUS};
 use crate::model::event::plain_header::decode_plain_header;
 use crate::model::event::{parse_event, BodyEncoding, EventHeader};
 use crate::model::ids::{AuthorId, CaseId, EntryId, EventId, SpaceId};
-use crate::model::merge::{CasePart, CaseState, Record, Register, StatusValue, Version};
+use crate::model::merge::{CasePart, CaseState, PendingDot, Record, Register, StatusValue, Version};
 use crate::model::operation::{Dot, Dots, FieldValue, FieldWrite, Operation, Status, StatusChange, StatusWrite};
 use crate::model::plain_fields::{Field, Fields};
 use crate::model::vector_clock::VersionVector;
@@ -227,8 +227,13 @@ fn register() -> impl Strategy<Value = Register<FieldValue>> {
         hlc,
         value,
     });
-    (proptest::collection::vec(version, 0..4), proptest::collection::vec(dot(), 0..4))
+    (proptest::collection::vec(version, 0..4), pending_dots(4))
         .prop_map(|(current, pending)| Register { current: current.into(), pending })
+}
+
+fn pending_dots(most: usize) -> impl Strategy<Value = Vec<PendingDot>> {
+    proptest::collection::vec((dot(), prop_oneof![Just(0u64), any::<u64>()]), 0..most)
+        .prop_map(|dots| dots.into_iter().map(|(dot, hlc)| PendingDot { dot, hlc }).collect())
 }
 
 fn status_register() -> impl Strategy<Value = Register<StatusValue>> {
@@ -241,7 +246,7 @@ fn status_register() -> impl Strategy<Value = Register<StatusValue>> {
     ];
     let version = (dot(), prop_oneof![Just(0u64), any::<u64>()], status, vector())
         .prop_map(|(dot, hlc, status, seen)| Version { dot, hlc, value: StatusValue { status, seen } });
-    (proptest::collection::vec(version, 0..3), proptest::collection::vec(dot(), 0..3))
+    (proptest::collection::vec(version, 0..3), pending_dots(3))
         .prop_map(|(current, pending)| Register { current: current.into(), pending })
 }
 
@@ -271,7 +276,8 @@ fn case_state() -> impl Strategy<Value = CaseState> {
 /// Whether prost can read the register back as the same register (it refuses dots at seq 0 and
 /// invalid values, which no fold writes).
 fn decodable<T>(register: &Register<T>, valid: impl Fn(&T) -> bool) -> bool {
-    register.current.iter().all(|v| v.dot.seq != 0 && valid(&v.value)) && register.pending.iter().all(|d| d.seq != 0)
+    register.current.iter().all(|v| v.dot.seq != 0 && valid(&v.value))
+        && register.pending.iter().all(|p| p.dot.seq != 0)
 }
 
 proptest! {

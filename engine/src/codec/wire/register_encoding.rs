@@ -5,7 +5,7 @@
 //! samples). The bytes are exactly prost's for the same message (tested
 //! against it), so readers decode them with the generated code.
 
-use crate::model::merge::{Register, StatusValue, Version};
+use crate::model::merge::{PendingDot, Register, StatusValue, Version};
 use crate::model::operation::{Dot, FieldValue};
 
 const AUTHOR_BYTES: usize = 32;
@@ -56,6 +56,29 @@ fn put_dot(tag: u8, dot: &Dot, buf: &mut Vec<u8>) {
     if dot.seq != 0 {
         put_key(2, VARINT, buf);
         put_varint(dot.seq, buf);
+    }
+}
+
+/// The pending dots (field `tag`) and their clocks (field `tag + 1`, packed, as prost writes a
+/// `repeated uint64`; omitted when there are none).
+fn pending_len(pending: &[PendingDot]) -> usize {
+    let dots = pending.iter().map(|p| delimited_len(dot_len(&p.dot))).sum::<usize>();
+    dots + if pending.is_empty() { 0 } else { delimited_len(clocks_len(pending)) }
+}
+
+fn clocks_len(pending: &[PendingDot]) -> usize {
+    pending.iter().map(|p| varint_len(p.hlc)).sum()
+}
+
+fn put_pending(tag: u8, pending: &[PendingDot], buf: &mut Vec<u8>) {
+    for p in pending {
+        put_dot(tag, &p.dot, buf);
+    }
+    if !pending.is_empty() {
+        put_delimited(tag + 1, clocks_len(pending), buf);
+        for p in pending {
+            put_varint(p.hlc, buf);
+        }
     }
 }
 
@@ -112,7 +135,7 @@ fn version_len(version: &Version<FieldValue>) -> usize {
 }
 
 /// The encoded `casesync.v1.store.Register` of a field: name (omitted when empty), the current
-/// versions, the pending dots, in tag order.
+/// versions, the pending dots and their clocks, in tag order.
 pub(crate) fn encode_register(name: &str, register: &Register<FieldValue>) -> Vec<u8> {
     let mut buf = Vec::new();
     encode_register_into(name, register, &mut buf);
@@ -123,7 +146,7 @@ pub(crate) fn encode_register(name: &str, register: &Register<FieldValue>) -> Ve
 pub(crate) fn encode_register_into(name: &str, register: &Register<FieldValue>, buf: &mut Vec<u8>) {
     let mut len = if name.is_empty() { 0 } else { delimited_len(name.len()) };
     len += register.current.iter().map(|v| delimited_len(version_len(v))).sum::<usize>();
-    len += register.pending.iter().map(|d| delimited_len(dot_len(d))).sum::<usize>();
+    len += pending_len(&register.pending);
     buf.clear();
     buf.reserve(len);
     if !name.is_empty() {
@@ -135,9 +158,7 @@ pub(crate) fn encode_register_into(name: &str, register: &Register<FieldValue>, 
         put_delimited(3, value_len(&version.value), buf);
         put_value(&version.value, buf);
     }
-    for dot in &register.pending {
-        put_dot(3, dot, buf);
-    }
+    put_pending(3, &register.pending, buf);
     debug_assert_eq!(buf.len(), len, "the lengths computed must be the lengths written");
 }
 
@@ -164,7 +185,7 @@ fn status_version_len(version: &Version<StatusValue>) -> usize {
 /// current versions, then the pending dots.
 pub(crate) fn encode_status_register_into(register: &Register<StatusValue>, buf: &mut Vec<u8>) {
     let len = register.current.iter().map(|v| delimited_len(status_version_len(v))).sum::<usize>()
-        + register.pending.iter().map(|d| delimited_len(dot_len(d))).sum::<usize>();
+        + pending_len(&register.pending);
     buf.clear();
     buf.reserve(len);
     for version in register.current.iter() {
@@ -178,9 +199,7 @@ pub(crate) fn encode_status_register_into(register: &Register<StatusValue>, buf:
             put_dot(4, &Dot { author: *author, seq: *seq }, buf);
         }
     }
-    for dot in &register.pending {
-        put_dot(2, dot, buf);
-    }
+    put_pending(2, &register.pending, buf);
     debug_assert_eq!(buf.len(), len, "the lengths computed must be the lengths written");
 }
 
@@ -222,13 +241,13 @@ mod tests {
         fn a_register_encodes_to_prost_s_bytes(
             name in "[a-z_]{0,40}",
             versions in proptest::collection::vec((dot(), any::<u64>(), value()), 0..4),
-            pending in proptest::collection::vec(dot(), 0..4),
+            pending in proptest::collection::vec((dot(), any::<u64>()), 0..4),
         ) {
             let mut register = Register::<FieldValue>::default();
             for (dot, hlc, value) in versions {
                 register.current.push(Version { dot, hlc, value });
             }
-            register.pending = pending;
+            register.pending = pending.into_iter().map(|(dot, hlc)| PendingDot { dot, hlc }).collect();
             let expected = super::super::register_to_pb(&name, &register).encode_to_vec();
             prop_assert_eq!(encode_register(&name, &register), expected);
         }
@@ -239,7 +258,7 @@ mod tests {
                 (dot(), any::<u64>(), 0usize..5, proptest::collection::vec((any::<u8>(), 0u64..1 << 40), 0..4)),
                 0..3,
             ),
-            pending in proptest::collection::vec(dot(), 0..4),
+            pending in proptest::collection::vec((dot(), any::<u64>()), 0..4),
         ) {
             use crate::model::operation::Status;
             use crate::model::vector_clock::VersionVector;
@@ -252,7 +271,7 @@ mod tests {
                 }
                 register.current.push(Version { dot, hlc, value: StatusValue { status: statuses[status], seen: vector } });
             }
-            register.pending = pending;
+            register.pending = pending.into_iter().map(|(dot, hlc)| PendingDot { dot, hlc }).collect();
             let expected = super::super::status_register_to_pb(&register).encode_to_vec();
             let mut buf = vec![1, 2, 3];
             encode_status_register_into(&register, &mut buf);
