@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod event;
+pub mod field_map;
 pub mod hlc;
 pub mod ids;
 pub mod limits;
