@@ -36,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "PeerStatus",
         "NodeStatus",
         "RefusedAuthor",
+        "ForkedDevice",
         "SyncNowReply",
         "PeerSyncResult",
         "CaseChange",

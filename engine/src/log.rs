@@ -5,6 +5,7 @@
 //! the projection layer folds.
 
 pub mod append;
+pub mod forks;
 pub mod ingest;
 pub mod membership;
 pub mod reader;
@@ -40,6 +41,8 @@ pub(crate) struct LogState {
     pub(crate) access: Access,
     /// Each space's membership, as its stored membership events decide it.
     pub(crate) membership: HashMap<SpaceId, Membership>,
+    /// The authors that forked their chains (see [`forks`]).
+    pub(crate) forks: forks::Forks,
 }
 
 impl LogState {
@@ -72,7 +75,12 @@ impl LogState {
 
     /// Reads the heads, counters, fences and memberships of a store at open.
     pub(crate) fn load(db: &Db, access: Access) -> Result<LogState, OpenError> {
-        let mut state = LogState { access, membership: membership::load(db)?, ..LogState::default() };
+        let mut state = LogState {
+            access,
+            membership: membership::load(db)?,
+            forks: forks::Forks::load(db)?,
+            ..LogState::default()
+        };
         for item in db.rocks().iterator_cf(db.cf(CF_HEADS), rocksdb::IteratorMode::Start) {
             let (key, value) = item?;
             let parsed = (key.len() == 48 && value.len() == 40)

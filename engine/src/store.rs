@@ -13,7 +13,6 @@ use bytes::Bytes;
 use crate::codec::membership::encode_membership;
 use crate::commands::{Command, CommandQueue};
 use crate::error::{CommandError, OpenError, StoreError};
-use crate::log::ingest;
 pub use crate::log::membership::Access;
 use crate::log::reader::{self, Arrival, EventsAfter};
 use crate::log::{self, CommitSummary, LogState};
@@ -231,9 +230,17 @@ impl Store {
         log::get_event(&self.db, space, author, seq)
     }
 
-    /// Fork evidence kept for a space: events offered at a seq whose stored event differs.
+    /// Fork evidence kept for a space: signed events that contradict the stored chain of their
+    /// author (another event at a stored seq, or a `prev` that is not the stored event before).
     pub fn forks(&self, space: &SpaceId) -> Result<Vec<SignedEvent>, StoreError> {
-        ingest::forks(&self.db, space)
+        crate::log::forks::evidence(&self.db, space)
+    }
+
+    /// The authors that forked their chains in a space, and whether each is quarantined (see
+    /// `log::forks`).
+    pub fn forked_authors(&self, space: &SpaceId) -> Vec<crate::log::forks::ForkedAuthor> {
+        let writer = self.lock_writer();
+        writer.log.forks.of_space(space, writer.log.judging_now(space).as_deref())
     }
 
     /// The version vector of a space: what this node holds.

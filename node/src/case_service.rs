@@ -505,6 +505,17 @@ pub fn node_status(shared: &Shared, skip_state_hash: bool) -> Result<pb::NodeSta
                 last_ms: r.last_ms,
             })
             .collect(),
+        forked: shared
+            .store
+            .forked_authors(&shared.space)
+            .into_iter()
+            .map(|f| pb::ForkedDevice {
+                device: f.author.device_id(),
+                first_seq: f.first_seq,
+                evidence: f.pieces as u64,
+                quarantined: f.quarantined,
+            })
+            .collect(),
     })
 }
 

@@ -240,41 +240,7 @@ async fn session_command(session: &Session, command: Commands, as_json: bool) ->
             if as_json {
                 return json(&status);
             }
-            println!("device  {} ({}){}", status.device, status.device_name, if status.relay { "  relay" } else { "" });
-            println!("space   {}", status.space);
-            if status.role.is_empty() {
-                println!("role    none: {}", status.role_refusal);
-            } else {
-                println!("role    {}", status.role);
-            }
-            println!("events  {}", status.events);
-            if !status.relay {
-                println!("state   {}", status.state_hash);
-            }
-            if status.projections_behind > 0 {
-                println!("views   catching up: {} events not yet in the case views", status.projections_behind);
-            }
-            if status.peers.is_empty() {
-                println!("peers   not configured (add --peer to `casesync serve`, or peers in casesync.toml)");
-            }
-            for p in &status.peers {
-                let last = if p.last_sync_ms == 0 { "never".to_string() } else { output::utc(p.last_sync_ms) };
-                println!(
-                    "peer    {}  {}  last sync {}  waiting to send {}  {}",
-                    p.url, p.state, last, p.events_to_send, p.last_error
-                );
-            }
-            for r in &status.refused {
-                println!(
-                    "refused {}  {} times, the last at seq {} from {} at {}: {}",
-                    r.device,
-                    r.times,
-                    r.seq,
-                    r.peer,
-                    output::utc(r.last_ms),
-                    r.reason
-                );
-            }
+            print!("{}", output::status_text(&status));
             Ok(())
         }
         Commands::Fence { clear } => {

@@ -49,7 +49,7 @@ pub fn rejection(rejection: &Rejection) -> Status {
         RejectReason::Gap { .. } | RejectReason::Fork { .. } | RejectReason::ClockAhead { .. } => {
             Status::failed_precondition(message)
         }
-        RejectReason::NotCounted(_) => Status::permission_denied(message),
+        RejectReason::NotCounted(_) | RejectReason::Quarantined { .. } => Status::permission_denied(message),
         _ => Status::invalid_argument(message),
     }
 }

@@ -49,6 +49,63 @@ pub fn device_line(d: &pb::DeviceInfo) -> String {
 }
 
 /// This device's fence, and what clearing it risks.
+/// `casesync status` as text.
+pub fn status_text(status: &pb::NodeStatus) -> String {
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(format!("device  {} ({}){}", status.device, status.device_name, if status.relay { "  relay" } else { "" }));
+    line(format!("space   {}", status.space));
+    if status.role.is_empty() {
+        line(format!("role    none: {}", status.role_refusal));
+    } else {
+        line(format!("role    {}", status.role));
+    }
+    line(format!("events  {}", status.events));
+    if !status.relay {
+        line(format!("state   {}", status.state_hash));
+    }
+    if status.projections_behind > 0 {
+        line(format!("views   catching up: {} events not yet in the case views", status.projections_behind));
+    }
+    if status.peers.is_empty() {
+        line("peers   not configured (add --peer to `casesync serve`, or peers in casesync.toml)".into());
+    }
+    for p in &status.peers {
+        let last = if p.last_sync_ms == 0 { "never".to_string() } else { utc(p.last_sync_ms) };
+        line(format!(
+            "peer    {}  {}  last sync {}  waiting to send {}  {}",
+            p.url, p.state, last, p.events_to_send, p.last_error
+        ));
+    }
+    for r in &status.refused {
+        line(format!(
+            "refused {}  {} times, the last at seq {} from {} at {}: {}",
+            r.device,
+            r.times,
+            r.seq,
+            r.peer,
+            utc(r.last_ms),
+            r.reason
+        ));
+    }
+    for f in &status.forked {
+        let decision = if f.quarantined {
+            "quarantined: its new events wait until an admin revokes it (`casesync device revoke`) or grants it a role again (`casesync device grant`)"
+        } else {
+            "an admin granted it a role again since"
+        };
+        line(format!(
+            "forked  {}  signed two chains from seq {} ({} signed events kept as evidence): {}",
+            f.device, f.first_seq, f.evidence, decision
+        ));
+    }
+    out
+}
+
+/// `casesync fence` as text.
 pub fn fence_text(reply: &pb::FenceReply) -> String {
     let mut out = String::new();
     if reply.cleared_seq > 0 {

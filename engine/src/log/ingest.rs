@@ -18,7 +18,6 @@ use rocksdb::WriteBatch;
 
 use super::membership::{changes_stored, judge_run};
 use super::{get_event, CommitSummary, LogState};
-use crate::codec::keys::{event_key, CF_FORKS};
 use crate::error::StoreError;
 use crate::model::error::EventError;
 use crate::model::event::SignedEvent;
@@ -62,6 +61,13 @@ pub enum RejectReason {
     ClockAhead {
         /// How far beyond the allowed ceiling, in milliseconds.
         ahead_ms: u64,
+    },
+    /// The author forked its chain (the evidence is kept: see `log::forks`) and no admin has
+    /// decided since: its new events wait.
+    #[error("quarantined: the author forked its chain at seq {first_seq}; its new events wait until an admin revokes it or grants it a role again")]
+    Quarantined {
+        /// The lowest seq at which it forked.
+        first_seq: u64,
     },
     /// The author signed two different events at one seq. Both are kept as evidence.
     #[error("fork: the author signed two different events at this seq (stored {stored}, offered {offered})")]
@@ -124,6 +130,8 @@ pub struct PreparedBatch {
     runs: BTreeMap<AuthorId, Vec<SignedEvent>>,
     rejected: Vec<Rejection>,
     events: usize,
+    /// The receiving node's clock when the batch arrived (0 when not told).
+    received_hlc: u64,
 }
 
 impl PreparedBatch {
@@ -134,7 +142,8 @@ impl PreparedBatch {
 
     /// Decodes and hashes a received batch for `space` (events of another space are refused).
     pub fn new(space: SpaceId, batch: Vec<pb::SignedEvent>) -> PreparedBatch {
-        let mut prepared = PreparedBatch { space, runs: BTreeMap::new(), rejected: Vec::new(), events: 0 };
+        let mut prepared =
+            PreparedBatch { space, runs: BTreeMap::new(), rejected: Vec::new(), events: 0, received_hlc: 0 };
         for message in batch {
             match SignedEvent::from_peer(message) {
                 Ok(event) => prepared.add(event),
@@ -150,6 +159,7 @@ impl PreparedBatch {
     pub fn received(space: SpaceId, batch: Vec<pb::SignedEvent>, now_ms: u64) -> PreparedBatch {
         let mut prepared = PreparedBatch::new(space, batch);
         prepared.refuse_clocks_ahead_of(now_ms);
+        prepared.received_hlc = now_ms.saturating_mul(1 << 16);
         prepared
     }
 
@@ -227,7 +237,13 @@ impl PreparedBatch {
         if authors.is_empty() || authors.len() == self.runs.len() {
             return None;
         }
-        let mut first = PreparedBatch { space: self.space, runs: BTreeMap::new(), rejected: Vec::new(), events: 0 };
+        let mut first = PreparedBatch {
+            space: self.space,
+            runs: BTreeMap::new(),
+            rejected: Vec::new(),
+            events: 0,
+            received_hlc: self.received_hlc,
+        };
         for author in authors {
             if let Some(run) = self.runs.remove(&author) {
                 self.events -= run.len();
@@ -266,7 +282,9 @@ struct RunCheck {
     accepted: Vec<SignedEvent>,
     duplicates: u64,
     rejection: Option<Rejection>,
-    forks: Vec<(SignedEvent, EventId)>,
+    /// Offered events that fork the author's chain, with the clock of the stored event they
+    /// contradict.
+    forks: Vec<(SignedEvent, u64)>,
 }
 
 /// A batch checked against the log: the events to commit (each author's as the contiguous
@@ -287,7 +305,7 @@ pub(crate) struct CheckedBatch {
 /// documentation) and stores the evidence of any fork it offers.
 pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) -> Result<CheckedBatch, StoreError> {
     let changes_membership = prepared.carries_membership();
-    let PreparedBatch { space, runs, rejected, .. } = prepared;
+    let PreparedBatch { space, runs, rejected, received_hlc, .. } = prepared;
     let space = &space;
     let mut report = IngestReport { rejected, ..IngestReport::default() };
     let state = log;
@@ -314,6 +332,15 @@ pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) 
             for (author, mut run) in std::mem::take(&mut pending) {
                 run.sort_by_key(|e| e.header.seq);
                 let mut check = check_run(db, state, space, &author, run)?;
+                if let Some(first_seq) = state.forks.quarantined(space, &author, judge.as_ref()) {
+                    if let Some(first) = check.accepted.first() {
+                        let seq = first.header.seq;
+                        check.accepted.clear();
+                        check.held_up_to = check.duplicates_up_to;
+                        let reason = RejectReason::Quarantined { first_seq };
+                        check.rejection.get_or_insert(Rejection { author: Some(author), seq, reason });
+                    }
+                }
                 if let Some(membership) = judge.as_mut() {
                     let (counted, refusal) = judge_run(membership, &check.accepted);
                     if let Some(refusal) = refusal {
@@ -361,14 +388,17 @@ pub(crate) fn check_batch(db: &Db, log: &mut LogState, prepared: PreparedBatch) 
     checked?;
     if !batch_forks.is_empty() {
         let mut batch = WriteBatch::default();
-        for (offered, stored) in &batch_forks {
+        let mut staged = Vec::new();
+        // When the fork was found here, as late as this node can tell (the forked events' own
+        // clocks are the forking author's to choose): an admin's grant after it decides.
+        let found_hlc = received_hlc.max(state.max_hlc);
+        for (offered, stored_hlc) in &batch_forks {
             let h = &offered.header;
-            let mut key = event_key(space, &h.author, h.seq).to_vec();
-            key.extend_from_slice(offered.id.as_bytes());
-            batch.put_cf(db.cf(CF_FORKS), key, offered.to_stored());
-            tracing::warn!(author = %h.author.device_id(), seq = h.seq, stored = %stored.short(), offered = %offered.id.short(), "fork evidence kept");
+            tracing::warn!(author = %h.author.device_id(), seq = h.seq, offered = %offered.id.short(), "the author forked its chain: evidence kept");
+            staged.extend(state.forks.stage(&mut batch, db, offered, (*stored_hlc).max(found_hlc)));
         }
         db.commit(batch)?;
+        state.forks.noted(staged);
     }
     Ok(CheckedBatch { space: *space, accepted, report, refold })
 }
@@ -405,7 +435,7 @@ fn check_run(
                 }
                 Some(stored) if fresh.is_empty() => {
                     if event.verify_signature().is_ok() {
-                        check.forks.push((event.clone(), stored.id));
+                        check.forks.push((event.clone(), stored.header.hlc));
                         failure = Some((h.seq, RejectReason::Fork { stored: stored.id, offered: event.id }));
                     } else {
                         failure = Some((h.seq, EventError::BadSignature.into()));
@@ -425,6 +455,11 @@ fn check_run(
             break;
         }
         if h.prev != prev {
+            // Signed by its author against the stored chain: the author signed another chain.
+            if fresh.is_empty() && seq > 0 && event.verify_signature().is_ok() {
+                let stored_hlc = get_event(db, space, author, seq)?.map_or(0, |e| e.header.hlc);
+                check.forks.push((event.clone(), stored_hlc));
+            }
             failure = Some((h.seq, RejectReason::BrokenChain));
             break;
         }
@@ -467,19 +502,4 @@ fn check_run(
     check.accepted = fresh;
     check.rejection = failure.map(|(seq, reason)| Rejection { author: Some(*author), seq, reason });
     Ok(check)
-}
-
-/// Fork evidence kept for an author: (seq, offered event).
-pub fn forks(db: &Db, space: &SpaceId) -> Result<Vec<SignedEvent>, StoreError> {
-    let mut out = Vec::new();
-    for item in db.rocks().prefix_iterator_cf(db.cf(CF_FORKS), space.as_bytes()) {
-        let (key, value) = item?;
-        if !key.starts_with(space.as_bytes()) {
-            break;
-        }
-        if let Ok(event) = SignedEvent::from_stored(&value) {
-            out.push(event);
-        }
-    }
-    Ok(out)
 }

@@ -18,3 +18,5 @@ pub const DOTS_PER_WRITE_MAX: usize = 4096;
 pub const DEVICE_NAME_BYTES_MAX: usize = 64;
 /// Most data key wraps in one membership event (one per recipient).
 pub const KEY_WRAPS_PER_EVENT_MAX: usize = 4096;
+/// Most events kept as evidence of one author's forks in one space.
+pub const FORK_EVIDENCE_PER_AUTHOR_MAX: usize = 16;

@@ -289,6 +289,12 @@ impl Membership {
         (last.max(seq), until)
     }
 
+    /// Whether an admin granted `device` a role by an event whose clock is above `hlc_value`: a
+    /// decision taken after what happened then (a fork of its chain).
+    pub fn granted_after(&self, device: &AuthorId, hlc_value: u64) -> bool {
+        self.decided.grants.get(device).is_some_and(|grants| grants.iter().any(|g| g.at_hlc > hlc_value))
+    }
+
     /// The last seq of `author` that can count, when a revocation cut it.
     pub fn cut(&self, author: &AuthorId) -> Option<u64> {
         self.decided.cuts.get(author).map(|c| c.cut)

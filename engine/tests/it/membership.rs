@@ -254,3 +254,82 @@ fn a_substitution_counts_until_its_date_and_no_later() {
     let revoked = create(&jan, &space, 1_900, "after the revocation").unwrap_err();
     assert!(revoked.to_string().contains("revoked"), "{revoked}");
 }
+
+/// A writer that signs two different events at one seq (or an event that does not continue its
+/// stored chain) has forked: its signed events are kept as evidence (a bounded number) and it is
+/// quarantined, its new events refused, until an admin grants it a role again; the evidence and
+/// the quarantine outlive a reopen.
+#[test]
+fn a_device_that_forks_is_quarantined_until_an_admin_grants_it_again() {
+    let (office, laptop) = (node(1), node(2));
+    let space = office.store.found_space(&office.key, "office", [1; 16], 1_000).unwrap();
+    let writer = NewGrant { device: laptop.key.author(), role: Role::Writer, name: "laptop".into(), until_ms: None };
+    office.store.grant(&space, &office.key, 1_001, writer.clone()).unwrap();
+    assert!(sync(&office, &laptop, &space).is_empty());
+    let first = forged_case_event(&laptop.store, &laptop.key, &space, 2_000);
+    let report = office.store.ingest(&space, vec![first.to_wire()]).unwrap();
+    assert_eq!(report.accepted, 1);
+    assert!(office.store.forked_authors(&space).is_empty());
+    // Another event at the same seq, signed by the laptop's key: a fork.
+    let other = forged_case_event(&laptop.store, &laptop.key, &space, 2_001);
+    let report = office.store.ingest(&space, vec![other.to_wire()]).unwrap();
+    assert!(matches!(report.rejected[0].reason, RejectReason::Fork { .. }), "{:?}", report.rejected);
+    let forked = office.store.forked_authors(&space);
+    assert_eq!(forked.len(), 1);
+    assert_eq!((forked[0].author, forked[0].first_seq, forked[0].pieces), (laptop.key.author(), 1, 1));
+    assert!(forked[0].quarantined);
+    // Its next event, continuing the chain the office holds, waits.
+    let next = forged_case_event(&office.store, &laptop.key, &space, 2_002);
+    let report = office.store.ingest(&space, vec![next.to_wire()]).unwrap();
+    assert_eq!(report.accepted, 0);
+    assert!(matches!(report.rejected[0].reason, RejectReason::Quarantined { first_seq: 1 }), "{:?}", report.rejected);
+    // Many more forks at seq 1: the evidence stays bounded.
+    for n in 0..40 {
+        let fork = forged_case_event(&laptop.store, &laptop.key, &space, 3_000 + n);
+        office.store.ingest(&space, vec![fork.to_wire()]).unwrap();
+    }
+    let pieces = office.store.forks(&space).unwrap().len();
+    assert_eq!(pieces, casesync_engine::model::limits::FORK_EVIDENCE_PER_AUTHOR_MAX);
+    // The quarantine outlives a reopen.
+    let dir = office._dir.path().to_path_buf();
+    let Device { key, store, _dir } = office;
+    drop(store);
+    let office = Device { key, store: Store::open(&dir, StoreOptions::default()).unwrap(), _dir };
+    assert!(office.store.forked_authors(&space)[0].quarantined);
+    // The admin decides: the laptop is granted its role again. Its next event is stored.
+    office.store.grant(&space, &office.key, 5_000, writer).unwrap();
+    let forked = office.store.forked_authors(&space);
+    assert!(!forked[0].quarantined, "{forked:?}");
+    assert_eq!(forked[0].pieces, pieces);
+    let report = office.store.ingest(&space, vec![next.to_wire()]).unwrap();
+    assert_eq!(report.accepted, 1, "{:?}", report.rejected);
+}
+
+/// A fork seen only as an event that does not continue the stored chain (what a node pulling
+/// from its head meets) is evidence too.
+#[test]
+fn an_event_that_does_not_continue_the_stored_chain_is_fork_evidence() {
+    let (office, laptop) = (node(1), node(2));
+    let space = office.store.found_space(&office.key, "office", [1; 16], 1_000).unwrap();
+    let writer = NewGrant { device: laptop.key.author(), role: Role::Writer, name: "laptop".into(), until_ms: None };
+    office.store.grant(&space, &office.key, 1_001, writer).unwrap();
+    assert!(sync(&office, &laptop, &space).is_empty());
+    create(&laptop, &space, 2_000, "Anna").unwrap();
+    assert!(sync(&laptop, &office, &space).is_empty());
+    // The laptop's own store goes on from a different seq 1 (restored from before it wrote).
+    let other_side = node(3);
+    assert!(sync(&office, &other_side, &space).is_empty());
+    let restored = forged_case_event(&other_side.store, &laptop.key, &space, 2_001);
+    assert_eq!(restored.header.seq, 2);
+    let mut header = restored.header.clone();
+    header.prev = casesync_engine::model::ids::EventId([7; 32]);
+    let body = bytes::Bytes::from(wire::encode_operation(&Operation::CreateCase {
+        case: CaseId([8; 16]),
+        fields: Default::default(),
+    }));
+    let broken = SignedEvent::build(&laptop.key, &header, body).unwrap();
+    let report = office.store.ingest(&space, vec![broken.to_wire()]).unwrap();
+    assert_eq!(report.rejected[0].reason, RejectReason::BrokenChain);
+    assert_eq!(office.store.forks(&space).unwrap(), vec![broken]);
+    assert!(office.store.forked_authors(&space)[0].quarantined);
+}

@@ -141,9 +141,10 @@ async fn a_claim_about_this_devices_chain_without_its_events_changes_nothing() {
 
 /// One member forks its chain: each side reaches a different node, the longer one the office.
 /// When home pulls from the office, the forking author's next events do not continue the chain
-/// home holds and are refused; every other author's events in the same stream still land,
-/// though the forking author's range comes first; `status` names the refused author. The
-/// session itself succeeds, both ways.
+/// home holds and are refused, kept as evidence of the fork, and the author is quarantined;
+/// every other author's events in the same stream still land, though the forking author's range
+/// comes first; `status` names the refused and the forked author. The session itself succeeds,
+/// both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forking_author_is_refused_alone_and_every_other_author_still_syncs() {
     let c = cluster(&["office", "home", "mallory", "carol"]).await;
@@ -175,12 +176,25 @@ async fn a_forking_author_is_refused_alone_and_every_other_author_still_syncs() 
     assert_eq!(status.refused.len(), 1);
     assert_eq!(status.refused[0].device, forking.author().device_id());
     assert_eq!(status.refused[0].peer, office.shared().identity.author().device_id());
+    // The refused event is signed by the forking author against the chain home holds: kept as
+    // evidence, and the author quarantined until an admin decides.
+    assert_eq!(status.forked.len(), 1, "{:?}", status.forked);
+    assert_eq!(status.forked[0].device, forking.author().device_id());
+    assert_eq!((status.forked[0].first_seq, status.forked[0].evidence), (4, 1));
+    assert!(status.forked[0].quarantined);
+    let text = casesync_node::output::status_text(&status);
+    assert!(
+        text.contains(&format!("forked  {}  signed two chains from seq 4", forking.author().device_id())),
+        "{text}"
+    );
     assert!(office.shared().refused_authors().is_empty());
     // The next session goes the same way: nothing stops, nothing more is refused than that run.
     let again =
         casesync_node::sync_client::sync_once(home.shared().clone(), &office.sync_url(), |_, _| {}).await.unwrap();
     assert_eq!(again.received, 0);
     assert_eq!(home.shared().refused_authors()[0].times, 2, "one refusal a session");
+    let status = casesync_node::case_service::node_status(home.shared(), true).unwrap();
+    assert_eq!(status.forked[0].evidence, 1, "the same event again is no new evidence");
     // The other way: the office pushes the forking author's run (refused by home, which goes on
     // with the stream) and the honest author's next events (stored).
     let more = chain_with_bodies(&honest, space, 8, |_| Bytes::from_static(b"honest"));
