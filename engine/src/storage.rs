@@ -4,6 +4,8 @@
 //! keys.
 
 pub mod families;
+#[cfg(test)]
+pub(crate) mod fault_plan;
 pub mod format;
 
 use crate::model::sealing::KeySet;
@@ -54,6 +56,9 @@ pub struct Db {
     /// Tests only: the named step at which the next [`Db::fault_point`] fails.
     #[cfg(test)]
     fail_at: std::sync::Mutex<Option<&'static str>>,
+    /// Tests only: the plan of failures by position attached to this directory when it opened.
+    #[cfg(test)]
+    plan: Option<std::sync::Arc<fault_plan::FaultPlan>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -108,6 +113,8 @@ impl Db {
             keys: std::sync::RwLock::default(),
             #[cfg(test)]
             fail_at: std::sync::Mutex::new(None),
+            #[cfg(test)]
+            plan: fault_plan::FaultPlan::attached(path),
         })
     }
 
@@ -192,30 +199,34 @@ impl Db {
 
     /// Waits until every write so far is on disk (syncs the WAL). A failure poisons the database.
     pub(crate) fn sync_wal(&self) -> Result<(), StoreError> {
+        self.injected("WAL sync").map_err(|e| self.poison("WAL sync", e))?;
         self.db.flush_wal(true).map_err(|e| self.poison("WAL sync", e))
     }
 
     /// Marks the database unusable after a failed write, WAL sync or flush: it refuses writes
     /// until reopened (the open replays or rebuilds what is consistent).
-    fn poison(&self, what: &str, error: rocksdb::Error) -> StoreError {
+    fn poison(&self, what: &str, error: impl Into<StoreError>) -> StoreError {
+        let error = error.into();
         self.poisoned.store(true, Ordering::Release);
         tracing::error!(error = %error, "{what} failed: the store refuses writes until reopened");
-        StoreError::Rocks(error)
+        error
     }
 
     fn write(&self, batch: WriteBatch, options: &WriteOptions) -> Result<(), StoreError> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StoreError::Poisoned);
         }
+        self.injected("write").map_err(|e| self.poison("write", e))?;
         self.db.write_opt(batch, options).map_err(|e| self.poison("write", e))
     }
 
     /// Flushes the memtables of these column families to SST files and waits for it.
-    pub(crate) fn flush_families(&self, names: &[&str]) -> Result<(), rocksdb::Error> {
+    pub(crate) fn flush_families(&self, names: &[&str]) -> Result<(), StoreError> {
+        self.injected("flush")?;
         let mut flush = rocksdb::FlushOptions::default();
         flush.set_wait(true);
         let families: Vec<&ColumnFamily> = names.iter().map(|name| self.cf(name)).collect();
-        self.db.flush_cfs_opt(&families, &flush)
+        Ok(self.db.flush_cfs_opt(&families, &flush)?)
     }
 
     /// Flushes every column family and compacts each to its last level, waiting for both: the
@@ -235,6 +246,7 @@ impl Db {
     /// records vanish without a compaction). Records of the prefix in other files, memtables or
     /// the WAL stay: callers delete those with [`Db::delete_prefix`] afterwards.
     pub(crate) fn drop_files_within(&self, names: &[&str], prefix: &[u8]) -> Result<(), StoreError> {
+        self.injected("drop of files")?;
         let end = prefix_end(prefix);
         for name in names {
             self.db.delete_file_in_range_cf(self.cf(name), prefix, end.as_slice())?;
@@ -250,6 +262,7 @@ impl Db {
     /// Moves finished SST files into a column family (their records become visible and durable
     /// together).
     pub(crate) fn ingest_files(&self, cf: &str, files: Vec<PathBuf>) -> Result<(), StoreError> {
+        self.injected("ingest of external files")?;
         let mut options = rocksdb::IngestExternalFileOptions::default();
         options.set_move_files(true);
         self.db.ingest_external_file_cf_opts(self.cf(cf), &options, files)?;
@@ -257,10 +270,12 @@ impl Db {
     }
 
     /// A named step of a multi-step write (a bulk catch-up, a rebuild). Tests make the step fail
-    /// once ([`Db::fail_at`]) to show that a failure at any step leaves nothing the next commit
-    /// or open could take for done; elsewhere this is nothing.
+    /// once ([`Db::fail_at`]), or count it as an operation of a workload's [`fault_plan`], to show
+    /// that a failure at any step leaves nothing the next commit or open could take for done;
+    /// elsewhere this is nothing.
     #[inline]
     pub(crate) fn fault_point(&self, _step: &'static str) -> Result<(), StoreError> {
+        self.injected(_step)?;
         #[cfg(test)]
         {
             let mut fail_at = self.fail_at.lock().unwrap_or_else(|poison| poison.into_inner());
@@ -268,6 +283,17 @@ impl Db {
                 *fail_at = None;
                 return Err(StoreError::Io(std::io::Error::other(format!("injected fault: {_step}"))));
             }
+        }
+        Ok(())
+    }
+
+    /// Counts a storage operation in the fault plan attached to this database (tests only) and
+    /// fails it when the plan says so; elsewhere this is nothing.
+    #[inline]
+    fn injected(&self, _operation: &'static str) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if let Some(plan) = &self.plan {
+            plan.check(_operation).map_err(StoreError::Io)?;
         }
         Ok(())
     }

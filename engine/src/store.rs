@@ -42,6 +42,8 @@ mod fold_agreement_tests;
 #[cfg(test)]
 mod merge_operator_tests;
 #[cfg(test)]
+mod nth_fault_tests;
+#[cfg(test)]
 mod projection_tests;
 
 /// Events above a revocation's cut that a case's history looks through, per author.

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cli_defects;
+mod crash_serve;
 mod invitations;
 mod public_relay;
 mod refusals;
