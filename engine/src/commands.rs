@@ -129,7 +129,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// as folded so far (including the commands planned before it in the same group), `seen` what is
 /// folded in.
 fn plan(command: Command, seen: &VersionVector, current: Option<&CaseState>) -> Result<Operation, Error> {
-    let status_write = |record: &Record| StatusWrite { supersedes: record.status.current_dots(), seen: seen.clone() };
     let operation = match command {
         Command::CreateCase { id, fields } => {
             if current.is_some() {
@@ -162,7 +161,11 @@ fn plan(command: Command, seen: &VersionVector, current: Option<&CaseState>) -> 
                 })
                 .into());
             }
-            Operation::ChangeStatus { case, change, write: status_write(&current.record) }
+            Operation::ChangeStatus {
+                case,
+                change,
+                write: status_write(seen, &current.record, current.entries.values()),
+            }
         }
         Command::AddEntry { case, entry, fields } => {
             let current = existing(current, &case)?;
@@ -182,7 +185,7 @@ fn plan(command: Command, seen: &VersionVector, current: Option<&CaseState>) -> 
         Command::RemoveEntry { case, entry } => {
             let current = existing(current, &case)?;
             let record = current.entries.get(&entry).ok_or_else(|| CommandError::UnknownEntry(entry.to_hex()))?;
-            Operation::RemoveEntry { case, entry, write: status_write(record) }
+            Operation::RemoveEntry { case, entry, write: status_write(seen, record, std::iter::empty()) }
         }
         Command::RestoreEntry { case, entry } => {
             let current = existing(current, &case)?;
@@ -190,11 +193,29 @@ fn plan(command: Command, seen: &VersionVector, current: Option<&CaseState>) -> 
             if !record.status.current.iter().any(|v| v.value.status == Status::Removed) {
                 return Err(CommandError::Invalid("the entry is not removed").into());
             }
-            Operation::RestoreEntry { case, entry, write: status_write(record) }
+            Operation::RestoreEntry { case, entry, write: status_write(seen, record, std::iter::empty()) }
         }
     };
     operation.validate().map_err(CommandError::from)?;
     Ok(operation)
+}
+
+/// A status write on `record` (a case, with its `entries`, or one entry): the status versions it
+/// supersedes, and what its writer had seen: the writer's version vector `seen`, restricted to
+/// the authors of the current versions of the record and its entries. That is
+/// all a tombstone is asked about (`views::unseen_by`): every other version the writer had seen
+/// is superseded everywhere. So a delete names a few devices, not every device the space ever
+/// had (all of them would outgrow the limit on dots in one write).
+fn status_write<'a>(
+    seen: &VersionVector,
+    record: &'a Record,
+    entries: impl Iterator<Item = &'a Record>,
+) -> StatusWrite {
+    let mut named = VersionVector::new();
+    for dot in std::iter::once(record).chain(entries).flat_map(Record::current_dots) {
+        named.raise(dot.author, seen.get(&dot.author));
+    }
+    StatusWrite { supersedes: record.status.current_dots(), seen: named }
 }
 
 /// Commands waiting for the writer (see [`CommandQueue::execute`]).

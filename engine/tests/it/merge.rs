@@ -244,3 +244,33 @@ proptest! {
         }
     }
 }
+
+/// A delete says what its writer had seen only of the devices whose versions the case holds:
+/// in a space forty devices have written to, it names two, and still covers what it saw.
+#[test]
+fn a_delete_names_only_the_devices_whose_versions_the_case_holds() {
+    use casesync_engine::codec::wire::decode_operation;
+    use casesync_engine::model::operation::Operation;
+    let (office, home) = office_and_home();
+    for n in 10..50u8 {
+        let other = Device::new(n);
+        other.run(5, Command::CreateCase { id: CaseId([n; 16]), fields: vec![("name".into(), text("other"))] });
+        office.pull_from(&other);
+    }
+    home.run(20, set(CASE, "phone", "555"));
+    sync(&office, &home);
+    assert!(office.store.vector(&SPACE).len() > 40);
+    office.run(30, Command::ChangeStatus { case: CASE, change: StatusChange::Delete });
+    let author = office.key.author();
+    let head = office.store.vector(&SPACE).get(&author);
+    let delete = office.store.get_event(&SPACE, &author, head).unwrap().unwrap();
+    let Ok(Operation::ChangeStatus { write, .. }) = decode_operation(&delete.body) else { panic!("not a delete") };
+    assert_eq!(write.seen.len(), 2, "{:?}", write.seen);
+    assert_eq!(write.seen.get(&home.key.author()), 1);
+    sync(&office, &home);
+    for device in [&office, &home] {
+        let view = device.view(CASE);
+        assert_eq!(view.status, Status::Deleted);
+        assert!(!view.deleted_with_concurrent_changes, "the delete saw the phone change");
+    }
+}
