@@ -12,8 +12,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use casesync_engine::log::ingest::PreparedBatch;
-use casesync_engine::model::limits::BATCH_EVENTS_MAX;
-use tokio::sync::{mpsc, oneshot};
+use casesync_engine::model::limits::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -31,14 +31,29 @@ pub enum IngestThreadError {
     Panicked,
 }
 
+/// Kibibytes of received events that the pipelines of one ingest thread hold at once, waiting or
+/// being ingested, over all their streams: 64 MiB. Past it a stream reads no more from its peer
+/// (HTTP/2 flow control holds the peer back) until ingests free room, so many streams of large
+/// events cannot grow a node's memory without bound.
+pub const RECEIVED_KIB_MAX: usize = 64 * 1024;
+
 /// Handle to the thread; dropping the last handle ends it once its queue is empty.
 pub struct IngestThread {
     jobs: mpsc::Sender<Job>,
+    /// Room for received events ([`RECEIVED_KIB_MAX`]), one permit a KiB.
+    budget: Arc<Semaphore>,
+    /// The budget's size, in KiB.
+    budget_kib: usize,
 }
 
 impl IngestThread {
     /// Starts the thread.
     pub fn start() -> std::io::Result<IngestThread> {
+        IngestThread::with_room(RECEIVED_KIB_MAX)
+    }
+
+    /// Starts the thread with room for `kib` KiB of received events.
+    fn with_room(kib: usize) -> std::io::Result<IngestThread> {
         let (jobs, mut queue) = mpsc::channel::<Job>(QUEUED_JOBS_MAX);
         std::thread::Builder::new().name("casesync-ingest".into()).spawn(move || {
             while let Some(job) = queue.blocking_recv() {
@@ -46,7 +61,12 @@ impl IngestThread {
                 let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
             }
         })?;
-        Ok(IngestThread { jobs })
+        Ok(IngestThread { jobs, budget: Arc::new(Semaphore::new(kib)), budget_kib: kib })
+    }
+
+    /// KiB of received events the pipelines may still take before they wait.
+    pub fn room_kib(&self) -> usize {
+        self.budget.available_permits()
     }
 
     /// Queues `f` (waiting while the queue is full) and returns where its result will arrive.
@@ -97,21 +117,33 @@ impl<T> Pending<T> {
 /// more but took node B to 245-270 MiB, past its budget.
 pub const COALESCED_EVENTS_MAX: usize = 8 * BATCH_EVENTS_MAX;
 
+/// How long batches wait behind an ingest in flight once their stream goes quiet before the
+/// stream lands them ([`Pipeline::holds_waiting`]).
+pub const WAITING_LANDS_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Bytes a [`Pipeline`] joins into one ingest: as many batches as [`COALESCED_EVENTS_MAX`] counts,
+/// of the largest size (events of up to 1 MiB each would otherwise let 8192 of them wait).
+pub const COALESCED_BYTES_MAX: usize = 8 * BATCH_BYTES_MAX;
+
 /// The ingests of one incoming stream. Batches arrive prepared (decoded and hashed by the
 /// receiving task); at most one ingest runs on the thread while the caller receives the next
 /// ones. Batches that arrive while it runs wait and are joined (up to [`COALESCED_EVENTS_MAX`]
-/// events) into the next ingest. Ingests run in arrival order, and memory stays bounded (one
-/// ingest in the store, at most [`COALESCED_EVENTS_MAX`] events waiting).
+/// events and [`COALESCED_BYTES_MAX`] bytes) into the next ingest. Ingests run in arrival order,
+/// and memory stays bounded: one ingest in the store and at most that much waiting per stream,
+/// and at most [`RECEIVED_KIB_MAX`] over all the streams of the thread.
 pub struct Pipeline<T> {
     job: Arc<dyn Fn(PreparedBatch) -> T + Send + Sync>,
     in_flight: Option<Pending<T>>,
     waiting: Option<PreparedBatch>,
+    /// The room the waiting batches hold in the thread's budget (an ingest frees its room on
+    /// the thread as soon as it ends).
+    waiting_room: Vec<OwnedSemaphorePermit>,
 }
 
 impl<T: Send + 'static> Pipeline<T> {
     /// A pipeline whose every ingest runs `job` on the ingest thread.
     pub fn new(job: impl Fn(PreparedBatch) -> T + Send + Sync + 'static) -> Pipeline<T> {
-        Pipeline { job: Arc::new(job), in_flight: None, waiting: None }
+        Pipeline { job: Arc::new(job), in_flight: None, waiting: None, waiting_room: Vec::new() }
     }
 
     /// Hands `batch` on: to the thread at once if no ingest is running (or the one running is
@@ -119,6 +151,20 @@ impl<T: Send + 'static> Pipeline<T> {
     /// [`Pipeline::finish`] finds the thread free, or until too many events wait. Returns the
     /// results of the ingests that ended meanwhile.
     pub async fn push(&mut self, thread: &IngestThread, batch: PreparedBatch) -> Result<Vec<T>, IngestThreadError> {
+        let mut done = Vec::new();
+        let all = thread.budget_kib;
+        let kib = batch.bytes().div_ceil(1024).clamp(1, all) as u32;
+        let room = match thread.budget.clone().try_acquire_many_owned(kib) {
+            Ok(room) => room,
+            Err(_) => {
+                // The thread's streams hold all the room: land what this one holds first, so
+                // it waits holding nothing (a stream holding room while it waits for more
+                // could wait for ever).
+                done.extend(self.finish(thread).await?);
+                thread.budget.clone().acquire_many_owned(kib).await.map_err(|_| IngestThreadError::Stopped)?
+            }
+        };
+        self.waiting_room.push(room);
         let waiting = match self.waiting.take() {
             Some(mut waiting) => {
                 waiting.append(batch);
@@ -126,22 +172,27 @@ impl<T: Send + 'static> Pipeline<T> {
             }
             None => batch,
         };
-        let waiting_len = waiting.len();
+        let full = waiting.len() >= COALESCED_EVENTS_MAX || waiting.bytes() >= COALESCED_BYTES_MAX;
         self.waiting = Some(waiting);
-        let mut done = Vec::new();
         if let Some(pending) = self.in_flight.as_mut() {
             match pending.try_take() {
                 Some(result) => {
                     self.in_flight = None;
                     done.push(result?);
                 }
-                None if waiting_len < COALESCED_EVENTS_MAX => return Ok(done),
+                None if !full => return Ok(done),
                 None => {}
             }
         }
         done.extend(self.land_in_flight().await?);
         self.start_waiting(thread).await?;
         Ok(done)
+    }
+
+    /// Whether batches wait for the ingest in flight to end: a stream that goes quiet lands them
+    /// ([`Pipeline::finish`]) rather than hold their room in the thread's budget.
+    pub fn holds_waiting(&self) -> bool {
+        self.waiting.is_some()
     }
 
     /// Waits until every batch pushed so far has landed; returns the results of the ingests
@@ -163,7 +214,16 @@ impl<T: Send + 'static> Pipeline<T> {
     async fn start_waiting(&mut self, thread: &IngestThread) -> Result<(), IngestThreadError> {
         if let Some(batch) = self.waiting.take() {
             let job = self.job.clone();
-            self.in_flight = Some(thread.submit(move || job(batch)).await?);
+            let room = std::mem::take(&mut self.waiting_room);
+            self.in_flight = Some(
+                thread
+                    .submit(move || {
+                        let landed = job(batch);
+                        drop(room);
+                        landed
+                    })
+                    .await?,
+            );
         }
         Ok(())
     }
@@ -211,5 +271,51 @@ mod tests {
         assert_eq!(done.len(), 2, "the two waiting batches were joined into one ingest");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert!(pipeline.finish(&thread).await.unwrap().is_empty());
+    }
+
+    /// A batch of one event of about `kib` KiB.
+    fn batch_of(kib: usize, n: u8) -> PreparedBatch {
+        use casesync_engine::testkit::{chain_with_bodies, device, wire};
+        let space = casesync_engine::model::ids::SpaceId([1; 16]);
+        let events = chain_with_bodies(&device(n), space, 1, |_| bytes::Bytes::from(vec![n; kib * 1024]));
+        PreparedBatch::new(space, wire(&events))
+    }
+
+    #[tokio::test]
+    #[allow(clippy::await_holding_lock)] // The gate is held on purpose while batches are pushed.
+    async fn streams_hold_no_more_than_the_thread_s_room_and_a_stream_waits_for_it_holding_none() {
+        use std::sync::Mutex;
+        let thread = Arc::new(IngestThread::with_room(256).unwrap());
+        let gate = Arc::new(Mutex::new(()));
+        let job = |gate: Arc<Mutex<()>>| {
+            move |batch: PreparedBatch| {
+                drop(gate.lock().unwrap_or_else(|p| p.into_inner()));
+                batch.len()
+            }
+        };
+        let (mut first, mut second) = (Pipeline::new(job(gate.clone())), Pipeline::new(job(gate.clone())));
+        let closed = gate.lock().unwrap();
+        // The first stream's ingest blocks on the gate; its next batch waits behind it.
+        assert!(first.push(&thread, batch_of(100, 1)).await.unwrap().is_empty());
+        assert!(first.push(&thread, batch_of(100, 2)).await.unwrap().is_empty());
+        assert!(first.holds_waiting());
+        assert!(thread.room_kib() < 100, "{} KiB left", thread.room_kib());
+        // The second stream finds no room: it waits, holding nothing.
+        let waiting_thread = thread.clone();
+        let blocked = tokio::spawn(async move {
+            let done = second.push(&waiting_thread, batch_of(100, 3)).await.unwrap();
+            (second, done)
+        });
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!blocked.is_finished(), "the second stream took room the first holds");
+        // The first stream's ingests land: their room frees, and the second goes on.
+        drop(closed);
+        assert_eq!(first.finish(&thread).await.unwrap(), [1, 1]);
+        let (mut second, done) = blocked.await.unwrap();
+        assert!(done.is_empty());
+        assert_eq!(second.finish(&thread).await.unwrap(), [1]);
+        assert_eq!(thread.room_kib(), 256, "every ingest gave its room back");
     }
 }

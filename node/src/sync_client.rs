@@ -20,7 +20,7 @@ use tonic::Request;
 
 use crate::bulk_catch_up::{batch_is_full, BulkCatchUp, FloodWatch, BULK_IDLE_MAX};
 use crate::event_stream::{stream_events, GRPC_MESSAGE_BYTES_MAX, STREAM_BUFFER_BATCHES};
-use crate::ingest_thread::Pipeline;
+use crate::ingest_thread::{Pipeline, WAITING_LANDS_AFTER};
 use crate::shared::{now_ms, PeerState, Shared};
 use crate::tls;
 
@@ -223,12 +223,18 @@ impl PeerClient {
         let mut stream = self.client.pull(request).await.context("pull refused")?.into_inner();
         let mut received = 0;
         let mut pipeline = self.pipeline();
-        // A peer that stops sending mid-pull ends the session (and a bulk catch-up with it).
-        while let Some(batch) = match tokio::time::timeout(PULL_IDLE_MAX, stream.message()).await {
-            Ok(message) => message.context("pull stream failed")?,
-            Err(_) => bail!("the peer sent nothing for {} s", PULL_IDLE_MAX.as_secs()),
-        } {
-            received += self.ingest(&mut pipeline, batch).await?;
+        // A peer that stops sending mid-pull ends the session (and a bulk catch-up with it);
+        // what waits behind the ingest in flight lands as soon as it goes quiet.
+        loop {
+            let quiet_after = if pipeline.holds_waiting() { WAITING_LANDS_AFTER } else { PULL_IDLE_MAX };
+            match tokio::time::timeout(quiet_after, stream.message()).await {
+                Ok(message) => match message.context("pull stream failed")? {
+                    Some(batch) => received += self.ingest(&mut pipeline, batch).await?,
+                    None => break,
+                },
+                Err(_) if pipeline.holds_waiting() => received += landed(&self.shared, &mut pipeline).await?,
+                Err(_) => bail!("the peer sent nothing for {} s", PULL_IDLE_MAX.as_secs()),
+            }
             progress(received);
         }
         received += landed(&self.shared, &mut pipeline).await?;
@@ -345,6 +351,10 @@ pub async fn live_session(
             _ = tokio::time::sleep(BULK_IDLE_MAX), if flood.in_bulk() => {
                 if let Err(e) = landed(&shared, &mut pipeline).await { break Err(e); }
                 if let Err(e) = flood.finish().await { break Err(e); }
+            }
+            // A quiet stream lands what waits, so it holds no room others need.
+            _ = tokio::time::sleep(WAITING_LANDS_AFTER), if pipeline.holds_waiting() => {
+                if let Err(e) = landed(&shared, &mut pipeline).await { break Err(e); }
             }
             _ = shutdown.changed() => break Ok(()),
         }

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::bulk_catch_up::{batch_is_full, FloodWatch, BULK_IDLE_MAX};
 use crate::event_stream::{stream_events, STREAM_BUFFER_BATCHES};
 use crate::grpc_status;
-use crate::ingest_thread::Pipeline;
+use crate::ingest_thread::{Pipeline, WAITING_LANDS_AFTER};
 use crate::shared::{now_ms, Shared};
 use crate::tls::PeerDevice;
 
@@ -178,18 +178,34 @@ impl Sync for SyncServer {
         let mut pipeline = push_pipeline(shared.clone(), device);
         let mut flood = FloodWatch::default();
         loop {
-            let batch = tokio::select! {
+            /// What the stream brought, or that it went quiet.
+            enum Next {
+                Batch(pb::EventBatch),
+                Stalled,
+                Quiet,
+            }
+            let next = tokio::select! {
                 message = stream.message() => match message? {
-                    Some(batch) => Some(batch),
+                    Some(batch) => Next::Batch(batch),
                     None => break,
                 },
                 _ = stopping.wait_for(|s| *s) => return Err(Status::unavailable("node is stopping")),
-                _ = tokio::time::sleep(BULK_IDLE_MAX), if flood.in_bulk() => None,
+                _ = tokio::time::sleep(BULK_IDLE_MAX), if flood.in_bulk() => Next::Stalled,
+                _ = tokio::time::sleep(WAITING_LANDS_AFTER), if pipeline.holds_waiting() => Next::Quiet,
             };
-            let Some(batch) = batch else {
-                // A flood that stalls ends its bulk catch-up: commands wait no longer.
-                caught_up(&shared, &mut pipeline, &mut flood, &mut reply).await?;
-                continue;
+            let batch = match next {
+                Next::Batch(batch) => batch,
+                Next::Stalled => {
+                    // A flood that stalls ends its bulk catch-up: commands wait no longer.
+                    caught_up(&shared, &mut pipeline, &mut flood, &mut reply).await?;
+                    continue;
+                }
+                Next::Quiet => {
+                    // A quiet stream lands what waits, so it holds no room others need.
+                    let done = pipeline.finish(&shared.ingest).await.map_err(grpc_status::ingest_thread)?;
+                    count(done, &mut reply)?;
+                    continue;
+                }
             };
             if batch.events.is_empty() {
                 // The pusher's caught-up marker: nothing more was waiting behind what it sent.

@@ -264,6 +264,12 @@ impl PreparedBatch {
         self.runs.get(author).and_then(|run| run.iter().max_by_key(|event| event.header.seq))
     }
 
+    /// Bytes of the events held (each event's bytes and signature): what the batch holds in
+    /// memory, within a few per cent.
+    pub fn bytes(&self) -> usize {
+        self.runs.values().flatten().map(|event| event.bytes.len() + crate::model::limits::SIGNATURE_BYTES).sum()
+    }
+
     /// Events held (refused ones not counted).
     pub fn len(&self) -> usize {
         self.events
