@@ -3,22 +3,8 @@
 //! `casesync_engine::fuzz_targets::backup_file`.
 #![no_main]
 
-use std::sync::OnceLock;
-
-use casesync_engine::fuzz_targets::ScratchStore;
 use libfuzzer_sys::fuzz_target;
 
-fn scratch() -> &'static ScratchStore {
-    static SCRATCH: OnceLock<(tempfile::TempDir, ScratchStore)> = OnceLock::new();
-    &SCRATCH
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("a temporary directory for the store");
-            let store = ScratchStore::open(dir.path()).expect("a store in a new temporary directory");
-            (dir, store)
-        })
-        .1
-}
-
 fuzz_target!(|data: &[u8]| {
-    let _refused = casesync_engine::fuzz_targets::backup_file(scratch(), data);
+    let _refused = casesync_fuzz::with_scratch(|scratch| casesync_engine::fuzz_targets::backup_file(scratch, data));
 });
