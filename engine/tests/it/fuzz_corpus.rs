@@ -12,7 +12,7 @@ use casesync_engine::fuzz_targets::{Refused, ScratchStore};
 use crate::support::SeededRng;
 
 /// Mutations of the corpus run through each target's body per test run.
-const MUTATIONS_PER_TARGET: usize = 3_000;
+const MUTATIONS_PER_TARGET: usize = 5_000;
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
