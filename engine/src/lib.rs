@@ -58,5 +58,8 @@ pub mod store;
 // 7: what the tests of every crate share
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+// 8: the fuzz targets' bodies, replayed by the tests too
+#[cfg(any(test, feature = "testkit"))]
+pub mod fuzz_targets;
 
 pub use error::Error;

@@ -23,6 +23,7 @@ const ENGINE_LAYERS: &[(&str, u8)] = &[
     ("commands", 5),
     ("store", 6),
     ("testkit", 7),
+    ("fuzz_targets", 8),
 ];
 
 /// Engine modules of one layer that must not import each other.
