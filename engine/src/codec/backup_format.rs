@@ -287,6 +287,9 @@ impl<R: Read> BackupReader<R> {
     /// The next record. After [`BackupRecord::End`] (which checks count, hash and that nothing
     /// follows), every call returns `End` again with the same summary.
     pub fn next_record(&mut self) -> Result<BackupRecord, BackupError> {
+        if self.done {
+            return Ok(BackupRecord::End(self.summary()));
+        }
         let start = self.offset;
         let mut tag = [0u8; 1];
         self.take(&mut tag, "a record tag")?;
@@ -323,14 +326,16 @@ impl<R: Read> BackupReader<R> {
                     return Err(BackupError::TrailingBytes(trailing));
                 }
                 self.done = true;
-                Ok(BackupRecord::End(BackupSummary {
-                    events: self.events,
-                    blake3: computed.to_hex().to_string(),
-                    bytes: self.offset,
-                }))
+                Ok(BackupRecord::End(self.summary()))
             }
             _ => Err(BackupError::Malformed { offset: start, reason: "unknown record tag" }),
         }
+    }
+
+    /// What the file held, once its trailer is read.
+    fn summary(&mut self) -> BackupSummary {
+        let blake3 = self.hasher.finalize().to_hex().to_string();
+        BackupSummary { events: self.events, blake3, bytes: self.offset }
     }
 
     fn take(&mut self, buf: &mut [u8], inside: &'static str) -> Result<(), BackupError> {

@@ -124,12 +124,9 @@ fn mutate(bytes: &[u8], other: &[u8], rng: &mut SeededRng) -> Vec<u8> {
 }
 
 /// Found by the `backup_file` target: `BackupReader::next_record` documents that after
-/// `BackupRecord::End` "every call returns `End` again with the same summary", but a call after
-/// the end returns `BackupError::Malformed { reason: "read past the trailer" }`
-/// (`engine/src/codec/backup_format.rs`, `take_raw` checks `done` before `next_record` looks at
-/// it). No caller reads past the end today (`replay-tool import` stops at `End`).
+/// `BackupRecord::End` every call returns `End` again with the same summary; it returned
+/// `Malformed("read past the trailer")` instead.
 #[test]
-#[ignore = "BackupReader::next_record after End returns Malformed, not End again as its documentation says"]
 fn a_backup_reader_returns_its_end_again_after_the_end() {
     use casesync_engine::codec::backup_format::{BackupReader, BackupRecord};
     let backup = corpus("backup_file").into_iter().find(|(name, _)| name == "three-chains").unwrap().1;
