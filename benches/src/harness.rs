@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use casesync_engine::model::ids::SpaceId;
+use casesync_engine::model::ids::{AuthorId, SpaceId};
 use casesync_engine::store::{Store, StoreOptions};
 
 use crate::casesync_bin::{copy_flat_dir, Binaries};
@@ -98,6 +98,11 @@ impl Harness {
         self.admin.grant_node(&info.device_key, name, relay)?;
         self.admin.deliver_to(&dir, relay)?;
         Ok(NodeDir { name: name.to_string(), dir, key: info.device_key, relay })
+    }
+
+    /// Grants a device that runs no node (a writer): made before the nodes that must know it.
+    pub fn grant_writer(&mut self, device: AuthorId, name: &str) -> anyhow::Result<()> {
+        self.admin.grant_node(&device.to_hex(), name, false)
     }
 
     /// Membership events each node of a scenario holds once it is introduced to the others

@@ -43,6 +43,12 @@ impl ProcUsage {
     }
 }
 
+/// Resets a running process's peak RSS (VmHWM) to its current RSS (Linux `clear_refs`, value 5),
+/// so that a later reading is the peak from now on.
+pub fn reset_peak_rss(pid: u32) -> anyhow::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").context("writing /proc/PID/clear_refs")
+}
+
 fn clock_ticks() -> f64 {
     static TICKS: OnceLock<f64> = OnceLock::new();
     *TICKS.get_or_init(|| {

@@ -10,6 +10,7 @@ use casesync_benches::harness::Harness;
 use casesync_benches::machine::{git_revision, Machine};
 use casesync_benches::report::{Bound, RunReport, ScenarioReport};
 use casesync_benches::scenario::catch_up::{self, CatchUpOptions};
+use casesync_benches::scenario::hostile::{self, Flood, HostileOptions};
 use casesync_benches::scenario::incremental::{self, IncrementalOptions};
 use casesync_benches::scenario::limits::{self, LimitsOptions};
 use casesync_benches::scenario::replay::{self, ReplayOptions};
@@ -32,7 +33,8 @@ fn small_pages_only() {
 #[derive(Parser, Debug)]
 #[command(name = "sync-bench")]
 struct Args {
-    /// Scenarios to run, comma-separated: limits, full, relay, incremental, small-syncs, replay, all.
+    /// Scenarios to run, comma-separated: limits, full, relay, incremental, small-syncs, replay, all;
+    /// and hostile (floods from a hostile member), which runs only when named.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Events on node A (full, relay, replay).
@@ -53,6 +55,15 @@ struct Args {
     /// Small syncs: events appended on A per round.
     #[arg(long, default_value_t = 10)]
     small_per_round: u64,
+    /// Hostile: events of the honest workload synced during each flood.
+    #[arg(long, default_value_t = 20_000)]
+    hostile_events: u64,
+    /// Hostile: the floods, comma-separated: large-events, fields, forks, replays, connections.
+    #[arg(long, default_value = "large-events,fields,forks,replays,connections", value_delimiter = ',')]
+    hostile_floods: Vec<String>,
+    /// Hostile: small floods (for tests).
+    #[arg(long)]
+    hostile_quick: bool,
     /// Limits: fewer iterations.
     #[arg(long)]
     quick_limits: bool,
@@ -133,6 +144,19 @@ fn main() -> anyhow::Result<()> {
         let options = ReplayOptions { events: args.events, authors: args.authors };
         let params = format!("events={} authors={}", args.events, args.authors);
         scenarios.push(replay::run(&mut h, options).unwrap_or_else(|e| ScenarioReport::failed("replay", params, &e)));
+    }
+    if args.scenarios.iter().any(|s| s == "hostile") {
+        progress("hostile");
+        let floods = args
+            .hostile_floods
+            .iter()
+            .map(|name| {
+                Flood::ALL.into_iter().find(|f| f.name() == name).with_context(|| format!("no flood named {name}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let options =
+            HostileOptions { events: args.hostile_events, authors: args.authors, quick: args.hostile_quick, floods };
+        scenarios.extend(hostile::run(&mut h, &runtime, &options));
     }
     attach_bounds(&mut scenarios);
 
