@@ -10,4 +10,5 @@ mod membership;
 mod merge;
 mod properties;
 mod sealing;
+mod simulation;
 mod support;
