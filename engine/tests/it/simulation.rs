@@ -13,8 +13,10 @@
 //! (then nowhere); a reader's events land nowhere; every restart finds what the store
 //! acknowledged.
 //!
+//! A run is single-threaded; runs of different seeds go on `CASESYNC_SIM_THREADS` threads (2).
 //! `CASESYNC_SIM_SEED=<seed>` replays one seed with its trace printed;
-//! `CASESYNC_SIM_SEEDS=<n>` (from `CASESYNC_SIM_FIRST`, default 0) runs n seeds as a soak.
+//! `CASESYNC_SIM_SEEDS=<n>` (from `CASESYNC_SIM_FIRST`, default 0) runs n seeds as a soak,
+//! printing totals every 1,000.
 
 mod convergence;
 mod exchange;
@@ -32,7 +34,7 @@ use world::{Stats, World};
 /// Seeds the suite runs.
 const SUITE_SEEDS: u64 = 500;
 /// Random steps in a run, before the final heal.
-const STEPS: std::ops::RangeInclusive<u64> = 40..=100;
+const STEPS: std::ops::RangeInclusive<u64> = 30..=80;
 
 /// What a run leaves: its trace hash and what it did.
 #[derive(Clone, Debug)]
@@ -76,7 +78,7 @@ fn run_seeds(seeds: std::ops::Range<u64>, progress: bool) -> (Totals, Vec<String
     let next = AtomicU64::new(seeds.start);
     let totals = Mutex::new(Totals::default());
     let failures = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let threads = env_u64("CASESYNC_SIM_THREADS").map_or(2, |n| n.clamp(1, 16) as usize);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {

@@ -60,8 +60,9 @@ pub struct SimNode {
     pub down_until: Option<u64>,
     /// The admin signed a grant for it.
     pub granted: bool,
-    /// The admin signed its revocation.
-    pub revoked: bool,
+    /// The admin revoked it: its events above this seq (the admin's head of it then) count
+    /// nowhere.
+    pub cut: Option<u64>,
     /// Every event its store wrote or accepted: (author, seq) -> id.
     pub acked: BTreeMap<(AuthorId, u64), EventId>,
 }
@@ -78,7 +79,7 @@ impl SimNode {
             skew_ms,
             down_until: None,
             granted: false,
-            revoked: false,
+            cut: None,
             acked: BTreeMap::new(),
         };
         node.store = Some(node.open());
@@ -106,7 +107,7 @@ impl SimNode {
 
     /// A member of the space as the admin decided it (granted, not revoked).
     pub fn member(&self) -> bool {
-        self.granted && !self.revoked
+        self.granted && self.cut.is_none()
     }
 
     /// This device's wall clock at simulated time `sim_ms`.

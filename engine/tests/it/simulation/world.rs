@@ -273,12 +273,14 @@ impl World {
             let (space, clock) = (self.space, self.nodes[0].clock(self.now_ms));
             let device = self.nodes[index].author();
             let admin = &self.nodes[0];
+            let cut = admin.up().head(&space, &device).map_or(0, |h| h.seq);
             let event = admin.up().revoke(&space, &admin.key, clock, device).unwrap();
+            let judged = admin.up().membership(&space).cut(&device);
+            assert_eq!(judged, Some(cut), "the admin's revocation of n{index} cuts elsewhere");
             self.nodes[0].wrote(&event);
-            self.nodes[index].revoked = true;
+            self.nodes[index].cut = Some(cut);
             self.stats.revocations += 1;
-            let cut = self.nodes[0].up().membership(&space).cut(&device);
-            self.note(format!("n0 revokes n{index} (cut {cut:?}) -> {}", described(&event)));
+            self.note(format!("n0 revokes n{index} (cut {cut}) -> {}", described(&event)));
         }
     }
 
