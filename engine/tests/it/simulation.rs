@@ -116,6 +116,7 @@ struct Totals {
     events: u64,
     cut_events: u64,
     crashes: u64,
+    bulk: u64,
     partitions: u64,
     revocations: u64,
     forged: u64,
@@ -133,6 +134,7 @@ impl Totals {
         self.events += stats.events;
         self.cut_events += stats.cut_events;
         self.crashes += stats.crashes;
+        self.bulk += stats.bulk;
         self.partitions += stats.partitions;
         self.revocations += stats.revocations;
         self.forged += stats.forged;
@@ -145,7 +147,7 @@ impl Totals {
 
     fn summary(&self, started: Instant) -> String {
         format!(
-            "{} seeds in {:.1} s: {} steps, {} events ({} cut by revocations), {} crashes, {} partitions, \
+            "{} seeds in {:.1} s: {} steps, {} events ({} cut by revocations), {} crashes, {} bulk catch-ups, {} partitions, \
              {} revocations, {} forged reader events refused, {} batches lost, {} duplicated; \
              runs of 3..7 devices {:?}; agreed within {} rounds ({} simulated ms) at most",
             self.seeds,
@@ -154,6 +156,7 @@ impl Totals {
             self.events,
             self.cut_events,
             self.crashes,
+            self.bulk,
             self.partitions,
             self.revocations,
             self.forged,
@@ -185,7 +188,9 @@ fn five_hundred_seeded_runs_converge_and_keep_every_acknowledged_event() {
     println!("simulation: {}", totals.summary(started));
     assert!(failures.is_empty(), "{} failing seeds:\n{}", failures.len(), failures.join("\n"));
     assert_eq!(totals.seeds, count);
-    assert!(totals.crashes > 0 && totals.partitions > 0 && totals.revocations > 0 && totals.forged > 0);
+    assert!(
+        totals.crashes > 0 && totals.bulk > 0 && totals.partitions > 0 && totals.revocations > 0 && totals.forged > 0
+    );
 }
 
 /// A seed replays exactly: two runs of it give one trace hash; other seeds give others.

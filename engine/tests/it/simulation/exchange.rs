@@ -1,14 +1,16 @@
 //! The traffic between devices: a pull (a `Want` carrying the puller's version vector, answered
 //! with what it lacks), a push (what the sender last heard the peer lacks), and the network's
 //! delivery of one due message: lost to a partition, a down device or a drop, duplicated, or
-//! received. Each device talks only to peers its own store admits, as a node does.
+//! received (now and then in a bulk catch-up, which a crash may cut short). Each device talks
+//! only to peers its own store admits, as a node does.
 
 use casesync_engine::log::ingest::{PreparedBatch, RejectReason};
 use casesync_engine::model::vector_clock::VersionVector;
 use casesync_proto::v1 as pb;
 
 use super::network::{Body, Message};
-use super::world::World;
+use super::node::Kind;
+use super::world::{World, START_MS};
 
 /// Events one answer to a `Want` (or one push) carries at most; the rest waits for the next.
 const ANSWER_EVENTS_MAX: usize = 48;
@@ -130,8 +132,31 @@ impl World {
                 self.note(format!("{what} answered with {sent} events"));
                 self.heard.insert((to, from), have);
             }
-            Body::Batch(events) => self.ingest(to, from, events, &what),
+            Body::Batch(events) => self.receive(to, from, events, &what),
         }
+    }
+
+    /// A received batch; one time in ten, on a device with views, ingested in a bulk catch-up
+    /// holding 1 to 3 cases (so its deltas spill), which ends after the batch or, one time in
+    /// three, is cut short by a crash (the views lag until the restart folds them again).
+    fn receive(&mut self, to: usize, from: usize, events: Vec<pb::SignedEvent>, what: &str) {
+        if self.nodes[to].kind == Kind::Relay || !self.rng.percent(10) {
+            return self.ingest(to, from, events, what);
+        }
+        let cases = 1 + self.rng.index(3);
+        self.stats.bulk += 1;
+        self.nodes[to].up().begin_bulk_catch_up_holding(cases, false);
+        self.ingest(to, from, events, &format!("{what} (bulk, {cases} cases held)"));
+        if self.rng.percent(30) {
+            let until = self.now_ms + 200 + self.rng.below(3_000);
+            self.nodes[to].crash(until);
+            self.stats.crashes += 1;
+            return self.note(format!("crash n{to} in its bulk catch-up until {}", until - START_MS));
+        }
+        let store = self.nodes[to].up();
+        let rebuilt = store.end_bulk_catch_up().unwrap();
+        assert_eq!(store.projections_behind(&self.space).unwrap(), 0, "n{to}'s views lag after its bulk catch-up");
+        self.note(format!("n{to} ends its bulk catch-up ({rebuilt} rebuilt)"));
     }
 
     /// Device `to` ingests a batch from `from` as a node does (events stamped too far ahead

@@ -148,6 +148,10 @@ impl SimNode {
                 author.device_id()
             );
         }
+        if self.kind != Kind::Relay {
+            let behind = store.projections_behind(space).unwrap();
+            assert_eq!(behind, 0, "{}'s views lag its log by {behind} events after a restart", self.name);
+        }
         self.store = Some(store);
         self.down_until = None;
         self.acked.len()

@@ -37,6 +37,8 @@ pub struct Stats {
     /// others) but counted nowhere.
     pub cut_events: u64,
     pub crashes: u64,
+    /// Received batches ingested in a bulk catch-up.
+    pub bulk: u64,
     pub partitions: u64,
     pub grants: u64,
     pub revocations: u64,
