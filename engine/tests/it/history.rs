@@ -4,7 +4,7 @@
 //! come up all the time. Steps are small numbers, so proptest shrinks a failing history well.
 
 use casesync_engine::commands::Command;
-use casesync_engine::model::ids::{CaseId, EntryId};
+use casesync_engine::model::ids::{CaseId, EntryId, SpaceId};
 use casesync_engine::model::operation::{FieldValue, Status, StatusChange};
 use casesync_engine::model::signing::DeviceKey;
 use casesync_engine::model::views::CaseView;
@@ -86,15 +86,20 @@ pub fn history(
 /// the same few cases, so concurrent writes to one field are common), an archive or unarchive,
 /// a delete or restore, an entry added, updated or removed. `None` when the pick does not apply.
 pub fn command_for(store: &Store, kind: u8, case: u8, field: u8, value: u8) -> Option<Command> {
+    command_in(store, &SPACE, kind, case, field, value)
+}
+
+/// [`command_for`] in `space`.
+pub fn command_in(store: &Store, space: &SpaceId, kind: u8, case: u8, field: u8, value: u8) -> Option<Command> {
     let case_id = CaseId([case + 1; 16]);
-    let exists = store.case_view(&SPACE, &case_id).unwrap();
+    let exists = store.case_view(space, &case_id).unwrap();
     let entry = EntryId([field + 1; 16]);
     let name = format!("f{field}");
     let val = text(&format!("v{value}"));
     let Some(view) = exists else {
         return Some(Command::CreateCase { id: case_id, fields: vec![(name, val)] });
     };
-    let has_entry = store.case_state(&SPACE, &case_id).unwrap().unwrap().entries.contains_key(&entry);
+    let has_entry = store.case_state(space, &case_id).unwrap().unwrap().entries.contains_key(&entry);
     Some(match kind {
         0..=3 => Command::SetFields { case: case_id, fields: vec![(name, val)] },
         4 if view.status == Status::Active => Command::ChangeStatus { case: case_id, change: StatusChange::Archive },

@@ -12,4 +12,5 @@ mod merge;
 mod mutation_sweep;
 mod properties;
 mod sealing;
+mod simulation;
 mod support;
