@@ -21,7 +21,6 @@ use crate::model::state_hash::StateHasher;
 use crate::model::vector_clock::VersionVector;
 use crate::storage::fault_plan::{FaultMode, FaultPlan};
 use crate::store::{Store, StoreOptions};
-use crate::testkit::wire;
 
 const SPACE: SpaceId = SpaceId([4; 16]);
 
@@ -153,7 +152,7 @@ fn sync(store: &Store, events: &[SignedEvent], done: &mut Acknowledged) {
     let missing: Vec<SignedEvent> =
         events.iter().filter(|e| e.header.seq > held.get(&e.header.author)).cloned().collect();
     for batch in missing.chunks(3) {
-        match store.ingest(&SPACE, wire(batch)) {
+        match store.ingest(&SPACE, batch.iter().map(SignedEvent::to_wire).collect()) {
             Ok(report) => {
                 let stored = report.sender_holds;
                 let landed = batch.iter().filter(|e| e.header.seq <= stored.get(&e.header.author));
