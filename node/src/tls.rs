@@ -459,7 +459,13 @@ pub fn incoming(
     incoming_at_most(listener, config, SYNC_CONNECTIONS_MAX)
 }
 
-/// [`incoming`] with at most `connections` open at once.
+/// How long the accept loop waits for the slot of a handshake it displaced to free.
+const DISPLACED_SLOT_WAIT: Duration = Duration::from_millis(100);
+
+/// [`incoming`] with at most `connections` open at once. When all are taken, a new connection
+/// displaces the oldest one still in its handshake (a flood of silent connections cannot keep an
+/// honest device out: its handshake takes milliseconds, theirs never ends); when every one has
+/// completed its handshake, the new connection is closed at once.
 pub fn incoming_at_most(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
@@ -468,8 +474,10 @@ pub fn incoming_at_most(
     let (tx, rx) = mpsc::channel(ACCEPTED_BACKLOG);
     let acceptor = TlsAcceptor::from(config);
     let slots = Arc::new(tokio::sync::Semaphore::new(connections));
+    // Handshakes under way, oldest first: (id, the task to abort when displaced).
+    let handshaking: Arc<Mutex<std::collections::VecDeque<(u64, tokio::task::AbortHandle)>>> = Arc::default();
     tokio::spawn(async move {
-        loop {
+        for id in 0u64.. {
             let (tcp, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -482,15 +490,41 @@ pub fn incoming_at_most(
                 },
                 _ = tx.closed() => return,
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::debug!(%remote, "too many sync connections: closed");
-                drop(tcp);
-                continue;
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    let oldest = {
+                        let mut under_way = handshaking.lock().unwrap_or_else(|p| p.into_inner());
+                        loop {
+                            match under_way.pop_front() {
+                                Some((_, task)) if task.is_finished() => continue,
+                                other => break other,
+                            }
+                        }
+                    };
+                    let Some((_, task)) = oldest else {
+                        tracing::debug!(%remote, "too many sync connections: closed");
+                        drop(tcp);
+                        continue;
+                    };
+                    task.abort();
+                    match tokio::time::timeout(DISPLACED_SLOT_WAIT, slots.clone().acquire_owned()).await {
+                        Ok(Ok(slot)) => slot,
+                        _ => {
+                            tracing::debug!(%remote, "too many sync connections: closed");
+                            drop(tcp);
+                            continue;
+                        }
+                    }
+                }
             };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
+            let (acceptor, tx, under_way) = (acceptor.clone(), tx.clone(), handshaking.clone());
+            let mut under_way_now = handshaking.lock().unwrap_or_else(|p| p.into_inner());
+            let task = tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                under_way.lock().unwrap_or_else(|p| p.into_inner()).retain(|(other, _)| *other != id);
+                let io = match handshake {
                     Ok(Ok(io)) => io,
                     Ok(Err(error)) => return tracing::debug!(%remote, %error, "TLS handshake refused"),
                     Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
@@ -506,6 +540,8 @@ pub fn incoming_at_most(
                 let peer = PeerDevice { device, remote: Some(remote), binding };
                 let _ = tx.send(Ok(TlsServerStream { io, peer, _slot: slot })).await;
             });
+            // Registered before the task can run to its end (the list is locked meanwhile).
+            under_way_now.push_back((id, task.abort_handle()));
         }
     });
     ReceiverStream::new(rx)

@@ -258,8 +258,10 @@ async fn a_command_during_a_bulk_catch_up_waits_for_its_end() {
     office.shutdown().await;
 }
 
-/// Past its bound a sync listener closes new connections at once (a flood of connections holds
-/// no more descriptors and tasks than that); a slot frees when a connection closes.
+/// Past its bound a sync listener holds no more connections (a flood of connections holds no
+/// more descriptors and tasks than that): a new one displaces the oldest still in its handshake,
+/// so silent connections cannot keep a device out, and is closed at once when every slot holds
+/// a connection that completed its handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_connections_is_bounded() {
     use casesync_node::tls;
@@ -269,13 +271,14 @@ async fn a_flood_of_connections_is_bounded() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut accepted = tls::incoming_at_most(listener, tls::server_config(&cert).unwrap(), 1);
-    // The first connection takes the only slot (it never completes its handshake).
-    let first = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut second = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let read = tokio::time::timeout(std::time::Duration::from_secs(5), second.read(&mut [0u8; 1])).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the second connection was not closed: {read:?}");
-    // Once the first closes, a device connects and completes its handshake.
-    drop(first);
+    let closed =
+        |read: Result<std::io::Result<usize>, tokio::time::error::Elapsed>| matches!(read, Ok(Ok(0)) | Ok(Err(_)));
+    // A silent connection takes the only slot; the next displaces it (it never completes its
+    // handshake), and is displaced in turn by a device that does.
+    let mut first = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), first.read(&mut [0u8; 1])).await;
+    assert!(closed(read), "the oldest silent connection was not displaced");
     let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let config = tls::client_config(&cert, std::sync::Arc::new(|_| Ok(())), seen).unwrap();
     let dialer = tls::Dialer { config, ca: None };
@@ -287,8 +290,15 @@ async fn a_flood_of_connections_is_bounded() {
                 tracing::debug!(%error, "the slot is not free yet");
                 tokio::task::yield_now().await;
             }
-            Err(error) => panic!("no connection once the slot was free: {error}"),
+            Err(error) => panic!("a device found no slot among silent connections: {error}"),
         }
     };
-    assert!(accepted.next().await.unwrap().is_ok());
+    let established = accepted.next().await.unwrap();
+    assert!(established.is_ok());
+    // The slot is held by a connection that completed its handshake: past the bound a new
+    // connection is closed at once.
+    let mut late = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), late.read(&mut [0u8; 1])).await;
+    assert!(closed(read), "a connection past the bound was not closed");
+    drop(established);
 }
