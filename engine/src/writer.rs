@@ -17,6 +17,7 @@ use crate::log::{CommitSummary, LogState, StagedEvents};
 use crate::model::event::SignedEvent;
 use crate::model::ids::SpaceId;
 use crate::projection::bulk_catch_up::{self, BulkState};
+use crate::projection::fold::Fold;
 use crate::projection::{incremental, missed_keys, queries, rebuild};
 use crate::storage::{Db, Durability};
 
@@ -43,7 +44,7 @@ impl Writer {
         projections: bool,
         space: &SpaceId,
         events: &[SignedEvent],
-        announce: Option<&mut dyn FnMut(&CommitSummary)>,
+        mut announce: Option<&mut dyn FnMut(&CommitSummary)>,
     ) -> Result<CommitSummary, StoreError> {
         if events.is_empty() {
             return Ok(CommitSummary { next_position: self.log.next_position, ..CommitSummary::default() });
@@ -55,9 +56,39 @@ impl Writer {
         if projections {
             self.ensure_projections_current(db, space)?;
         }
+        // Commits of bounded folds: one for nearly every ingest; more for events that fold to
+        // far more memory than their size (`incremental::COMMIT_FOLD_BYTES_MAX`). Each is a
+        // prefix of every author's run, so each leaves a valid log.
+        let mut rest = events;
+        let mut summary = CommitSummary::default();
+        while !rest.is_empty() {
+            let fold = projections.then(|| {
+                let mut fold = Fold::store_deltas().with_keys(db.keys());
+                let folded = incremental::fold_within(&mut fold, rest, incremental::COMMIT_FOLD_BYTES_MAX);
+                (fold, folded)
+            });
+            let (chunk, later) = rest.split_at(fold.as_ref().map_or(rest.len(), |(_, folded)| *folded));
+            rest = later;
+            let part = self.commit_folded(db, space, chunk, fold.map(|(fold, _)| fold), &mut announce)?;
+            summary.events += part.events;
+            summary.next_position = part.next_position;
+        }
+        Ok(summary)
+    }
+
+    /// Commits events and, with `fold` (their folded deltas), what they change in the views and
+    /// the watermark, in one write batch (see [`Writer::commit_events`]).
+    fn commit_folded(
+        &mut self,
+        db: &Db,
+        space: &SpaceId,
+        events: &[SignedEvent],
+        fold: Option<Fold>,
+        announce: &mut Option<&mut dyn FnMut(&CommitSummary)>,
+    ) -> Result<CommitSummary, StoreError> {
         let StagedEvents { mut batch, after } = self.log.stage(db, space, events);
-        if projections {
-            incremental::fold_into_batch(db, &mut batch, space, events);
+        if let Some(fold) = fold {
+            incremental::stage_fold(db, &mut batch, space, fold);
             let mut vector_after = self.log.vector(space);
             for (author, head) in &after.heads {
                 vector_after.set(*author, head.seq);
@@ -65,7 +96,7 @@ impl Writer {
             batch.put_cf(db.cf(CF_META), meta_watermark(space), encode_vector(&vector_after));
             missed_keys::stage_missed(db, &mut batch, space);
         }
-        match announce {
+        match announce.as_mut() {
             Some(announce) if db.durability() == Durability::Synced => {
                 // Written and readable first, announced, then durable before this returns.
                 db.write_unsynced(batch)?;

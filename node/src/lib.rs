@@ -16,6 +16,7 @@ pub mod grpc_status;
 pub mod ingest_thread;
 pub mod invite;
 pub mod join;
+pub mod members_only;
 pub mod node;
 pub mod output;
 pub mod peer_actor;

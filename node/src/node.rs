@@ -140,10 +140,13 @@ impl Node {
                 .register_encoded_file_descriptor_set(casesync_proto::FILE_DESCRIPTOR_SET)
         };
 
-        let by_space = shareds.iter().map(|(_, shared)| shared.clone()).collect();
-        let sync_service = SyncGrpcServer::new(SyncServer::new(by_space))
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+        let by_space: Vec<_> = shareds.iter().map(|(_, shared)| shared.clone()).collect();
+        let sync_service = crate::members_only::MembersOnly::new(
+            SyncGrpcServer::new(SyncServer::new(by_space.clone()))
+                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+            by_space,
+        );
         let router = server_builder()
             .add_service(health_service.clone())
             .add_service(reflection().build_v1()?)

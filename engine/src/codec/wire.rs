@@ -426,24 +426,48 @@ pub fn case_parts(state: &CaseState) -> Vec<CasePart> {
     parts
 }
 
-/// Folds one stored part into the case state being assembled from its parts.
-pub fn decode_case_part(state: &mut CaseState, part: &CasePart, value: &[u8]) -> Result<(), OperationError> {
-    match part {
+/// One stored part of a case, decoded.
+pub enum StoredPart {
+    /// The case's status register.
+    Status(Register<StatusValue>),
+    /// One field register (named by the part's key).
+    Field(Register<FieldValue>),
+    /// One entry's record.
+    Entry(Record),
+}
+
+/// Decodes one stored part of a case.
+pub fn decode_part(part: &CasePart, value: &[u8]) -> Result<StoredPart, OperationError> {
+    Ok(match part {
         CasePart::Status => {
             let message = st::StatusRegister::decode(value)
                 .map_err(|_| OperationError::Malformed("stored status register does not decode"))?;
-            state.record.status = status_register_from_pb(&message)?;
+            StoredPart::Status(status_register_from_pb(&message)?)
         }
-        CasePart::Field(name) => {
+        CasePart::Field(_) => {
             let message = st::Register::decode(value)
                 .map_err(|_| OperationError::Malformed("stored register does not decode"))?;
-            state.record.fields.insert(name.clone(), register_from_pb(message)?);
+            StoredPart::Field(register_from_pb(message)?)
         }
-        CasePart::Entry(id) => {
+        CasePart::Entry(_) => {
             let message =
                 st::Record::decode(value).map_err(|_| OperationError::Malformed("stored entry does not decode"))?;
-            state.entries.insert(*id, record_from_pb(message)?);
+            StoredPart::Entry(record_from_pb(message)?)
         }
+    })
+}
+
+/// Folds one stored part into the case state being assembled from its parts.
+pub fn decode_case_part(state: &mut CaseState, part: &CasePart, value: &[u8]) -> Result<(), OperationError> {
+    match (part, decode_part(part, value)?) {
+        (_, StoredPart::Status(status)) => state.record.status = status,
+        (CasePart::Field(name), StoredPart::Field(register)) => {
+            state.record.fields.insert(name.clone(), register);
+        }
+        (CasePart::Entry(id), StoredPart::Entry(record)) => {
+            state.entries.insert(*id, record);
+        }
+        _ => {} // `decode_part` returns the kind of part it is given.
     }
     Ok(())
 }

@@ -33,6 +33,13 @@ use crate::storage::Db;
 /// over the blocking pool's malloc arenas, the same 16k took node B to 323 MiB.
 pub(crate) const BULK_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 
+/// The estimated memory ([`Fold::held_bytes`]) of the case states a bulk catch-up keeps before
+/// staging the least recently touched as deltas, whatever their number: one case a member filled
+/// with half a million field names, or cases of values near the event size limit, would otherwise
+/// be held whole. Honest catch-ups stay far below it (16k cases of a few edits each hold a few
+/// MiB); with the spills queued behind it, a fold holds at most about twice this.
+pub(crate) const BULK_CASE_BYTES_IN_MEMORY: usize = if cfg!(test) { 256 * 1024 } else { 48 * 1024 * 1024 };
+
 /// The bulk catch-ups of a store in progress, and each space's deltas.
 #[derive(Default)]
 pub(crate) struct BulkState {
@@ -113,10 +120,11 @@ impl BulkState {
             return Ok(());
         };
         fold_events(&mut bulk.fold, events);
-        if bulk.fold.case_count() < cases_max {
+        if bulk.fold.case_count() < cases_max && bulk.fold.held_bytes() <= BULK_CASE_BYTES_IN_MEMORY {
             return Ok(());
         }
-        bulk.writers.spill(bulk.fold.evict_least_recent(cases_max / 4))
+        let quarter = if bulk.fold.case_count() < cases_max { 0 } else { cases_max / 4 };
+        bulk.writers.spill(bulk.fold.evict_least_recent_within(quarter, BULK_CASE_BYTES_IN_MEMORY / 2))
     }
 
     /// Opens the rest of every bulk fold's sealed bodies with `keys`, which a membership commit

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::codec::keys::{case_event_key, history_record_value, HISTORY_ENTRIES_PER_RECORD};
 use crate::model::event::{EventHeader, SignedEvent};
 use crate::model::ids::{AuthorId, CaseId, SpaceId};
-use crate::model::merge::CaseState;
+use crate::model::merge::{CaseState, PendingDot};
 use crate::model::operation::{Dot, FieldValue, Operation};
 use crate::model::sealing::KeySet;
 use crate::model::vector_clock::VersionVector;
@@ -33,6 +33,8 @@ pub struct Fold {
     cases: Vec<Held>,
     /// Where each case is in `cases`.
     index: HashMap<CaseId, usize, foldhash::fast::RandomState>,
+    /// The estimated memory of the held cases ([`held_bytes_of`]), summed.
+    held_bytes: usize,
     /// Whether `seen` may drop pending dots (false for a delta fold, whose states are partial).
     full: bool,
     clock: u64,
@@ -47,6 +49,8 @@ struct Held {
     state: CaseState,
     /// A count of applied events when the case was last touched, for eviction.
     tick: u64,
+    /// The estimated memory folding into it added ([`held_bytes_of`]).
+    bytes: usize,
     /// The events folded into the case here, for its history index: (author, seq, hlc).
     history: Vec<(AuthorId, u64, u64)>,
 }
@@ -66,6 +70,7 @@ impl Fold {
             seen,
             cases: Vec::new(),
             index: HashMap::default(),
+            held_bytes: 0,
             full: true,
             clock: 0,
             keeps_history: false,
@@ -141,9 +146,13 @@ impl Fold {
             let held = &mut self.cases[at]; // `index` only names held cases.
             self.clock += 1;
             held.tick = self.clock;
+            let mut bytes = held_bytes_of(&op);
             if self.keeps_history {
                 held.history.push((h.author, h.seq, h.hlc));
+                bytes += HISTORY_ENTRY_BYTES;
             }
+            held.bytes += bytes;
+            self.held_bytes += bytes;
             let (seen, full) = (&self.seen, self.full);
             held.state.apply(op, Dot { author: h.author, seq: h.seq }, h.hlc, &|d: &Dot| {
                 full && seen.contains(&d.author, d.seq)
@@ -216,6 +225,13 @@ impl Fold {
         self.cases.len()
     }
 
+    /// The estimated memory of the cases the fold holds: what every event folded added to its
+    /// case ([`held_bytes_of`]), never less than what the cases hold, as a replaced value counts
+    /// until its case is taken out.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
     /// Every case state held, in no particular order.
     pub fn into_cases(self) -> impl Iterator<Item = (CaseId, CaseState)> {
         self.cases.into_iter().map(|held| held.state).filter(CaseState::holds_anything).map(|state| (state.id, state))
@@ -234,8 +250,45 @@ impl Fold {
 
 /// Appends a held case; returns where it is.
 fn push_held(cases: &mut Vec<Held>, state: CaseState, tick: u64) -> usize {
-    cases.push(Held { state, tick, history: Vec::new() });
+    cases.push(Held { state, tick, bytes: 0, history: Vec::new() });
     cases.len() - 1
+}
+
+/// The estimated memory of one history record a fold holds (author, seq, clock).
+const HISTORY_ENTRY_BYTES: usize = std::mem::size_of::<(AuthorId, u64, u64)>();
+
+/// The estimated memory of one register or record slot a fold holds: the map's slot, the name
+/// inline, one version inline, a share of the map's nodes.
+const PART_BYTES: usize = 192;
+
+/// What folding `operation` adds, at most, to its case's memory: a slot per part it writes, the
+/// heap bytes of the names, values and dots it carries. Counted whether or not the write replaces
+/// a version (the estimate only grows while the case is held), so it bounds what the case holds,
+/// and it costs no look into the state.
+fn held_bytes_of(operation: &Operation) -> usize {
+    fn writes(fields: &[crate::model::operation::FieldWrite]) -> usize {
+        fields
+            .iter()
+            .map(|write| {
+                let value = match &write.value {
+                    FieldValue::Text(text) | FieldValue::Decimal(text) | FieldValue::Date(text) => text.len(),
+                    FieldValue::Bytes(bytes) => bytes.len(),
+                    FieldValue::Integer(_) | FieldValue::Bool(_) => 0,
+                };
+                let name = if write.name.is_heap_allocated() { write.name.len() } else { 0 };
+                PART_BYTES + name + value + write.supersedes.len() * std::mem::size_of::<PendingDot>()
+            })
+            .sum()
+    }
+    match operation {
+        Operation::CreateCase { fields, .. } | Operation::SetFields { fields, .. } => writes(fields),
+        Operation::AddEntry { fields, .. } | Operation::UpdateEntry { fields, .. } => PART_BYTES + writes(fields),
+        Operation::ChangeStatus { write, .. }
+        | Operation::RemoveEntry { write, .. }
+        | Operation::RestoreEntry { write, .. } => {
+            PART_BYTES + (write.supersedes.len() + write.seen.len()) * std::mem::size_of::<PendingDot>()
+        }
+    }
 }
 
 impl Held {
@@ -293,21 +346,44 @@ impl Fold {
     /// must stay bounded writes them out; a case touched again starts a new delta), in case id
     /// order.
     pub fn evict_least_recent(&mut self, count: usize) -> Vec<HeldCase> {
-        let mut order: Vec<(u64, CaseId)> = self.cases.iter().map(|held| (held.tick, held.state.id)).collect();
+        self.evict_least_recent_within(count, usize::MAX)
+    }
+
+    /// Removes and returns the case states touched least recently: `count` of them, and more
+    /// until the rest hold no more than `bytes` (estimated: [`Fold::held_bytes`]), in case id
+    /// order. Past `bytes`, a case holding more than a quarter of it goes first whatever its
+    /// recency: a case a hostile member fills with fields is written out in deltas rather than
+    /// held whole, and the small cases touched lately stay.
+    pub fn evict_least_recent_within(&mut self, count: usize, bytes: usize) -> Vec<HeldCase> {
+        let large = bytes / 4;
+        let mut order: Vec<(bool, u64, CaseId, usize)> =
+            self.cases.iter().map(|held| (false, held.tick, held.state.id, held.bytes)).collect();
         let count = count.min(order.len());
-        if count == 0 {
+        let mut taken = count;
+        if self.held_bytes > bytes {
+            // Rare (cases far larger than usual): a full sort, then as many as it takes.
+            for entry in &mut order {
+                entry.0 = entry.3 <= large;
+            }
+            order.sort_unstable();
+            let mut rest = self.held_bytes - order[..count].iter().map(|entry| entry.3).sum::<usize>();
+            while rest > bytes && taken < order.len() {
+                rest -= order[taken].3;
+                taken += 1;
+            }
+        } else if count == 0 {
             return Vec::new();
-        }
-        if count < order.len() {
+        } else if count < order.len() {
             order.select_nth_unstable(count - 1);
         }
-        let mut cases: Vec<CaseId> = order[..count].iter().map(|(_, case)| *case).collect();
+        let mut cases: Vec<CaseId> = order[..taken].iter().map(|entry| entry.2).collect();
         cases.sort_unstable();
         cases.into_iter().filter_map(|case| self.take(&case)).collect()
     }
 
     /// Removes and returns every case state, in case id order.
     pub fn take_all(&mut self) -> Vec<HeldCase> {
+        self.held_bytes = 0;
         self.index.clear();
         let mut cases: Vec<HeldCase> = self.cases.drain(..).map(Held::taken).collect();
         cases.sort_unstable_by_key(|held| held.state.id);
@@ -317,6 +393,7 @@ impl Fold {
     fn take(&mut self, case: &CaseId) -> Option<HeldCase> {
         let at = self.index.remove(case)?;
         let held = self.cases.swap_remove(at);
+        self.held_bytes -= held.bytes;
         if let Some(moved) = self.cases.get(at) {
             self.index.insert(moved.state.id, at);
         }

@@ -13,11 +13,30 @@ use crate::model::ids::SpaceId;
 use crate::model::merge::CaseState;
 use crate::storage::Db;
 
-/// Folds committed-to-be events into `batch`: the case parts they change, as merge operands (no
-/// read of the stored case), and the history index.
-pub(crate) fn fold_into_batch(db: &Db, batch: &mut WriteBatch, space: &SpaceId, events: &[SignedEvent]) {
-    let mut fold = Fold::store_deltas().with_keys(db.keys());
-    fold_events(&mut fold, events);
+/// The estimated memory ([`Fold::held_bytes`]) of the deltas one commit folds: past it, the rest
+/// of the events go into the next commit. An ingest joins up to 16 MiB of received events; events
+/// of hundreds of new field names each fold to about 15 times their size (a register, its merge
+/// operand in the batch, the memtable's copy), which without this took a node past its memory
+/// bound. Honest commits fold far less than this (8,192 edits hold about 2 MiB).
+pub(crate) const COMMIT_FOLD_BYTES_MAX: usize = if cfg!(test) { 256 * 1024 } else { 16 * 1024 * 1024 };
+
+/// Folds the first events into `fold` (a delta fold), in runs, until the fold holds more than
+/// `bytes`; returns how many it folded (all of them, or at least one run).
+pub(crate) fn fold_within(fold: &mut Fold, events: &[SignedEvent], bytes: usize) -> usize {
+    let mut folded = 0;
+    for run in events.chunks(FOLD_RUN_EVENTS) {
+        fold_events(fold, run);
+        folded += run.len();
+        if fold.held_bytes() > bytes {
+            break;
+        }
+    }
+    folded
+}
+
+/// Stages what `fold` holds into `batch`: the case parts its events change, as merge operands
+/// (no read of the stored case), and the history index.
+pub(crate) fn stage_fold(db: &Db, batch: &mut WriteBatch, space: &SpaceId, mut fold: Fold) {
     for held in fold.take_all() {
         stage_case(db, space, batch, &held, None);
     }

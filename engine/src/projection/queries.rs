@@ -9,13 +9,13 @@ use crate::codec::keys::{
     case_key, meta_state_hash, meta_watermark, parse_case_part_key, prefix_end, CF_CASES, CF_META,
 };
 use crate::codec::meta::{decode_state_hash, decode_vector};
-use crate::codec::wire;
+use crate::codec::wire::{self, StoredPart};
 use crate::error::StoreError;
 use crate::model::event::EventHeader;
 use crate::model::ids::{AuthorId, CaseId, SpaceId};
 use crate::model::membership::Membership;
-use crate::model::merge::CaseState;
-use crate::model::state_hash::StateHasher;
+use crate::model::merge::{CasePart, CaseState};
+use crate::model::state_hash::{CaseDigest, PartDigester, StateHasher};
 use crate::model::vector_clock::VersionVector;
 use crate::model::views::{self, CaseView, ConflictView};
 use crate::storage::{total_order, Db};
@@ -40,6 +40,16 @@ pub(crate) fn load_case(db: &Db, space: &SpaceId, case: &CaseId) -> Result<Optio
     Ok(found)
 }
 
+/// The case and part a stored key names.
+fn part_of(space: &SpaceId, key: &[u8]) -> Result<(CaseId, CasePart), StoreError> {
+    parse_case_part_key(key).ok_or_else(|| StoreError::Corrupt {
+        space: *space,
+        author: AuthorId::default(),
+        seq: 0,
+        reason: "malformed case key".into(),
+    })
+}
+
 /// Assembles the case states of a space from its stored parts (in key order, so each case's
 /// parts are adjacent) and hands each complete state to `f`.
 fn assemble_cases(
@@ -53,12 +63,7 @@ fn assemble_cases(
         if !key.starts_with(space.as_bytes()) {
             break;
         }
-        let (case, part) = parse_case_part_key(&key).ok_or_else(|| StoreError::Corrupt {
-            space: *space,
-            author: AuthorId::default(),
-            seq: 0,
-            reason: "malformed case key".into(),
-        })?;
+        let (case, part) = part_of(space, &key)?;
         if current.as_ref().is_some_and(|state| state.id != case) {
             if let Some(done) = current.take() {
                 f(done);
@@ -71,6 +76,55 @@ fn assemble_cases(
         f(done);
     }
     Ok(())
+}
+
+/// The digest of every case of a space from its stored parts (in key order), each handed to `f`
+/// as its last part is met: what [`assemble_cases`] then a digest of each state gives, without
+/// holding a case (see `PartDigester`).
+fn assemble_digests(
+    space: &SpaceId,
+    parts: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+    mut f: impl FnMut(CaseId, CaseDigest),
+) -> Result<(), StoreError> {
+    let mut digester = PartDigester::new(CaseId::default());
+    let mut any = false;
+    for item in parts {
+        let (key, value) = item?;
+        if !key.starts_with(space.as_bytes()) {
+            break;
+        }
+        let (case, part) = part_of(space, &key)?;
+        if !any || digester.case() != case {
+            if any {
+                f(digester.case(), digester.finish());
+            }
+            digester.restart(case);
+            any = true;
+        }
+        match (&part, wire::decode_part(&part, &value).map_err(|e| corrupt_case(space, &case, e))?) {
+            (_, StoredPart::Status(status)) => digester.status(&status),
+            (CasePart::Field(name), StoredPart::Field(register)) => digester.field(name, &register),
+            (CasePart::Entry(id), StoredPart::Entry(record)) => digester.entry(id, &record),
+            _ => {} // `decode_part` returns the kind of part it is given.
+        }
+    }
+    if any {
+        f(digester.case(), digester.finish());
+    }
+    Ok(())
+}
+
+/// The digest of one stored case, read part by part, if it has any part.
+pub(crate) fn case_digest(db: &Db, space: &SpaceId, case: &CaseId) -> Result<Option<CaseDigest>, StoreError> {
+    let prefix = case_key(space, case);
+    let mut read = rocksdb::ReadOptions::default();
+    read.set_prefix_same_as_start(true);
+    read.set_iterate_upper_bound(prefix_end(&prefix));
+    read.fill_cache(false);
+    let iter = db.rocks().iterator_cf_opt(db.cf(CF_CASES), read, IteratorMode::From(&prefix, Direction::Forward));
+    let mut found = None;
+    assemble_digests(space, iter, |_, digest| found = Some(digest))?;
+    Ok(found)
 }
 
 /// Folds the stored events of a space that `include` accepts into case states held in memory,
@@ -180,7 +234,13 @@ pub(crate) fn state_hash(db: &Db, space: &SpaceId) -> Result<String, StoreError>
 /// `replay-tool verify` compares with a fresh replay).
 pub(crate) fn scanned_state_hash(db: &Db, space: &SpaceId) -> Result<String, StoreError> {
     let mut hasher = StateHasher::new();
-    scan_cases(db, space, false, |state| hasher.add(&state))?;
+    let mut read = total_order();
+    read.set_iterate_upper_bound(prefix_end(space.as_bytes()));
+    read.fill_cache(false);
+    read.set_readahead_size(2 << 20);
+    let iter =
+        db.rocks().iterator_cf_opt(db.cf(CF_CASES), read, IteratorMode::From(space.as_bytes(), Direction::Forward));
+    assemble_digests(space, iter, |case, digest| hasher.add_digest(&case, &digest))?;
     Ok(hasher.finish())
 }
 

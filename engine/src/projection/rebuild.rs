@@ -21,6 +21,9 @@ use crate::storage::Db;
 /// rebuild's memory whatever the number of cases, without reading anything back.
 const REBUILD_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 
+/// The estimated memory of the case states a rebuild keeps (see `BULK_CASE_BYTES_IN_MEMORY`).
+const REBUILD_CASE_BYTES_IN_MEMORY: usize = super::bulk_catch_up::BULK_CASE_BYTES_IN_MEMORY;
+
 /// Rebuilds a space's projections from its log; returns the state hash.
 ///
 /// The watermark is removed first (synced); the old projections are cleared while the log is
@@ -98,9 +101,11 @@ fn fold_into_spill_files(
         fold.warm(run.iter().map(|(_, operation)| operation));
         for (header, operation) in run {
             fold.apply_operation(header, operation.take(), |_| Ok::<_, StoreError>(None))?;
-            if fold.case_count() >= REBUILD_CASES_IN_MEMORY {
+            let over_count = fold.case_count() >= REBUILD_CASES_IN_MEMORY;
+            if over_count || fold.held_bytes() > REBUILD_CASE_BYTES_IN_MEMORY {
                 db.fault_point("rebuild: spill")?;
-                writers.spill(fold.evict_least_recent(REBUILD_CASES_IN_MEMORY / 4))?;
+                let quarter = if over_count { REBUILD_CASES_IN_MEMORY / 4 } else { 0 };
+                writers.spill(fold.evict_least_recent_within(quarter, REBUILD_CASE_BYTES_IN_MEMORY / 2))?;
             }
         }
         Ok(())

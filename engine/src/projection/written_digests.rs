@@ -2,7 +2,7 @@
 
 use rocksdb::WriteBatch;
 
-use super::queries::{self, load_case};
+use super::queries;
 use crate::codec::keys::{meta_state_hash, CF_META};
 use crate::codec::meta::encode_state_hash;
 use crate::error::StoreError;
@@ -72,8 +72,8 @@ impl WrittenDigests {
             match same {
                 [(case, digest)] => hasher.add_digest(case, digest),
                 [(case, _), ..] => {
-                    if let Some(state) = load_case(db, space, case)? {
-                        hasher.add(&state);
+                    if let Some(digest) = queries::case_digest(db, space, case)? {
+                        hasher.add_digest(case, &digest);
                     }
                 }
                 [] => {}

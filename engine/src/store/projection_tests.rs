@@ -118,6 +118,91 @@ fn a_bulk_catch_up_folds_while_ingesting_and_spills_deltas_beside_the_events() {
     assert_eq!(b.rebuild_projections(&space).unwrap(), a.state_hash(&space).unwrap());
 }
 
+/// A store with three small cases and one case `big` written full of distinct field names (200
+/// a write, `writes` writes), by two devices in turn.
+fn a_store_with_one_case_full_of_fields(dir: &std::path::Path, writes: u16) -> Store {
+    let store = a_busy_store(dir, 3);
+    let space = SpaceId([1; 16]);
+    let keys = [DeviceKey::from_secret([1; 32]), DeviceKey::from_secret([2; 32])];
+    let big = CaseId([9; 16]);
+    store.execute(&space, &keys[0], 1_000, Command::CreateCase { id: big, fields: vec![] }).unwrap();
+    for write in 0..writes {
+        let fields = (0..200u16).map(|f| (format!("f{write}-{f}"), FieldValue::Text(format!("{f}")))).collect();
+        store
+            .execute(
+                &space,
+                &keys[usize::from(write % 2)],
+                1_001 + u64::from(write),
+                Command::SetFields { case: big, fields },
+            )
+            .unwrap();
+    }
+    store
+}
+
+#[test]
+fn a_fold_past_its_byte_bound_takes_out_a_large_case_however_recently_touched() {
+    let space = SpaceId([1; 16]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = a_store_with_one_case_full_of_fields(dir.path(), 4);
+    let mut fold = crate::projection::fold::Fold::deltas();
+    for event in store.events_after(&space, &Default::default()) {
+        let event = crate::model::event::SignedEvent::from_wire(event.unwrap().2).unwrap();
+        fold.apply(&event, |_| Ok::<_, ()>(None)).unwrap();
+    }
+    let small = CaseId([0; 16]);
+    fold.hold(small, |_| Ok::<_, ()>(None)).unwrap();
+    let held = fold.held_bytes();
+    assert!(held > 4 * 200 * 192, "every field write counted: {held}");
+    // Within the bound: nothing more than the count asked for.
+    assert!(fold.evict_least_recent_within(0, held).is_empty());
+    // Past it: the big case goes, though it was touched last; the small ones stay.
+    let taken: Vec<CaseId> = fold.evict_least_recent_within(0, 64 * 1024).into_iter().map(|c| c.state.id).collect();
+    assert!(taken.contains(&CaseId([9; 16])), "{taken:?}");
+    assert!(fold.held_bytes() <= 64 * 1024);
+    assert!(fold.case(&CaseId([2; 16])).is_some(), "the small cases touched last stay");
+    let rest = fold.take_all();
+    assert_eq!(fold.held_bytes(), 0);
+    assert!(!rest.is_empty());
+}
+
+#[test]
+fn a_case_larger_than_a_bulk_fold_s_bound_is_written_out_in_deltas_that_join_to_the_same_views() {
+    let space = SpaceId([1; 16]);
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // 30 writes of 200 fields: 6,000 registers, far past the unit tests' 256 KiB bound.
+    let a = a_store_with_one_case_full_of_fields(a_dir.path(), 30);
+    let b = Store::open(b_dir.path(), StoreOptions::compatible()).unwrap();
+    b.begin_bulk_catch_up();
+    catch_up(&a, &b, 3);
+    assert_eq!(b.end_bulk_catch_up().unwrap(), 0, "no rebuild needed");
+    assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
+    let big = CaseId([9; 16]);
+    assert_eq!(b.case_view(&space, &big).unwrap(), a.case_view(&space, &big).unwrap());
+    assert_eq!(b.history(&space, &big).unwrap(), a.history(&space, &big).unwrap());
+    // A rebuild bounded the same way folds to the same state.
+    assert_eq!(b.rebuild_projections(&space).unwrap(), a.state_hash(&space).unwrap());
+    assert_eq!(b.case_view(&space, &big).unwrap(), a.case_view(&space, &big).unwrap());
+}
+
+#[test]
+fn an_ingest_that_folds_past_a_commit_s_bound_commits_in_parts_to_the_same_views() {
+    let space = SpaceId([1; 16]);
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = a_store_with_one_case_full_of_fields(a_dir.path(), 30);
+    let b = Store::open(b_dir.path(), StoreOptions::compatible()).unwrap();
+    // One ingest of every event: 6,000 registers fold to several times the unit tests' 256 KiB
+    // bound of a commit.
+    catch_up(&a, &b, 1024);
+    assert_eq!(b.projections_behind(&space).unwrap(), 0);
+    assert_eq!(b.vector(&space), a.vector(&space));
+    assert_eq!(b.state_hash(&space).unwrap(), a.state_hash(&space).unwrap());
+    let big = CaseId([9; 16]);
+    assert_eq!(b.case_view(&space, &big).unwrap(), a.case_view(&space, &big).unwrap());
+    assert_eq!(b.history(&space, &big).unwrap(), a.history(&space, &big).unwrap());
+    assert_eq!(b.rebuild_projections(&space).unwrap(), a.state_hash(&space).unwrap());
+}
+
 #[test]
 fn a_bulk_load_without_syncs_folds_beside_its_writes_to_the_same_views() {
     let space = SpaceId([1; 16]);

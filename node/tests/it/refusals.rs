@@ -54,6 +54,33 @@ async fn unknown_and_unauthenticated_peers_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_is_not_a_member_is_refused_before_its_request_body_is_read() {
+    let c = cluster(&["office"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    let stranger = DeviceKey::from_secret([98; 32]);
+    // A body past the message limit: read first, it would be refused as too large; the door
+    // refuses the device before reading it.
+    let huge = Bytes::from(vec![1u8; 5 * 1024 * 1024]);
+    let status = client(&office, &stranger).await.heads(pb::HeadsRequest { space: huge.clone() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let pull = pb::PullRequest { space: huge.clone(), have: None, follow: false };
+    assert_eq!(client(&office, &stranger).await.pull(pull).await.unwrap_err().code(), Code::PermissionDenied);
+    // Join is open to devices that are not members yet, with small bodies only.
+    let join = pb::JoinRequest { space: Bytes::from(vec![2u8; 128 * 1024]), admit: None };
+    let status = client(&office, &stranger).await.join(join).await.unwrap_err();
+    assert!(![Code::Ok, Code::PermissionDenied].contains(&status.code()), "{status:?}");
+    assert_ne!(status.code(), Code::InvalidArgument, "cut by size before its space was read: {status:?}");
+    let join = pb::JoinRequest { space: Bytes::copy_from_slice(office.shared().space.as_bytes()), admit: None };
+    let status = client(&office, &stranger).await.join(join).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "a small Join reaches the service: {status:?}");
+    // The node keeps serving its members.
+    let me = identity(&c.dirs[0]).key;
+    let space = Bytes::copy_from_slice(office.shared().space.as_bytes());
+    client(&office, &me).await.heads(pb::HeadsRequest { space }).await.unwrap();
+    office.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_malformed_and_oversized_pushes_store_nothing() {
     let c = cluster(&["office", "home"]).await;
     let office = start(&c.dirs[0], vec![]).await;
