@@ -100,8 +100,10 @@ impl HeadsProbe {
 
     /// The node's version vector.
     pub async fn heads(&mut self) -> anyhow::Result<VersionVector> {
-        let request =
-            tonic::Request::new(pb::HeadsRequest { space: bytes::Bytes::copy_from_slice(self.key.space.as_bytes()) });
+        let request = tonic::Request::new(pb::HeadsRequest {
+            space: bytes::Bytes::copy_from_slice(self.key.space.as_bytes()),
+            ..Default::default()
+        });
         let reply = self.client.heads(request).await.map_err(|s| anyhow!("heads: {}", s.message()))?.into_inner();
         wire::vector_from_pb(&reply.heads.unwrap_or_default()).map_err(|e| anyhow!("heads: {e}"))
     }

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context};
 use casesync_engine::codec::wire;
 use casesync_engine::log::ingest::PreparedBatch;
 use casesync_engine::model::ids::AuthorId;
+use casesync_engine::model::limits::VECTOR_PAGE_AUTHORS_MAX;
 use casesync_engine::model::vector_clock::VersionVector;
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::sync_client::SyncClient;
@@ -174,13 +175,39 @@ impl PeerClient {
         bytes::Bytes::copy_from_slice(self.shared.space.as_bytes())
     }
 
-    /// The peer's version vector; notes when it holds this device's events beyond the local head
-    /// (local writes then wait until they are fetched).
+    /// The peer's version vector, read in pages ([`VECTOR_PAGE_AUTHORS_MAX`] authors each);
+    /// notes when it holds this device's events beyond the local head (local writes then wait
+    /// until they are fetched).
     pub async fn heads(&mut self) -> anyhow::Result<VersionVector> {
-        let request = self.request(pb::HeadsRequest { space: self.space_bytes() });
-        let reply = self.client.heads(request).await.context("heads refused")?.into_inner();
-        let vector =
-            wire::vector_from_pb(&reply.heads.unwrap_or_default()).context("peer sent a malformed version vector")?;
+        let mut vector = VersionVector::new();
+        let mut after: Option<bytes::Bytes> = None;
+        for _ in 0..HEADS_PAGES_MAX {
+            let request = self.request(pb::HeadsRequest {
+                space: self.space_bytes(),
+                after: after.clone().unwrap_or_default(),
+                limit: 0,
+            });
+            let reply = self.client.heads(request).await.context("heads refused")?.into_inner();
+            let page = reply.heads.unwrap_or_default();
+            let (first, last) = (page.heads.first().map(|dot| dot.author.clone()), page.heads.last());
+            // Every page starts after the one before: a peer repeating a page cannot keep us here.
+            if let (Some(previous), Some(first)) = (&after, &first) {
+                if first <= previous {
+                    bail!("peer sent a page of heads that does not start after the one before");
+                }
+            }
+            vector.merge(&wire::vector_from_pb(&page).context("peer sent a malformed version vector")?);
+            match (reply.more, last) {
+                (true, Some(last)) => after = Some(last.author.clone()),
+                (true, None) => bail!("peer said more heads follow but sent none"),
+                (false, _) => return Ok(self.noted_heads(vector)),
+            }
+        }
+        bail!("peer's heads span more than {HEADS_PAGES_MAX} pages")
+    }
+
+    /// Notes what the peer holds (see [`PeerClient::heads`]).
+    fn noted_heads(&self, vector: VersionVector) -> VersionVector {
         let me = self.shared.identity.author();
         if vector.get(&me) > self.shared.store.vector(&self.shared.space).get(&me) {
             // A claim, not evidence: the fence rises only when the events themselves arrive
@@ -188,7 +215,7 @@ impl PeerClient {
             tracing::info!(seq = vector.get(&me), "a peer says it holds this device's events beyond the local head");
         }
         self.shared.reset_known(&self.server, &vector);
-        Ok(vector)
+        vector
     }
 
     /// The ingests of one stream from this peer. Each fails on a refusal of the peer's own
@@ -212,14 +239,32 @@ impl PeerClient {
         stored(pipeline.push(&self.shared.ingest, prepared).await?)
     }
 
-    /// Pulls what we lack once; `progress` is told the running count of received events.
-    pub async fn pull_once(&mut self, mut progress: impl FnMut(u64)) -> anyhow::Result<u64> {
-        let have = self.shared.store.vector(&self.shared.space);
-        let request = self.request(pb::PullRequest {
-            space: self.space_bytes(),
-            have: Some(wire::vector_to_pb(&have)),
-            follow: false,
-        });
+    /// Pulls once what we lack of what the peer holds (`peer_has`, its heads): Pulls that list
+    /// the authors we lack events of, [`VECTOR_PAGE_AUTHORS_MAX`] a request, so no request grows
+    /// with the authors both hold. `progress` is told the running count of received events.
+    pub async fn pull_once(&mut self, peer_has: &VersionVector, mut progress: impl FnMut(u64)) -> anyhow::Result<u64> {
+        let wanted = wanted_from(peer_has, &self.shared.store.vector(&self.shared.space));
+        let mut received = 0;
+        for page in wanted.chunks(VECTOR_PAGE_AUTHORS_MAX) {
+            let request = self.request(pb::PullRequest {
+                space: self.space_bytes(),
+                have: Some(pb::VersionVector { heads: page.to_vec() }),
+                follow: false,
+                listed: true,
+            });
+            received += self.pull_stream(request, received, &mut progress).await?;
+        }
+        Ok(received)
+    }
+
+    /// Receives one non-following Pull to its end; `progress` is told the running count of
+    /// received events from `before`. Returns how many this stream's ingests stored.
+    async fn pull_stream(
+        &mut self,
+        request: Request<pb::PullRequest>,
+        before: u64,
+        progress: &mut impl FnMut(u64),
+    ) -> anyhow::Result<u64> {
         let mut stream = self.client.pull(request).await.context("pull refused")?.into_inner();
         let mut received = 0;
         let mut pipeline = self.pipeline();
@@ -235,10 +280,10 @@ impl PeerClient {
                 Err(_) if pipeline.holds_waiting() => received += landed(&self.shared, &mut pipeline).await?,
                 Err(_) => bail!("the peer sent nothing for {} s", PULL_IDLE_MAX.as_secs()),
             }
-            progress(received);
+            progress(before + received);
         }
         received += landed(&self.shared, &mut pipeline).await?;
-        progress(received);
+        progress(before + received);
         Ok(received)
     }
 
@@ -252,6 +297,28 @@ impl PeerClient {
     }
 }
 
+/// Most pages of heads one session reads ([`PeerClient::heads`]): 67M authors.
+const HEADS_PAGES_MAX: usize = 4096;
+
+/// The authors `peer_has` holds events of beyond `local`, each with the seq `local` holds (0:
+/// none), in key order: what a listed Pull asks for.
+fn wanted_from(peer_has: &VersionVector, local: &VersionVector) -> Vec<pb::Dot> {
+    peer_has
+        .iter()
+        .filter(|(author, seq)| **seq > local.get(author))
+        .map(|(author, _)| pb::Dot { author: bytes::Bytes::copy_from_slice(author.as_bytes()), seq: local.get(author) })
+        .collect()
+}
+
+/// Reads the peer's heads and pulls what they show we lack.
+async fn pull_what_heads_show(peer: &mut PeerClient) -> anyhow::Result<()> {
+    let heads = peer.heads().await?;
+    if !heads.missing_in(&peer.shared.store.vector(&peer.shared.space)).is_empty() {
+        peer.pull_once(&heads, |_| {}).await?;
+    }
+    Ok(())
+}
+
 /// One sync in both directions: push what the peer lacks, pull what we lack.
 pub async fn sync_once(shared: Arc<Shared>, url: &str, progress: impl FnMut(u64, u64)) -> anyhow::Result<SyncCounts> {
     let mut progress = progress;
@@ -259,9 +326,9 @@ pub async fn sync_once(shared: Arc<Shared>, url: &str, progress: impl FnMut(u64,
     let peer_has = peer.heads().await?;
     let local = shared.store.vector(&shared.space);
     let expected: u64 = peer_has.missing_in(&local).iter().map(|r| r.len()).sum();
-    let sent = peer.push_once(peer_has).await?;
+    let sent = peer.push_once(peer_has.clone()).await?;
     let bulk = BulkCatchUp::start_if_worth_it(&shared, expected);
-    let received = peer.pull_once(|n| progress(n, expected)).await?;
+    let received = peer.pull_once(&peer_has, |n| progress(n, expected)).await?;
     bulk.finish().await?;
     shared.update_peer(url, |info| {
         info.last_sync_ms = now_ms();
@@ -288,19 +355,28 @@ pub async fn live_session(
     let missing: u64 = peer_has.missing_in(&shared.store.vector(&shared.space)).iter().map(|r| r.len()).sum();
     let mut flood = FloodWatch::with(BulkCatchUp::start_if_worth_it(&shared, missing));
     let (tx, rx) = mpsc::channel(STREAM_BUFFER_BATCHES);
-    let producer = tokio::spawn(stream_events(shared.clone(), peer.server, peer_has, true, tx));
+    let producer = tokio::spawn(stream_events(shared.clone(), peer.server, peer_has.clone(), true, tx));
     // Caught-up markers (empty batches) are pushed too: they end a bulk catch-up at the peer.
     let outgoing = ReceiverStream::new(rx).filter_map(|r| r.ok());
     let mut push_client = peer.client.clone();
     let push_request = peer.request(outgoing);
     let mut push = Box::pin(async move { push_client.push(push_request).await });
 
-    let have = shared.store.vector(&shared.space);
+    // The following pull lists the authors we lack events of (past one request's worth, a
+    // one-shot pull catches up first). The peer takes us to hold the rest up to its heads when
+    // it reads the request: what it stored since its heads were read is fetched once the stream
+    // has caught up (`gap_closed`).
+    if wanted_from(&peer_has, &shared.store.vector(&shared.space)).len() > VECTOR_PAGE_AUTHORS_MAX {
+        peer.pull_once(&peer_has, |_| {}).await?;
+    }
+    let wanted = wanted_from(&peer_has, &shared.store.vector(&shared.space));
     let request = peer.request(pb::PullRequest {
         space: peer.space_bytes(),
-        have: Some(wire::vector_to_pb(&have)),
+        have: Some(pb::VersionVector { heads: wanted }),
         follow: true,
+        listed: true,
     });
+    let mut gap_closed = false;
     let mut stream = peer.client.pull(request).await.context("pull refused")?.into_inner();
     let mut pipeline = peer.pipeline();
     let period = pull_every.unwrap_or(Duration::from_secs(3600)).max(Duration::from_millis(100));
@@ -311,6 +387,10 @@ pub async fn live_session(
                 Ok(Some(batch)) if batch.events.is_empty() => {
                     if let Err(e) = landed(&shared, &mut pipeline).await { break Err(e); }
                     if let Err(e) = flood.finish().await { break Err(e); }
+                    if !gap_closed {
+                        gap_closed = true;
+                        if let Err(e) = pull_what_heads_show(&mut peer).await { break Err(e); }
+                    }
                     shared.update_peer(url, |info| { info.state = PeerState::Connected; info.last_sync_ms = now_ms(); });
                 }
                 Ok(Some(batch)) => {
@@ -341,10 +421,7 @@ pub async fn live_session(
             },
             _ = schedule.tick(), if pull_every.is_some() => {
                 if let Err(e) = landed(&shared, &mut pipeline).await { break Err(e); }
-                let heads = peer.heads().await?;
-                if !heads.missing_in(&shared.store.vector(&shared.space)).is_empty() {
-                    peer.pull_once(|_| {}).await?;
-                }
+                if let Err(e) = pull_what_heads_show(&mut peer).await { break Err(e); }
             }
             // A backlog announced (or a flood begun) and then not sent: the bulk catch-up ends
             // and commands wait no longer.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use casesync_engine::codec::wire;
 use casesync_engine::log::ingest::PreparedBatch;
 use casesync_engine::model::ids::{AuthorId, SpaceId};
-use casesync_engine::model::limits::BATCH_EVENTS_MAX;
+use casesync_engine::model::limits::{BATCH_EVENTS_MAX, VECTOR_PAGE_AUTHORS_MAX};
 use casesync_proto::v1 as pb;
 use casesync_proto::v1::sync_server::Sync;
 use tokio::sync::mpsc;
@@ -144,10 +144,29 @@ impl Sync for SyncServer {
     async fn heads(&self, request: Request<pb::HeadsRequest>) -> Result<Response<pb::HeadsReply>, Status> {
         let shared = self.space_of(&request, Some(&request.get_ref().space))?;
         Self::authenticate(shared, &request)?;
-        let vector = shared.store.vector(&shared.space);
+        let message = request.get_ref();
+        let after = match message.after.is_empty() {
+            true => None,
+            false => Some(
+                AuthorId::from_slice(&message.after)
+                    .map_err(|_| Status::invalid_argument("`after` names a 32-byte author key"))?,
+            ),
+        };
+        let limit = match message.limit as usize {
+            0 => VECTOR_PAGE_AUTHORS_MAX,
+            limit => limit.min(VECTOR_PAGE_AUTHORS_MAX),
+        };
+        let (page, more) = shared.store.vector(&shared.space).page_after(after.as_ref(), limit);
+        let heads = pb::VersionVector {
+            heads: page
+                .into_iter()
+                .map(|(author, seq)| pb::Dot { author: bytes::Bytes::copy_from_slice(author.as_bytes()), seq })
+                .collect(),
+        };
         Ok(Response::new(pb::HeadsReply {
-            heads: Some(wire::vector_to_pb(&vector)),
+            heads: Some(heads),
             device: bytes::Bytes::copy_from_slice(shared.identity.author().as_bytes()),
+            more,
         }))
     }
 
@@ -157,8 +176,24 @@ impl Sync for SyncServer {
         let shared = self.space_of(&request, Some(&request.get_ref().space))?.clone();
         let device = Self::authenticate(&shared, &request)?;
         let message = request.into_inner();
-        let have = wire::vector_from_pb(&message.have.unwrap_or_default())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let have = message.have.unwrap_or_default();
+        let have = if message.listed {
+            // The authors named from the seq given, every other one from this node's head.
+            if have.heads.len() > VECTOR_PAGE_AUTHORS_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "a pull lists at most {VECTOR_PAGE_AUTHORS_MAX} authors"
+                )));
+            }
+            let mut vector = shared.store.vector(&shared.space);
+            for dot in &have.heads {
+                let author = AuthorId::from_slice(&dot.author)
+                    .map_err(|_| Status::invalid_argument("vector author must be 32 bytes"))?;
+                vector.set(author, dot.seq);
+            }
+            vector
+        } else {
+            wire::vector_from_pb(&have).map_err(|e| Status::invalid_argument(e.to_string()))?
+        };
         // A `have` naming this device's own chain beyond its head is a claim, not evidence: it
         // raises no fence (a peer's push of those events does, `Shared::store_from_peer`).
         shared.reset_known(&device, &have);

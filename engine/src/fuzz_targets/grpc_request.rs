@@ -285,8 +285,13 @@ pub(super) fn request_seeds() -> Vec<(String, Vec<u8>)> {
     let key = device(2).author().to_hex();
     let messages: Vec<Bytes> = vec![
         encoded(&pb::HelloRequest {}),
-        encoded(&pb::HeadsRequest { space: space.clone() }),
-        encoded(&pb::PullRequest { space: space.clone(), have: Some(vector_to_pb(&have)), follow: true }),
+        encoded(&pb::HeadsRequest { space: space.clone(), ..Default::default() }),
+        encoded(&pb::PullRequest {
+            space: space.clone(),
+            have: Some(vector_to_pb(&have)),
+            follow: true,
+            listed: false,
+        }),
         encoded(&pb::EventBatch { events: event.iter().map(SignedEvent::to_wire).collect() }),
         encoded(&pb::JoinRequest { space: space.clone(), admit: Some(admit.to_wire()) }),
         encoded(&pb::CreateCaseRequest { fields: named.clone() }),

@@ -20,3 +20,6 @@ pub const DEVICE_NAME_BYTES_MAX: usize = 64;
 pub const KEY_WRAPS_PER_EVENT_MAX: usize = 4096;
 /// Most events kept as evidence of one author's forks in one space.
 pub const FORK_EVIDENCE_PER_AUTHOR_MAX: usize = 16;
+/// Most authors in one page of a version vector sent between nodes (`Heads` replies, `Pull`
+/// requests that list the authors they want): about 650 KB, whatever the number of authors.
+pub const VECTOR_PAGE_AUTHORS_MAX: usize = 16_384;

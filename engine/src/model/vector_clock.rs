@@ -66,6 +66,16 @@ impl VersionVector {
         }
     }
 
+    /// Up to `limit` authors whose key sorts after `after` (all, without it), in key order, and
+    /// whether more remain after them.
+    pub fn page_after(&self, after: Option<&AuthorId>, limit: usize) -> (Vec<(AuthorId, u64)>, bool) {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut range = self.0.range((start, Bound::Unbounded));
+        let page: Vec<(AuthorId, u64)> = range.by_ref().take(limit).map(|(author, seq)| (*author, *seq)).collect();
+        (page, range.next().is_some())
+    }
+
     /// Raises an author's seq to at least `seq`.
     pub fn raise(&mut self, author: AuthorId, seq: u64) {
         if seq > self.get(&author) {
@@ -160,6 +170,27 @@ mod tests {
 
     fn a(n: u8) -> AuthorId {
         AuthorId([n; 32])
+    }
+
+    #[test]
+    fn pages_cover_every_author_once_in_key_order() {
+        let mut v = VersionVector::new();
+        for n in [9u8, 3, 7, 1, 5] {
+            v.set(a(n), u64::from(n) * 10);
+        }
+        let (first, more) = v.page_after(None, 2);
+        assert_eq!(first, vec![(a(1), 10), (a(3), 30)]);
+        assert!(more);
+        let (second, more) = v.page_after(Some(&a(3)), 2);
+        assert_eq!(second, vec![(a(5), 50), (a(7), 70)]);
+        assert!(more);
+        let (last, more) = v.page_after(Some(&a(7)), 2);
+        assert_eq!(last, vec![(a(9), 90)]);
+        assert!(!more);
+        // After a key the vector does not hold: from the next one.
+        assert_eq!(v.page_after(Some(&a(4)), 1), (vec![(a(5), 50)], true));
+        assert_eq!(v.page_after(Some(&a(9)), 5), (vec![], false));
+        assert_eq!(v.page_after(None, 5).0.len(), 5);
     }
 
     fn vector() -> impl Strategy<Value = VersionVector> {

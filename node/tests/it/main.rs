@@ -4,6 +4,7 @@ mod cli;
 mod cli_defects;
 mod crash_serve;
 mod invitations;
+mod paging;
 mod public_relay;
 mod refusals;
 mod rights;

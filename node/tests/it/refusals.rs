@@ -38,16 +38,22 @@ async fn unknown_and_unauthenticated_peers_are_refused() {
     // No device certificate: the TLS handshake itself is refused, nothing reaches the service.
     let anonymous = casesync_node::tls::anonymous_client_config().unwrap();
     let refused = match casesync_node::sync_client::connect_peer(&office.sync_url(), anonymous).await {
-        Ok(channel) => SyncClient::new(channel).heads(pb::HeadsRequest { space: space.clone() }).await.err(),
+        Ok(channel) => {
+            SyncClient::new(channel).heads(pb::HeadsRequest { space: space.clone(), ..Default::default() }).await.err()
+        }
         Err(_) => None,
     };
     assert!(refused.is_none_or(|status| status.code() != Code::Ok));
     // A device the space does not know: authenticated by its key, refused by the membership.
     let stranger = DeviceKey::from_secret([99; 32]);
-    let status = client(&office, &stranger).await.heads(pb::HeadsRequest { space: space.clone() }).await.unwrap_err();
+    let status = client(&office, &stranger)
+        .await
+        .heads(pb::HeadsRequest { space: space.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("may not sync in this space"), "{status:?}");
-    let pull = pb::PullRequest { space, have: None, follow: false };
+    let pull = pb::PullRequest { space, have: None, follow: false, listed: false };
     let status = client(&office, &stranger).await.pull(pull).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     office.shutdown().await;
@@ -61,9 +67,13 @@ async fn a_device_that_is_not_a_member_is_refused_before_its_request_body_is_rea
     // A body past the message limit: read first, it would be refused as too large; the door
     // refuses the device before reading it.
     let huge = Bytes::from(vec![1u8; 5 * 1024 * 1024]);
-    let status = client(&office, &stranger).await.heads(pb::HeadsRequest { space: huge.clone() }).await.unwrap_err();
+    let status = client(&office, &stranger)
+        .await
+        .heads(pb::HeadsRequest { space: huge.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    let pull = pb::PullRequest { space: huge.clone(), have: None, follow: false };
+    let pull = pb::PullRequest { space: huge.clone(), have: None, follow: false, listed: false };
     assert_eq!(client(&office, &stranger).await.pull(pull).await.unwrap_err().code(), Code::PermissionDenied);
     // Join is open to devices that are not members yet, with small bodies only.
     let join = pb::JoinRequest { space: Bytes::from(vec![2u8; 128 * 1024]), admit: None };
@@ -76,7 +86,7 @@ async fn a_device_that_is_not_a_member_is_refused_before_its_request_body_is_rea
     // The node keeps serving its members.
     let me = identity(&c.dirs[0]).key;
     let space = Bytes::copy_from_slice(office.shared().space.as_bytes());
-    client(&office, &me).await.heads(pb::HeadsRequest { space }).await.unwrap();
+    client(&office, &me).await.heads(pb::HeadsRequest { space, ..Default::default() }).await.unwrap();
     office.shutdown().await;
 }
 
@@ -155,6 +165,7 @@ async fn a_claim_about_this_devices_chain_without_its_events_changes_nothing() {
         space: Bytes::copy_from_slice(office.shared().space.as_bytes()),
         have: Some(casesync_engine::codec::wire::vector_to_pb(&claim)),
         follow: false,
+        listed: false,
     };
     let mut stream = client(&office, &home).await.pull(pull).await.unwrap().into_inner();
     while stream.message().await.unwrap().is_some() {}

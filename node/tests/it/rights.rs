@@ -44,7 +44,12 @@ async fn push(node: &Node, key: &DeviceKey, events: Vec<pb::SignedEvent>) -> Res
 
 async fn heads(node: &Node, key: &DeviceKey) -> Result<pb::HeadsReply, tonic::Status> {
     let space = Bytes::copy_from_slice(node.shared().space.as_bytes());
-    sync_client_as(node, key).await.unwrap().heads(pb::HeadsRequest { space }).await.map(|r| r.into_inner())
+    sync_client_as(node, key)
+        .await
+        .unwrap()
+        .heads(pb::HeadsRequest { space, ..Default::default() })
+        .await
+        .map(|r| r.into_inner())
 }
 
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -153,7 +158,7 @@ async fn headers_naming_another_device_carry_no_authority() {
     let home = key_of(&c.dirs[1]);
     let stranger = DeviceKey::from_secret([78; 32]);
     let space = Bytes::copy_from_slice(office.shared().space.as_bytes());
-    let mut request = Request::new(pb::HeadsRequest { space });
+    let mut request = Request::new(pb::HeadsRequest { space, ..Default::default() });
     for (name, value) in [("x-casesync-device", home.author().to_hex()), ("x-casesync-sig", "00".repeat(64))] {
         request.metadata_mut().insert(name, value.parse().unwrap());
     }
