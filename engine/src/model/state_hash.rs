@@ -97,11 +97,17 @@ impl CaseDigester {
     }
 }
 
+/// Most bytes of encoding a [`PartDigester`] holds for one case: past it, it only counts the
+/// case's shown fields and entries, and the case is read a second time into a digester that
+/// hashes as it goes ([`PartDigester::streaming`]). Cases of ordinary size are read once.
+pub const PART_DIGEST_BUFFER_MAX: usize = if cfg!(test) { 2048 } else { 4 << 20 };
+
 /// A case digest computed part by part, as a scan meets the stored parts (status, fields by
-/// name, entries by id), holding their encoding rather than the case: the same digest as
-/// [`CaseDigester::digest`] of the assembled state, in memory a fraction of that state's (a case a
-/// hostile member filled with half a million fields held ~0.5 KiB a field assembled, where its
-/// encoding is about its stored size).
+/// name, entries by id): the same digest as [`CaseDigester::digest`] of the assembled state,
+/// without assembling it. The encoding puts the count of shown fields (and of entries) before
+/// them, so a case's encoding is held until its last part, up to [`PART_DIGEST_BUFFER_MAX`]; a
+/// larger case (a member filled one with half a million fields) is counted, then read again with
+/// the counts known and hashed as its parts stream by.
 pub struct PartDigester {
     id: CaseId,
     status: Vec<u8>,
@@ -109,12 +115,50 @@ pub struct PartDigester {
     shown: u64,
     entries: Vec<u8>,
     entry_count: u64,
+    mode: Mode,
+}
+
+enum Mode {
+    /// Holding the encoding (within the bound).
+    Buffering,
+    /// Past the bound: counting only.
+    Counting,
+    /// Counts known: hashing each part as it comes; `stage` is how far the encoding got.
+    Streaming { sha: sha2::Sha256, stage: Stage },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Status,
+    Fields,
+    Entries,
 }
 
 impl PartDigester {
     /// A digest of case `id`, no part met yet.
     pub fn new(id: CaseId) -> PartDigester {
-        PartDigester { id, status: Vec::new(), fields: Vec::new(), shown: 0, entries: Vec::new(), entry_count: 0 }
+        PartDigester {
+            id,
+            status: Vec::new(),
+            fields: Vec::new(),
+            shown: 0,
+            entries: Vec::new(),
+            entry_count: 0,
+            mode: Mode::Buffering,
+        }
+    }
+
+    /// A digest of case `id` whose shown fields and entries a first pass counted
+    /// ([`PartDigester::counts`]): each part is hashed as it comes, nothing is held.
+    pub fn streaming(id: CaseId, (shown, entry_count): (u64, u64)) -> PartDigester {
+        let mut sha = sha2::Sha256::new();
+        sha.update(head(&id));
+        PartDigester {
+            shown,
+            entry_count,
+            mode: Mode::Streaming { sha, stage: Stage::Status },
+            ..PartDigester::new(id)
+        }
     }
 
     /// Starts the digest of another case, keeping the buffers.
@@ -125,11 +169,17 @@ impl PartDigester {
         self.shown = 0;
         self.entries.clear();
         self.entry_count = 0;
+        self.mode = Mode::Buffering;
     }
 
     /// The case these parts are of.
     pub fn case(&self) -> CaseId {
         self.id
+    }
+
+    /// The shown fields and entries met (what [`PartDigester::streaming`] needs).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.shown, self.entry_count)
     }
 
     /// The case's status register.
@@ -140,39 +190,125 @@ impl PartDigester {
 
     /// The next field register, in name order.
     pub fn field(&mut self, name: &str, register: &Register<FieldValue>) {
-        if !register.current.is_empty() {
-            self.shown += 1;
-            CaseEncoder { out: &mut self.fields }.field(name, register);
+        if register.current.is_empty() {
+            return;
+        }
+        match self.mode {
+            Mode::Buffering => {
+                self.shown += 1;
+                CaseEncoder { out: &mut self.fields }.field(name, register);
+                self.bound();
+            }
+            Mode::Counting => self.shown += 1,
+            Mode::Streaming { .. } => {
+                self.advance(Stage::Fields);
+                self.fields.clear();
+                CaseEncoder { out: &mut self.fields }.field(name, register);
+                self.hash_scratch(false);
+            }
         }
     }
 
     /// The next entry, in entry id order.
     pub fn entry(&mut self, id: &EntryId, record: &Record) {
-        self.entry_count += 1;
-        let mut encoder = CaseEncoder { out: &mut self.entries };
-        encoder.bytes(id.as_bytes());
-        encoder.record(record);
+        let encode = |out: &mut Vec<u8>| {
+            let mut encoder = CaseEncoder { out };
+            encoder.bytes(id.as_bytes());
+            encoder.record(record);
+        };
+        match self.mode {
+            Mode::Buffering => {
+                self.entry_count += 1;
+                encode(&mut self.entries);
+                self.bound();
+            }
+            Mode::Counting => self.entry_count += 1,
+            Mode::Streaming { .. } => {
+                self.advance(Stage::Entries);
+                self.entries.clear();
+                encode(&mut self.entries);
+                self.hash_scratch(true);
+            }
+        }
     }
 
-    /// The digest of the parts met since the start.
-    pub fn finish(&self) -> CaseDigest {
-        let mut head = Vec::with_capacity(64);
-        let mut encoder = CaseEncoder { out: &mut head };
-        encoder.bytes(b"casesync-case-v2");
-        encoder.bytes(self.id.as_bytes());
-        let mut sha = sha2::Sha256::new();
-        sha.update(&head);
-        if self.status.is_empty() {
-            sha.update(0u64.to_be_bytes());
-        } else {
-            sha.update(&self.status);
+    /// The digest of the parts met since the start; `None` when the case was past the bound
+    /// (read it again into [`PartDigester::streaming`] with [`PartDigester::counts`]).
+    pub fn finish(&mut self) -> Option<CaseDigest> {
+        match self.mode {
+            Mode::Buffering => {
+                let mut sha = sha2::Sha256::new();
+                sha.update(head(&self.id));
+                sha.update(self.status_bytes());
+                sha.update(self.shown.to_be_bytes());
+                sha.update(&self.fields);
+                sha.update(self.entry_count.to_be_bytes());
+                sha.update(&self.entries);
+                Some(sha.finalize().into())
+            }
+            Mode::Counting => None,
+            Mode::Streaming { .. } => {
+                self.advance(Stage::Entries);
+                match std::mem::replace(&mut self.mode, Mode::Counting) {
+                    Mode::Streaming { sha, .. } => Some(sha.finalize().into()),
+                    _ => None,
+                }
+            }
         }
-        sha.update(self.shown.to_be_bytes());
-        sha.update(&self.fields);
-        sha.update(self.entry_count.to_be_bytes());
-        sha.update(&self.entries);
-        sha.finalize().into()
     }
+
+    /// The status encoding, or an empty register's when the case has no status part.
+    fn status_bytes(&self) -> &[u8] {
+        const NO_VERSIONS: [u8; 8] = [0; 8];
+        if self.status.is_empty() {
+            &NO_VERSIONS
+        } else {
+            &self.status
+        }
+    }
+
+    /// Past the bound, the encoding held so far is let go and the rest only counted.
+    fn bound(&mut self) {
+        if self.fields.len() + self.entries.len() > PART_DIGEST_BUFFER_MAX {
+            self.mode = Mode::Counting;
+            self.fields = Vec::new();
+            self.entries = Vec::new();
+        }
+    }
+
+    /// Streaming: hashes what comes before `to` that is not hashed yet (the status and the
+    /// count of shown fields before the first field; the count of entries before the first).
+    fn advance(&mut self, to: Stage) {
+        let status: Vec<u8> = self.status_bytes().to_vec();
+        let (shown, entry_count) = (self.shown, self.entry_count);
+        if let Mode::Streaming { sha, stage } = &mut self.mode {
+            if *stage == Stage::Status && to > Stage::Status {
+                sha.update(&status);
+                sha.update(shown.to_be_bytes());
+                *stage = Stage::Fields;
+            }
+            if *stage == Stage::Fields && to > Stage::Fields {
+                sha.update(entry_count.to_be_bytes());
+                *stage = Stage::Entries;
+            }
+        }
+    }
+
+    /// Streaming: hashes the one part just encoded (in `entries` if `entry`, else `fields`).
+    fn hash_scratch(&mut self, entry: bool) {
+        if let Mode::Streaming { sha, .. } = &mut self.mode {
+            sha.update(if entry { &self.entries } else { &self.fields });
+        }
+    }
+}
+
+/// The encoding every case digest starts with.
+fn head(id: &CaseId) -> Vec<u8> {
+    let mut head = Vec::with_capacity(64);
+    let mut encoder = CaseEncoder { out: &mut head };
+    encoder.bytes(b"casesync-case-v2");
+    encoder.bytes(id.as_bytes());
+    head
 }
 
 /// The canonical encoding of a case, written into a buffer.
@@ -325,7 +461,48 @@ mod tests {
             for (id, record) in &state.entries {
                 parts.entry(id, record);
             }
-            assert_eq!(parts.finish(), digester.digest(state), "case {:?}", state.id);
+            let whole = digester.digest(state);
+            match parts.finish() {
+                Some(digest) => assert_eq!(digest, whole, "case {:?}", state.id),
+                None => {
+                    // Past the bound: counted, then streamed with the counts.
+                    let mut streamed = PartDigester::streaming(state.id, parts.counts());
+                    if !state.record.status.current.is_empty() {
+                        streamed.status(&state.record.status);
+                    }
+                    for (name, register) in state.record.fields.iter() {
+                        streamed.field(name, register);
+                    }
+                    for (id, record) in &state.entries {
+                        streamed.entry(id, record);
+                    }
+                    assert_eq!(streamed.finish(), Some(whole), "streamed case {:?}", state.id);
+                }
+            }
         }
+    }
+
+    #[test]
+    fn a_case_past_the_buffer_bound_is_counted_then_streamed_to_the_same_digest() {
+        use crate::model::merge::Version;
+        use crate::model::operation::Dot;
+        let mut state = CaseState::new(CaseId([7; 16]));
+        let dot = Dot { author: AuthorId([1; 32]), seq: 1 };
+        for n in 0..400u32 {
+            let register = state.record.fields.entry_or_default(format!("field-{n:04}").into());
+            register.current.push(Version { dot, hlc: 5, value: FieldValue::Text(format!("{n}")) });
+        }
+        let whole = CaseDigester::default().digest(&state);
+        let mut parts = PartDigester::new(state.id);
+        for (name, register) in state.record.fields.iter() {
+            parts.field(name, register);
+        }
+        assert_eq!(parts.finish(), None, "400 fields are past the unit tests' 2 KiB bound");
+        assert_eq!(parts.counts(), (400, 0));
+        let mut streamed = PartDigester::streaming(state.id, parts.counts());
+        for (name, register) in state.record.fields.iter() {
+            streamed.field(name, register);
+        }
+        assert_eq!(streamed.finish(), Some(whole));
     }
 }

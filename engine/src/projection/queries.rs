@@ -78,16 +78,27 @@ fn assemble_cases(
     Ok(())
 }
 
-/// The digest of every case of a space from its stored parts (in key order), each handed to `f`
-/// as its last part is met: what [`assemble_cases`] then a digest of each state gives, without
-/// holding a case (see `PartDigester`).
+/// The digest of every case of a space from its stored parts (in key order, read at
+/// `snapshot`), each handed to `f` as its last part is met: what [`assemble_cases`] then a
+/// digest of each state gives, without holding a case (see `PartDigester`: a case past its
+/// buffer is read again, streaming).
 fn assemble_digests(
+    db: &Db,
     space: &SpaceId,
+    snapshot: &rocksdb::Snapshot<'_>,
     parts: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
     mut f: impl FnMut(CaseId, CaseDigest),
 ) -> Result<(), StoreError> {
     let mut digester = PartDigester::new(CaseId::default());
     let mut any = false;
+    let mut finish = |digester: &mut PartDigester| -> Result<(), StoreError> {
+        let digest = match digester.finish() {
+            Some(digest) => digest,
+            None => streamed_digest(db, space, snapshot, digester.case(), digester.counts())?,
+        };
+        f(digester.case(), digest);
+        Ok(())
+    };
     for item in parts {
         let (key, value) = item?;
         if !key.starts_with(space.as_bytes()) {
@@ -96,34 +107,73 @@ fn assemble_digests(
         let (case, part) = part_of(space, &key)?;
         if !any || digester.case() != case {
             if any {
-                f(digester.case(), digester.finish());
+                finish(&mut digester)?;
             }
             digester.restart(case);
             any = true;
         }
-        match (&part, wire::decode_part(&part, &value).map_err(|e| corrupt_case(space, &case, e))?) {
-            (_, StoredPart::Status(status)) => digester.status(&status),
-            (CasePart::Field(name), StoredPart::Field(register)) => digester.field(name, &register),
-            (CasePart::Entry(id), StoredPart::Entry(record)) => digester.entry(id, &record),
-            _ => {} // `decode_part` returns the kind of part it is given.
-        }
+        feed(&mut digester, space, &case, &part, &value)?;
     }
     if any {
-        f(digester.case(), digester.finish());
+        finish(&mut digester)?;
     }
     Ok(())
 }
 
-/// The digest of one stored case, read part by part, if it has any part.
-pub(crate) fn case_digest(db: &Db, space: &SpaceId, case: &CaseId) -> Result<Option<CaseDigest>, StoreError> {
+/// Hands one stored part to a digester.
+fn feed(
+    digester: &mut PartDigester,
+    space: &SpaceId,
+    case: &CaseId,
+    part: &CasePart,
+    value: &[u8],
+) -> Result<(), StoreError> {
+    match (part, wire::decode_part(part, value).map_err(|e| corrupt_case(space, case, e))?) {
+        (_, StoredPart::Status(status)) => digester.status(&status),
+        (CasePart::Field(name), StoredPart::Field(register)) => digester.field(name, &register),
+        (CasePart::Entry(id), StoredPart::Entry(record)) => digester.entry(id, &record),
+        _ => {} // `decode_part` returns the kind of part it is given.
+    }
+    Ok(())
+}
+
+/// Reads options over one case's parts at `snapshot`, leaving the block cache as it is.
+fn case_read(space: &SpaceId, case: &CaseId, snapshot: &rocksdb::Snapshot<'_>) -> ([u8; 32], rocksdb::ReadOptions) {
     let prefix = case_key(space, case);
     let mut read = rocksdb::ReadOptions::default();
     read.set_prefix_same_as_start(true);
     read.set_iterate_upper_bound(prefix_end(&prefix));
     read.fill_cache(false);
+    read.set_snapshot(snapshot);
+    (prefix, read)
+}
+
+/// The digest of a case too large to hold its encoding, read a second time at the same snapshot
+/// with its shown fields and entries counted.
+fn streamed_digest(
+    db: &Db,
+    space: &SpaceId,
+    snapshot: &rocksdb::Snapshot<'_>,
+    case: CaseId,
+    counts: (u64, u64),
+) -> Result<CaseDigest, StoreError> {
+    let (prefix, read) = case_read(space, &case, snapshot);
+    let mut digester = PartDigester::streaming(case, counts);
+    for item in db.rocks().iterator_cf_opt(db.cf(CF_CASES), read, IteratorMode::From(&prefix, Direction::Forward)) {
+        let (key, value) = item?;
+        let (_, part) = part_of(space, &key)?;
+        feed(&mut digester, space, &case, &part, &value)?;
+    }
+    digester.finish().ok_or_else(|| corrupt_case(space, &case, "a streamed digest did not finish"))
+}
+
+/// The digest of one stored case, read part by part, if it has any part.
+pub(crate) fn case_digest(db: &Db, space: &SpaceId, case: &CaseId) -> Result<Option<CaseDigest>, StoreError> {
+    let snapshot = db.rocks().snapshot();
+    let (prefix, read) = case_read(space, case, &snapshot);
     let iter = db.rocks().iterator_cf_opt(db.cf(CF_CASES), read, IteratorMode::From(&prefix, Direction::Forward));
     let mut found = None;
-    assemble_digests(space, iter, |_, digest| found = Some(digest))?;
+    assemble_digests(db, space, &snapshot, iter, |_, digest| found = Some(digest))?;
     Ok(found)
 }
 
@@ -234,13 +284,15 @@ pub(crate) fn state_hash(db: &Db, space: &SpaceId) -> Result<String, StoreError>
 /// `replay-tool verify` compares with a fresh replay).
 pub(crate) fn scanned_state_hash(db: &Db, space: &SpaceId) -> Result<String, StoreError> {
     let mut hasher = StateHasher::new();
+    let snapshot = db.rocks().snapshot();
     let mut read = total_order();
     read.set_iterate_upper_bound(prefix_end(space.as_bytes()));
     read.fill_cache(false);
     read.set_readahead_size(2 << 20);
+    read.set_snapshot(&snapshot);
     let iter =
         db.rocks().iterator_cf_opt(db.cf(CF_CASES), read, IteratorMode::From(space.as_bytes(), Direction::Forward));
-    assemble_digests(space, iter, |case, digest| hasher.add_digest(&case, &digest))?;
+    assemble_digests(db, space, &snapshot, iter, |case, digest| hasher.add_digest(&case, &digest))?;
     Ok(hasher.finish())
 }
 
