@@ -37,7 +37,7 @@ use host::Order;
 use world::{CutKind, Settings, Stats, World};
 
 /// Seeds a suite run takes.
-const SUITE_SEEDS: u64 = 50;
+const SUITE_SEEDS: u64 = 80;
 /// Random steps in a run, before the final heal.
 const STEPS: std::ops::RangeInclusive<u64> = 30..=60;
 
