@@ -138,6 +138,7 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
         pull_every,
         relay: args.relay,
         announce: true,
+        transport: Default::default(),
     };
     let node = Node::start(config).await?;
     eprintln!(

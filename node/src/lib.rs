@@ -26,6 +26,7 @@ pub mod shared;
 pub mod sync_client;
 pub mod sync_server;
 pub mod tls;
+pub mod transport;
 pub mod views_pb;
 
 pub use node::{Node, NodeConfig};

@@ -23,6 +23,7 @@ use crate::event_stream::GRPC_MESSAGE_BYTES_MAX;
 use crate::peer_actor::{distinct_peers, run_peer};
 use crate::shared::Shared;
 use crate::sync_server::SyncServer;
+use crate::transport::Transport;
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -41,6 +42,8 @@ pub struct NodeConfig {
     pub relay: bool,
     /// Write `daemon.json` so the CLI finds this node.
     pub announce: bool,
+    /// What sync connections run over (TCP but in simulation tests).
+    pub transport: Transport,
 }
 
 impl NodeConfig {
@@ -54,6 +57,7 @@ impl NodeConfig {
             pull_every: None,
             relay: false,
             announce: false,
+            transport: Transport::Tcp,
         }
     }
 }
@@ -117,16 +121,19 @@ impl Node {
         };
         let mut shareds = Vec::new();
         for space in &opened.spaces {
-            let shared =
-                Shared::new(opened.store.clone(), opened.identity.clone(), space.space, relay, tls_roots.clone())
-                    .context("cannot start the ingest thread")?;
+            let (store, identity, transport) =
+                (opened.store.clone(), opened.identity.clone(), config.transport.clone());
+            let shared = Shared::new(store, identity, space.space, relay, tls_roots.clone(), transport)
+                .context("cannot start the ingest thread")?;
             shareds.push((space.clone(), shared));
         }
         let first = shareds[0].1.clone();
 
-        let sync_listener =
-            TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-        let sync_addr = sync_listener.local_addr()?;
+        let (sync_listener, sync_addr) = config
+            .transport
+            .listen(&config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
         let (shutdown, _) = watch::channel(false);
         let mut tasks = Vec::new();
 

@@ -18,6 +18,7 @@ use tokio::sync::{watch, Notify};
 use crate::ingest_thread::IngestThread;
 use crate::refusals::{Refusals, RefusedAuthor};
 use crate::tls::{DeviceCert, ServerPolicy};
+use crate::transport::Transport;
 
 /// Metadata naming the space of a sync call (a `Push`'s messages do not; the others' do).
 pub const SPACE_HEADER: &str = "x-casesync-space";
@@ -83,6 +84,8 @@ pub struct Shared {
     pub cert: DeviceCert,
     /// Roots beside the web's for relays behind a CA-issued certificate (a private CA).
     pub tls_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// What this node's sync connections to peers run over.
+    pub transport: Transport,
     /// The space served.
     pub space: SpaceId,
     /// Store-and-forward only.
@@ -128,6 +131,7 @@ impl Shared {
         space: SpaceId,
         relay: bool,
         tls_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+        transport: Transport,
     ) -> anyhow::Result<Arc<Shared>> {
         let cert = DeviceCert::new(&identity.key)?;
         let (changes, _) = watch::channel(store.next_position());
@@ -138,6 +142,7 @@ impl Shared {
             identity,
             cert,
             tls_roots,
+            transport,
             space,
             relay,
             changes,

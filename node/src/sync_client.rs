@@ -24,6 +24,7 @@ use crate::event_stream::{stream_events, GRPC_MESSAGE_BYTES_MAX, STREAM_BUFFER_B
 use crate::ingest_thread::{Pipeline, WAITING_LANDS_AFTER};
 use crate::shared::{now_ms, PeerState, Shared};
 use crate::tls;
+use crate::transport::Transport;
 
 /// How long a one-shot pull waits for the peer's next batch.
 pub const PULL_IDLE_MAX: Duration = Duration::from_secs(60);
@@ -34,12 +35,18 @@ pub const DEFAULT_PORT: u16 = 7000;
 /// An endpoint with keep-alive, so a connection through a healed partition is noticed in seconds
 /// rather than minutes.
 fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    Ok(endpoint_without_keep_alive(url)?
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
+}
+
+/// An endpoint that never pings (only a simulation test's network asks for one, to show what
+/// keep-alive is for: `Transport::http2_keep_alive`).
+fn endpoint_without_keep_alive(url: &str) -> anyhow::Result<Endpoint> {
     Ok(Endpoint::from_shared(url.to_string())
         .with_context(|| format!("{url:?} is not a valid peer URL (like http://127.0.0.1:7000)"))?
         .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
         .tcp_nodelay(true))
 }
 
@@ -58,18 +65,24 @@ pub async fn connect_peer(url: &str, config: Arc<rustls::ClientConfig>) -> anyho
 
 /// Connects with a [`tls::Dialer`] (a device-key server, or a CA-certified relay).
 pub async fn connect_with(url: &str, dialer: tls::Dialer) -> anyhow::Result<Channel> {
+    connect_over(Transport::Tcp, url, dialer).await
+}
+
+/// [`connect_with`] over `transport`.
+pub async fn connect_over(transport: Transport, url: &str, dialer: tls::Dialer) -> anyhow::Result<Channel> {
+    let endpoint = if transport.http2_keep_alive() { endpoint(url)? } else { endpoint_without_keep_alive(url)? };
     let connector = tower::service_fn(move |uri: tonic::transport::Uri| {
-        let dialer = dialer.clone();
+        let (dialer, transport) = (dialer.clone(), transport.clone());
         async move {
             let host = uri
                 .host()
                 .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the peer URL names no host"))?
                 .to_string();
-            let stream = tls::dial(&host, uri.port_u16().unwrap_or(DEFAULT_PORT), &dialer).await?;
+            let stream = tls::dial_over(&transport, &host, uri.port_u16().unwrap_or(DEFAULT_PORT), &dialer).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });
-    endpoint(url)?.connect_with_connector(connector).await.with_context(|| format!("cannot reach peer {url}"))
+    endpoint.connect_with_connector(connector).await.with_context(|| format!("cannot reach peer {url}"))
 }
 
 /// The host name of an `https://` URL, when it names one (not an address): such a peer is
@@ -125,7 +138,7 @@ impl PeerClient {
             None => {
                 let seen = Arc::new(std::sync::Mutex::new(None));
                 let config = tls::client_config(&shared.cert, shared.server_policy(), seen.clone())?;
-                let channel = connect_peer(url, config).await?;
+                let channel = connect_over(shared.transport.clone(), url, tls::Dialer { config, ca: None }).await?;
                 let server = seen
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -136,7 +149,7 @@ impl PeerClient {
                 let binding = Arc::new(std::sync::Mutex::new(None));
                 let config = tls::ca_client_config(&shared.cert, &shared.tls_roots)?;
                 let dialer = tls::Dialer { config, ca: Some((host, binding.clone())) };
-                let channel = connect_with(url, dialer).await?;
+                let channel = connect_over(shared.transport.clone(), url, dialer).await?;
                 let hello = SyncClient::new(channel.clone())
                     .hello(pb::HelloRequest {})
                     .await

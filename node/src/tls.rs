@@ -22,11 +22,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
+
+use crate::transport::{Conn, SyncListener, Transport};
 
 /// The TLS exporter label of the value a device signs to bind its key to one connection.
 const BINDING_LABEL: &[u8] = b"EXPORTER-casesync-device-binding-v1";
@@ -297,8 +298,18 @@ pub struct Dialer {
     pub ca: Option<(String, BindingSlot)>,
 }
 
-/// Opens a TLS connection to `host:port`.
+/// Opens a TLS connection to `host:port` over TCP.
 pub async fn dial(host: &str, port: u16, dialer: &Dialer) -> std::io::Result<TlsClientStream> {
+    dial_over(&Transport::Tcp, host, port, dialer).await
+}
+
+/// Opens a TLS connection to `host:port` over `transport`.
+pub async fn dial_over(
+    transport: &Transport,
+    host: &str,
+    port: u16,
+    dialer: &Dialer,
+) -> std::io::Result<TlsClientStream> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if let Some((_, slot)) = &dialer.ca {
         // A CA-certified relay proves its device key once per connection, in the session that
@@ -311,8 +322,7 @@ pub async fn dial(host: &str, port: u16, dialer: &Dialer) -> std::io::Result<Tls
             ));
         }
     }
-    let tcp = TcpStream::connect((host, port)).await?;
-    tcp.set_nodelay(true)?;
+    let tcp = transport.connect(host, port).await?;
     let name = dialer.ca.as_ref().map_or(CERT_NAME.to_string(), |(name, _)| name.clone());
     let name = ServerName::try_from(name).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsConnector::from(dialer.config.clone()).connect(name, tcp))
@@ -381,7 +391,7 @@ pub fn ca_client_config(
 }
 
 /// A client's TLS connection.
-pub struct TlsClientStream(tokio_rustls::client::TlsStream<TcpStream>);
+pub struct TlsClientStream(tokio_rustls::client::TlsStream<Conn>);
 
 /// Who is at the other end of a server's connection: its device key, proven in the handshake.
 #[derive(Clone, Copy, Debug)]
@@ -396,7 +406,7 @@ pub struct PeerDevice {
 
 /// A server's TLS connection, with the device it authenticated.
 pub struct TlsServerStream {
-    io: tokio_rustls::server::TlsStream<TcpStream>,
+    io: tokio_rustls::server::TlsStream<Conn>,
     peer: PeerDevice,
     /// This connection's place among [`SYNC_CONNECTIONS_MAX`], given back when it closes.
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -453,7 +463,7 @@ delegate_io!(TlsClientStream, 0);
 /// a slow or silent peer holds up nobody; at most [`SYNC_CONNECTIONS_MAX`] at once. Ends when
 /// the server drops it.
 pub fn incoming(
-    listener: TcpListener,
+    listener: impl Into<SyncListener>,
     config: Arc<rustls::ServerConfig>,
 ) -> ReceiverStream<std::io::Result<TlsServerStream>> {
     incoming_at_most(listener, config, SYNC_CONNECTIONS_MAX)
@@ -467,10 +477,11 @@ const DISPLACED_SLOT_WAIT: Duration = Duration::from_millis(100);
 /// honest device out: its handshake takes milliseconds, theirs never ends); when every one has
 /// completed its handshake, the new connection is closed at once.
 pub fn incoming_at_most(
-    listener: TcpListener,
+    listener: impl Into<SyncListener>,
     config: Arc<rustls::ServerConfig>,
     connections: usize,
 ) -> ReceiverStream<std::io::Result<TlsServerStream>> {
+    let mut listener = listener.into();
     let (tx, rx) = mpsc::channel(ACCEPTED_BACKLOG);
     let acceptor = TlsAcceptor::from(config);
     let slots = Arc::new(tokio::sync::Semaphore::new(connections));
@@ -521,7 +532,6 @@ pub fn incoming_at_most(
             let (acceptor, tx, under_way) = (acceptor.clone(), tx.clone(), handshaking.clone());
             let mut under_way_now = handshaking.lock().unwrap_or_else(|p| p.into_inner());
             let task = tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 under_way.lock().unwrap_or_else(|p| p.into_inner()).retain(|(other, _)| *other != id);
                 let io = match handshake {

@@ -12,3 +12,4 @@ mod sealing;
 mod spaces;
 mod support;
 mod topologies;
+mod turmoil_sim;
