@@ -259,9 +259,8 @@ impl PartDigester {
 
     /// The status encoding, or an empty register's when the case has no status part.
     fn status_bytes(&self) -> &[u8] {
-        const NO_VERSIONS: [u8; 8] = [0; 8];
         if self.status.is_empty() {
-            &NO_VERSIONS
+            &NO_STATUS_VERSIONS
         } else {
             &self.status
         }
@@ -279,18 +278,17 @@ impl PartDigester {
     /// Streaming: hashes what comes before `to` that is not hashed yet (the status and the
     /// count of shown fields before the first field; the count of entries before the first).
     fn advance(&mut self, to: Stage) {
-        let status: Vec<u8> = self.status_bytes().to_vec();
-        let (shown, entry_count) = (self.shown, self.entry_count);
-        if let Mode::Streaming { sha, stage } = &mut self.mode {
-            if *stage == Stage::Status && to > Stage::Status {
-                sha.update(&status);
-                sha.update(shown.to_be_bytes());
-                *stage = Stage::Fields;
-            }
-            if *stage == Stage::Fields && to > Stage::Fields {
-                sha.update(entry_count.to_be_bytes());
-                *stage = Stage::Entries;
-            }
+        let Mode::Streaming { sha, stage } = &mut self.mode else {
+            return;
+        };
+        if *stage == Stage::Status && to > Stage::Status {
+            sha.update(if self.status.is_empty() { &NO_STATUS_VERSIONS[..] } else { &self.status[..] });
+            sha.update(self.shown.to_be_bytes());
+            *stage = Stage::Fields;
+        }
+        if *stage == Stage::Fields && to > Stage::Fields {
+            sha.update(self.entry_count.to_be_bytes());
+            *stage = Stage::Entries;
         }
     }
 
@@ -301,6 +299,9 @@ impl PartDigester {
         }
     }
 }
+
+/// The encoding of a case without a status part: a status register of no versions.
+const NO_STATUS_VERSIONS: [u8; 8] = [0; 8];
 
 /// The encoding every case digest starts with.
 fn head(id: &CaseId) -> Vec<u8> {
