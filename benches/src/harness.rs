@@ -14,6 +14,10 @@ use crate::membership::BenchAdmin;
 use crate::probe::ProbeKey;
 use crate::workload::{self, PreloadReport, WorkloadSpec};
 
+/// Case states a preload holds in memory while it folds, as `replay-tool import` does (the
+/// engine's byte bound on a fold applies as well).
+const PRELOAD_CASES_IN_MEMORY: usize = 16_384;
+
 /// A node's data dir.
 #[derive(Clone, Debug)]
 pub struct NodeDir {
@@ -55,7 +59,7 @@ impl Harness {
         if let Some(found) = self.templates.get(&(spec.events, spec.authors)) {
             return Ok(found.clone());
         }
-        let dir = self.work.join(format!("template-{}-{}", spec.events, spec.authors));
+        let dir = self.template_dir(spec);
         // A template a run before left complete (same workload, same store format) in a work
         // dir kept with `--work-dir`: reused, which saves its preload (20-30 s at 1M events).
         let marker = dir.with_extension("json");
@@ -70,17 +74,53 @@ impl Harness {
                 .context("opening the template store")?;
         self.admin.prepare_template(&store, spec)?;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        // Loaded as `replay-tool import` loads a new data dir: no WAL (a template left unfinished
+        // has no marker and is made again), the views folded in memory while storing and written
+        // out as table files, every family flushed at the end.
+        store.write_without_wal();
+        store.begin_bulk_catch_up_holding(PRELOAD_CASES_IN_MEMORY, true);
         let report = workload::preload(&store, self.space, spec, threads)?;
+        store.end_bulk_catch_up().context("completing the template's views")?;
+        store.persist().context("flushing the template store")?;
         // A settled log, as on a device that has been in use: otherwise every copy of it starts
         // with the preload's pending flushes and compactions, and the node serving it spends
         // the measured seconds compacting on the cores the receiver needs.
-        store.compact().context("compacting the template store")?;
+        // Waiting for RocksDB's own compactions is enough: a full rewrite took minutes at 10M.
+        store.settle(std::time::Duration::from_secs(1800)).context("settling the template store")?;
         drop(store);
         let described = TemplateMarker::of(spec, &report);
         std::fs::write(&marker, serde_json::to_vec(&described)?)
             .with_context(|| format!("writing {}", marker.display()))?;
         self.templates.insert((spec.events, spec.authors), (dir.clone(), report));
         Ok((dir, report))
+    }
+
+    fn template_dir(&self, spec: WorkloadSpec) -> PathBuf {
+        self.work.join(format!("template-{}-{}", spec.events, spec.authors))
+    }
+
+    /// Removes the preloaded template of a workload (and its marker), to free its disk.
+    pub fn remove_template(&mut self, spec: WorkloadSpec) -> anyhow::Result<()> {
+        self.templates.remove(&(spec.events, spec.authors));
+        let dir = self.template_dir(spec);
+        let _ = std::fs::remove_file(dir.with_extension("json"));
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes the data dirs of a scenario's nodes (`work/scenario`).
+    pub fn remove_scenario_dirs(&self, scenario: &str) -> anyhow::Result<()> {
+        let dir = self.work.join(scenario);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", dir.display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Inits a data dir `scenario/name` (relay or not), optionally with a copy of a template log,

@@ -2,6 +2,7 @@
 //! agree (event counts and state hashes).
 
 pub mod catch_up;
+pub mod growth;
 pub mod hostile;
 pub mod incremental;
 pub mod limits;

@@ -7,6 +7,7 @@ pub mod families;
 #[cfg(test)]
 pub(crate) mod fault_plan;
 pub mod format;
+pub mod memory;
 
 use crate::model::sealing::KeySet;
 use std::path::{Path, PathBuf};
@@ -17,15 +18,11 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOp
 use crate::codec::keys::{prefix_end, ALL_CFS, CF_CASES_LEGACY};
 use crate::error::{OpenError, StoreError};
 use families::{known_families, tuned_family_options};
-
-/// Budget for all memtables of a store together, in bytes.
-pub const MEMTABLES_BYTES_MAX: usize = 64 << 20;
+use memory::MemoryBudget;
 
 /// Bound on the WAL files kept (see [`Db::open`]), in bytes.
 pub const WAL_BYTES_MAX: u64 = 128 << 20;
 
-/// Block cache shared by all column families, in bytes.
-pub const BLOCK_CACHE_BYTES: usize = 64 << 20;
 /// Table files RocksDB keeps open at once (the rest are opened as read, through its table
 /// cache): well under the usual limit of 1024 descriptors per process, leaving room for sockets.
 pub const OPEN_FILES_MAX: i32 = 512;
@@ -48,6 +45,8 @@ pub enum Durability {
 pub struct Db {
     db: DB,
     path: PathBuf,
+    /// The bounds of its caches and buffers.
+    memory: MemoryBudget,
     poisoned: AtomicBool,
     durability: AtomicU8,
     /// The data keys this process unlocked, which every fold opens sealed bodies with (empty on
@@ -70,7 +69,7 @@ impl std::fmt::Debug for Db {
 impl Db {
     /// Opens (creating if needed) the database in `path` with every column family, checks (and
     /// upgrades) its format version, and drops the family older formats kept projections in.
-    pub fn open(path: &Path) -> Result<Db, OpenError> {
+    pub fn open(path: &Path, memory: MemoryBudget) -> Result<Db, OpenError> {
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
@@ -78,7 +77,7 @@ impl Db {
         db_options.set_keep_log_file_num(4);
         // Memory: all memtables together stay under this budget (RocksDB flushes the largest when
         // it is reached), so a node stays well under 256 MiB even during a million-event sync.
-        db_options.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
+        db_options.set_db_write_buffer_size(memory.memtables_bytes);
         // WAL files live until every family with data in them has flushed; small families (meta,
         // heads) flush rarely, so without a bound the WAL grew to hundreds of MiB in a 1M-event
         // sync and an open after a crash replayed all of it. Past this total RocksDB flushes
@@ -87,12 +86,18 @@ impl Db {
         // File descriptors: RocksDB keeps every table file open by default, so a large store
         // (and a node's sockets beside it) could exhaust the process's limit, failing writes.
         db_options.set_max_open_files(OPEN_FILES_MAX);
+        // No readahead buffer per input file of a compaction (RocksDB's default is 2 MiB each):
+        // the compaction after a bulk catch-up of 10M events joins its several hundred spill
+        // files at once, and their buffers took the node from 193 MiB to 920. The files are
+        // read sequentially, which the kernel's own readahead serves.
+        db_options.set_compaction_readahead_size(0);
         // One block cache for every column family (RocksDB's default is a cache per family).
-        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let cache = rocksdb::Cache::new_lru_cache(memory.block_cache_bytes);
         let existing = known_families(path)?;
         let has_legacy_cases = existing.iter().any(|name| name == CF_CASES_LEGACY);
-        let descriptors =
-            ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, tuned_family_options(name, Some(&cache))));
+        let descriptors = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, tuned_family_options(name, Some(&cache), &memory)));
         // Formats 1 and 2: opened only to be dropped once the format is upgraded.
         let legacy = has_legacy_cases.then(|| ColumnFamilyDescriptor::new(CF_CASES_LEGACY, Options::default()));
         let mut db = DB::open_cf_descriptors(&db_options, path, descriptors.chain(legacy))?;
@@ -108,6 +113,7 @@ impl Db {
         Ok(Db {
             db,
             path: path.to_path_buf(),
+            memory,
             poisoned: AtomicBool::new(false),
             durability: AtomicU8::new(Durability::Synced as u8),
             keys: std::sync::RwLock::default(),
@@ -121,6 +127,11 @@ impl Db {
     /// The directory of the database.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The bounds of its caches and buffers.
+    pub fn memory(&self) -> MemoryBudget {
+        self.memory
     }
 
     /// The data keys folds open sealed bodies with.
@@ -229,6 +240,17 @@ impl Db {
         Ok(self.db.flush_cfs_opt(&families, &flush)?)
     }
 
+    /// Flushes every column family and waits until RocksDB has no compaction pending or running
+    /// (at most `timeout`): the shape a store in use settles into, without rewriting every file
+    /// as [`Db::compact`] does.
+    pub fn settle(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        self.flush_families(&ALL_CFS)?;
+        let mut options = rocksdb::WaitForCompactOptions::default();
+        options.set_flush(true);
+        options.set_timeout(u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX));
+        Ok(self.db.wait_for_compact(&options)?)
+    }
+
     /// Flushes every column family and compacts each to its last level, waiting for both: the
     /// database is left settled (no pending flush or compaction).
     pub fn compact(&self) -> Result<(), StoreError> {
@@ -329,6 +351,31 @@ pub fn held_by_another_process(_db: &Path) -> bool {
 }
 
 /// Read options for iterating across cases in the `case_parts` family, past its prefix filter.
+/// What a scan of a whole family may hold in readahead buffers, all files together.
+pub const SCAN_READAHEAD_BYTES_MAX: usize = 16 << 20;
+
+/// Readahead per file of a scan, at most (with few files) and at least (with thousands).
+const SCAN_READAHEAD_PER_FILE_MAX: usize = 2 << 20;
+/// See [`SCAN_READAHEAD_PER_FILE_MAX`].
+const SCAN_READAHEAD_PER_FILE_MIN: usize = 4 << 10;
+
+impl Db {
+    /// The readahead for each file a scan of family `cf` reads: a scan reads every file of the
+    /// family at once, each with a buffer of this size, so it is [`SCAN_READAHEAD_BYTES_MAX`]
+    /// shared among the files (right after a bulk catch-up of 10M events, several hundred spill
+    /// files wait for their compaction: at 2 MiB each, a state hash scan then took 700 MiB).
+    pub(crate) fn scan_readahead(&self, cf: &str) -> usize {
+        let files: u64 = (0..7)
+            .filter_map(|level| {
+                self.db.property_int_value_cf(self.cf(cf), &format!("rocksdb.num-files-at-level{level}")).ok().flatten()
+            })
+            .sum();
+        let files = usize::try_from(files).unwrap_or(usize::MAX).max(1);
+        // Never 0: RocksDB takes that for its automatic readahead, up to 256 KiB a file.
+        (SCAN_READAHEAD_BYTES_MAX / files).clamp(SCAN_READAHEAD_PER_FILE_MIN, SCAN_READAHEAD_PER_FILE_MAX)
+    }
+}
+
 pub(crate) fn total_order() -> rocksdb::ReadOptions {
     let mut read = rocksdb::ReadOptions::default();
     read.set_total_order_seek(true);

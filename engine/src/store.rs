@@ -29,6 +29,7 @@ use crate::projection::history::{self, HistoryItem};
 use crate::projection::operation_of;
 use crate::projection::queries::{self, CaseFilter};
 use crate::projection::spill_files;
+use crate::storage::memory::MemoryBudget;
 use crate::storage::{Db, Durability};
 use crate::writer::Writer;
 
@@ -56,12 +57,14 @@ pub struct StoreOptions {
     pub projections: bool,
     /// Whose events are stored and counted (see [`Access`]).
     pub access: Access,
+    /// The bounds of its caches and buffers.
+    pub memory: MemoryBudget,
 }
 
 impl Default for StoreOptions {
     /// Projections, and every event judged by its space's membership.
     fn default() -> Self {
-        StoreOptions { projections: true, access: Access::Members }
+        StoreOptions { projections: true, access: Access::Members, memory: MemoryBudget::default() }
     }
 }
 
@@ -70,7 +73,7 @@ impl StoreOptions {
     /// ([`Access::Compatible`]): for operators' tools on existing logs, and tests of the log's
     /// mechanics under throwaway keys.
     pub fn compatible() -> StoreOptions {
-        StoreOptions { projections: true, access: Access::Compatible }
+        StoreOptions { projections: true, access: Access::Compatible, memory: MemoryBudget::default() }
     }
 }
 
@@ -104,7 +107,7 @@ impl Store {
     /// [`Store::open`] holding the data keys wrapped in the log to `recipients` (this device's
     /// key, and the invitation key it joined with), so that folds open sealed bodies.
     pub fn open_unlocked(path: &Path, options: StoreOptions, recipients: Vec<DeviceKey>) -> Result<Store, OpenError> {
-        let db = Db::open(path)?;
+        let db = Db::open(path, options.memory)?;
         // Only once the store is ours (RocksDB's lock): spill files a crash left are not wanted.
         spill_files::remove_stale(path)?;
         let log = LogState::load(&db, options.access)?;
@@ -127,6 +130,11 @@ impl Store {
     /// The directory of the store.
     pub fn path(&self) -> &Path {
         self.db.path()
+    }
+
+    /// The bounds of its caches and buffers.
+    pub fn memory(&self) -> MemoryBudget {
+        self.db.memory()
     }
 
     /// Whether this store maintains case projections.
@@ -174,6 +182,13 @@ impl Store {
     /// must not leave background work behind (a preloaded log, before it is copied and timed).
     pub fn compact(&self) -> Result<(), StoreError> {
         self.db.compact()
+    }
+
+    /// Flushes every column family and waits (at most `timeout`) until no compaction is pending
+    /// or running: the store is left as one in use settles, without the full rewrite of
+    /// [`Store::compact`] (a preloaded log of millions of events, before it is copied and timed).
+    pub fn settle(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        self.db.settle(timeout)
     }
 
     // ---- The log ----------------------------------------------------------------------------
@@ -357,7 +372,7 @@ impl Store {
     /// its ingest thread at 1M events).
     pub fn begin_bulk_catch_up_holding(&self, cases: usize, state_hash: bool) {
         if self.options.projections {
-            self.lock_writer().bulk.begin(cases, state_hash);
+            self.lock_writer().bulk.begin(cases, self.db.memory().fold_bytes, state_hash);
         }
     }
 

@@ -139,6 +139,7 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
         relay: args.relay,
         announce: true,
         transport: Default::default(),
+        memory_mib: args.memory_mib,
     };
     let node = Node::start(config).await?;
     eprintln!(

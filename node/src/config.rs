@@ -30,6 +30,10 @@ pub struct FileConfig {
     /// Store and forward only: no case views.
     #[serde(default)]
     pub relay: bool,
+    /// The store's caches and buffers (block cache, memtables, bulk fold) within this many MiB
+    /// (at least 24; default 48).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<usize>,
     /// A CA-issued certificate chain (PEM) this node presents to peers instead of its device
     /// certificate: a relay reachable from the internet under its host name. With `tls_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

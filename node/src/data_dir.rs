@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use casesync_engine::error::StorageFault;
 use casesync_engine::identity::DeviceIdentity;
 use casesync_engine::model::ids::SpaceId;
+use casesync_engine::storage::memory::MemoryBudget;
 use casesync_engine::store::{Store, StoreOptions};
 use rand::RngCore;
 use serde::Serialize;
@@ -130,7 +131,17 @@ pub struct OpenDataDir {
 /// Opens a data dir (blocking). A data dir copied to another machine or path continues as a new
 /// device with a new key, so the copy can never fork the original's chain.
 pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
+    open_within(data, relay_flag, None)
+}
+
+/// [`open`], with the store's caches and buffers within `memory_mib` MiB (else the data dir's
+/// `memory_mib`, else the engine's default).
+pub fn open_within(data: &Path, relay_flag: bool, memory_mib: Option<usize>) -> anyhow::Result<OpenDataDir> {
     let config = FileConfig::load(data)?;
+    let memory = match memory_mib.or(config.memory_mib) {
+        Some(mib) => MemoryBudget::within_mib(mib).context("the memory budget (--memory-mib, memory_mib)")?,
+        None => MemoryBudget::default(),
+    };
     casesync_engine::identity::secure_data_dir(data)?;
     let spaces = config.node_spaces()?;
     let space = spaces[0].space;
@@ -152,7 +163,7 @@ pub fn open(data: &Path, relay_flag: bool) -> anyhow::Result<OpenDataDir> {
     }
     std::fs::write(data.join(INSTANCE_FILE), &here).context("writing the instance file")?;
     let relay = relay_flag || config.relay;
-    let options = StoreOptions { projections: !relay, ..StoreOptions::default() };
+    let options = StoreOptions { projections: !relay, memory, ..StoreOptions::default() };
     let store = Store::open_unlocked(&db_path(data), options, identity.recipients()).map_err(|e| {
         let context = if e.fault() == Some(StorageFault::NoSpace) {
             crate::grpc_status::DISK_FULL

@@ -31,29 +31,23 @@ pub enum IngestThreadError {
     Panicked,
 }
 
-/// Kibibytes of received events that the pipelines of one ingest thread hold at once, waiting or
-/// being ingested, over all their streams: 64 MiB. Past it a stream reads no more from its peer
-/// (HTTP/2 flow control holds the peer back) until ingests free room, so many streams of large
-/// events cannot grow a node's memory without bound.
-pub const RECEIVED_KIB_MAX: usize = 64 * 1024;
-
 /// Handle to the thread; dropping the last handle ends it once its queue is empty.
 pub struct IngestThread {
     jobs: mpsc::Sender<Job>,
-    /// Room for received events ([`RECEIVED_KIB_MAX`]), one permit a KiB.
+    /// Room for received events (the store's `MemoryBudget::received_bytes`), one permit a KiB:
+    /// past it a stream reads no more from its peer (HTTP/2 flow control holds the peer back)
+    /// until ingests free room, so many streams of large events cannot grow a node's memory
+    /// without bound.
     budget: Arc<Semaphore>,
     /// The budget's size, in KiB.
     budget_kib: usize,
 }
 
 impl IngestThread {
-    /// Starts the thread.
-    pub fn start() -> std::io::Result<IngestThread> {
-        IngestThread::with_room(RECEIVED_KIB_MAX)
-    }
-
-    /// Starts the thread with room for `kib` KiB of received events.
-    fn with_room(kib: usize) -> std::io::Result<IngestThread> {
+    /// Starts the thread, with room for `bytes` of received events (at least 1 KiB).
+    pub fn start(bytes: usize) -> std::io::Result<IngestThread> {
+        // Permits are taken as u32 at most: no budget needs more than 4 TiB of them.
+        let kib = (bytes / 1024).clamp(1, u32::MAX as usize);
         let (jobs, mut queue) = mpsc::channel::<Job>(QUEUED_JOBS_MAX);
         std::thread::Builder::new().name("casesync-ingest".into()).spawn(move || {
             while let Some(job) = queue.blocking_recv() {
@@ -130,7 +124,7 @@ pub const COALESCED_BYTES_MAX: usize = 8 * BATCH_BYTES_MAX;
 /// ones. Batches that arrive while it runs wait and are joined (up to [`COALESCED_EVENTS_MAX`]
 /// events and [`COALESCED_BYTES_MAX`] bytes) into the next ingest. Ingests run in arrival order,
 /// and memory stays bounded: one ingest in the store and at most that much waiting per stream,
-/// and at most [`RECEIVED_KIB_MAX`] over all the streams of the thread.
+/// and at most the thread's room for received events over all its streams.
 pub struct Pipeline<T> {
     job: Arc<dyn Fn(PreparedBatch) -> T + Send + Sync>,
     in_flight: Option<Pending<T>>,
@@ -235,7 +229,7 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_run_in_order_and_a_panic_does_not_stop_the_thread() {
-        let thread = IngestThread::start().unwrap();
+        let thread = IngestThread::start(64 << 20).unwrap();
         let first = thread.submit(|| std::thread::current().name().map(str::to_string)).await.unwrap();
         let second = thread.submit(|| 2).await.unwrap();
         assert_eq!(first.wait().await.unwrap().as_deref(), Some("casesync-ingest"));
@@ -250,7 +244,7 @@ mod tests {
     async fn batches_arriving_while_an_ingest_runs_are_joined_into_the_next() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Mutex;
-        let thread = IngestThread::start().unwrap();
+        let thread = IngestThread::start(64 << 20).unwrap();
         let gate = Arc::new(Mutex::new(()));
         let calls = Arc::new(AtomicUsize::new(0));
         let (job_gate, job_calls) = (gate.clone(), calls.clone());
@@ -285,7 +279,7 @@ mod tests {
     #[allow(clippy::await_holding_lock)] // The gate is held on purpose while batches are pushed.
     async fn streams_hold_no_more_than_the_thread_s_room_and_a_stream_waits_for_it_holding_none() {
         use std::sync::Mutex;
-        let thread = Arc::new(IngestThread::with_room(256).unwrap());
+        let thread = Arc::new(IngestThread::start(256 * 1024).unwrap());
         let gate = Arc::new(Mutex::new(()));
         let job = |gate: Arc<Mutex<()>>| {
             move |batch: PreparedBatch| {

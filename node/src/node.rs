@@ -44,6 +44,9 @@ pub struct NodeConfig {
     pub announce: bool,
     /// What sync connections run over (TCP but in simulation tests).
     pub transport: Transport,
+    /// The store's caches and buffers within this many MiB (else the data dir's `memory_mib`,
+    /// else the engine's default).
+    pub memory_mib: Option<usize>,
 }
 
 impl NodeConfig {
@@ -58,6 +61,7 @@ impl NodeConfig {
             relay: false,
             announce: false,
             transport: Transport::Tcp,
+            memory_mib: None,
         }
     }
 }
@@ -112,8 +116,8 @@ impl Node {
     /// clients can connect at once.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         let data = config.data.clone();
-        let relay = config.relay;
-        let opened = tokio::task::spawn_blocking(move || data_dir::open(&data, relay)).await??;
+        let (relay, memory_mib) = (config.relay, config.memory_mib);
+        let opened = tokio::task::spawn_blocking(move || data_dir::open_within(&data, relay, memory_mib)).await??;
         let relay = relay || opened.config.relay;
         let tls_roots = match &opened.config.tls_roots {
             Some(path) => crate::tls::roots_from_pem(path)?,

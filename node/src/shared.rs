@@ -137,6 +137,7 @@ impl Shared {
         let (changes, _) = watch::channel(store.next_position());
         let (visible, _) = watch::channel(store.next_position());
         let (stopping, _) = watch::channel(false);
+        let ingest = IngestThread::start(store.memory().received_bytes)?;
         Ok(Arc::new(Shared {
             store,
             identity,
@@ -148,7 +149,7 @@ impl Shared {
             changes,
             visible,
             stopping,
-            ingest: IngestThread::start()?,
+            ingest,
             bulk_catch_ups: AtomicU64::new(0),
             bulk_running: watch::channel(0).0,
             known: Mutex::new(HashMap::new()),

@@ -10,6 +10,7 @@ use casesync_benches::harness::Harness;
 use casesync_benches::machine::{git_revision, Machine};
 use casesync_benches::report::{Bound, RunReport, ScenarioReport};
 use casesync_benches::scenario::catch_up::{self, CatchUpOptions};
+use casesync_benches::scenario::growth::{self, GrowthOptions};
 use casesync_benches::scenario::hostile::{self, Flood, HostileOptions};
 use casesync_benches::scenario::incremental::{self, IncrementalOptions};
 use casesync_benches::scenario::limits::{self, LimitsOptions};
@@ -34,7 +35,8 @@ fn small_pages_only() {
 #[command(name = "sync-bench")]
 struct Args {
     /// Scenarios to run, comma-separated: limits, full, relay, incremental, small-syncs, replay, all;
-    /// and hostile (floods from a hostile member), which runs only when named.
+    /// and, only when named: hostile (floods from a hostile member) and growth (full sync at
+    /// several log sizes and author counts).
     #[arg(long, default_value = "all", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Events on node A (full, relay, replay).
@@ -64,6 +66,20 @@ struct Args {
     /// Hostile: small floods (for tests).
     #[arg(long)]
     hostile_quick: bool,
+    /// Growth: the log sizes, comma-separated.
+    #[arg(long, default_value = "100000,1000000,10000000", value_delimiter = ',')]
+    growth_sizes: Vec<u64>,
+    /// Growth: the author counts, comma-separated.
+    #[arg(long, default_value = "1,8,64", value_delimiter = ',')]
+    growth_authors: Vec<usize>,
+    /// Keep every preloaded template in the work dir (growth removes each once used, so that one
+    /// 10M-event log at a time is on disk), for a later run with `--work-dir` to reuse.
+    #[arg(long)]
+    keep_templates: bool,
+    /// Start every node with its caches and buffers within this many MiB (`casesync serve
+    /// --memory-mib`); default: the node's own.
+    #[arg(long)]
+    memory_mib: Option<usize>,
     /// Limits: fewer iterations.
     #[arg(long)]
     quick_limits: bool,
@@ -89,7 +105,8 @@ fn wanted(args: &Args, name: &str) -> bool {
 fn main() -> anyhow::Result<()> {
     small_pages_only();
     let args = Args::parse();
-    let bins = Binaries::locate(args.casesync.clone(), args.replay_tool.clone())?;
+    let mut bins = Binaries::locate(args.casesync.clone(), args.replay_tool.clone())?;
+    bins.memory_mib = args.memory_mib;
     let temp = tempfile::Builder::new().prefix("sync-bench-").tempdir().context("creating a work dir")?;
     let work = args.work_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -157,6 +174,18 @@ fn main() -> anyhow::Result<()> {
         let options =
             HostileOptions { events: args.hostile_events, authors: args.authors, quick: args.hostile_quick, floods };
         scenarios.extend(hostile::run(&mut h, &runtime, &options));
+    }
+    if args.scenarios.iter().any(|s| s == "growth") {
+        progress("growth");
+        if args.growth_sizes.contains(&0) || args.growth_authors.contains(&0) {
+            anyhow::bail!("--growth-sizes and --growth-authors take counts above zero");
+        }
+        let options = GrowthOptions {
+            sizes: args.growth_sizes.clone(),
+            authors: args.growth_authors.clone(),
+            keep_templates: args.keep_templates,
+        };
+        scenarios.extend(growth::run(&mut h, &runtime, &options));
     }
     attach_bounds(&mut scenarios);
 

@@ -13,18 +13,28 @@ pub const CASE_PART_MERGE: &str = "casesync.case_part.join.v1";
 /// associative, so RocksDB may combine operands in any grouping, at read, flush or compaction.
 /// Returns `None` (RocksDB reports corruption) for a key or value this build did not write.
 pub fn merge_case_part(key: &[u8], existing: Option<&[u8]>, operands: &rocksdb::MergeOperands) -> Option<Vec<u8>> {
-    let Some((case, part)) = parse_case_part_key(key) else {
+    if parse_case_part_key(key).is_none() {
         tracing::error!(key = %hex::encode(key), "merge of a malformed case key");
         return None;
-    };
+    }
     if existing.is_none() && operands.len() == 1 {
         // One part state and nothing to join it with (every part of a rebuild or a bulk
         // catch-up, at read and at its first compaction): the join is the part itself. It is
         // decoded, and checked, wherever it is read.
         return operands.iter().next().map(<[u8]>::to_vec);
     }
+    join_case_part_values(key, existing.into_iter().chain(operands))
+}
+
+/// Joins encoded states of one case part (the part `key` names), as the merge operator does:
+/// the join of all of them, encoded; `None` for a key or value this build did not write.
+pub fn join_case_part_values<'a>(key: &[u8], values: impl IntoIterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let Some((case, part)) = parse_case_part_key(key) else {
+        tracing::error!(key = %hex::encode(key), "merge of a malformed case key");
+        return None;
+    };
     let mut state = CaseState::new(case);
-    for (index, value) in existing.into_iter().chain(operands).enumerate() {
+    for (index, value) in values.into_iter().enumerate() {
         let joined = if index == 0 {
             wire::decode_case_part(&mut state, &part, value)
         } else {

@@ -33,13 +33,6 @@ use crate::storage::Db;
 /// over the blocking pool's malloc arenas, the same 16k took node B to 323 MiB.
 pub(crate) const BULK_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 
-/// The estimated memory ([`Fold::held_bytes`]) of the case states a bulk catch-up keeps before
-/// staging the least recently touched as deltas, whatever their number: one case a member filled
-/// with half a million field names, or cases of values near the event size limit, would otherwise
-/// be held whole. Honest catch-ups stay far below it (16k cases of a few edits each hold a few
-/// MiB); with the spills queued behind it, a fold holds at most about twice this.
-pub(crate) const BULK_CASE_BYTES_IN_MEMORY: usize = if cfg!(test) { 256 * 1024 } else { 48 * 1024 * 1024 };
-
 /// The bulk catch-ups of a store in progress, and each space's deltas.
 #[derive(Default)]
 pub(crate) struct BulkState {
@@ -50,6 +43,13 @@ pub(crate) struct BulkState {
     folds: HashMap<SpaceId, BulkFold>,
     /// Case states held before the least recently touched are written out.
     cases_max: usize,
+    /// The estimated memory ([`Fold::held_bytes`]) of the case states held before the least
+    /// recently touched are written out, whatever their number (the store's
+    /// `MemoryBudget::fold_bytes`): one case a member filled with half a million field names, or
+    /// cases of values near the event size limit, would otherwise be held whole. Honest
+    /// catch-ups of few cases stay far below it; with the spills queued behind it, a fold holds
+    /// at most about twice this.
+    bytes_max: usize,
     /// Whether a bulk catch-up into empty projections digests the cases it writes out, to commit
     /// the state hash with the watermark.
     digests: bool,
@@ -72,9 +72,10 @@ pub(crate) struct BulkFold {
 impl BulkState {
     /// Begins a bulk catch-up holding up to `cases` case states in memory; with `state_hash`, a
     /// catch-up into empty projections digests what it writes out.
-    pub(crate) fn begin(&mut self, cases: usize, state_hash: bool) {
+    pub(crate) fn begin(&mut self, cases: usize, bytes: usize, state_hash: bool) {
         self.active += 1;
         self.cases_max = cases.max(4);
+        self.bytes_max = bytes;
         self.digests |= state_hash;
     }
 
@@ -115,16 +116,16 @@ impl BulkState {
     /// hands the least recently touched quarter to the spill writers when more than the bound
     /// are held. Nothing reaches the views before [`finish`].
     pub(crate) fn fold(&mut self, space: &SpaceId, events: &[SignedEvent]) -> Result<(), StoreError> {
-        let cases_max = self.cases_max;
+        let (cases_max, bytes_max) = (self.cases_max, self.bytes_max);
         let Some(bulk) = self.folds.get_mut(space).filter(|bulk| bulk.usable) else {
             return Ok(());
         };
         fold_events(&mut bulk.fold, events);
-        if bulk.fold.case_count() < cases_max && bulk.fold.held_bytes() <= BULK_CASE_BYTES_IN_MEMORY {
+        if bulk.fold.case_count() < cases_max && bulk.fold.held_bytes() <= bytes_max {
             return Ok(());
         }
         let quarter = if bulk.fold.case_count() < cases_max { 0 } else { cases_max / 4 };
-        bulk.writers.spill(bulk.fold.evict_least_recent_within(quarter, BULK_CASE_BYTES_IN_MEMORY / 2))
+        bulk.writers.spill(bulk.fold.evict_least_recent_within(quarter, bytes_max / 2))
     }
 
     /// Opens the rest of every bulk fold's sealed bodies with `keys`, which a membership commit

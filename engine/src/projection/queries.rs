@@ -212,7 +212,7 @@ pub(crate) fn scan_cases(
     let mut read = total_order();
     read.set_iterate_upper_bound(prefix_end(space.as_bytes()));
     read.fill_cache(fill_cache);
-    read.set_readahead_size(2 << 20);
+    read.set_readahead_size(db.scan_readahead(CF_CASES));
     let iter =
         db.rocks().iterator_cf_opt(db.cf(CF_CASES), read, IteratorMode::From(space.as_bytes(), Direction::Forward));
     assemble_cases(space, iter, f)
@@ -288,7 +288,7 @@ pub(crate) fn scanned_state_hash(db: &Db, space: &SpaceId) -> Result<String, Sto
     let mut read = total_order();
     read.set_iterate_upper_bound(prefix_end(space.as_bytes()));
     read.fill_cache(false);
-    read.set_readahead_size(2 << 20);
+    read.set_readahead_size(db.scan_readahead(CF_CASES));
     read.set_snapshot(&snapshot);
     let iter =
         db.rocks().iterator_cf_opt(db.cf(CF_CASES), read, IteratorMode::From(space.as_bytes(), Direction::Forward));

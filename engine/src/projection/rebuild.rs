@@ -21,9 +21,6 @@ use crate::storage::Db;
 /// rebuild's memory whatever the number of cases, without reading anything back.
 const REBUILD_CASES_IN_MEMORY: usize = if cfg!(test) { 4 } else { 16_384 };
 
-/// The estimated memory of the case states a rebuild keeps (see `BULK_CASE_BYTES_IN_MEMORY`).
-const REBUILD_CASE_BYTES_IN_MEMORY: usize = super::bulk_catch_up::BULK_CASE_BYTES_IN_MEMORY;
-
 /// Rebuilds a space's projections from its log; returns the state hash.
 ///
 /// The watermark is removed first (synced); the old projections are cleared while the log is
@@ -102,10 +99,10 @@ fn fold_into_spill_files(
         for (header, operation) in run {
             fold.apply_operation(header, operation.take(), |_| Ok::<_, StoreError>(None))?;
             let over_count = fold.case_count() >= REBUILD_CASES_IN_MEMORY;
-            if over_count || fold.held_bytes() > REBUILD_CASE_BYTES_IN_MEMORY {
+            if over_count || fold.held_bytes() > db.memory().fold_bytes {
                 db.fault_point("rebuild: spill")?;
                 let quarter = if over_count { REBUILD_CASES_IN_MEMORY / 4 } else { 0 };
-                writers.spill(fold.evict_least_recent_within(quarter, REBUILD_CASE_BYTES_IN_MEMORY / 2))?;
+                writers.spill(fold.evict_least_recent_within(quarter, db.memory().fold_bytes / 2))?;
             }
         }
         Ok(())

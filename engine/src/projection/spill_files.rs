@@ -23,10 +23,12 @@ use super::fold::HeldCase;
 use super::incremental::note_written;
 use super::written_digests::WrittenDigests;
 use crate::codec::keys::{CF_CASES, CF_CASE_EVENTS};
+use crate::codec::merge_operator::join_case_part_values;
 use crate::codec::wire;
 use crate::error::StoreError;
-use crate::model::ids::SpaceId;
+use crate::model::ids::{AuthorId, SpaceId};
 use crate::storage::families::tuned_family_options;
+use crate::storage::memory::MemoryBudget;
 use crate::storage::Db;
 
 /// The directory, inside a store's, where spill files wait for their ingest.
@@ -76,10 +78,49 @@ impl SpillFiles {
         })
     }
 
-    /// Writes one spill (case states in case id order, as [`super::Fold`] gives them out): each
+    /// Encodes one spill (case states, as [`super::Fold`] gives them out) into `gathered`: each
     /// non-empty part as a merge operand, each case's history in records of up to
-    /// `HISTORY_ENTRIES_PER_RECORD` events; notes each case written in `digests`, if given.
-    pub(crate) fn write(&self, cases: &[HeldCase], mut digests: Option<&mut WrittenDigests>) -> Result<(), StoreError> {
+    /// `HISTORY_ENTRIES_PER_RECORD` events; notes each case encoded in `digests`, if given.
+    /// Whenever `gathered` passes [`GATHERED_BYTES_MAX`] it is written out, so a large spill (a
+    /// fold's last: every case it held) is never held twice, and each case is dropped once
+    /// encoded.
+    fn gather(
+        &self,
+        gathered: &mut Gathered,
+        cases: Vec<HeldCase>,
+        mut digests: Option<&mut WrittenDigests>,
+    ) -> Result<(), StoreError> {
+        let mut buffers = wire::PartBuffers::default();
+        let mut cases = cases.into_iter();
+        loop {
+            let run: Vec<HeldCase> = cases.by_ref().take(WARM_AHEAD_CASES).collect();
+            if run.is_empty() {
+                return Ok(());
+            }
+            std::hint::black_box(run.iter().map(HeldCase::warm).fold(0usize, usize::wrapping_add));
+            for held in run {
+                let state = &held.state;
+                let staged = wire::for_each_case_part(&self.space, state, &mut buffers, |key, value| {
+                    gathered.push(Family::Parts, key, value)
+                })?;
+                for (key, value) in held.history_records(&self.space) {
+                    gathered.push(Family::History, &key, &value)?;
+                }
+                note_written(digests.as_deref_mut(), state, staged);
+                if gathered.len_bytes() >= GATHERED_BYTES_MAX {
+                    self.write_gathered(gathered)?;
+                }
+            }
+        }
+    }
+
+    /// Writes what `gathered` holds as one file per family, in key order, and empties it. Parts
+    /// of one case gathered from several spills are joined into one operand first (as the merge
+    /// operator would join them); history records never share a key.
+    fn write_gathered(&self, gathered: &mut Gathered) -> Result<(), StoreError> {
+        if gathered.is_empty() {
+            return Ok(());
+        }
         let number = self.next_file.fetch_add(1, Ordering::Relaxed);
         let parts_path = self.dir.join(format!("parts-{number:06}.sst"));
         let history_path = self.dir.join(format!("history-{number:06}.sst"));
@@ -87,22 +128,25 @@ impl SpillFiles {
         parts.open(&parts_path)?;
         let mut history = SstFileWriter::create(&self.history_options);
         history.open(&history_path)?;
-        let (mut parts_written, mut history_written) = (false, false);
-        let mut buffers = wire::PartBuffers::default();
-        for run in cases.chunks(WARM_AHEAD_CASES) {
-            std::hint::black_box(run.iter().map(HeldCase::warm).fold(0usize, usize::wrapping_add));
-            for held in run {
-                let state = &held.state;
-                let staged =
-                    wire::for_each_case_part(&self.space, state, &mut buffers, |key, value| parts.merge(key, value))?;
-                for (key, value) in held.history_records(&self.space) {
-                    history.put(key, value)?;
-                    history_written = true;
-                }
-                parts_written |= staged;
-                note_written(digests.as_deref_mut(), state, staged);
+        let parts_written = gathered.write_joined(Family::Parts, |key, values| match values {
+            [value] => Ok(parts.merge(key, value)?),
+            _ => {
+                let joined = join_case_part_values(key, values.iter().copied()).ok_or_else(|| StoreError::Corrupt {
+                    space: self.space,
+                    author: AuthorId::default(),
+                    seq: 0,
+                    reason: format!("a spilled case part did not decode (key {})", hex::encode(key)),
+                })?;
+                Ok(parts.merge(key, joined)?)
             }
-        }
+        })?;
+        let history_written = gathered.write_joined(Family::History, |key, values| {
+            for value in values {
+                history.put(key, value)?;
+            }
+            Ok(())
+        })?;
+        gathered.clear();
         let parts = finish(parts, parts_written, parts_path)?;
         let history = finish(history, history_written, history_path)?;
         let mut written = self.written.lock().unwrap_or_else(|poison| poison.into_inner());
@@ -128,7 +172,7 @@ impl SpillFiles {
 /// LZ4 was the largest share of the spill writers' time (a rebuild of 1M events: 1.88-2.10 s
 /// uncompressed, 1.96-2.30 s with LZ4, interleaved).
 fn spill_options(family: &str) -> Options {
-    let mut options = tuned_family_options(family, None);
+    let mut options = tuned_family_options(family, None, &MemoryBudget::default());
     options.set_compression_type(rocksdb::DBCompressionType::None);
     options
 }
@@ -144,6 +188,104 @@ fn finish(mut writer: SstFileWriter<'_>, written: bool, path: PathBuf) -> Result
         drop(writer);
         std::fs::remove_file(&path).map_err(StoreError::Io)?;
         Ok(None)
+    }
+}
+
+/// Encoded bytes of spills a writer gathers before it writes them out as one file per family:
+/// a bulk fold that writes nearly every event out on its own (authors cycling over far more cases
+/// than it holds) spilled thousands of files of half a MiB at 10M events, and the compaction that
+/// joined them after the ingest merged all of them at once, its cost per record growing with
+/// their number. Gathered, a 10M-event catch-up writes a few hundred.
+pub(crate) const GATHERED_BYTES_MAX: usize = if cfg!(test) { 512 } else { 4 << 20 };
+
+/// The family a gathered record goes to.
+#[derive(Clone, Copy)]
+enum Family {
+    Parts,
+    History,
+}
+
+/// Records of several spills, keys and values back to back in one buffer, not yet in key order.
+/// Its buffer is allocated once at its bound (and grows only by the last case pushed past it):
+/// grown by doubling, it would hold twice the bound from the first write on.
+struct Gathered {
+    bytes: Vec<u8>,
+    parts: Vec<Record>,
+    history: Vec<Record>,
+}
+
+/// Where one gathered record's key and value are in [`Gathered::bytes`].
+#[derive(Clone, Copy)]
+struct Record {
+    at: usize,
+    key_len: u32,
+    value_len: u32,
+}
+
+impl Default for Gathered {
+    fn default() -> Self {
+        Gathered { bytes: Vec::with_capacity(GATHERED_BYTES_MAX + (64 << 10)), parts: Vec::new(), history: Vec::new() }
+    }
+}
+
+impl Gathered {
+    fn push(&mut self, family: Family, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let too_large = || StoreError::Io(std::io::Error::other("a spilled record is over 4 GiB"));
+        let record = Record {
+            at: self.bytes.len(),
+            key_len: u32::try_from(key.len()).map_err(|_| too_large())?,
+            value_len: u32::try_from(value.len()).map_err(|_| too_large())?,
+        };
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value);
+        match family {
+            Family::Parts => self.parts.push(record),
+            Family::History => self.history.push(record),
+        }
+        Ok(())
+    }
+
+    fn len_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.parts.is_empty() && self.history.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.parts.clear();
+        self.history.clear();
+    }
+
+    /// Sorts a family's records by key and hands `write` each key with every value gathered
+    /// under it; whether there was any.
+    fn write_joined(
+        &mut self,
+        family: Family,
+        mut write: impl FnMut(&[u8], &[&[u8]]) -> Result<(), StoreError>,
+    ) -> Result<bool, StoreError> {
+        let bytes = &self.bytes;
+        let records = match family {
+            Family::Parts => &mut self.parts,
+            Family::History => &mut self.history,
+        };
+        let key = |record: &Record| &bytes[record.at..record.at + record.key_len as usize];
+        let value = |record: &Record| {
+            let start = record.at + record.key_len as usize;
+            &bytes[start..start + record.value_len as usize]
+        };
+        records.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        let mut values: Vec<&[u8]> = Vec::new();
+        for same in records.chunk_by(|a, b| key(a) == key(b)) {
+            values.clear();
+            values.extend(same.iter().map(value));
+            if let Some(first) = same.first() {
+                write(key(first), &values)?;
+            }
+        }
+        Ok(!records.is_empty())
     }
 }
 
@@ -219,7 +361,9 @@ impl SpillWriters {
             let (files, spilled) = (files.clone(), spilled.clone());
             let thread = std::thread::Builder::new().name(format!("casesync-spill-{n}")).spawn(move || {
                 let mut digests = digests.then(WrittenDigests::new);
-                take_each(&spilled, |cases| files.write(&cases, digests.as_mut()))?;
+                let mut gathered = Gathered::default();
+                take_each(&spilled, |cases| files.gather(&mut gathered, cases, digests.as_mut()))?;
+                files.write_gathered(&mut gathered)?;
                 Ok(digests)
             });
             writers.threads.push(thread.map_err(StoreError::Io)?);
@@ -292,7 +436,45 @@ mod tests {
     use std::sync::{Arc, Condvar, Mutex};
     use std::time::Duration;
 
-    use super::take_each;
+    use super::{take_each, Family, Gathered};
+
+    /// Records gathered from several spills come out in key order, each key once with every
+    /// value gathered under it, and each family apart.
+    #[test]
+    fn gathered_records_come_out_sorted_with_equal_keys_together() {
+        let mut gathered = Gathered::default();
+        for (key, value) in [("c", "3"), ("a", "1"), ("b", "2"), ("a", "4")] {
+            gathered.push(Family::Parts, key.as_bytes(), value.as_bytes()).unwrap();
+        }
+        gathered.push(Family::History, b"z", b"9").unwrap();
+        let mut parts = Vec::new();
+        let any = gathered
+            .write_joined(Family::Parts, |key, values| {
+                let mut values: Vec<&[u8]> = values.to_vec();
+                values.sort();
+                parts.push((key.to_vec(), values.iter().map(|v| v.to_vec()).collect::<Vec<_>>()));
+                Ok(())
+            })
+            .unwrap();
+        assert!(any);
+        let expected: Vec<(Vec<u8>, Vec<Vec<u8>>)> = vec![
+            (b"a".to_vec(), vec![b"1".to_vec(), b"4".to_vec()]),
+            (b"b".to_vec(), vec![b"2".to_vec()]),
+            (b"c".to_vec(), vec![b"3".to_vec()]),
+        ];
+        assert_eq!(parts, expected);
+        let mut history = Vec::new();
+        gathered
+            .write_joined(Family::History, |key, values| {
+                history.push((key.to_vec(), values.len()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(history, vec![(b"z".to_vec(), 1)]);
+        gathered.clear();
+        assert!(gathered.is_empty());
+        assert!(!gathered.write_joined(Family::Parts, |_, _| Ok(())).unwrap());
+    }
 
     /// Two writers on one queue each hold a spill at the same time: each, on taking one, waits
     /// (bounded) until two have been taken. Writers that took turns would never both hold one:

@@ -8,6 +8,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use crate::codec::keys::*;
 use crate::codec::merge_operator;
 use crate::error::OpenError;
+use crate::storage::memory::MemoryBudget;
 
 /// L0 files of the `case_parts` family that start a compaction (RocksDB's default is 4; its
 /// slowdown trigger, 20, stays above it). Measured with the full-sync benchmark together with
@@ -35,7 +36,7 @@ pub fn column_family_options(name: &str) -> Options {
 /// A column family's options as a store opens it: [`column_family_options`] plus compression,
 /// table format, filters and memtable sizes. The SST files a bulk load writes itself use the
 /// same (`cache`: none), so they read like the files RocksDB writes.
-pub(crate) fn tuned_family_options(name: &str, cache: Option<&rocksdb::Cache>) -> Options {
+pub(crate) fn tuned_family_options(name: &str, cache: Option<&rocksdb::Cache>, memory: &MemoryBudget) -> Options {
     let mut cf_options = column_family_options(name);
     // Events are not compressed: each holds a signature, hashes and (once bodies are
     // sealed) ciphertext, which LZ4 barely shrinks (16 MiB memtables flushed to 11 MiB
@@ -65,6 +66,12 @@ pub(crate) fn tuned_family_options(name: &str, cache: Option<&rocksdb::Cache>) -
     let mut table = rocksdb::BlockBasedOptions::default();
     if let Some(cache) = cache {
         table.set_block_cache(cache);
+        // Index and filter blocks live in the block cache, charged to its bound, instead of
+        // beside it in every open table's reader: held there they grow with the data (a 10M-event
+        // store held about a hundred MiB of them), in the cache they are evicted like any block.
+        // High priority: they are evicted after the data blocks they point to.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
     }
     if name == CF_CASES {
         // A case is read as all records under space(16) case(16): a prefix Bloom filter
@@ -77,7 +84,7 @@ pub(crate) fn tuned_family_options(name: &str, cache: Option<&rocksdb::Cache>) -
     }
     cf_options.set_block_based_table_factory(&table);
     let big = matches!(name, CF_EVENTS | CF_CASES | CF_CASE_EVENTS | CF_ARRIVAL);
-    cf_options.set_write_buffer_size(if big { 16 << 20 } else { 2 << 20 });
+    cf_options.set_write_buffer_size(memory.family_memtable_bytes(if big { 16 << 20 } else { 2 << 20 }));
     cf_options.set_max_write_buffer_number(2);
     cf_options
 }

@@ -45,7 +45,7 @@ proptest! {
             events.swap(i, (state >> 33) as usize % (i + 1));
         }
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
+        let db = Db::open(dir.path(), Default::default()).unwrap();
         let mut rest = events.as_slice();
         for (size, settle) in grouping {
             if rest.is_empty() {

@@ -131,6 +131,11 @@ pub struct ServeArgs {
     /// Store and forward only.
     #[arg(long)]
     pub relay: bool,
+    /// Keep the store's caches and buffers (block cache, memtables, bulk fold) within this many
+    /// MiB (at least 24; default from casesync.toml's memory_mib, else 48). Lower may be slower,
+    /// never wrong.
+    #[arg(long, env = "CASESYNC_MEMORY_MIB")]
+    pub memory_mib: Option<usize>,
 }
 
 /// `casesync space ...`.

@@ -7,7 +7,7 @@ use casesync_engine::model::ids::EventId;
 use casesync_engine::model::operation::{smallvec, StatusChange};
 use casesync_engine::testkit::copy_dir;
 use casesync_node::demo::edit;
-use casesync_node::Node;
+use casesync_node::{Node, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -388,6 +388,32 @@ async fn a_flood_on_a_live_connection_is_caught_up_in_bulk_with_the_same_views()
     store_a_backlog(&laptop, 100 + count, count + 10).await;
     views_complete_and_writable(&laptop, &office, 2 * count + 10 + 2, 3).await;
     assert_eq!(office.shared().bulk_catch_ups(), 1, "the flood pushed to the office was caught up in bulk");
+    for n in [office, laptop] {
+        n.shutdown().await;
+    }
+}
+
+/// A node started with the least memory budget syncs as any other (slower, never wrong); a budget
+/// below it is refused at start with a clear error, the data dir untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_least_memory_budget_converges_and_a_smaller_one_is_refused() {
+    let c = cluster(&["office", "laptop"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    for n in 1..=40u8 {
+        create(&office, case(n), &format!("client {n}")).await;
+        set(&office, case(n), "notes", &"x".repeat(200)).await;
+    }
+    let mut too_small = NodeConfig::new(&c.dirs[1]);
+    too_small.memory_mib = Some(casesync_engine::storage::memory::MemoryBudget::MIB_MIN - 1);
+    let refused = Node::start(too_small).await.err().expect("a budget below the least is refused");
+    assert!(format!("{refused:#}").contains("memory budget"), "{refused:#}");
+    let mut least = NodeConfig::new(&c.dirs[1]);
+    least.peers = vec![office.sync_url()];
+    least.memory_mib = Some(casesync_engine::storage::memory::MemoryBudget::MIB_MIN);
+    let laptop = Node::start(least).await.unwrap();
+    converge(&[&office, &laptop]).await;
+    assert_eq!(state_hash(&laptop), state_hash(&office));
+    assert_eq!(events(&laptop), 80);
     for n in [office, laptop] {
         n.shutdown().await;
     }
