@@ -40,6 +40,15 @@ fn casesync_binary(bench: &Path) -> PathBuf {
     casesync
 }
 
+/// The JSON report a `sync-bench --json` run printed, and its stderr (for failure messages).
+fn json_report(output: &std::process::Output) -> (serde_json::Value, String) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("sync-bench printed no JSON report ({e}); stderr:\n{stderr}\nstdout:\n{stdout}"));
+    (report, stderr)
+}
+
 #[test]
 fn every_scenario_agrees_at_small_size() {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_sync-bench"));
@@ -66,10 +75,7 @@ fn every_scenario_agrees_at_small_size() {
         ]),
         Duration::from_secs(300),
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let report: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("sync-bench printed no JSON report ({e}); stderr:\n{stderr}\nstdout:\n{stdout}"));
+    let (report, stderr) = json_report(&output);
     let scenarios = report["scenarios"].as_array().expect("scenarios array");
     let names: Vec<&str> = scenarios.iter().filter_map(|s| s["name"].as_str()).collect();
     assert_eq!(names, ["limits", "full", "relay", "incremental", "small-syncs", "replay"]);
@@ -110,10 +116,7 @@ fn hostile_floods_report_each_flood_and_the_honest_sync_completes_at_small_size(
         ]),
         Duration::from_secs(300),
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let report: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("sync-bench printed no JSON report ({e}); stderr:\n{stderr}\nstdout:\n{stdout}"));
+    let (report, _) = json_report(&output);
     let scenarios = report["scenarios"].as_array().expect("scenarios array");
     let names: Vec<&str> = scenarios.iter().filter_map(|s| s["name"].as_str()).collect();
     assert_eq!(
@@ -149,4 +152,60 @@ fn hostile_floods_report_each_flood_and_the_honest_sync_completes_at_small_size(
     let replays = &scenarios[4];
     assert!(metric(replays, "flood_duplicates").is_some_and(|n| n > 0.0), "{replays:#}");
     eprintln!("sync-bench hostile small run took {:?}", started.elapsed());
+}
+
+/// The growth scenario runs every (authors, size) pair with nodes started at the least memory
+/// budget, reports each as `growth` with the usual checks, and removes each template once used.
+#[test]
+fn growth_reports_every_size_and_author_count_and_leaves_no_template() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_sync-bench"));
+    let casesync = casesync_binary(&bench);
+    let work = tempfile::tempdir().expect("work dir");
+    let output = run_bounded(
+        Command::new(&bench).args([
+            "--json",
+            "--scenarios",
+            "growth",
+            "--growth-sizes",
+            "1500,600",
+            "--growth-authors",
+            "1,3",
+            "--memory-mib",
+            "24",
+            "--work-dir",
+            work.path().to_str().expect("utf-8 path"),
+            "--casesync",
+            casesync.to_str().expect("utf-8 path"),
+        ]),
+        Duration::from_secs(300),
+    );
+    let (report, stderr) = json_report(&output);
+    let scenarios = report["scenarios"].as_array().expect("scenarios array");
+    let params: Vec<&str> = scenarios.iter().filter_map(|s| s["params"].as_str()).collect();
+    assert_eq!(
+        params,
+        ["events=600 authors=1", "events=1500 authors=1", "events=600 authors=3", "events=1500 authors=3"],
+        "smallest size first, author count by author count"
+    );
+    for scenario in scenarios {
+        assert_eq!(scenario["name"], "growth");
+        assert_eq!(scenario["ok"], serde_json::Value::Bool(true), "scenario failed: {scenario:#}");
+        assert!(metric(scenario, "events_per_s").is_some_and(|v| v > 0.0), "{scenario:#}");
+        assert!(metric(scenario, "node_b_cpu_us_per_event").is_some(), "{scenario:#}");
+    }
+    assert!(output.status.success(), "sync-bench exited with {}; stderr:\n{stderr}", output.status);
+    let left: Vec<String> = std::fs::read_dir(work.path())
+        .expect("work dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("template-") || name == "full")
+        .collect();
+    assert!(left.is_empty(), "templates or node dirs left behind: {left:?}");
+    // Sizes of zero are refused before anything runs.
+    let refused = run_bounded(
+        Command::new(&bench).args(["--scenarios", "growth", "--growth-sizes", "0"]),
+        Duration::from_secs(60),
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("above zero"));
 }

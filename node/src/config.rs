@@ -31,7 +31,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub relay: bool,
     /// The store's caches and buffers (block cache, memtables, bulk fold) within this many MiB
-    /// (at least 24; default 48).
+    /// (at least 24; default 64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<usize>,
     /// A CA-issued certificate chain (PEM) this node presents to peers instead of its device

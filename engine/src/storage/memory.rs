@@ -57,11 +57,14 @@ impl MemoryBudget {
     /// The least total budget, in MiB.
     pub const MIB_MIN: usize = 24;
 
-    /// The default total budget, in MiB: 12 for each bound. Measured with the full sync of 10M
-    /// events (BENCHMARKS.md, "Growth"): node B peaked at 244 MiB with 48 (222k events/s), 258
-    /// with 64 (227k), 345 with 160 (212k). A larger cache or larger memtables bought no speed:
-    /// a catch-up writes, it barely reads, and its folds spill whatever they hold.
-    pub const DEFAULT_MIB: usize = 48;
+    /// The default total budget, in MiB: 16 for each bound. Measured with the full sync of 10M
+    /// and 1M events, 8 authors (BENCHMARKS.md, "Growth"): with 64, node B peaked at 258 MiB at
+    /// 10M (227k events/s) and 219 at 1M (255k); with 48, at 244 and 242 MiB at 10M (222k, 188k),
+    /// but the 1M sync lost a quarter of its rate (196k, 208k against 277k-286k before the
+    /// budget: the fold held too few of the cases an author's chain cycles over, and node A's
+    /// cache too few index blocks); with 160, 345 MiB at 10M for no speed. A catch-up writes and
+    /// barely reads, so a larger cache or larger memtables buy nothing.
+    pub const DEFAULT_MIB: usize = 64;
 
     /// A total of `mib` MiB, a quarter to each bound.
     pub fn within_mib(mib: usize) -> Result<MemoryBudget, BudgetError> {
@@ -102,7 +105,7 @@ mod tests {
 
     #[test]
     fn a_total_is_shared_in_quarters_and_small_or_huge_totals_are_refused() {
-        assert_eq!(MemoryBudget::within_mib(MemoryBudget::DEFAULT_MIB).unwrap().received_bytes, 12 * MIB);
+        assert_eq!(MemoryBudget::within_mib(MemoryBudget::DEFAULT_MIB).unwrap().received_bytes, 16 * MIB);
         let budget = MemoryBudget::within_mib(160).unwrap();
         assert_eq!(budget.total_bytes(), 160 * MIB);
         assert_eq!(budget.block_cache_bytes, 40 * MIB);

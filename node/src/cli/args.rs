@@ -132,7 +132,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub relay: bool,
     /// Keep the store's caches and buffers (block cache, memtables, bulk fold) within this many
-    /// MiB (at least 24; default from casesync.toml's memory_mib, else 48). Lower may be slower,
+    /// MiB (at least 24; default from casesync.toml's memory_mib, else 64). Lower may be slower,
     /// never wrong.
     #[arg(long, env = "CASESYNC_MEMORY_MIB")]
     pub memory_mib: Option<usize>,
