@@ -104,23 +104,12 @@ impl Harness {
         self.templates.remove(&(spec.events, spec.authors));
         let dir = self.template_dir(spec);
         let _ = std::fs::remove_file(dir.with_extension("json"));
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", dir.display()))
-            }
-            _ => Ok(()),
-        }
+        remove_dir_if_present(&dir)
     }
 
     /// Removes the data dirs of a scenario's nodes (`work/scenario`).
     pub fn remove_scenario_dirs(&self, scenario: &str) -> anyhow::Result<()> {
-        let dir = self.work.join(scenario);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", dir.display()))
-            }
-            _ => Ok(()),
-        }
+        remove_dir_if_present(&self.work.join(scenario))
     }
 
     /// Inits a data dir `scenario/name` (relay or not), optionally with a copy of a template log,
@@ -155,6 +144,16 @@ impl Harness {
     pub fn introduce(&self, a: &NodeDir, b: &NodeDir) -> anyhow::Result<()> {
         self.admin.deliver_to(&a.dir, a.relay)?;
         self.admin.deliver_to(&b.dir, b.relay)
+    }
+}
+
+/// Removes `dir` and everything in it; a directory that is not there is no error.
+fn remove_dir_if_present(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
     }
 }
 

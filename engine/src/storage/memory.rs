@@ -85,13 +85,6 @@ impl MemoryBudget {
         }
     }
 
-    /// The four bounds together, in bytes.
-    pub fn total_bytes(&self) -> usize {
-        [self.block_cache_bytes, self.memtables_bytes, self.fold_bytes, self.received_bytes]
-            .into_iter()
-            .fold(0usize, usize::saturating_add)
-    }
-
     /// One family's memtable size: a quarter of the memtables' budget, at most `usual` (what the
     /// family is tuned for), at least 1 MiB.
     pub(crate) fn family_memtable_bytes(&self, usual: usize) -> usize {
@@ -107,7 +100,8 @@ mod tests {
     fn a_total_is_shared_in_quarters_and_small_or_huge_totals_are_refused() {
         assert_eq!(MemoryBudget::within_mib(MemoryBudget::DEFAULT_MIB).unwrap().received_bytes, 16 * MIB);
         let budget = MemoryBudget::within_mib(160).unwrap();
-        assert_eq!(budget.total_bytes(), 160 * MIB);
+        let total = budget.block_cache_bytes + budget.memtables_bytes + budget.fold_bytes + budget.received_bytes;
+        assert_eq!(total, 160 * MIB);
         assert_eq!(budget.block_cache_bytes, 40 * MIB);
         assert_eq!(budget.received_bytes, 40 * MIB);
         assert_eq!(MemoryBudget::within_mib(8), Err(BudgetError::TooSmall { mib: 8 }));
