@@ -71,9 +71,10 @@ impl Default for StoreOptions {
 impl StoreOptions {
     /// Projections, and membership judged only in spaces whose founding event is held
     /// ([`Access::Compatible`]): for operators' tools on existing logs, and tests of the log's
-    /// mechanics under throwaway keys.
+    /// mechanics under throwaway keys. Within [`MemoryBudget::offline`]: such a store receives
+    /// nothing from peers.
     pub fn compatible() -> StoreOptions {
-        StoreOptions { projections: true, access: Access::Compatible, memory: MemoryBudget::default() }
+        StoreOptions { projections: true, access: Access::Compatible, memory: MemoryBudget::offline() }
     }
 }
 
