@@ -45,6 +45,9 @@ fn verify_and_rebuild_on_a_good_dir() {
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["state_hash"], hash.as_str());
     assert_eq!(report["events"], 83);
+    // The tool leaves the store settled: what the rebuild wrote is compacted before it exits.
+    assert_eq!(report["settled"], true, "{report:#}");
+    assert!(report["fold_seconds"].as_f64() <= report["seconds"].as_f64(), "{report:#}");
 }
 
 #[test]
