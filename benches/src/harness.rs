@@ -79,8 +79,11 @@ impl Harness {
         // out as table files, every family flushed at the end.
         store.write_without_wal();
         store.begin_bulk_catch_up_holding(PRELOAD_CASES_IN_MEMORY, true);
-        let report = workload::preload(&store, self.space, spec, threads)?;
+        let mut report = workload::preload(&store, self.space, spec, threads)?;
+        let views_started = std::time::Instant::now();
         store.end_bulk_catch_up().context("completing the template's views")?;
+        report.views = views_started.elapsed();
+        let settle_started = std::time::Instant::now();
         store.persist().context("flushing the template store")?;
         // A settled log, as on a device that has been in use: otherwise every copy of it starts
         // with the preload's pending flushes and compactions, and the node serving it spends
@@ -88,6 +91,7 @@ impl Harness {
         // Waiting for RocksDB's own compactions is enough: a full rewrite took minutes at 10M.
         store.settle(std::time::Duration::from_secs(1800)).context("settling the template store")?;
         drop(store);
+        report.settle = settle_started.elapsed();
         let described = TemplateMarker::of(spec, &report);
         std::fs::write(&marker, serde_json::to_vec(&described)?)
             .with_context(|| format!("writing {}", marker.display()))?;
@@ -190,9 +194,9 @@ impl TemplateMarker {
 /// and store format.
 fn complete_template(marker: &Path, spec: WorkloadSpec) -> Option<PreloadReport> {
     let found: TemplateMarker = serde_json::from_slice(&std::fs::read(marker).ok()?).ok()?;
-    let wanted = TemplateMarker::of(spec, &PreloadReport { events: 0, bytes: 0, elapsed: Default::default() });
+    let wanted = TemplateMarker::of(spec, &PreloadReport::default());
     let same = (found.format_version, found.membership, found.events, found.authors, found.seed, found.text_bytes)
         == (wanted.format_version, wanted.membership, wanted.events, wanted.authors, wanted.seed, wanted.text_bytes);
     let elapsed = std::time::Duration::try_from_secs_f64(found.preload_seconds).ok()?;
-    same.then_some(PreloadReport { events: found.events, bytes: found.bytes, elapsed })
+    same.then_some(PreloadReport { events: found.events, bytes: found.bytes, elapsed, ..PreloadReport::default() })
 }

@@ -10,4 +10,5 @@ pub mod probe;
 pub mod process;
 pub mod report;
 pub mod scenario;
+pub mod signer;
 pub mod workload;

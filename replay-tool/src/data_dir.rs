@@ -174,3 +174,23 @@ pub fn space_of(config: Option<&Config>, store: &Store) -> anyhow::Result<SpaceI
         many => bail!("the store holds {} spaces and there is no {CONFIG_FILE} naming one", many.len()),
     }
 }
+
+/// How long a command that wrote many files waits for RocksDB to join them. A fold that cannot
+/// hold the cases an author's chain cycles over (10M events: 125k cases a chain) writes most
+/// events out as deltas of their own, and their compaction is a large share of the work (a
+/// quarter of a 10M rebuild). Left running, it was cancelled when the tool exited, and the node
+/// that opened the store next paid for it. Past this the command's work still stands; the
+/// compaction goes on at the next open.
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Waits until RocksDB has no flush or compaction pending or running in `store` (at most
+/// [`SETTLE_MAX`]); returns whether it got there.
+pub fn settle(store: &Store) -> bool {
+    match store.settle(SETTLE_MAX) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "what was written stands; RocksDB goes on joining its files at the next open");
+            false
+        }
+    }
+}

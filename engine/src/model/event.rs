@@ -131,6 +131,17 @@ pub fn stored_header_and_body(value: &[u8]) -> Result<(EventHeader, Cow<'_, [u8]
 impl SignedEvent {
     /// Builds and signs a new event. Fails if the result would exceed [`EVENT_BYTES_MAX`].
     pub fn build(key: &DeviceKey, header: &EventHeader, body: Bytes) -> Result<SignedEvent, EventError> {
+        SignedEvent::build_signed_by(header, body, |id| key.sign(&id.0))
+    }
+
+    /// Builds a new event signed by `sign`, given the event's id: another ed25519 implementation
+    /// holding the author's key (ed25519 signatures are deterministic, so any correct one signs
+    /// the same bytes). Nothing here verifies the signature: every reader does.
+    pub fn build_signed_by(
+        header: &EventHeader,
+        body: Bytes,
+        sign: impl FnOnce(&EventId) -> [u8; SIGNATURE_BYTES],
+    ) -> Result<SignedEvent, EventError> {
         let message = pb::Event {
             space: Bytes::copy_from_slice(header.space.as_bytes()),
             author: Bytes::copy_from_slice(header.author.as_bytes()),
@@ -145,7 +156,7 @@ impl SignedEvent {
             return Err(EventError::TooLarge { bytes: bytes.len(), max: EVENT_BYTES_MAX });
         }
         let id = EventId::of(&bytes);
-        let signature = key.sign(&id.0);
+        let signature = sign(&id);
         let event = SignedEvent::decode(bytes, &signature)?;
         // Assert in pairs: what we built must read back as the header we meant.
         debug_assert_eq!(&event.header, header);

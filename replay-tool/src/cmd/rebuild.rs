@@ -1,20 +1,13 @@
 //! `replay-tool rebuild`: drops a space's projections and rebuilds them from the log.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::bail;
 use serde_json::json;
 
 use crate::data_dir;
 use crate::outcome::{rate, Outcome};
-
-/// How long a rebuild waits for RocksDB to join what it wrote. A fold that cannot hold the cases
-/// an author's chain cycles over (10M events: 125k cases a chain) writes most events out as
-/// deltas of their own, and their compaction is most of the rebuild's work (70-100 s of ~140 at
-/// 10M). Left running, it was cancelled when the tool exited, and the node that opened the store
-/// next paid for it. Past this the rebuild still stands; the compaction goes on at the next open.
-const SETTLE_MAX: Duration = Duration::from_secs(3600);
 
 /// Runs the command.
 pub fn run(data: &Path) -> anyhow::Result<Outcome> {
@@ -34,13 +27,8 @@ pub fn run(data: &Path) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let state_hash = store.rebuild_projections(&space)?;
     let folded = started.elapsed().as_secs_f64();
-    let settled = match store.settle(SETTLE_MAX) {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::warn!(%error, "the rebuild stands; RocksDB goes on joining its files at the next open");
-            false
-        }
-    };
+    // The fold's deltas are joined before the tool exits (`data_dir::settle`).
+    let settled = data_dir::settle(&store);
     let seconds = started.elapsed().as_secs_f64();
     let json = json!({
         "data": data.display().to_string(),
@@ -49,6 +37,7 @@ pub fn run(data: &Path) -> anyhow::Result<Outcome> {
         "state_hash": state_hash,
         "seconds": seconds,
         "fold_seconds": folded,
+        "settle_seconds": seconds - folded,
         "settled": settled,
         "events_per_s": rate(events, seconds),
     });
