@@ -45,11 +45,26 @@ impl BenchAdmin {
     /// Founds the bench space in `dir` (made afresh) and grants the probe and the author pool,
     /// at fixed clock values: the same events on every run.
     pub fn new(dir: &Path) -> anyhow::Result<BenchAdmin> {
+        BenchAdmin::founding(dir, NONCE)
+    }
+
+    /// Founds another space as [`BenchAdmin::new`] does (the same founder, probe and author pool):
+    /// the `index`th (from 1) of the other practices a relay holds.
+    pub fn other_space(dir: &Path, index: u32) -> anyhow::Result<BenchAdmin> {
+        let mut nonce = NONCE;
+        nonce[12..].copy_from_slice(&index.to_be_bytes());
+        if nonce == NONCE {
+            bail!("space index {index} gives the bench space's own nonce");
+        }
+        BenchAdmin::founding(dir, nonce)
+    }
+
+    fn founding(dir: &Path, nonce: [u8; 16]) -> anyhow::Result<BenchAdmin> {
         let _ = std::fs::remove_dir_all(dir);
         let store = Store::open(dir, StoreOptions { projections: false, ..StoreOptions::default() })
             .context("opening the bench founder's store")?;
         let key = DeviceKey::from_secret(*blake3::hash(b"casesync-bench-founder").as_bytes());
-        let space = store.found_space(&key, "bench-founder", NONCE, 1)?;
+        let space = store.found_space(&key, "bench-founder", nonce, 1)?;
         let mut admin = BenchAdmin { key, space, store, prefix: 0, clock: 1 };
         let probe = ProbeKey::new(space).key.author();
         admin.grant(probe, Role::Reader, "bench-probe")?;

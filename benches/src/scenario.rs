@@ -8,3 +8,4 @@ pub mod incremental;
 pub mod limits;
 pub mod replay;
 pub mod small_syncs;
+pub mod spaces;

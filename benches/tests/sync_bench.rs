@@ -209,3 +209,43 @@ fn growth_reports_every_size_and_author_count_and_leaves_no_template() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("above zero"));
 }
+
+/// The spaces scenario at a tiny size: a relay holding one space, then three, serves the first
+/// to node B; both runs agree, carry the ratio to the one-space run, and leave no node dir.
+#[test]
+fn spaces_serves_one_space_from_a_relay_holding_one_and_then_several() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_sync-bench"));
+    let casesync = casesync_binary(&bench);
+    let work = tempfile::tempdir().expect("work dir");
+    let output = run_bounded(
+        Command::new(&bench).args([
+            "--json",
+            "--scenarios",
+            "spaces",
+            "--spaces-count",
+            "3",
+            "--spaces-events",
+            "900",
+            "--authors",
+            "3",
+            "--work-dir",
+            work.path().to_str().expect("utf-8 path"),
+            "--casesync",
+            casesync.to_str().expect("utf-8 path"),
+        ]),
+        Duration::from_secs(300),
+    );
+    let (report, stderr) = json_report(&output);
+    let scenarios = report["scenarios"].as_array().expect("scenarios array");
+    let params: Vec<&str> = scenarios.iter().filter_map(|s| s["params"].as_str()).collect();
+    assert_eq!(params, ["spaces=1 events=900 authors=3", "spaces=3 events=900 authors=3"]);
+    for scenario in scenarios {
+        assert_eq!(scenario["ok"], serde_json::Value::Bool(true), "scenario failed: {scenario:#}");
+        assert!(metric(scenario, "rate_ratio_to_one_space").is_some_and(|v| v > 0.0), "{scenario:#}");
+        assert!(metric(scenario, "relay_cpu_us_per_event").is_some(), "{scenario:#}");
+    }
+    let held: Vec<f64> = scenarios.iter().filter_map(|s| metric(s, "relay_events_held")).collect();
+    assert_eq!(held, [900.0, 2700.0], "the relay holds every space's events");
+    assert!(output.status.success(), "sync-bench exited with {}; stderr:\n{stderr}", output.status);
+    assert!(!work.path().join("spaces").exists(), "node dirs left behind");
+}

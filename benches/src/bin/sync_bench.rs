@@ -16,6 +16,7 @@ use casesync_benches::scenario::incremental::{self, IncrementalOptions};
 use casesync_benches::scenario::limits::{self, LimitsOptions};
 use casesync_benches::scenario::replay::{self, ReplayOptions};
 use casesync_benches::scenario::small_syncs::{self, SmallSyncOptions};
+use casesync_benches::scenario::spaces::{self, SpacesOptions};
 use clap::Parser;
 
 /// mimalloc, not glibc malloc: a fold frees its case states several times faster (BENCHMARKS.md).
@@ -35,8 +36,8 @@ fn small_pages_only() {
 #[command(name = "sync-bench")]
 struct Args {
     /// Scenarios to run, comma-separated: limits, full, relay, incremental, small-syncs, replay, all;
-    /// and, only when named: hostile (floods from a hostile member) and growth (full sync at
-    /// several log sizes and author counts).
+    /// and, only when named: hostile (floods from a hostile member), growth (full sync at
+    /// several log sizes and author counts) and spaces (a relay holding many spaces serves one).
     #[arg(long, default_value = "all", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Events on node A (full, relay, replay).
@@ -72,6 +73,12 @@ struct Args {
     /// Growth: the author counts, comma-separated.
     #[arg(long, default_value = "1,8,64", value_delimiter = ',')]
     growth_authors: Vec<usize>,
+    /// Spaces: the spaces the relay holds (the reference run holds one).
+    #[arg(long, default_value_t = 100)]
+    spaces_count: usize,
+    /// Spaces: events in each space (8 authors, or `--authors`).
+    #[arg(long, default_value_t = 100_000)]
+    spaces_events: u64,
     /// Keep every preloaded template in the work dir (growth removes each once used, so that one
     /// 10M-event log at a time is on disk), for a later run with `--work-dir` to reuse.
     #[arg(long)]
@@ -186,6 +193,14 @@ fn main() -> anyhow::Result<()> {
             keep_templates: args.keep_templates,
         };
         scenarios.extend(growth::run(&mut h, &runtime, &options));
+    }
+    if args.scenarios.iter().any(|s| s == "spaces") {
+        progress("spaces");
+        if args.spaces_count == 0 || args.spaces_events == 0 {
+            anyhow::bail!("--spaces-count and --spaces-events take counts above zero");
+        }
+        let options = SpacesOptions { spaces: args.spaces_count, events: args.spaces_events, authors: args.authors };
+        scenarios.extend(spaces::run(&mut h, &runtime, options));
     }
     attach_bounds(&mut scenarios);
 

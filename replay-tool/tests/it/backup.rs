@@ -80,6 +80,9 @@ fn migration_export_import_gives_the_same_state_hash() {
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["accepted"], 12);
     assert_eq!(report["state_hash"], hash.as_str());
+    // The tool leaves the store settled, and its time counts the wait.
+    assert_eq!(report["settled"], true, "{report:#}");
+    assert!(report["settle_seconds"].as_f64().is_some_and(|w| w <= report["seconds"].as_f64().unwrap_or(0.0)));
     let config = std::fs::read_to_string(new.join("casesync.toml")).unwrap();
     assert!(config.contains(&SPACE.to_hex()), "{config}");
     let (code, report) = replay_json(&["verify", "--data", s(&new)]);
