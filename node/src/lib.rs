@@ -4,6 +4,9 @@
 //! `node` is the only crate that speaks gRPC. It converts between wire messages and engine calls,
 //! runs blocking storage work on tokio's blocking pool, and owns time, sockets and randomness.
 
+// Input, disk and network reach a node everywhere: their failures are typed errors, never panics.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod api_token;
 pub mod bulk_catch_up;
 pub mod case_service;
@@ -14,6 +17,7 @@ pub mod demo;
 pub mod event_stream;
 pub mod grpc_status;
 pub mod ingest_thread;
+pub mod introduce;
 pub mod invite;
 pub mod join;
 pub mod members_only;

@@ -4,8 +4,9 @@
 //! the handler comes after up to a 4 MiB message per call was buffered and decoded, for anyone
 //! who completed a TLS handshake with any key. This layer decides from the connection's proven
 //! device (`tls::PeerDevice`) and the call's path alone, before a byte of the body is read:
-//! - `Hello` and `Join` (a device joining with an invitation is not a member yet) are open to
-//!   every device, with bodies of at most [`OPEN_CALL_BYTES_MAX`];
+//! - `Hello`, `Join` (a device joining with an invitation is not a member yet) and `Introduce` (a
+//!   device granted after this node last heard from its admin) are open to every device, with
+//!   bodies of at most [`OPEN_CALL_BYTES_MAX`];
 //! - every other call needs a device that may sync in the space the call names in its header
 //!   or, when it names none in a header (the space is then in the body), in some space this
 //!   node serves; the handler checks the exact space again once the body is read.
@@ -24,11 +25,12 @@ use tonic::Status;
 use crate::shared::{Shared, SPACE_HEADER};
 use crate::tls::PeerDevice;
 
-/// Most bytes of a request body a device that is not a member may send (`Hello`, `Join`).
+/// Most bytes of a request body a device that is not a member may send (`Hello`, `Join`,
+/// `Introduce`).
 pub const OPEN_CALL_BYTES_MAX: usize = 64 * 1024;
 
 /// The calls of the sync service open to devices that are not members.
-const OPEN_CALLS: [&str; 2] = ["Hello", "Join"];
+const OPEN_CALLS: [&str; 3] = ["Hello", "Join", "Introduce"];
 
 /// Wraps a service so that only members reach it, except for the open calls (module docs).
 #[derive(Clone)]

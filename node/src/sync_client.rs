@@ -190,8 +190,25 @@ impl PeerClient {
 
     /// The peer's version vector, read in pages ([`VECTOR_PAGE_AUTHORS_MAX`] authors each);
     /// notes when it holds this device's events beyond the local head (local writes then wait
-    /// until they are fetched).
+    /// until they are fetched). A peer that does not admit this device yet is shown the grant
+    /// this device holds, once (`introduce.rs`), and asked again.
     pub async fn heads(&mut self) -> anyhow::Result<VersionVector> {
+        match self.heads_pages().await {
+            Err(refused) if is_permission_denied(&refused) => {
+                let admitted = crate::introduce::introduce(&self.shared, &mut self.client)
+                    .await
+                    .with_context(|| format!("{refused:#}; showing the peer this device's grant failed"))?;
+                if !admitted {
+                    return Err(refused);
+                }
+                tracing::info!(peer = %self.server.device_id(), "the peer admits this device once shown its grant");
+                self.heads_pages().await
+            }
+            other => other,
+        }
+    }
+
+    async fn heads_pages(&mut self) -> anyhow::Result<VersionVector> {
         let mut vector = VersionVector::new();
         let mut after: Option<bytes::Bytes> = None;
         for _ in 0..HEADS_PAGES_MAX {
@@ -456,4 +473,9 @@ pub async fn live_session(
     let last = landed(&shared, &mut pipeline).await;
     let views = flood.finish().await;
     result.and(last.map(|_| ())).and(views)
+}
+
+/// Whether a call failed because the peer does not admit this device.
+fn is_permission_denied(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<tonic::Status>().is_some_and(|status| status.code() == tonic::Code::PermissionDenied)
 }

@@ -59,11 +59,7 @@ impl SyncServer {
     /// The device at the other end, as its TLS handshake proved it (`tls.rs`), if it may sync
     /// in `shared`'s space now. Checked before any request body is read.
     fn authenticate<T>(shared: &Shared, request: &Request<T>) -> Result<AuthorId, Status> {
-        let peer = request
-            .extensions()
-            .get::<PeerDevice>()
-            .ok_or_else(|| Status::unauthenticated("the connection carries no device certificate"))?;
-        let device = peer.device;
+        let device = peer_device(request)?;
         if device != shared.identity.author() {
             shared.may_connect(&device).map_err(|refusal| {
                 Status::permission_denied(format!(
@@ -106,6 +102,15 @@ async fn caught_up(
     flood.finish().await.map_err(|e| Status::internal(e.to_string()))
 }
 
+/// The device the connection's TLS handshake proved.
+fn peer_device<T>(request: &Request<T>) -> Result<AuthorId, Status> {
+    request
+        .extensions()
+        .get::<PeerDevice>()
+        .map(|peer| peer.device)
+        .ok_or_else(|| Status::unauthenticated("the connection carries no device certificate"))
+}
+
 fn count(done: Vec<Result<(u64, u64), Status>>, reply: &mut pb::PushReply) -> Result<(), Status> {
     for result in done {
         let (accepted, duplicates) = result?;
@@ -132,13 +137,15 @@ impl Sync for SyncServer {
     }
 
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
-        let device = request
-            .extensions()
-            .get::<PeerDevice>()
-            .ok_or_else(|| Status::unauthenticated("the connection carries no device certificate"))?
-            .device;
+        let device = peer_device(&request)?;
         let shared = self.space_of(&request, Some(&request.get_ref().space))?.clone();
         crate::invite::admit(shared, device, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn introduce(&self, request: Request<pb::IntroduceRequest>) -> Result<Response<pb::IntroduceReply>, Status> {
+        let device = peer_device(&request)?;
+        let shared = self.space_of(&request, Some(&request.get_ref().space))?.clone();
+        crate::introduce::serve(shared, device, request.into_inner()).await.map(Response::new)
     }
 
     async fn heads(&self, request: Request<pb::HeadsRequest>) -> Result<Response<pb::HeadsReply>, Status> {

@@ -209,6 +209,10 @@ impl Sync for StreamingService {
     async fn join(&self, _request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
         Err(Status::unimplemented("bench service"))
     }
+
+    async fn introduce(&self, _request: Request<pb::IntroduceRequest>) -> Result<Response<pb::IntroduceReply>, Status> {
+        Err(Status::unimplemented("bench service"))
+    }
 }
 
 async fn grpc_limits(batch: Vec<pb::SignedEvent>, batches: u64) -> anyhow::Result<(f64, f64, Duration)> {

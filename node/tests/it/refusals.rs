@@ -83,6 +83,15 @@ async fn a_device_that_is_not_a_member_is_refused_before_its_request_body_is_rea
     let join = pb::JoinRequest { space: Bytes::copy_from_slice(office.shared().space.as_bytes()), admit: None };
     let status = client(&office, &stranger).await.join(join).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "a small Join reaches the service: {status:?}");
+    // So is Introduce (a device granted after this node last heard from its admin), cut alike.
+    let introduce = pb::IntroduceRequest { space: Bytes::from(vec![2u8; 128 * 1024]), ..Default::default() };
+    let status = client(&office, &stranger).await.introduce(introduce).await.unwrap_err();
+    assert!(![Code::Ok, Code::PermissionDenied].contains(&status.code()), "{status:?}");
+    assert_ne!(status.code(), Code::InvalidArgument, "cut by size before its space was read: {status:?}");
+    let space = Bytes::copy_from_slice(office.shared().space.as_bytes());
+    let introduce = pb::IntroduceRequest { space, author: Bytes::from_static(&[1; 32]), events: Vec::new() };
+    let status = client(&office, &stranger).await.introduce(introduce).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "only an admin's chain introduces: {status:?}");
     // The node keeps serving its members.
     let me = identity(&c.dirs[0]).key;
     let space = Bytes::copy_from_slice(office.shared().space.as_bytes());

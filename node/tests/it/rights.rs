@@ -203,3 +203,58 @@ async fn a_revocation_arriving_late_removes_what_it_cuts_over_grpc() {
         n.shutdown().await;
     }
 }
+
+/// A device granted after a member last heard from the admin: the member holds no grant for it,
+/// but the device shows it the admin's chain up to its grant (`Introduce`), and they sync. A
+/// laptop offline while the practice changed computers reaches the new one without the admin's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_granted_while_a_member_was_away_introduces_itself_with_its_grant() {
+    use casesync_engine::model::membership::{NewGrant, Role};
+    use casesync_node::sync_client::sync_once;
+    let c = cluster(&["office", "home"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    let home = start(&c.dirs[1], vec![]).await;
+    create(&office, case(1), "Anna").await;
+    sync_once(home.shared().clone(), &office.sync_url(), |_, _| {}).await.unwrap();
+    // Home is away from now on; the office grants a new laptop.
+    let laptop_dir = c.dirs[0].parent().unwrap().join("laptop");
+    let space = office.shared().space;
+    let init_dir = laptop_dir.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        casesync_node::data_dir::init(&init_dir, "laptop", Some(space), false, None)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let laptop_id = AuthorId::from_hex(&report.device_key).unwrap();
+    let o = office.shared().clone();
+    tokio::task::spawn_blocking(move || {
+        let grant = NewGrant { device: laptop_id, role: Role::Writer, name: "laptop".into(), until_ms: None };
+        o.store.grant(&o.space, &o.identity.key, now_ms(), grant).unwrap();
+        // The space's data key, wrapped for the laptop too.
+        o.maintain_keys();
+    })
+    .await
+    .unwrap();
+    let laptop = start(&laptop_dir, vec![]).await;
+    sync_once(laptop.shared().clone(), &office.sync_url(), |_, _| {}).await.unwrap();
+    create(&laptop, case(2), "written on the laptop").await;
+    // Home has never heard of the laptop: the laptop shows its grant, and they sync.
+    let before = events(&home);
+    sync_once(laptop.shared().clone(), &home.sync_url(), |_, _| {}).await.unwrap();
+    assert!(holds(&home, &laptop_id), "home stored the laptop's events");
+    assert!(events(&home) > before);
+    assert!(home.shared().store.case_view(&space, &case(2)).unwrap().is_some());
+    // Only an admin's chain introduces: a run of a writer's chain is refused.
+    let writer = key_of(&c.dirs[1]);
+    let request = pb::IntroduceRequest {
+        space: Bytes::copy_from_slice(space.as_bytes()),
+        author: Bytes::copy_from_slice(writer.author().as_bytes()),
+        events: Vec::new(),
+    };
+    let refused = sync_client_as(&office, &writer).await.unwrap().introduce(request).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    for n in [laptop, home, office] {
+        n.shutdown().await;
+    }
+}
