@@ -1,7 +1,7 @@
 //! The `grpc_request` target: every request message of the `Sync` and `Cases` services
 //! (`sync.proto`, `cases.proto`). The first byte picks the call ([`REQUEST_KINDS`]); the rest is
 //! decoded with prost and converted as the node converts it (`node/src/sync_server.rs`,
-//! `case_service.rs`, `invite.rs`): ids, version vectors, values, roles and names through the
+//! `case_service.rs`, `invite.rs`, `introduce.rs`): ids, version vectors, values, roles and names through the
 //! engine's public conversions, events through [`SignedEvent::from_peer`]. What converts is then
 //! asked of the scratch store, in a space named after the input's hash that holds one case with
 //! one entry: commands executed, queries answered, pushed batches ingested.
@@ -27,7 +27,7 @@ use crate::store::Store;
 use crate::testkit::device;
 
 /// The calls, by the first byte of an input (modulo their count).
-pub const REQUEST_KINDS: [&str; 27] = [
+pub const REQUEST_KINDS: [&str; 28] = [
     "Sync.Hello",
     "Sync.Heads",
     "Sync.Pull",
@@ -55,6 +55,7 @@ pub const REQUEST_KINDS: [&str; 27] = [
     "Cases.Invite",
     "Cases.ListDevices",
     "Cases.Fence",
+    "Sync.Introduce",
 ];
 
 /// The case (and entry) every input's space holds before its request.
@@ -111,6 +112,15 @@ pub fn grpc_request(scratch: &ScratchStore, data: &[u8]) -> Result<(), Refused> 
             };
             let _state = store.membership(&asked).invite_state(&invite, NOW_MS);
             event.verify_signature()?;
+        }
+        "Sync.Introduce" => {
+            let message = pb::IntroduceRequest::decode(body)?;
+            let _asked = SpaceId::from_slice(&message.space)?;
+            let author = AuthorId::from_slice(&message.author)?;
+            let _role = store.membership(&space).role_at(&author, 1, NOW_MS << 16);
+            let report = store.ingest_prepared(PreparedBatch::received(space, message.events, NOW_MS))?;
+            // Nothing in an input is signed for a space named after the input's own hash.
+            assert_eq!(report.accepted, 0, "an introduction whose events nobody signed was stored");
         }
         "Cases.CreateCase" => {
             let message = pb::CreateCaseRequest::decode(body)?;
@@ -331,6 +341,11 @@ pub(super) fn request_seeds() -> Vec<(String, Vec<u8>)> {
         }),
         encoded(&pb::ListDevicesRequest {}),
         encoded(&pb::FenceRequest { clear: true }),
+        encoded(&pb::IntroduceRequest {
+            space: space.clone(),
+            author: Bytes::copy_from_slice(device(1).author().as_bytes()),
+            events: event.iter().map(SignedEvent::to_wire).collect(),
+        }),
     ];
     messages
         .into_iter()
