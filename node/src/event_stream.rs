@@ -16,8 +16,15 @@ use tonic::Status;
 use crate::grpc_status;
 use crate::shared::Shared;
 
-/// Largest gRPC message accepted or sent (a batch is bounded well below).
+/// Largest gRPC message of the local case API accepted or sent.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Largest message of the sync service accepted or sent: a batch ([`BATCH_BYTES_MAX`] of events
+/// and signatures, or one event of up to 1 MiB) with room for its protobuf framing (at most
+/// [`BATCH_EVENTS_MAX`] events of ~10 bytes each). Every stream a peer opens may hold a message
+/// of this size being read and one decoded beside it, so it bounds what many streams of large
+/// events can make a node hold (at 4 MiB, 32 streams took a node to 364-407 MiB).
+pub const SYNC_MESSAGE_BYTES_MAX: usize = BATCH_BYTES_MAX + 64 * 1024;
 /// Batches buffered per outgoing stream.
 pub const STREAM_BUFFER_BATCHES: usize = 4;
 
@@ -149,6 +156,31 @@ mod tests {
 
     fn positions(events: &[SignedEvent]) -> Vec<(AuthorId, u64)> {
         events.iter().map(|e| (e.header.author, e.header.seq)).collect()
+    }
+
+    /// The largest batches a sender makes, of many small events or of two of the largest, fit
+    /// in one sync message with their framing.
+    #[test]
+    fn the_largest_batches_fit_in_a_sync_message() {
+        let many = pb::EventBatch {
+            events: (0..BATCH_EVENTS_MAX)
+                .map(|_| pb::SignedEvent {
+                    event: vec![7u8; BATCH_BYTES_MAX / BATCH_EVENTS_MAX - 64].into(),
+                    signature: vec![1u8; 64].into(),
+                })
+                .collect(),
+        };
+        let large = casesync_engine::model::limits::EVENT_BYTES_MAX;
+        let two_large = pb::EventBatch {
+            events: (0..2)
+                .map(|_| pb::SignedEvent { event: vec![7u8; large - 64].into(), signature: vec![1u8; 64].into() })
+                .collect(),
+        };
+        for batch in [many, two_large] {
+            let bytes: usize = batch.events.iter().map(|e| e.event.len() + e.signature.len()).sum();
+            assert!(bytes <= BATCH_BYTES_MAX);
+            assert!(prost::Message::encoded_len(&batch) <= SYNC_MESSAGE_BYTES_MAX);
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tonic::transport::Server;
 use crate::case_service::CaseService;
 use crate::config::DAEMON_FILE;
 use crate::data_dir;
-use crate::event_stream::GRPC_MESSAGE_BYTES_MAX;
+use crate::event_stream::{GRPC_MESSAGE_BYTES_MAX, SYNC_MESSAGE_BYTES_MAX};
 use crate::peer_actor::{distinct_peers, run_peer};
 use crate::shared::Shared;
 use crate::sync_server::SyncServer;
@@ -154,8 +154,8 @@ impl Node {
         let by_space: Vec<_> = shareds.iter().map(|(_, shared)| shared.clone()).collect();
         let sync_service = crate::members_only::MembersOnly::new(
             SyncGrpcServer::new(SyncServer::new(by_space.clone()))
-                .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX),
+                .max_decoding_message_size(SYNC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(SYNC_MESSAGE_BYTES_MAX),
             by_space,
         );
         let router = server_builder()

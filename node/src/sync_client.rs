@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
 use crate::bulk_catch_up::{batch_is_full, BulkCatchUp, FloodWatch, BULK_IDLE_MAX};
-use crate::event_stream::{stream_events, GRPC_MESSAGE_BYTES_MAX, STREAM_BUFFER_BATCHES};
+use crate::event_stream::{stream_events, STREAM_BUFFER_BATCHES, SYNC_MESSAGE_BYTES_MAX};
 use crate::ingest_thread::{Pipeline, WAITING_LANDS_AFTER};
 use crate::shared::{now_ms, PeerState, Shared};
 use crate::tls;
@@ -170,8 +170,8 @@ impl PeerClient {
             }
         };
         let client = SyncClient::new(channel)
-            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+            .max_decoding_message_size(SYNC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(SYNC_MESSAGE_BYTES_MAX);
         Ok(PeerClient { shared, client, server })
     }
 

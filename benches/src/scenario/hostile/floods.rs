@@ -246,8 +246,8 @@ async fn push_made(
 /// Largest text a large event carries: the rest of `EVENT_BYTES_MAX` holds the header, the
 /// operation's framing and the seal.
 const LARGE_TEXT_BYTES: usize = EVENT_BYTES_MAX - 1024;
-/// Large events per message (under the node's 4 MiB message limit).
-const LARGE_EVENTS_PER_BATCH: u64 = 3;
+/// Large events per message: as many as the node's sync message limit takes (2 MiB and 64 KiB).
+const LARGE_EVENTS_PER_BATCH: u64 = 2;
 
 async fn large_events(
     url: &str,
