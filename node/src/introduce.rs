@@ -56,18 +56,20 @@ pub async fn serve(
     let next_seq = |shared: &Shared| shared.store.head(&shared.space, &author).map_or(1, |h| h.seq + 1);
     let expected = next_seq(&shared);
     let showed = !request.events.is_empty();
-    if let Some(first) = request.events.first() {
-        let continues = casesync_engine::model::event::SignedEvent::from_peer(first.clone())
-            .map_err(|e| Status::invalid_argument(format!("the run's first event: {e}")))?;
-        if continues.header.author != author {
+    if showed {
+        let batch = PreparedBatch::received(shared.space, request.events, now_ms());
+        if batch.len() > casesync_engine::model::limits::BATCH_EVENTS_MAX {
+            return Err(Status::invalid_argument("the run holds too many events"));
+        }
+        let starts: Vec<(AuthorId, u64)> = batch.run_starts().collect();
+        if starts.iter().any(|(of, _)| *of != author) {
             return Err(Status::invalid_argument("the run holds another device's events"));
         }
         // A run that starts past this node's copy is not stored: the reply says where to start.
-        if continues.header.seq <= expected {
-            let batch = PreparedBatch::received(shared.space, request.events, now_ms());
-            if batch.len() > casesync_engine::model::limits::BATCH_EVENTS_MAX {
-                return Err(Status::invalid_argument("the run holds too many events"));
-            }
+        let Some(&(_, first)) = starts.first() else {
+            return Err(Status::invalid_argument("the run holds no event of this space that decodes"));
+        };
+        if first <= expected {
             let storing = shared.clone();
             let report = tokio::task::spawn_blocking(move || storing.store_from_peer(&device, batch))
                 .await

@@ -140,6 +140,11 @@ impl PreparedBatch {
         self.runs.values().flatten().any(SignedEvent::is_membership)
     }
 
+    /// Each author whose events of this space the batch holds, with the seq its run starts at.
+    pub fn run_starts(&self) -> impl Iterator<Item = (AuthorId, u64)> + '_ {
+        self.runs.iter().filter_map(|(author, run)| run.first().map(|event| (*author, event.header.seq)))
+    }
+
     /// Decodes and hashes a received batch for `space` (events of another space are refused).
     pub fn new(space: SpaceId, batch: Vec<pb::SignedEvent>) -> PreparedBatch {
         let mut prepared =

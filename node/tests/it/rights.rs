@@ -254,6 +254,16 @@ async fn a_device_granted_while_a_member_was_away_introduces_itself_with_its_gra
     };
     let refused = sync_client_as(&office, &writer).await.unwrap().introduce(request).await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    // Nor does a run of the admin's chain that carries another device's events along.
+    let admin = office.shared().identity.author();
+    let held = |node: &Node, author: &AuthorId| node.shared().store.get_event(&space, author, 1).unwrap().unwrap();
+    let mixed = pb::IntroduceRequest {
+        space: Bytes::copy_from_slice(space.as_bytes()),
+        author: Bytes::copy_from_slice(admin.as_bytes()),
+        events: vec![held(&office, &admin).to_wire(), held(&home, &laptop_id).to_wire()],
+    };
+    let refused = sync_client_as(&office, &writer).await.unwrap().introduce(mixed).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     for n in [laptop, home, office] {
         n.shutdown().await;
     }
