@@ -155,6 +155,7 @@ pub fn open_within(data: &Path, relay_flag: bool, memory_mib: Option<usize>) -> 
         let old = identity.author().device_id();
         let pin = crate::pin::current(&format!("practice PIN for {}: ", data.display()))?;
         identity = DeviceIdentity::create(data, &identity.name, fresh_secret(), &pin)?;
+        crate::freed_memory::give_back();
         tracing::warn!(
             old = %old,
             new = %identity.author().device_id(),

@@ -9,7 +9,8 @@
 //!   bodies of at most [`OPEN_CALL_BYTES_MAX`];
 //! - every other call needs a device that may sync in the space the call names in its header
 //!   or, when it names none in a header (the space is then in the body), in some space this
-//!   node serves; the handler checks the exact space again once the body is read.
+//!   node serves; the handler checks the exact space again once the body is read. A member's
+//!   messages pass one by one, each once room is taken for it (`message_room`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +23,7 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::Status;
 
+use crate::message_room::MessageRoom;
 use crate::shared::{Shared, SPACE_HEADER};
 use crate::tls::PeerDevice;
 
@@ -37,12 +39,13 @@ const OPEN_CALLS: [&str; 3] = ["Hello", "Join", "Introduce"];
 pub struct MembersOnly<S> {
     inner: S,
     spaces: Arc<[Arc<Shared>]>,
+    room: MessageRoom,
 }
 
 impl<S> MembersOnly<S> {
-    /// `inner`, reached by the members of `spaces`.
-    pub fn new(inner: S, spaces: Vec<Arc<Shared>>) -> MembersOnly<S> {
-        MembersOnly { inner, spaces: spaces.into() }
+    /// `inner`, reached by the members of `spaces`, whose messages share `room`.
+    pub fn new(inner: S, spaces: Vec<Arc<Shared>>, room: MessageRoom) -> MembersOnly<S> {
+        MembersOnly { inner, spaces: spaces.into(), room }
     }
 
     /// What may pass: `Ok(Some(limit))` an open call whose body is cut at `limit` bytes,
@@ -112,7 +115,10 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         match self.admit(&request) {
-            Ok(None) => Box::pin(self.inner.call(request)),
+            Ok(None) => {
+                let request = request.map(|body| self.room.wrap(body));
+                Box::pin(self.inner.call(request))
+            }
             Ok(Some(limit)) => {
                 let request = request.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
                 Box::pin(self.inner.call(request))

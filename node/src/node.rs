@@ -152,11 +152,14 @@ impl Node {
         };
 
         let by_space: Vec<_> = shareds.iter().map(|(_, shared)| shared.clone()).collect();
+        // Messages being read take room from the same budget a space's decoded batches do.
+        let room = crate::message_room::MessageRoom::new(first.store.memory().received_bytes, SYNC_MESSAGE_BYTES_MAX);
         let sync_service = crate::members_only::MembersOnly::new(
             SyncGrpcServer::new(SyncServer::new(by_space.clone()))
                 .max_decoding_message_size(SYNC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(SYNC_MESSAGE_BYTES_MAX),
             by_space,
+            room,
         );
         let router = server_builder()
             .add_service(health_service.clone())
@@ -349,9 +352,15 @@ fn api_beside(api: &str) -> String {
 /// Concurrent gRPC calls (HTTP/2 streams) one connection may hold open.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 32;
 
+/// Bytes a peer may send on one stream before this node reads them (HTTP/2's receive window).
+/// What a stream waiting for room (`message_room`) or for the ingest holds besides; HTTP/2's
+/// default is 1 MiB, which 32 member streams pushing large events held at once.
+pub const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+
 fn server_builder() -> Server {
     Server::builder()
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .tcp_nodelay(true)

@@ -114,7 +114,10 @@ fn record(data: &Path, wrong: bool) {
 /// and counts a wrong PIN.
 pub fn guarded<T>(data: &Path, attempt: impl FnOnce() -> Result<T, IdentityError>) -> anyhow::Result<T> {
     wait_for_turn(data);
-    match attempt() {
+    let attempt = attempt();
+    // The key derivation's 128 MiB is free now: the allocator returns it rather than keep it.
+    crate::freed_memory::give_back();
+    match attempt {
         Err(IdentityError::WrongPin) => {
             record(data, true);
             bail!("wrong PIN for {}: nothing was opened (each wrong PIN in a row after {FREE_TRIES} makes the next try wait longer)", data.display())

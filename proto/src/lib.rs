@@ -4,6 +4,7 @@
 //! client and server stubs are compiled only with the `grpc` feature, so `casesync-engine` depends
 //! on the messages without pulling in any networking.
 
+#![forbid(unsafe_code)]
 #![allow(missing_docs)]
 #![allow(clippy::all)]
 

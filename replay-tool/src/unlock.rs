@@ -30,9 +30,20 @@ pub fn pin() -> anyhow::Result<Option<Pin>> {
 /// dir holds a device key; none otherwise. A wrong PIN is an error.
 pub fn recipients(data: &Path) -> anyhow::Result<Vec<DeviceKey>> {
     let Some(pin) = pin()? else { return Ok(Vec::new()) };
-    match DeviceIdentity::read(data, &pin) {
+    let read = DeviceIdentity::read(data, &pin);
+    // The key derivation filled 128 MiB and freed it: mimalloc (`main.rs`) would keep it for
+    // later allocations and count it in the tool's memory for the rest of the run; it goes back.
+    give_back_freed_memory();
+    match read {
         Ok(Some((identity, _))) => Ok(identity.recipients()),
         Ok(None) => Ok(Vec::new()),
         Err(error) => Err(anyhow::Error::new(error).context(format!("the device key of {}", data.display()))),
     }
+}
+
+/// Returns the pages the allocator holds free to the system.
+#[allow(unsafe_code)]
+fn give_back_freed_memory() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
