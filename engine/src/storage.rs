@@ -4,7 +4,7 @@
 //! keys.
 
 pub mod families;
-#[cfg(test)]
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) mod fault_plan;
 pub mod format;
 pub mod memory;
@@ -56,7 +56,7 @@ pub struct Db {
     #[cfg(test)]
     fail_at: std::sync::Mutex<Option<&'static str>>,
     /// Tests only: the plan of failures by position attached to this directory when it opened.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testkit"))]
     plan: Option<std::sync::Arc<fault_plan::FaultPlan>>,
 }
 
@@ -119,7 +119,7 @@ impl Db {
             keys: std::sync::RwLock::default(),
             #[cfg(test)]
             fail_at: std::sync::Mutex::new(None),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "testkit"))]
             plan: fault_plan::FaultPlan::attached(path),
         })
     }
@@ -223,6 +223,25 @@ impl Db {
         error
     }
 
+    /// Writes one record durably (the format version, as it is), to learn whether the disk takes
+    /// writes now. A failure poisons the database, as every failed write does.
+    pub(crate) fn check_writable(&self) -> Result<(), StoreError> {
+        let meta = self.cf(crate::codec::keys::CF_META);
+        let key = crate::codec::keys::META_FORMAT_VERSION;
+        // An open checks the version is there: a store without one does not get this far.
+        let version = self.db.get_cf(meta, key)?.unwrap_or_default();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, key, version);
+        let mut synced = WriteOptions::default();
+        synced.set_sync(true);
+        self.write(batch, &synced)
+    }
+
+    /// Whether a failed write poisoned the database (it refuses writes until reopened).
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
     fn write(&self, batch: WriteBatch, options: &WriteOptions) -> Result<(), StoreError> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StoreError::Poisoned);
@@ -313,7 +332,7 @@ impl Db {
     /// fails it when the plan says so; elsewhere this is nothing.
     #[inline]
     fn injected(&self, _operation: &'static str) -> Result<(), StoreError> {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "testkit"))]
         if let Some(plan) = &self.plan {
             plan.check(_operation).map_err(StoreError::Io)?;
         }

@@ -138,6 +138,18 @@ impl Store {
         self.db.memory()
     }
 
+    /// Whether a failed write (a full disk, a failing device) poisoned the store: it refuses
+    /// every write until it is opened again, which finds what was committed and nothing else.
+    pub fn is_poisoned(&self) -> bool {
+        self.db.is_poisoned()
+    }
+
+    /// Writes one record durably, to learn whether the disk takes writes now (after a failed
+    /// write, before saying the store works again). A failure poisons the store.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        self.db.check_writable()
+    }
+
     /// Whether this store maintains case projections.
     pub fn has_projections(&self) -> bool {
         self.options.projections

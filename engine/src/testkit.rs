@@ -172,6 +172,45 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The disk under a store, as a test of a crate above the engine sees it: full from a moment on,
+/// then with room again. Every storage operation of a database opened in `db_dir` while this
+/// lives goes through it, the writes an open makes included.
+#[derive(Debug)]
+pub struct Disk {
+    db_dir: std::path::PathBuf,
+    plan: std::sync::Arc<crate::storage::fault_plan::FaultPlan>,
+}
+
+impl Disk {
+    /// The disk under the database in `db_dir` (attach before the database is opened).
+    pub fn under(db_dir: &Path) -> Disk {
+        let plan = crate::storage::fault_plan::FaultPlan::counting();
+        crate::storage::fault_plan::FaultPlan::attach(db_dir, plan.clone());
+        Disk { db_dir: db_dir.to_path_buf(), plan }
+    }
+
+    /// Every storage operation from the next one on fails as on a full disk.
+    pub fn fill(&self) {
+        self.plan.fail_next(crate::storage::fault_plan::FaultMode::FromThenOn, std::io::ErrorKind::StorageFull);
+    }
+
+    /// The disk has room again.
+    pub fn make_room(&self) {
+        self.plan.lift();
+    }
+
+    /// Operations that failed so far.
+    pub fn failed(&self) -> u64 {
+        self.plan.injected()
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        crate::storage::fault_plan::FaultPlan::detach(&self.db_dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

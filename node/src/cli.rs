@@ -141,17 +141,23 @@ async fn serve(data: &Path, args: ServeArgs) -> anyhow::Result<()> {
         transport: Default::default(),
         memory_mib: args.memory_mib,
     };
-    let node = Node::start(config).await?;
-    eprintln!(
-        "casesync {} serving peers on {} (local API {}); Ctrl-C stops",
-        node.shared().identity.author().device_id(),
-        node.sync_url(),
-        node.api_addr()
-    );
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    eprintln!("stopping");
-    node.shutdown().await;
-    Ok(())
+    // A node whose store a failed write poisoned (a full disk) starts again by itself once the
+    // store opens (`supervise`).
+    let stop = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot wait for Ctrl-C: stopping");
+        }
+        eprintln!("stopping");
+    };
+    crate::supervise::serve(config, stop, |node| {
+        eprintln!(
+            "casesync {} serving peers on {} (local API {}); Ctrl-C stops",
+            node.shared().identity.author().device_id(),
+            node.sync_url(),
+            node.api_addr()
+        );
+    })
+    .await
 }
 
 /// A CLI session: a client to the running daemon, or to a node started in-process on the data

@@ -298,6 +298,21 @@ impl Node {
         &self.spaces[0].shared
     }
 
+    /// Whether a failed write poisoned the store of any space (`supervise`).
+    pub fn poisoned(&self) -> bool {
+        self.spaces.iter().any(|space| space.shared.store.is_poisoned())
+    }
+
+    /// Writes one record durably in every space's store: whether the disk takes writes now. A
+    /// failure poisons that store ([`Node::poisoned`]).
+    pub async fn check_writable(&self) -> anyhow::Result<()> {
+        for space in &self.spaces {
+            let shared = space.shared.clone();
+            tokio::task::spawn_blocking(move || shared.store.check_writable()).await??;
+        }
+        Ok(())
+    }
+
     /// Stops every task and server and waits for them.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);

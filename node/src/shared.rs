@@ -99,6 +99,8 @@ pub struct Shared {
     pub stopping: watch::Sender<bool>,
     /// Where every ingest of received events runs (one thread, in order).
     pub ingest: IngestThread,
+    /// The sync streams each peer device holds open here (`device_streams`).
+    pub streams: Arc<crate::device_streams::DeviceStreams>,
     /// Bulk catch-ups started since the node started (far-behind sessions and floods).
     bulk_catch_ups: AtomicU64,
     /// Bulk catch-ups running now.
@@ -155,6 +157,7 @@ impl Shared {
             known: Mutex::new(HashMap::new()),
             peers: Mutex::new(BTreeMap::new()),
             refusals: Mutex::new(Refusals::default()),
+            streams: Arc::default(),
         }))
     }
 

@@ -12,9 +12,11 @@ use casesync_proto::v1 as pb;
 use casesync_proto::v1::sync_server::Sync;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::bulk_catch_up::{batch_is_full, FloodWatch, BULK_IDLE_MAX};
+use crate::device_streams::{displaced_status, until_displaced, StreamKind};
 use crate::event_stream::{stream_events, STREAM_BUFFER_BATCHES};
 use crate::grpc_status;
 use crate::ingest_thread::{Pipeline, WAITING_LANDS_AFTER};
@@ -177,7 +179,7 @@ impl Sync for SyncServer {
         }))
     }
 
-    type PullStream = ReceiverStream<Result<pb::EventBatch, Status>>;
+    type PullStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::EventBatch, Status>> + Send>>;
 
     async fn pull(&self, request: Request<pb::PullRequest>) -> Result<Response<Self::PullStream>, Status> {
         let shared = self.space_of(&request, Some(&request.get_ref().space))?.clone();
@@ -204,9 +206,10 @@ impl Sync for SyncServer {
         // A `have` naming this device's own chain beyond its head is a claim, not evidence: it
         // raises no fence (a peer's push of those events does, `Shared::store_from_peer`).
         shared.reset_known(&device, &have);
+        let slot = shared.streams.open(device, StreamKind::Pull);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER_BATCHES);
         tokio::spawn(stream_events(shared, device, have, message.follow, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(until_displaced(ReceiverStream::new(rx), slot))))
     }
 
     async fn push(&self, request: Request<Streaming<pb::EventBatch>>) -> Result<Response<pb::PushReply>, Status> {
@@ -215,6 +218,7 @@ impl Sync for SyncServer {
         let mut stream = request.into_inner();
         let mut reply = pb::PushReply::default();
         let mut stopping = shared.stopping.subscribe();
+        let slot = shared.streams.open(device, StreamKind::Push);
         // Batches are decoded here and ingested on the node's ingest thread while the next ones
         // are received (in order; at most one ingest in flight, see `Pipeline`).
         let mut pipeline = push_pipeline(shared.clone(), device);
@@ -225,6 +229,7 @@ impl Sync for SyncServer {
                 Batch(pb::EventBatch),
                 Stalled,
                 Quiet,
+                Displaced,
             }
             let next = tokio::select! {
                 message = stream.message() => match message? {
@@ -232,6 +237,7 @@ impl Sync for SyncServer {
                     None => break,
                 },
                 _ = stopping.wait_for(|s| *s) => return Err(Status::unavailable("node is stopping")),
+                () = slot.displaced() => Next::Displaced,
                 _ = tokio::time::sleep(BULK_IDLE_MAX), if flood.in_bulk() => Next::Stalled,
                 _ = tokio::time::sleep(WAITING_LANDS_AFTER), if pipeline.holds_waiting() => Next::Quiet,
             };
@@ -241,6 +247,12 @@ impl Sync for SyncServer {
                     // A flood that stalls ends its bulk catch-up: commands wait no longer.
                     caught_up(&shared, &mut pipeline, &mut flood, &mut reply).await?;
                     continue;
+                }
+                Next::Displaced => {
+                    // What it handed on lands; the rest of the stream is dropped unread.
+                    let done = pipeline.finish(&shared.ingest).await.map_err(grpc_status::ingest_thread)?;
+                    count(done, &mut reply)?;
+                    return Err(displaced_status(StreamKind::Push));
                 }
                 Next::Quiet => {
                     // A quiet stream lands what waits, so it holds no room others need.

@@ -3,7 +3,10 @@
 //! external files, a drop of files, a named step of a multi-step write); a plan makes the Nth of
 //! them fail, once or every one from the Nth on, with the I/O error kind it names (a full disk is
 //! `StorageFull`). A plan is attached to a database directory, so it follows a workload through
-//! reopens, the writes an open makes included.
+//! reopens, the writes an open makes included. The `testkit` feature builds it for other crates'
+//! tests (`testkit::Disk`), which use only a part of it.
+
+#![cfg_attr(not(test), allow(dead_code))]
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};

@@ -341,8 +341,15 @@ fn a_full_disk_is_reported_as_such_damages_nothing_and_the_store_works_once_ther
     let plan = FaultPlan::failing(1, FaultMode::FromThenOn, ErrorKind::StorageFull);
     FaultPlan::attach(dir.path(), plan.clone());
     let store = Store::open(dir.path(), StoreOptions::compatible()).unwrap();
+    assert!(!store.is_poisoned(), "an open writes nothing here: it works on a full disk");
+    let checked = store.check_writable().unwrap_err();
+    assert_eq!(checked.fault(), Some(StorageFault::NoSpace), "the check says the disk is full: {checked}");
+    assert!(store.is_poisoned(), "a failed check poisons the store, as any failed write");
+    drop(store);
+    let store = Store::open(dir.path(), StoreOptions::compatible()).unwrap();
     let full = store.execute(&SPACE, &key, 10, create(10)).unwrap_err();
     assert_eq!(full.fault(), Some(StorageFault::NoSpace), "a full disk says so: {full}");
+    assert!(store.is_poisoned());
     // Writes after it are refused until a reopen (the store poisoned itself), and say why.
     let refused = store.execute(&SPACE, &key, 11, create(11)).unwrap_err();
     assert!(refused.to_string().contains("reopen"), "{refused}");
@@ -353,6 +360,8 @@ fn a_full_disk_is_reported_as_such_damages_nothing_and_the_store_works_once_ther
     drop(store);
     let store = Store::open(dir.path(), StoreOptions::compatible()).unwrap();
     assert_eq!(store.vector(&SPACE), before.0, "nothing lost");
+    store.check_writable().unwrap();
+    assert_eq!(store.state_hash(&SPACE).unwrap(), before.1, "the check changes nothing");
     store.execute(&SPACE, &key, 12, create(12)).unwrap();
     assert_views_honest(&store, "room again");
 

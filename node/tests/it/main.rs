@@ -3,6 +3,7 @@
 mod cli;
 mod cli_defects;
 mod crash_serve;
+mod disk_full;
 mod invitations;
 mod paging;
 mod public_relay;

@@ -349,3 +349,64 @@ async fn a_flood_of_connections_is_bounded() {
     assert!(closed(read), "a connection past the bound was not closed");
     drop(established);
 }
+
+/// A device opening more streams of a kind than it may hold loses its oldest one of that kind
+/// (`RESOURCE_EXHAUSTED`), not the node its memory; the others, and other kinds, go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_past_its_streams_loses_its_oldest() {
+    use casesync_node::device_streams::{StreamKind, STREAMS_PER_DEVICE_MAX};
+    let c = cluster(&["office", "home"]).await;
+    let office = start(&c.dirs[0], vec![]).await;
+    let home = crate::support::identity(&c.dirs[1]).key;
+    let device = home.author();
+    let space = Bytes::copy_from_slice(office.shared().space.as_bytes());
+    let client = client(&office, &home).await;
+
+    // Following pulls: each stays open until the node ends it.
+    let mut pulls = Vec::new();
+    for _ in 0..=STREAMS_PER_DEVICE_MAX {
+        let request = pb::PullRequest { space: space.clone(), have: None, follow: true, listed: false };
+        pulls.push(client.clone().pull(request).await.unwrap().into_inner());
+    }
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match pulls[0].message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(ended.unwrap_err().code(), Code::ResourceExhausted, "the oldest pull ends");
+    assert_eq!(office.shared().streams.count(&device, StreamKind::Pull), STREAMS_PER_DEVICE_MAX);
+
+    // Pushes that send nothing yet: each stays open until its sender ends it.
+    let mut senders = Vec::new();
+    let mut replies = Vec::new();
+    for _ in 0..=STREAMS_PER_DEVICE_MAX {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::EventBatch>(1);
+        let mut push_client = client.clone();
+        replies.push(tokio::spawn(async move {
+            push_client.push(Request::new(tokio_stream::wrappers::ReceiverStream::new(rx))).await
+        }));
+        senders.push(tx);
+        // In order: the first opened is the oldest.
+        let opened = tokio::time::timeout(DEADLINE, async {
+            while office.shared().streams.count(&device, StreamKind::Push) < senders.len().min(STREAMS_PER_DEVICE_MAX) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        opened.await.unwrap();
+    }
+    let oldest = tokio::time::timeout(DEADLINE, replies.remove(0)).await.unwrap().unwrap();
+    assert_eq!(oldest.unwrap_err().code(), Code::ResourceExhausted, "the oldest push ends");
+    // The newest push still lands what it sends.
+    let written = events_by(&home, &office, 3, 10);
+    senders.last().unwrap().send(pb::EventBatch { events: wire(&written) }).await.unwrap();
+    drop(senders);
+    let newest = tokio::time::timeout(DEADLINE, replies.pop().unwrap()).await.unwrap().unwrap().unwrap();
+    assert_eq!(newest.into_inner().accepted, 3);
+    assert_eq!(events(&office), 3);
+    office.shutdown().await;
+}
