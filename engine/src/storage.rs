@@ -243,7 +243,7 @@ impl Db {
     }
 
     fn write(&self, batch: WriteBatch, options: &WriteOptions) -> Result<(), StoreError> {
-        if self.poisoned.load(Ordering::Acquire) {
+        if self.is_poisoned() {
             return Err(StoreError::Poisoned);
         }
         self.injected("write").map_err(|e| self.poison("write", e))?;

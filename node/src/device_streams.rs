@@ -108,17 +108,19 @@ impl Drop for StreamSlot {
 /// `stream` until its slot is displaced: it then yields the displacement's status and ends,
 /// dropping what it had queued unread.
 pub fn until_displaced<S>(stream: S, slot: StreamSlot) -> UntilDisplaced<S> {
+    let kind = slot.kind;
     let watched = Box::pin(async move {
         slot.displaced().await;
         // The slot goes with the future: the stream stays counted until it ends.
     });
-    UntilDisplaced { stream: Some(stream), displaced: watched }
+    UntilDisplaced { stream: Some(stream), displaced: watched, kind }
 }
 
 /// See [`until_displaced`].
 pub struct UntilDisplaced<S> {
     stream: Option<S>,
     displaced: Pin<Box<dyn Future<Output = ()> + Send>>,
+    kind: StreamKind,
 }
 
 impl<S, T> Stream for UntilDisplaced<S>
@@ -133,7 +135,7 @@ where
         }
         if self.displaced.as_mut().poll(cx).is_ready() {
             self.stream = None;
-            return Poll::Ready(Some(Err(displaced_status(StreamKind::Pull))));
+            return Poll::Ready(Some(Err(displaced_status(self.kind))));
         }
         let Some(stream) = self.stream.as_mut() else { return Poll::Ready(None) };
         let next = Pin::new(stream).poll_next(cx);

@@ -152,7 +152,8 @@ impl Node {
         };
 
         let by_space: Vec<_> = shareds.iter().map(|(_, shared)| shared.clone()).collect();
-        // Messages being read take room from the same budget a space's decoded batches do.
+        // Messages being read take room from a budget as large as a space's room for decoded
+        // batches (`message_room`).
         let room = crate::message_room::MessageRoom::new(first.store.memory().received_bytes, SYNC_MESSAGE_BYTES_MAX);
         let sync_service = crate::members_only::MembersOnly::new(
             SyncGrpcServer::new(SyncServer::new(by_space.clone()))
