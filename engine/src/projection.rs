@@ -6,6 +6,7 @@
 //! and storage, never the log's state or the store.
 
 pub(crate) mod bulk_catch_up;
+pub(crate) mod case_ranges;
 pub mod fold;
 pub mod history;
 pub(crate) mod incremental;

@@ -295,6 +295,18 @@ impl Db {
         Ok(())
     }
 
+    /// Whether a column family holds any record whose key starts with `prefix`.
+    pub(crate) fn holds_prefix(&self, cf: &str, prefix: &[u8]) -> Result<bool, StoreError> {
+        let mut read = rocksdb::ReadOptions::default();
+        read.set_iterate_upper_bound(prefix_end(prefix));
+        read.fill_cache(false);
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(cf), read);
+        iter.seek(prefix);
+        let holds = iter.valid();
+        iter.status()?;
+        Ok(holds)
+    }
+
     /// Deletes every record of a column family whose key starts with `prefix` (in `batch`).
     pub(crate) fn delete_prefix(&self, batch: &mut WriteBatch, cf: &str, prefix: &[u8]) {
         batch.delete_range_cf(self.cf(cf), prefix, prefix_end(prefix).as_slice());

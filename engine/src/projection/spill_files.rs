@@ -324,8 +324,15 @@ impl Drop for SpillFiles {
 pub(crate) struct SpillWriters {
     /// Shared with the writer threads (taken back by [`SpillWriters::finish`]).
     files: Option<Arc<SpillFiles>>,
-    spills: Option<SyncSender<Vec<HeldCase>>>,
+    spills: Option<SyncSender<Spill>>,
     threads: Vec<JoinHandle<Result<Option<WrittenDigests>, StoreError>>>,
+}
+
+/// One spill handed to a writer: case states in case id order, and whether the writer writes
+/// what it gathered out once they are in it.
+struct Spill {
+    cases: Vec<HeldCase>,
+    write_out: bool,
 }
 
 /// Writer threads of one bulk fold.
@@ -354,7 +361,7 @@ impl SpillWriters {
     /// `digests` is set.
     pub(crate) fn start(files: SpillFiles, digests: bool) -> Result<SpillWriters, StoreError> {
         let files = Arc::new(files);
-        let (spills, spilled) = sync_channel::<Vec<HeldCase>>(SPILLS_QUEUED);
+        let (spills, spilled) = sync_channel::<Spill>(SPILLS_QUEUED);
         let spilled = Arc::new(Mutex::new(spilled));
         let mut writers = SpillWriters { files: Some(files.clone()), spills: Some(spills), threads: Vec::new() };
         for n in 0..SPILL_WRITERS {
@@ -362,7 +369,13 @@ impl SpillWriters {
             let thread = std::thread::Builder::new().name(format!("casesync-spill-{n}")).spawn(move || {
                 let mut digests = digests.then(WrittenDigests::new);
                 let mut gathered = Gathered::default();
-                take_each(&spilled, |cases| files.gather(&mut gathered, cases, digests.as_mut()))?;
+                take_each(&spilled, |spill| {
+                    files.gather(&mut gathered, spill.cases, digests.as_mut())?;
+                    match spill.write_out {
+                        true => files.write_gathered(&mut gathered),
+                        false => Ok(()),
+                    }
+                })?;
                 files.write_gathered(&mut gathered)?;
                 Ok(digests)
             });
@@ -375,11 +388,23 @@ impl SpillWriters {
     /// with the ones before. Fails only if every writer stopped (its error comes from
     /// [`SpillWriters::finish`]).
     pub(crate) fn spill(&self, cases: Vec<HeldCase>) -> Result<(), StoreError> {
-        if cases.is_empty() {
+        self.hand_on(Spill { cases, write_out: false })
+    }
+
+    /// Hands on a spill of cases no later spill shares a key with (a rebuild's range of case
+    /// ids, folded whole): the writer that takes it writes out what it gathered once the spill
+    /// is in it, so its files and those of the next range, gathered by the other writer, never
+    /// overlap, and RocksDB places them without a compaction.
+    pub(crate) fn spill_ending_keys(&self, cases: Vec<HeldCase>) -> Result<(), StoreError> {
+        self.hand_on(Spill { cases, write_out: true })
+    }
+
+    fn hand_on(&self, spill: Spill) -> Result<(), StoreError> {
+        if spill.cases.is_empty() {
             return Ok(());
         }
         match &self.spills {
-            Some(spills) if spills.send(cases).is_ok() => Ok(()),
+            Some(spills) if spills.send(spill).is_ok() => Ok(()),
             _ => Err(StoreError::Poisoned),
         }
     }

@@ -22,10 +22,12 @@ const BULK_STEPS: [&str; 6] = [
 ];
 
 /// Every named step of a rebuild that can fail.
-const REBUILD_STEPS: [&str; 4] = ["rebuild: clear", "rebuild: spill", "rebuild: ingest", "rebuild: watermark"];
+const REBUILD_STEPS: [&str; 5] =
+    ["rebuild: clear", "rebuild: case ranges", "rebuild: spill", "rebuild: ingest", "rebuild: watermark"];
 
-/// A peer with 12 cases written by two devices, a third of them deleted (a view that lost those
-/// events would show them active again).
+/// A peer with 12 cases written by two devices, each changed twice, a third of them deleted (a
+/// view that lost those events would show them active again): 40 events, more than one of a
+/// rebuild's case ranges holds in tests.
 fn a_peer(dir: &std::path::Path) -> Store {
     let store = Store::open(dir, StoreOptions::compatible()).unwrap();
     let keys = [DeviceKey::from_secret([1; 32]), DeviceKey::from_secret([2; 32])];
@@ -33,6 +35,15 @@ fn a_peer(dir: &std::path::Path) -> Store {
         let key = &keys[usize::from(n) % 2];
         let fields = vec![("name".into(), FieldValue::Text(format!("client {n}")))];
         store.execute(&SPACE, key, 100 + u64::from(n), Command::CreateCase { id: CaseId([n; 16]), fields }).unwrap();
+    }
+    for round in 0..2u8 {
+        for n in 0..12u8 {
+            let key = &keys[usize::from(n + round) % 2];
+            let fields = vec![("note".into(), FieldValue::Text(format!("change {round}")))];
+            store
+                .execute(&SPACE, key, 150 + u64::from(round), Command::SetFields { case: CaseId([n; 16]), fields })
+                .unwrap();
+        }
     }
     for n in (0..12u8).step_by(3) {
         let change = StatusChange::Delete;

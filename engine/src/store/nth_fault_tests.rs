@@ -295,6 +295,7 @@ fn a_failure_at_every_storage_operation_of_a_workload_loses_nothing_acknowledged
         "ingest of external files",
         "drop of files",
         "bulk catch-up: fold",
+        "rebuild: case ranges",
         "rebuild: spill",
     ] {
         assert!(names.contains(&step), "the workload makes every kind of operation: {step} missing");
