@@ -37,6 +37,8 @@ mod ingesting;
 mod keys;
 
 #[cfg(test)]
+mod case_range_tests;
+#[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
 mod fold_agreement_tests;
